@@ -1,0 +1,52 @@
+//! Authentication as an extractor: a handler that takes `Auth<S>` cannot run without
+//! a valid API key holding scope `S`.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::AppState;
+use crate::apikeys::{self, Principal, Scope};
+use crate::problem::ApiError;
+
+pub trait RequiredScope {
+    const SCOPE: Scope;
+}
+
+pub struct NotificationsWrite;
+impl RequiredScope for NotificationsWrite {
+    const SCOPE: Scope = Scope::NotificationsWrite;
+}
+
+pub struct NotificationsRead;
+impl RequiredScope for NotificationsRead {
+    const SCOPE: Scope = Scope::NotificationsRead;
+}
+
+pub struct Auth<S: RequiredScope>(pub Principal, pub PhantomData<S>);
+
+impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("an API key is required: send Authorization: Bearer <key>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized("the Authorization header must be 'Bearer <key>'"))?;
+        let principal = apikeys::verify(&state.db, token)
+            .await?
+            .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?;
+        if !principal.has(S::SCOPE) && !principal.is_admin() {
+            return Err(ApiError::Forbidden(S::SCOPE.as_str()));
+        }
+        Ok(Auth(principal, PhantomData))
+    }
+}

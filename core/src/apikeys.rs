@@ -1,0 +1,174 @@
+//! API keys: shown once at creation, stored as a SHA-256 hash, scoped, revocable.
+//!
+//! Format: `hk_<prefix>_<secret>` — the prefix (12 hex characters) finds the row, the
+//! hash of the whole key proves possession. Comparison is constant-time.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    NotificationsWrite,
+    NotificationsRead,
+    /// Reaches every owner's resources.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::NotificationsWrite, Scope::NotificationsRead, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::NotificationsWrite => "notifications:write",
+            Scope::NotificationsRead => "notifications:read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|sc| sc.as_str() == s)
+    }
+}
+
+/// An authenticated API key, as the handlers see it.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: Uuid,
+    pub owner: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.iter().any(|s| s == scope.as_str())
+    }
+    pub fn is_admin(&self) -> bool {
+        self.has(Scope::Admin)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+pub struct CreatedKey {
+    pub info: ApiKeyInfo,
+    /// The whole key. Shown once; never stored.
+    pub secret: String,
+}
+
+fn hash(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+pub async fn create(db: &PgPool, name: &str, scopes: &[String], owner: Option<&str>) -> anyhow::Result<CreatedKey> {
+    let name = name.trim();
+    anyhow::ensure!(!name.is_empty() && name.len() <= 200, "the key name must be 1 to 200 characters");
+    anyhow::ensure!(!scopes.is_empty(), "give the key at least one --scope");
+    for s in scopes {
+        anyhow::ensure!(
+            Scope::parse(s).is_some(),
+            "unknown scope '{s}'; known scopes: {}",
+            Scope::ALL.map(Scope::as_str).join(", ")
+        );
+    }
+    let mut rng = rand::thread_rng();
+    let mut prefix = [0u8; 6];
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut prefix);
+    rng.fill_bytes(&mut secret);
+    let prefix = hex::encode(prefix);
+    let key = format!("hk_{prefix}_{}", hex::encode(secret));
+    let id = Uuid::now_v7();
+    let owner = owner.map(str::to_owned).unwrap_or_else(|| format!("key:{id}"));
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    let info = sqlx::query_as::<_, ApiKeyInfo>(
+        "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, owner)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(&prefix)
+    .bind(hash(&key))
+    .bind(&scopes)
+    .bind(&owner)
+    .fetch_one(db)
+    .await?;
+    Ok(CreatedKey { info, secret: key })
+}
+
+pub async fn list(db: &PgPool) -> anyhow::Result<Vec<ApiKeyInfo>> {
+    Ok(sqlx::query_as::<_, ApiKeyInfo>(
+        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at FROM api_keys ORDER BY id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Revokes a key. Returns false when no such key exists; revoking twice is harmless.
+pub async fn revoke(db: &PgPool, id: Uuid) -> anyhow::Result<bool> {
+    let r = sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    key_hash: Vec<u8>,
+    scopes: Vec<String>,
+    owner: String,
+    revoked: bool,
+    stale: bool,
+}
+
+/// Checks a presented key. `Ok(None)` for unknown, malformed or revoked keys.
+pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Principal>> {
+    let Some(prefix) = presented.strip_prefix("hk_").and_then(|r| r.split('_').next()) else {
+        return Ok(None);
+    };
+    if prefix.len() != 12 {
+        return Ok(None);
+    }
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT id, key_hash, scopes, owner, revoked_at IS NOT NULL AS revoked,
+                last_used_at IS NULL OR last_used_at < now() - interval '60 seconds' AS stale
+         FROM api_keys WHERE prefix = $1",
+    )
+    .bind(prefix)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    if row.revoked || !bool::from(row.key_hash.ct_eq(&hash(presented))) {
+        return Ok(None);
+    }
+    if row.stale {
+        // Off the request path, and at most once a minute per key.
+        let db = db.clone();
+        let id = row.id;
+        tokio::spawn(async move {
+            let r = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1").bind(id).execute(&db).await;
+            if let Err(e) = r {
+                tracing::warn!(api_key_id = %id, error = %e, "could not record API key use");
+            }
+        });
+    }
+    Ok(Some(Principal { key_id: row.id, owner: row.owner, scopes: row.scopes }))
+}

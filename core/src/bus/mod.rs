@@ -1,0 +1,111 @@
+//! The event bus between the processor and the dispatchers.
+//!
+//! Producers never talk to a broker directly: they write [`BusMessage`]s to the
+//! `outbox` table inside their own transaction ([`enqueue`]), so a message exists if and
+//! only if the work it announces was committed. Dispatchers read through a
+//! [`Consumer`]. The `postgres` backend ([`postgres::PgConsumer`]) consumes the outbox
+//! table itself; the `kafka` backend (a later issue) adds a relay from the outbox to
+//! topics and implements [`Consumer`] with a consumer group.
+//!
+//! Contract: at-least-once. A message is redelivered until it is acked, so consumers
+//! ack only after the outcome is recorded, and must recognise duplicates (delivery
+//! jobs carry the attempt number they are for).
+
+pub mod postgres;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    Email,
+    Webhook,
+}
+
+impl Topic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::Email => "email",
+            Topic::Webhook => "webhook",
+        }
+    }
+}
+
+/// A message to publish. `key` orders messages: the recipient address for email,
+/// the endpoint for webhooks.
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    pub topic: Topic,
+    pub key: String,
+    pub payload: Value,
+    /// Not to be delivered before this time (retries).
+    pub available_at: Option<DateTime<Utc>>,
+}
+
+/// The payload of every delivery message: "make attempt `attempt` of this delivery".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    pub delivery_id: Uuid,
+    pub attempt: i32,
+}
+
+impl BusMessage {
+    pub fn delivery(topic: Topic, key: String, delivery_id: Uuid, attempt: i32) -> Self {
+        let payload = serde_json::to_value(DeliveryJob { delivery_id, attempt }).expect("serializable");
+        Self { topic, key, payload, available_at: None }
+    }
+
+    pub fn at(mut self, when: DateTime<Utc>) -> Self {
+        self.available_at = Some(when);
+        self
+    }
+}
+
+/// Writes messages to the outbox as part of the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, msgs: &[BusMessage]) -> sqlx::Result<()> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+    let keys: Vec<&str> = msgs.iter().map(|m| m.key.as_str()).collect();
+    let payloads: Vec<Value> = msgs.iter().map(|m| m.payload.clone()).collect();
+    let at: Vec<Option<DateTime<Utc>>> = msgs.iter().map(|m| m.available_at).collect();
+    sqlx::query(
+        "INSERT INTO outbox (topic, key, payload, available_at)
+         SELECT t, k, p, coalesce(a, now()) FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[]) AS x(t, k, p, a)",
+    )
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One received message. `receipt` is opaque to consumers of the trait.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: String,
+    pub payload: Value,
+    pub receipt: Receipt,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Receipt {
+    Postgres { id: i64 },
+}
+
+pub trait Consumer: Send {
+    /// Waits for and returns up to `max` messages, oldest first. Returns an empty batch
+    /// after a while without messages so callers can check for shutdown.
+    fn poll(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send;
+
+    /// Marks messages done. Unacked messages are delivered again later.
+    fn ack(&mut self, msgs: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}

@@ -1,0 +1,146 @@
+//! The embedded bus: the outbox table as a durable queue.
+//!
+//! Claims take a batch with `FOR UPDATE SKIP LOCKED` and stamp it with a lease
+//! (`claimed_until`) and a claim token; acks delete the rows still held by that token.
+//! A worker that dies holding a claim loses it when the lease ends, and the rows are
+//! claimed again (at-least-once). Idle consumers sleep on `LISTEN herald_outbox` (a
+//! statement trigger on the outbox notifies), with a polling fallback that also wakes
+//! them for delayed messages.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Consumer, Receipt, Received, Topic};
+
+pub struct PgConsumer {
+    db: PgPool,
+    topic: Topic,
+    claim_timeout: Duration,
+    poll_interval: Duration,
+    listener: Option<PgListener>,
+    token: Uuid,
+}
+
+impl PgConsumer {
+    pub async fn new(db: PgPool, topic: Topic, claim_timeout: Duration, poll_interval: Duration) -> anyhow::Result<Self> {
+        let mut c = Self { db, topic, claim_timeout, poll_interval, listener: None, token: Uuid::new_v4() };
+        c.connect_listener().await;
+        Ok(c)
+    }
+
+    async fn connect_listener(&mut self) {
+        let listener = async {
+            let mut l = PgListener::connect_with(&self.db).await?;
+            l.listen("herald_outbox").await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listener.await {
+            Ok(l) => self.listener = Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for outbox notifications; polling only");
+                self.listener = None;
+            }
+        }
+    }
+
+    async fn claim(&mut self, max: usize) -> sqlx::Result<Vec<Received>> {
+        // A fresh token per claim: an ack only removes rows this very claim still holds.
+        self.token = Uuid::new_v4();
+        let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3), claim_token = $4,
+                               deliveries = deliveries + 1
+             WHERE id IN (
+                SELECT id FROM outbox
+                WHERE topic = $1 AND available_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
+                ORDER BY id LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+             RETURNING id, key, payload",
+        )
+        .bind(self.topic.as_str())
+        .bind(max as i64)
+        .bind(self.claim_timeout.as_secs_f64())
+        .bind(self.token)
+        .fetch_all(&self.db)
+        .await?;
+        let mut out: Vec<Received> = rows
+            .into_iter()
+            .map(|(id, key, payload)| Received { key, payload, receipt: Receipt::Postgres { id } })
+            .collect();
+        out.sort_by_key(|r| match r.receipt {
+            Receipt::Postgres { id } => id,
+        });
+        Ok(out)
+    }
+
+    /// How long until the next message of this topic could become claimable.
+    async fn next_due(&self) -> sqlx::Result<Option<Duration>> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM min(greatest(available_at, coalesce(claimed_until, available_at))) - now())::float8
+             FROM outbox WHERE topic = $1",
+        )
+        .bind(self.topic.as_str())
+        .fetch_one(&self.db)
+        .await?;
+        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    async fn wait(&mut self) {
+        let mut wait = self.poll_interval;
+        match self.next_due().await {
+            Ok(Some(d)) => wait = wait.min(d + Duration::from_millis(5)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "outbox: cannot read the next due time"),
+        }
+        match self.listener.as_mut() {
+            Some(l) => match tokio::time::timeout(wait, l.try_recv()).await {
+                Err(_elapsed) => {}
+                Ok(Ok(Some(_))) => {}
+                // The connection dropped; sqlx reconnects on the next call.
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "outbox listener failed; reconnecting");
+                    tokio::time::sleep(wait).await;
+                    self.connect_listener().await;
+                }
+            },
+            None => {
+                tokio::time::sleep(wait).await;
+                self.connect_listener().await;
+            }
+        }
+    }
+}
+
+impl Consumer for PgConsumer {
+    async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
+        let batch = self.claim(max).await?;
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        self.wait().await;
+        Ok(self.claim(max).await?)
+    }
+
+    async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        let ids: Vec<i64> = msgs
+            .iter()
+            .map(|m| match m.receipt {
+                Receipt::Postgres { id } => id,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Rows whose lease expired and that another worker re-claimed keep existing:
+        // that worker finds the delivery already advanced and acks them itself.
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND claim_token = $2")
+            .bind(&ids)
+            .bind(self.token)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+}

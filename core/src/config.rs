@@ -1,0 +1,234 @@
+//! Configuration: environment variables, optionally layered over a TOML file.
+//!
+//! The file uses the same names as the environment (`DATABASE_URL = "..."`), so there is
+//! one vocabulary to document; the environment wins where both set a value. Every
+//! problem is reported as one line naming the variable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::retry::RetrySchedule;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(var: &str, message: impl Into<String>) -> Self {
+        Self { var: var.to_owned(), message: message.into() }
+    }
+}
+
+/// Raw settings: name → value, from the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Settings(HashMap<String, String>);
+
+impl Settings {
+    /// Reads the optional TOML file, then overlays every environment variable.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut map = HashMap::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("HERALD_CONFIG_FILE", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError::new("HERALD_CONFIG_FILE", format!("{} is not valid TOML: {}", path.display(), e.message()))
+            })?;
+            for (k, v) in table {
+                let value = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => {
+                        return Err(ConfigError::new(&k, format!("unsupported value {other} in the config file")))
+                    }
+                };
+                map.insert(k, value);
+            }
+        }
+        map.extend(std::env::vars());
+        Ok(Self(map))
+    }
+
+    pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        Self(pairs.into_iter().collect())
+    }
+
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, var: &str, hint: &str) -> Result<String, ConfigError> {
+        self.get(var)
+            .map(str::to_owned)
+            .ok_or_else(|| ConfigError::new(var, format!("is not set; {hint}")))
+    }
+
+    fn parsed<T>(&self, var: &str, default: T, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => parse(v.trim()).map_err(|m| ConfigError::new(var, m)),
+        }
+    }
+
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        let url = self.required("DATABASE_URL", "set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1/herald")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new("DATABASE_URL", "must start with postgres:// or postgresql://"));
+        }
+        Ok(url)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    Postgres,
+    Kafka,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub listen_addr: SocketAddr,
+    pub public_url: String,
+    pub smtp_url: String,
+    pub smtp_pool_size: u32,
+    pub smtp_timeout: Duration,
+    pub email_from: lettre::message::Mailbox,
+    pub email_concurrency: usize,
+    pub email_retry_schedule: RetrySchedule,
+    pub bus: BusKind,
+    pub bus_claim_timeout: Duration,
+    pub bus_poll_interval: Duration,
+    pub bus_batch_size: usize,
+    pub max_body_bytes: usize,
+    pub site_root: String,
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v).map_err(|e| format!("'{v}' is not a duration such as 500ms, 30s or 5m ({e})"))
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, String> {
+    match v.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(format!("'{v}' is not a positive whole number")),
+    }
+}
+
+impl Config {
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let database_url = s.database_url()?;
+        let listen_addr = s.parsed("HERALD_LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 3000)), |v| {
+            v.parse().map_err(|_| format!("'{v}' is not an address such as 127.0.0.1:3000"))
+        })?;
+        let public_url = s.parsed("HERALD_PUBLIC_URL", format!("http://{listen_addr}"), |v| {
+            if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len() {
+                Ok(v.trim_end_matches('/').to_owned())
+            } else {
+                Err(format!("'{v}' is not an http:// or https:// URL"))
+            }
+        })?;
+        let smtp_url = s.required("HERALD_SMTP_URL", "set it to the SMTP server, such as smtp://127.0.0.1:1025")?;
+        if !(smtp_url.starts_with("smtp://") || smtp_url.starts_with("smtps://")) {
+            return Err(ConfigError::new(
+                "HERALD_SMTP_URL",
+                "must be smtp://host:port (add ?tls=required for STARTTLS) or smtps://host:port",
+            ));
+        }
+        lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&smtp_url)
+            .map_err(|e| ConfigError::new("HERALD_SMTP_URL", format!("is not a usable SMTP URL: {e}")))?;
+        let email_from = s.parsed(
+            "HERALD_EMAIL_FROM",
+            "Herald <herald@localhost>".parse().expect("valid default sender"),
+            |v| v.parse().map_err(|_| format!("'{v}' is not an address such as Herald <noreply@example.com>")),
+        )?;
+        let bus = s.parsed("HERALD_BUS", BusKind::Postgres, |v| match v {
+            "postgres" => Ok(BusKind::Postgres),
+            "kafka" => Ok(BusKind::Kafka),
+            _ => Err(format!("'{v}' is not a bus backend; use postgres or kafka")),
+        })?;
+        if bus == BusKind::Kafka {
+            return Err(ConfigError::new(
+                "HERALD_BUS",
+                "the kafka backend is not in this build yet; use postgres (the default)",
+            ));
+        }
+        Ok(Self {
+            database_url,
+            db_max_connections: s.parsed("HERALD_DB_MAX_CONNECTIONS", 20, positive)?,
+            listen_addr,
+            public_url,
+            smtp_url,
+            smtp_pool_size: s.parsed("HERALD_SMTP_POOL_SIZE", 8, positive)?,
+            smtp_timeout: s.parsed("HERALD_SMTP_TIMEOUT", Duration::from_secs(30), duration)?,
+            email_from,
+            bus,
+            email_concurrency: s.parsed("HERALD_EMAIL_CONCURRENCY", 32, positive)?,
+            email_retry_schedule: s.parsed("HERALD_EMAIL_RETRY_SCHEDULE", RetrySchedule::email_default(), |v| {
+                RetrySchedule::parse(v)
+            })?,
+            bus_claim_timeout: s.parsed("HERALD_BUS_CLAIM_TIMEOUT", Duration::from_secs(60), duration)?,
+            bus_poll_interval: s.parsed("HERALD_BUS_POLL_INTERVAL", Duration::from_secs(1), duration)?,
+            bus_batch_size: s.parsed("HERALD_BUS_BATCH_SIZE", 128, positive)?,
+            max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
+            site_root: s.parsed("HERALD_SITE_ROOT", "target/site".to_owned(), |v| Ok(v.to_owned()))?,
+        })
+    }
+
+    /// Host part of the public URL, used in Message-IDs.
+    pub fn public_host(&self) -> &str {
+        let rest = self.public_url.split("://").nth(1).unwrap_or("localhost");
+        let host = rest.split(['/', ':']).next().unwrap_or("localhost");
+        if host.is_empty() { "localhost" } else { host }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        Settings::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    const BASE: &[(&str, &str)] =
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1/x"), ("HERALD_SMTP_URL", "smtp://127.0.0.1:1025")];
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_settings(&settings(BASE)).unwrap();
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.public_url, "http://127.0.0.1:3000");
+        assert_eq!(c.public_host(), "127.0.0.1");
+        assert_eq!(c.bus, BusKind::Postgres);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let e = Config::from_settings(&settings(&[("HERALD_SMTP_URL", "smtp://x:1")])).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_LISTEN_ADDR", "nope"));
+        let e = Config::from_settings(&settings(&pairs)).unwrap_err();
+        assert!(e.to_string().starts_with("HERALD_LISTEN_ADDR: 'nope'"), "{e}");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_EMAIL_RETRY_SCHEDULE", "5s,soon"));
+        let e = Config::from_settings(&settings(&pairs)).unwrap_err();
+        assert_eq!(e.var, "HERALD_EMAIL_RETRY_SCHEDULE");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_BUS", "rabbit"));
+        assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_BUS");
+    }
+}

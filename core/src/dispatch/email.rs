@@ -1,0 +1,214 @@
+//! The email dispatcher: SMTP over a pooled lettre transport.
+//!
+//! Classification of outcomes: 2xx → succeeded; 5xx → permanent failure (the delivery
+//! fails at once); 4xx, connection errors and timeouts → transient (retried on
+//! `HERALD_EMAIL_RETRY_SCHEDULE`). Every email carries `Message-ID: <delivery-id@host>`,
+//! the same on every retry, so receivers can deduplicate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::stream::{self, StreamExt};
+use lettre::message::{header, Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use super::record::{self, AttemptRecord, Outcome, Started};
+use crate::bus::{Consumer, Received, Topic};
+use crate::config::Config;
+use crate::retry::RetrySchedule;
+use crate::templates::RenderedEmail;
+
+pub type Smtp = AsyncSmtpTransport<Tokio1Executor>;
+
+pub fn transport(config: &Config) -> anyhow::Result<Smtp> {
+    Ok(Smtp::from_url(&config.smtp_url)?
+        .pool_config(PoolConfig::new().max_size(config.smtp_pool_size).idle_timeout(Duration::from_secs(30)))
+        .timeout(Some(config.smtp_timeout))
+        .build())
+}
+
+pub struct EmailDispatcher {
+    pub db: PgPool,
+    pub smtp: Smtp,
+    pub from: Mailbox,
+    pub host: String,
+    pub schedule: RetrySchedule,
+    pub lease: Duration,
+    pub concurrency: usize,
+    pub batch_size: usize,
+}
+
+const REPLY_CAP: usize = 1000;
+
+fn cap(s: String) -> String {
+    if s.len() <= REPLY_CAP {
+        return s;
+    }
+    let mut end = REPLY_CAP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+impl EmailDispatcher {
+    pub fn from_config(config: &Config, db: PgPool, smtp: Smtp) -> Self {
+        Self {
+            db,
+            smtp,
+            from: config.email_from.clone(),
+            host: config.public_host().to_owned(),
+            schedule: config.email_retry_schedule.clone(),
+            lease: config.bus_claim_timeout,
+            concurrency: config.email_concurrency,
+            batch_size: config.bus_batch_size,
+        }
+    }
+
+    /// Consumes until `shutdown` turns true; a batch already started is finished,
+    /// recorded and acked first.
+    pub async fn run<C: Consumer>(self, mut consumer: C, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let batch = tokio::select! {
+                _ = shutdown.changed() => break,
+                b = consumer.poll(this.batch_size) => b,
+            };
+            let result = match batch {
+                Ok(batch) if batch.is_empty() => Ok(()),
+                Ok(batch) => this.process(&mut consumer, batch).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "email dispatcher: batch failed; messages will be redelivered");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::info!("email dispatcher stopped");
+    }
+
+    async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: Vec<Received>) -> anyhow::Result<()> {
+        let (jobs, bad) = record::decode(&batch);
+        for i in &bad {
+            tracing::error!(key_len = batch[*i].key.len(), "email dispatcher: undecodable bus message dropped");
+        }
+        let (owned, stale, _busy) = record::start_attempts(&self.db, "email", &jobs, self.lease).await?;
+
+        // Per recipient in order; different recipients concurrently.
+        let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
+        for (idx, s) in owned {
+            groups.entry(batch[idx].key.clone()).or_default().push((idx, s));
+        }
+        let results: Vec<Vec<(usize, AttemptRecord)>> = stream::iter(groups)
+            .map(|(key, items)| {
+                let this = self.clone();
+                async move {
+                    let mut out = Vec::with_capacity(items.len());
+                    for (idx, s) in items {
+                        out.push((idx, this.attempt(&key, s).await));
+                    }
+                    out
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let mut done: Vec<usize> = Vec::with_capacity(batch.len());
+        let records: Vec<AttemptRecord> = results
+            .into_iter()
+            .flatten()
+            .map(|(idx, r)| {
+                done.push(idx);
+                r
+            })
+            .collect();
+        record::record(&self.db, Topic::Email, &records).await?;
+        for r in &records {
+            tracing::info!(
+                delivery_id = %r.delivery_id, attempt = r.attempt, outcome = r.outcome.as_str(),
+                smtp_code = r.smtp_code, duration_ms = r.duration_ms, "email attempt recorded"
+            );
+        }
+        done.extend(stale);
+        done.extend(bad);
+        let acks: Vec<Received> = done.into_iter().map(|i| batch[i].clone()).collect();
+        consumer.ack(&acks).await
+    }
+
+    fn build(&self, s: &Started) -> Result<Message, String> {
+        let content: RenderedEmail =
+            serde_json::from_value(s.content.clone()).map_err(|e| format!("stored content is unreadable: {e}"))?;
+        let to: Mailbox = s.target.parse().map_err(|_| "the recipient address is invalid".to_owned())?;
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(content.subject)
+            .message_id(Some(format!("<{}@{}>", s.id, self.host)))
+            .header(header::MIME_VERSION_1_0)
+            .multipart(MultiPart::alternative_plain_html(content.text, content.html))
+            .map_err(|e| format!("cannot build the message: {e}"))
+    }
+
+    async fn attempt(&self, key: &str, s: Started) -> AttemptRecord {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let mut rec = AttemptRecord {
+            delivery_id: s.id,
+            attempt: s.attempt,
+            started_at,
+            duration_ms: 0,
+            outcome: Outcome::Succeeded,
+            smtp_code: None,
+            smtp_reply: None,
+            http_status: None,
+            response_excerpt: None,
+            error: None,
+            retry_at: None,
+            key: key.to_owned(),
+        };
+        match self.build(&s) {
+            Err(e) => {
+                rec.outcome = Outcome::PermanentFailure;
+                rec.error = Some(e);
+            }
+            Ok(message) => match self.smtp.send(message).await {
+                Ok(resp) => {
+                    rec.smtp_code = resp.code().to_string().parse().ok();
+                    rec.smtp_reply =
+                        Some(cap(format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "))));
+                }
+                Err(e) => {
+                    rec.outcome = if e.is_permanent() { Outcome::PermanentFailure } else { Outcome::TransientFailure };
+                    rec.smtp_code = e.status().and_then(|c| c.to_string().parse().ok());
+                    let text = cap(e.to_string());
+                    if rec.smtp_code.is_some() {
+                        rec.smtp_reply = Some(text);
+                    } else {
+                        rec.error = Some(text);
+                    }
+                }
+            },
+        }
+        rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        if rec.outcome == Outcome::TransientFailure {
+            rec.retry_at = self
+                .schedule
+                .next_delay(s.attempt as u32)
+                .map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+        }
+        rec
+    }
+}

@@ -1,0 +1,15 @@
+//! Herald's notification pipeline, independent of the web console.
+//!
+//! `app` (Leptos) and `server` (the `herald` binary) depend on this crate; it never
+//! depends on them. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod apikeys;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod dispatch;
+pub mod problem;
+pub mod processor;
+pub mod retry;
+pub mod templates;

@@ -1,0 +1,62 @@
+//! Retry schedules: the delays between attempts, with ±20 % jitter.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// Delay before attempt 2, 3, ...; its length is the number of retries.
+    delays: Vec<Duration>,
+}
+
+impl RetrySchedule {
+    /// Email default: 5 s, 1 min, 10 min, 1 h, 4 h, 12 h (about 17 h in all).
+    pub fn email_default() -> Self {
+        Self::parse("5s,1m,10m,1h,4h,12h").expect("valid default")
+    }
+
+    /// Parses `5s,1m,10m` (humantime durations, comma-separated). Empty = no retries.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut delays = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let d = humantime::parse_duration(part)
+                .map_err(|_| format!("'{part}' is not a duration; use a list such as 5s,1m,10m,1h"))?;
+            delays.push(d);
+        }
+        Ok(Self { delays })
+    }
+
+    /// The delay to wait after `attempts_made` failed attempts, or `None` when the
+    /// schedule is exhausted. Jitter is ±20 %.
+    pub fn next_delay(&self, attempts_made: u32) -> Option<Duration> {
+        let base = *self.delays.get((attempts_made as usize).checked_sub(1)?)?;
+        let factor = rand::thread_rng().gen_range(0.8..=1.2);
+        Some(base.mul_f64(factor))
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        self.delays.len() as u32 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_with_jitter_and_exhaustion() {
+        let s = RetrySchedule::parse("10s, 1m").unwrap();
+        assert_eq!(s.max_attempts(), 3);
+        for _ in 0..100 {
+            let d = s.next_delay(1).unwrap();
+            assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12), "{d:?}");
+            let d = s.next_delay(2).unwrap();
+            assert!(d >= Duration::from_secs(48) && d <= Duration::from_secs(72), "{d:?}");
+        }
+        assert_eq!(s.next_delay(3), None);
+        assert_eq!(s.next_delay(0), None);
+        assert!(RetrySchedule::parse("5s,later").is_err());
+        assert_eq!(RetrySchedule::parse("").unwrap().max_attempts(), 1);
+    }
+}

@@ -1,0 +1,78 @@
+//! Template rendering with MiniJinja, strict about undefined variables.
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+
+/// One published version of an email template.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EmailTemplate {
+    pub key: String,
+    pub version: i32,
+    pub subject: String,
+    pub html_body: String,
+    pub text_body: String,
+}
+
+/// What a delivery sends: fixed at acceptance so every retry sends the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderedEmail {
+    pub template: String,
+    pub version: i32,
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+/// Renders subject, HTML (auto-escaped) and text bodies against `context`.
+/// An undefined variable is an error naming the part that failed.
+pub fn render_email(t: &EmailTemplate, context: &serde_json::Value) -> Result<RenderedEmail, String> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|name| if name == "html" { AutoEscape::Html } else { AutoEscape::None });
+    let ctx = minijinja::Value::from_serialize(context);
+    let mut render = |part: &'static str, source: &str| -> Result<String, String> {
+        env.add_template_owned(part, source.to_owned())
+            .map_err(|e| format!("{part} of template '{}' v{}: {e}", t.key, t.version))?;
+        env.get_template(part)
+            .and_then(|tmpl| tmpl.render(&ctx))
+            .map_err(|e| format!("{part} of template '{}' v{}: {e}", t.key, t.version))
+    };
+    let subject = render("subject", &t.subject)?;
+    let html = render("html", &t.html_body)?;
+    let text = render("text", &t.text_body)?;
+    // A subject is one header line.
+    let subject = subject.split(['\r', '\n']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+    Ok(RenderedEmail { template: t.key.clone(), version: t.version, subject, html, text })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tmpl(subject: &str, html: &str) -> EmailTemplate {
+        EmailTemplate {
+            key: "t".into(),
+            version: 1,
+            subject: subject.into(),
+            html_body: html.into(),
+            text_body: "Hi {{ user.name }}".into(),
+        }
+    }
+
+    #[test]
+    fn renders_and_escapes_html_only() {
+        let r = render_email(&tmpl("Hi {{ user.name }}\r\nBcc: x", "<b>{{ user.name }}</b>"), &json!({"user": {"name": "A&B"}}))
+            .unwrap();
+        assert_eq!(r.subject, "Hi A&B Bcc: x");
+        assert_eq!(r.html, "<b>A&amp;B</b>");
+        assert_eq!(r.text, "Hi A&B");
+    }
+
+    #[test]
+    fn undefined_is_an_error() {
+        let e = render_email(&tmpl("{{ user.nickname }}", ""), &json!({"user": {"name": "A"}})).unwrap_err();
+        assert!(e.contains("subject"), "{e}");
+        assert!(e.contains("undefined"), "{e}");
+    }
+}

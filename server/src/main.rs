@@ -1,0 +1,123 @@
+//! `herald`: the one binary. `serve` runs the API, the console and the dispatchers;
+//! `migrate` applies migrations; `api-key` manages API keys.
+
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald_core::config::Settings;
+use herald_core::{apikeys, db};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald, a self-hosted notification service")]
+struct Cli {
+    /// Optional TOML file with settings named like the environment variables
+    /// (`DATABASE_URL = "..."`); the environment wins over it.
+    #[arg(long, global = true, env = "HERALD_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply migrations, then serve the API, the console and the dispatchers.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key; the key itself is printed alone on the last line, once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// notifications:write, notifications:read or admin; repeat for several.
+        #[arg(long = "scope", default_values_t = ["notifications:write".to_owned(), "notifications:read".to_owned()])]
+        scopes: Vec<String>,
+        /// Owner subject (defaults to the key itself).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HERALD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("HERALD_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve::serve(&settings).await,
+        Command::Migrate => {
+            let pool = db::connect(&settings.database_url()?, 2).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::ApiKey(cmd) => {
+            let pool = db::connect(&settings.database_url()?, 2).await?;
+            db::migrate(&pool).await?;
+            match cmd {
+                ApiKeyCommand::Create { name, scopes, owner } => {
+                    let k = apikeys::create(&pool, &name, &scopes, owner.as_deref()).await?;
+                    println!("created API key {} ({}) with scopes {} for owner {}", k.info.id, k.info.name, k.info.scopes.join(","), k.info.owner);
+                    println!("store it now; it is not shown again:");
+                    println!("{}", k.secret);
+                }
+                ApiKeyCommand::List => {
+                    println!("{:<36}  {:<20}  {:<12}  {:<8}  {:<30}  SCOPES", "ID", "NAME", "PREFIX", "STATE", "LAST USED");
+                    for k in apikeys::list(&pool).await? {
+                        println!(
+                            "{:<36}  {:<20}  {:<12}  {:<8}  {:<30}  {}",
+                            k.id,
+                            k.name,
+                            k.prefix,
+                            if k.revoked_at.is_some() { "revoked" } else { "active" },
+                            k.last_used_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+                            k.scopes.join(",")
+                        );
+                    }
+                }
+                ApiKeyCommand::Revoke { id } => {
+                    let id: uuid::Uuid = id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not an API key id (a UUID)"))?;
+                    anyhow::ensure!(apikeys::revoke(&pool, id).await?, "no API key with id {id}");
+                    println!("revoked API key {id}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
