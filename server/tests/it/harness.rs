@@ -1,0 +1,186 @@
+//! Test harness: a fresh PostgreSQL database per test and the real `herald` binary.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+pub fn admin_url() -> String {
+    std::env::var("HERALD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgPool::connect(&format!("{}/postgres", admin_url())).await.expect("PostgreSQL on 127.0.0.1:5432");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    format!("{}/{name}", admin_url())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct Herald {
+    pub child: Child,
+    pub base: String,
+    pub db: PgPool,
+    pub env: Vec<(String, String)>,
+    pub http: reqwest::Client,
+}
+
+pub fn base_env(db_url: &str, smtp_url: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", db_url),
+        ("HERALD_SMTP_URL", smtp_url),
+        ("HERALD_EMAIL_FROM", "Herald Test <herald@test.example>"),
+        ("HERALD_EMAIL_RETRY_SCHEDULE", "200ms,200ms,200ms"),
+        ("HERALD_BUS_POLL_INTERVAL", "100ms"),
+        ("HERALD_MAX_BODY_BYTES", "8192"),
+        ("HERALD_LOG", "info,sqlx=warn"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Runs `herald` with the given environment (and nothing inherited that could
+/// configure it) and returns (exit success, stdout, stderr).
+pub async fn run_cli(env: &[(String, String)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .output()
+        .await
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+impl Herald {
+    pub async fn start(db_url: &str, smtp_url: &str, extra: &[(&str, &str)]) -> Herald {
+        let mut env = base_env(db_url, smtp_url);
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        Self::start_with_env(env).await
+    }
+
+    pub async fn start_with_env(mut env: Vec<(String, String)>) -> Herald {
+        let port = free_port();
+        env.retain(|(k, _)| k != "HERALD_LISTEN_ADDR");
+        env.push(("HERALD_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+        let db_url = env.iter().find(|(k, _)| k == "DATABASE_URL").unwrap().1.clone();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().cloned())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let url = format!("{base}/healthz");
+        eventually(Duration::from_secs(30), "herald to answer /healthz", || {
+            let http = http.clone();
+            let url = url.clone();
+            async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        let db = PgPool::connect(&db_url).await.unwrap();
+        Herald { child, base, db, env, http }
+    }
+
+    /// Creates an API key through the CLI and returns it.
+    pub async fn api_key(&self, scopes: &[&str]) -> String {
+        let mut args = vec!["api-key", "create", "--name", "test"];
+        for s in scopes {
+            args.push("--scope");
+            args.push(s);
+        }
+        let (ok, stdout, stderr) = run_cli(&self.env, &args).await;
+        assert!(ok, "api-key create failed: {stderr}");
+        stdout.lines().last().unwrap().trim().to_owned()
+    }
+
+    pub async fn post(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/notifications", self.base))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_notification(&self, key: &str, id: &str) -> Value {
+        let r = self.http.get(format!("{}/api/v1/notifications/{id}", self.base)).bearer_auth(key).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET notification");
+        r.json().await.unwrap()
+    }
+
+    /// Waits until every delivery of the notification is in a terminal state.
+    pub async fn wait_terminal(&self, key: &str, id: &str) -> Value {
+        eventually(Duration::from_secs(30), "deliveries to finish", || async {
+            let n = self.get_notification(key, id).await;
+            let done = n["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| matches!(d["status"].as_str(), Some("succeeded" | "failed" | "cancelled")));
+            done.then_some(n)
+        })
+        .await
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.db).await.unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SIGTERM: graceful shutdown.
+            unsafe { libc_kill(pid as i32, 15) };
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn welcome(name: &str, email: &str) -> Value {
+    serde_json::json!({"event_type": "user.registered", "payload": {"user": {"name": name, "email": email}}})
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `herald` binary against a real PostgreSQL and a real
+//! SMTP server, over HTTP. One test binary (see ARCHITECTURE.md, "Testing").
+
+mod harness;
+mod smtp;
+
+mod cli;
+mod errors;
+mod flow;
