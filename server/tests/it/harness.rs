@@ -7,24 +7,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
+pub use herald_testkit::{free_port, fresh_database};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
-
-pub fn admin_url() -> String {
-    std::env::var("HERALD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-/// Creates an empty database and returns its URL.
-pub async fn fresh_database() -> String {
-    let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = PgPool::connect(&format!("{}/postgres", admin_url())).await.expect("PostgreSQL on 127.0.0.1:5432");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
-    admin.close().await;
-    format!("{}/{name}", admin_url())
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T

@@ -2,7 +2,8 @@
 //! SMTP server, over HTTP. One test binary (see ARCHITECTURE.md, "Testing").
 
 mod harness;
-mod smtp;
+
+pub use herald_testkit::smtp;
 
 mod cli;
 mod errors;

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up and starts Herald for the demo: PostgreSQL database `herald`, the maildev SMTP
+# server with its web inbox (http://127.0.0.1:1080), a demo API key, and `herald serve`
+# on http://127.0.0.1:3000. Ctrl-C stops Herald and maildev.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+apt_install curl postgresql-client
+ensure_rust
+npm_ci "$ROOT/tools"
+ensure_postgres
+ensure_database herald
+build_release
+
+export DATABASE_URL="${DATABASE_URL:-$PG_ADMIN_URL/herald}"
+export HERALD_SMTP_URL="${HERALD_SMTP_URL:-smtp://127.0.0.1:1025}"
+export HERALD_EMAIL_FROM="${HERALD_EMAIL_FROM:-Herald Demo <herald@localhost>}"
+export HERALD_SITE_ROOT="${HERALD_SITE_ROOT:-$ROOT/target/site}"
+HERALD="$ROOT/target/release/herald"
+STATE="$ROOT/.herald"
+mkdir -p "$STATE"
+
+if ! curl -fsS -o /dev/null http://127.0.0.1:1080/ 2>/dev/null; then
+  log "starting maildev (SMTP 127.0.0.1:1025, inbox http://127.0.0.1:1080)"
+  maildev --smtp 1025 --web 1080 --ip 127.0.0.1 --web-ip 127.0.0.1 >"$STATE/maildev.log" 2>&1 &
+  MAILDEV_PID=$!
+  trap 'kill $MAILDEV_PID 2>/dev/null || true' EXIT
+  wait_http http://127.0.0.1:1080/ 30 || die "maildev did not start; see $STATE/maildev.log"
+fi
+
+"$HERALD" migrate >/dev/null
+if [ ! -s "$STATE/demo-api-key" ]; then
+  "$HERALD" api-key create --name demo --scope notifications:write --scope notifications:read | tail -n 1 >"$STATE/demo-api-key"
+fi
+KEY="$(cat "$STATE/demo-api-key")"
+
+cat <<MSG
+
+  Herald is starting on http://127.0.0.1:3000 (console), inbox at http://127.0.0.1:1080
+  Demo API key (also in .herald/demo-api-key): $KEY
+
+  Send the welcome email:
+    curl -s -X POST http://127.0.0.1:3000/api/v1/notifications \\
+      -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+      -d '{"event_type":"user.registered","payload":{"user":{"name":"Ada","email":"ada@example.test"}}}'
+
+MSG
+"$HERALD" serve

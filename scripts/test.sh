@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need (once) and runs the whole test suite:
+# unit tests, integration tests against real PostgreSQL/SMTP/HTTP, and the browser tests.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+apt_install chromium curl postgresql-client
+ensure_rust
+npm_ci "$ROOT/tools"
+npm_ci "$ROOT/end2end"
+ensure_postgres
+
+build_release
+
+log "unit and integration tests"
+cargo test -p herald-core -p herald-server
+
+log "browser tests (headless Chromium)"
+E2E_DB="herald_e2e_$$"
+psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $E2E_DB" && psql "$PG_ADMIN_URL/postgres" -qc "CREATE DATABASE $E2E_DB"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+DATABASE_URL="$PG_ADMIN_URL/$E2E_DB" HERALD_SMTP_URL="smtp://127.0.0.1:1" HERALD_LISTEN_ADDR="127.0.0.1:$PORT" \
+  HERALD_SITE_ROOT="$ROOT/target/site" "$ROOT/target/release/herald" serve &
+HERALD_PID=$!
+trap 'kill $HERALD_PID 2>/dev/null || true; psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $E2E_DB" >/dev/null 2>&1 || true' EXIT
+wait_http "http://127.0.0.1:$PORT/healthz" 60 || die "herald did not start for the browser tests"
+(cd end2end && HERALD_E2E_URL="http://127.0.0.1:$PORT" npm test)
+
+log "all tests passed"

@@ -1,0 +1,141 @@
+//! Herald's benchmark harness: starts the real `herald` binary on a fresh database with
+//! a real SMTP server, posts notifications over HTTP, and prints throughput, latency
+//! percentiles and memory. It asserts nothing about speed.
+//!
+//! cargo run --release -p herald-testkit --bin herald-bench -- --notifications 10000
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::stream::{self, StreamExt};
+use herald_testkit::{free_port, fresh_database, smtp::SmtpSink};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    /// Notifications to send.
+    #[arg(long, default_value_t = 10_000)]
+    notifications: usize,
+    /// Concurrent HTTP requests.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// The herald binary to measure.
+    #[arg(long, default_value = "target/release/herald")]
+    herald: String,
+    /// Extra KEY=VALUE settings for herald.
+    #[arg(long = "set")]
+    settings: Vec<String>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let port = free_port();
+    let mut env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), db.clone()),
+        ("HERALD_SMTP_URL".into(), sink.url()),
+        ("HERALD_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
+        ("HERALD_LOG".into(), "warn".into()),
+    ];
+    for s in &args.settings {
+        let (k, v) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE"))?;
+        env.push((k.into(), v.into()));
+    }
+    let key_out = std::process::Command::new(&args.herald)
+        .args(["api-key", "create", "--name", "bench"])
+        .envs(env.iter().cloned())
+        .output()?;
+    anyhow::ensure!(key_out.status.success(), "api-key create failed: {}", String::from_utf8_lossy(&key_out.stderr));
+    let key = String::from_utf8(key_out.stdout)?.lines().last().unwrap_or_default().trim().to_owned();
+
+    let mut child = tokio::process::Command::new(&args.herald)
+        .arg("serve")
+        .envs(env.iter().cloned())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "herald did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let idle_rss = memory_kib(pid, "VmRSS:");
+
+    println!("herald-bench: {} notifications, {} concurrent requests, 1 email each, distinct recipients", args.notifications, args.concurrency);
+    let t0 = Instant::now();
+    let url = format!("{base}/api/v1/notifications");
+    let mut latencies: Vec<Duration> = stream::iter(0..args.notifications)
+        .map(|i| {
+            let http = http.clone();
+            let url = url.clone();
+            let key = key.clone();
+            async move {
+                let body = json!({"event_type": "user.registered",
+                                  "payload": {"user": {"name": format!("User {i}"), "email": format!("user{i}@bench.test")}}});
+                let t = Instant::now();
+                let r = http.post(&url).bearer_auth(&key).json(&body).send().await.expect("request");
+                assert_eq!(r.status(), 202, "accept failed: {}", r.text().await.unwrap_or_default());
+                t.elapsed()
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect()
+        .await;
+    let accept_time = t0.elapsed();
+    let mut peak_rss = memory_kib(pid, "VmRSS:");
+    loop {
+        let n = sink.accepted().len();
+        if n >= args.notifications {
+            break;
+        }
+        peak_rss = peak_rss.max(memory_kib(pid, "VmRSS:"));
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "only {n} emails delivered after 10 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e2e = t0.elapsed();
+    latencies.sort();
+    let pool = sqlx::PgPool::connect(&db).await?;
+    let (succeeded, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'succeeded'), (SELECT count(*) FROM attempts) FROM deliveries",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let n = args.notifications as f64;
+    println!("accept:   {:>8.0} notifications/s  ({} in {:.2} s)", n / accept_time.as_secs_f64(), args.notifications, accept_time.as_secs_f64());
+    println!(
+        "latency:  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.90).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!("delivery: {:>8.0} emails/s end to end  (all {} delivered {:.2} s after the first request)", n / e2e.as_secs_f64(), sink.accepted().len(), e2e.as_secs_f64());
+    println!("store:    {succeeded} deliveries succeeded, {attempts} attempts recorded, {} duplicate emails", sink.accepted().len().saturating_sub(args.notifications));
+    println!(
+        "memory:   herald RSS idle {} MiB, peak sampled {} MiB, high-water {} MiB",
+        idle_rss.unwrap_or(0) / 1024,
+        peak_rss.unwrap_or(0) / 1024,
+        memory_kib(pid, "VmHWM:").unwrap_or(0) / 1024
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    Ok(())
+}
