@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apikeys::Principal;
-use crate::bus::{self, BusMessage, Topic};
+use crate::bus::{BusMessage, Topic};
 use crate::problem::{ApiError, FieldError};
 use crate::templates::{render_email, EmailTemplate};
 
@@ -247,36 +247,23 @@ impl Processor {
             .map(|(did, (addr, _))| BusMessage::delivery(Topic::Email, addr.clone(), *did, 1))
             .collect();
 
-        let mut tx = self.db.begin().await?;
-        if let Some((key, hash)) = idempotency {
-            // A concurrent request with the same key blocks here until it commits.
-            let fresh = sqlx::query(
-                "INSERT INTO idempotency_keys (owner, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(&who.owner)
-            .bind(key)
-            .bind(hash)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !fresh {
-                tx.rollback().await?;
-                return self
-                    .replay(&who.owner, key, hash)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("idempotency row vanished").into());
-            }
-        }
         let recipient_list: Vec<String> = recipients.iter().map(|(_, t)| t.clone()).collect();
         let ids: Vec<Uuid> = deliveries.iter().map(|(d, _)| *d).collect();
-        sqlx::query(
+        let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+        let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
+        let payloads: Vec<Value> = messages.iter().map(|m| m.payload.clone()).collect();
+        // Notification, deliveries and their bus messages in one statement: atomic on
+        // its own, and one round trip on the hot path.
+        let insert = sqlx::query(
             "WITH n AS (
                 INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
                 VALUES ($1, $2, $3, $4, $5, $6)
+             ), d AS (
+                INSERT INTO deliveries (id, notification_id, channel, target, content)
+                SELECT d, $1, 'email', t, $8 FROM unnest($7::uuid[], $4::text[]) AS x(d, t)
              )
-             INSERT INTO deliveries (id, notification_id, channel, target, content)
-             SELECT d, $1, 'email', t, $8 FROM unnest($7::uuid[], $4::text[]) AS x(d, t)",
+             INSERT INTO outbox (topic, key, payload)
+             SELECT t, k, p FROM unnest($9::text[], $10::text[], $11::jsonb[]) AS y(t, k, p)",
         )
         .bind(id)
         .bind(&req.event_type)
@@ -286,21 +273,41 @@ impl Processor {
         .bind(&who.owner)
         .bind(&ids)
         .bind(&content)
+        .bind(&topics)
+        .bind(&keys)
+        .bind(&payloads);
+
+        let Some((key, hash)) = idempotency else {
+            insert.execute(&self.db).await?;
+            return Ok(accepted);
+        };
+        let mut tx = self.db.begin().await?;
+        // A concurrent request with the same key blocks here until it commits.
+        let fresh = sqlx::query(
+            "INSERT INTO idempotency_keys (owner, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&who.owner)
+        .bind(key)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return self.replay(&who.owner, key, hash).await?.ok_or_else(|| anyhow::anyhow!("idempotency row vanished").into());
+        }
+        insert.execute(&mut *tx).await?;
+        sqlx::query(
+            "UPDATE idempotency_keys SET notification_id = $3, response_status = 202, response_body = $4
+             WHERE owner = $1 AND key = $2",
+        )
+        .bind(&who.owner)
+        .bind(key)
+        .bind(id)
+        .bind(serde_json::to_value(&accepted).map_err(anyhow::Error::from)?)
         .execute(&mut *tx)
         .await?;
-        bus::enqueue(&mut tx, &messages).await?;
-        if let Some((key, _)) = idempotency {
-            sqlx::query(
-                "UPDATE idempotency_keys SET notification_id = $3, response_status = 202, response_body = $4
-                 WHERE owner = $1 AND key = $2",
-            )
-            .bind(&who.owner)
-            .bind(key)
-            .bind(id)
-            .bind(serde_json::to_value(&accepted).map_err(anyhow::Error::from)?)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         Ok(accepted)
     }

@@ -112,7 +112,8 @@ impl EmailDispatcher {
         for (idx, s) in owned {
             groups.entry(batch[idx].key.clone()).or_default().push((idx, s));
         }
-        let results: Vec<Vec<(usize, AttemptRecord)>> = stream::iter(groups)
+        let owned_ids: Vec<uuid::Uuid> = groups.values().flatten().map(|(_, s)| s.id).collect();
+        let work = stream::iter(groups)
             .map(|(key, items)| {
                 let this = self.clone();
                 async move {
@@ -124,8 +125,22 @@ impl EmailDispatcher {
                 }
             })
             .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
+            .collect::<Vec<Vec<(usize, AttemptRecord)>>>();
+        // While a slow batch runs, keep the deliveries' leases alive so no other worker
+        // takes them over and sends twice.
+        tokio::pin!(work);
+        let mut heartbeat = tokio::time::interval(self.lease / 3);
+        heartbeat.tick().await;
+        let results = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = heartbeat.tick() => {
+                    if let Err(e) = record::extend_leases(&self.db, &owned_ids, self.lease).await {
+                        tracing::warn!(error = %e, "email dispatcher: cannot extend attempt leases");
+                    }
+                }
+            }
+        };
         let mut done: Vec<usize> = Vec::with_capacity(batch.len());
         let records: Vec<AttemptRecord> = results
             .into_iter()

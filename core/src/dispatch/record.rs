@@ -75,6 +75,19 @@ pub async fn start_attempts(
     Ok((owned, stale, busy))
 }
 
+/// Pushes back the lease of deliveries this worker is still attempting.
+pub async fn extend_leases(db: &PgPool, ids: &[Uuid], lease: Duration) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE deliveries SET lease_until = now() + make_interval(secs => $2)
+         WHERE id = ANY($1) AND status = 'in_flight'",
+    )
+    .bind(ids)
+    .bind(lease.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
