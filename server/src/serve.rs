@@ -1,6 +1,12 @@
 //! `herald serve`: wires the pipeline, the dispatchers and the console together.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 use axum::Router;
 use herald_core::api::{self, AppState};
@@ -59,7 +65,16 @@ pub async fn serve(settings: &Settings) -> anyhow::Result<()> {
         processor: Arc::new(Processor::new(pool.clone())),
         smtp,
     };
-    let app = api::router(state).merge(console(&config));
+    let app = api::router(state).merge(console(&config)).layer(
+        tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30))),
+    );
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .map_err(|e| anyhow::anyhow!("HERALD_LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr))?;
