@@ -171,11 +171,11 @@ impl Config {
             listen_addr,
             public_url,
             smtp_url,
-            smtp_pool_size: s.parsed("HERALD_SMTP_POOL_SIZE", 8, positive)?,
+            smtp_pool_size: s.parsed("HERALD_SMTP_POOL_SIZE", 32, positive)?,
             smtp_timeout: s.parsed("HERALD_SMTP_TIMEOUT", Duration::from_secs(30), duration)?,
             email_from,
             bus,
-            email_concurrency: s.parsed("HERALD_EMAIL_CONCURRENCY", 32, positive)?,
+            email_concurrency: s.parsed("HERALD_EMAIL_CONCURRENCY", 64, positive)?,
             email_retry_schedule: s.parsed("HERALD_EMAIL_RETRY_SCHEDULE", RetrySchedule::email_default(), |v| {
                 RetrySchedule::parse(v)
             })?,

@@ -83,6 +83,11 @@ impl SmtpSink {
         self.inner.lock().unwrap().accepted.clone()
     }
 
+    /// How many messages were accepted (cheap; no copies).
+    pub fn accepted_count(&self) -> usize {
+        self.inner.lock().unwrap().accepted.len()
+    }
+
     /// How many messages were fully transmitted (whatever the reply).
     pub fn data_ends(&self) -> usize {
         self.inner.lock().unwrap().data_ends

@@ -105,7 +105,9 @@ impl EmailDispatcher {
         for i in &bad {
             tracing::error!(key_len = batch[*i].key.len(), "email dispatcher: undecodable bus message dropped");
         }
+        let clock = Instant::now();
         let (owned, stale, _busy) = record::start_attempts(&self.db, "email", &jobs, self.lease).await?;
+        let started_ms = clock.elapsed().as_millis();
 
         // Per recipient in order; different recipients concurrently.
         let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
@@ -150,7 +152,9 @@ impl EmailDispatcher {
                 r
             })
             .collect();
+        let sent_ms = clock.elapsed().as_millis();
         record::record(&self.db, Topic::Email, &records).await?;
+        let recorded_ms = clock.elapsed().as_millis();
         for r in &records {
             tracing::info!(
                 delivery_id = %r.delivery_id, attempt = r.attempt, outcome = r.outcome.as_str(),
@@ -160,7 +164,12 @@ impl EmailDispatcher {
         done.extend(stale);
         done.extend(bad);
         let acks: Vec<Received> = done.into_iter().map(|i| batch[i].clone()).collect();
-        consumer.ack(&acks).await
+        consumer.ack(&acks).await?;
+        tracing::debug!(
+            batch = batch.len(), started_ms, sent_ms, recorded_ms, acked_ms = clock.elapsed().as_millis() as u64,
+            "email batch done"
+        );
+        Ok(())
     }
 
     fn build(&self, s: &Started) -> Result<Message, String> {

@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let accept_time = t0.elapsed();
     let mut peak_rss = memory_kib(pid, "VmRSS:");
     loop {
-        let n = sink.accepted().len();
+        let n = sink.accepted_count();
         if n >= args.notifications {
             break;
         }
@@ -127,8 +127,8 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
-    println!("delivery: {:>8.0} emails/s end to end  (all {} delivered {:.2} s after the first request)", n / e2e.as_secs_f64(), sink.accepted().len(), e2e.as_secs_f64());
-    println!("store:    {succeeded} deliveries succeeded, {attempts} attempts recorded, {} duplicate emails", sink.accepted().len().saturating_sub(args.notifications));
+    println!("delivery: {:>8.0} emails/s end to end  (all {} delivered {:.2} s after the first request)", n / e2e.as_secs_f64(), sink.accepted_count(), e2e.as_secs_f64());
+    println!("store:    {succeeded} deliveries succeeded, {attempts} attempts recorded, {} duplicate emails", sink.accepted_count().saturating_sub(args.notifications));
     println!(
         "memory:   herald RSS idle {} MiB, peak sampled {} MiB, high-water {} MiB",
         idle_rss.unwrap_or(0) / 1024,
