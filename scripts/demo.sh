@@ -20,12 +20,12 @@ HERALD="$ROOT/target/release/herald"
 STATE="$ROOT/.herald"
 mkdir -p "$STATE"
 
-if ! curl -fsS -o /dev/null http://127.0.0.1:1080/ 2>/dev/null; then
+if ! curl -fsS -o /dev/null http://127.0.0.1:1080/api/healthz 2>/dev/null; then
   log "starting maildev (SMTP 127.0.0.1:1025, inbox http://127.0.0.1:1080)"
   maildev --smtp 1025 --web 1080 --ip 127.0.0.1 --web-ip 127.0.0.1 >"$STATE/maildev.log" 2>&1 &
   MAILDEV_PID=$!
   trap 'kill $MAILDEV_PID 2>/dev/null || true' EXIT
-  wait_http http://127.0.0.1:1080/ 30 || die "maildev did not start; see $STATE/maildev.log"
+  wait_http http://127.0.0.1:1080/api/healthz 30 || die "maildev did not start; see $STATE/maildev.log"
 fi
 
 "$HERALD" migrate >/dev/null
