@@ -90,6 +90,38 @@ impl Settings {
     }
 }
 
+/// What a `herald serve` process does. Several processes with different or equal
+/// roles can share one database (and one Kafka cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub relay: bool,
+    pub email: bool,
+    pub webhook: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles { api: true, relay: true, email: true, webhook: true };
+
+    pub fn parse(v: &str) -> Result<Roles, String> {
+        let mut r = Roles { api: false, relay: false, email: false, webhook: false };
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => r = Roles::ALL,
+                "api" => r.api = true,
+                "relay" => r.relay = true,
+                "email" => r.email = true,
+                "webhook" => r.webhook = true,
+                other => return Err(format!("unknown role '{other}'; use api, relay, email, webhook or all")),
+            }
+        }
+        if r == (Roles { api: false, relay: false, email: false, webhook: false }) {
+            return Err("give at least one role".into());
+        }
+        Ok(r)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusKind {
     Postgres,
@@ -109,6 +141,9 @@ pub struct Config {
     pub email_concurrency: usize,
     pub email_retry_schedule: RetrySchedule,
     pub bus: BusKind,
+    pub kafka: Option<crate::bus::kafka::KafkaSettings>,
+    pub roles: Roles,
+    pub sweep_after: Duration,
     pub bus_claim_timeout: Duration,
     pub bus_poll_interval: Duration,
     pub bus_batch_size: usize,
@@ -125,6 +160,35 @@ fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, S
         Ok(n) if n > T::default() => Ok(n),
         _ => Err(format!("'{v}' is not a positive whole number")),
     }
+}
+
+const KAFKA_OWN: [&str; 4] =
+    ["HERALD_KAFKA_BROKERS", "HERALD_KAFKA_TOPIC_PREFIX", "HERALD_KAFKA_PARTITIONS", "HERALD_KAFKA_REPLICATION"];
+
+fn kafka_settings(s: &Settings) -> Result<crate::bus::kafka::KafkaSettings, ConfigError> {
+    let brokers = s.required("HERALD_KAFKA_BROKERS", "set it to the bootstrap servers, such as 127.0.0.1:9092")?;
+    // Everything else named HERALD_KAFKA_* is a librdkafka property:
+    // HERALD_KAFKA_SECURITY_PROTOCOL=SSL becomes security.protocol=SSL.
+    let mut properties: Vec<(String, String)> = s
+        .0
+        .iter()
+        .filter(|(k, _)| k.starts_with("HERALD_KAFKA_") && !KAFKA_OWN.contains(&k.as_str()))
+        .map(|(k, v)| (k["HERALD_KAFKA_".len()..].to_ascii_lowercase().replace('_', "."), v.clone()))
+        .collect();
+    properties.sort();
+    Ok(crate::bus::kafka::KafkaSettings {
+        brokers,
+        topic_prefix: s.parsed("HERALD_KAFKA_TOPIC_PREFIX", "herald.".to_owned(), |v| {
+            if v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                Ok(v.to_owned())
+            } else {
+                Err(format!("'{v}' may only contain letters, digits, '.', '_' and '-'"))
+            }
+        })?,
+        partitions: s.parsed("HERALD_KAFKA_PARTITIONS", 6, positive)?,
+        replication: s.parsed("HERALD_KAFKA_REPLICATION", 1, positive)?,
+        properties,
+    })
 }
 
 impl Config {
@@ -159,12 +223,10 @@ impl Config {
             "kafka" => Ok(BusKind::Kafka),
             _ => Err(format!("'{v}' is not a bus backend; use postgres or kafka")),
         })?;
-        if bus == BusKind::Kafka {
-            return Err(ConfigError::new(
-                "HERALD_BUS",
-                "the kafka backend is not in this build yet; use postgres (the default)",
-            ));
-        }
+        let kafka = match bus {
+            BusKind::Postgres => None,
+            BusKind::Kafka => Some(kafka_settings(s)?),
+        };
         Ok(Self {
             database_url,
             db_max_connections: s.parsed("HERALD_DB_MAX_CONNECTIONS", 20, positive)?,
@@ -175,11 +237,18 @@ impl Config {
             smtp_timeout: s.parsed("HERALD_SMTP_TIMEOUT", Duration::from_secs(30), duration)?,
             email_from,
             bus,
+            kafka,
+            roles: s.parsed("HERALD_ROLES", Roles::ALL, Roles::parse)?,
+            sweep_after: s.parsed("HERALD_SWEEP_AFTER", Duration::from_secs(600), duration)?,
             email_concurrency: s.parsed("HERALD_EMAIL_CONCURRENCY", 64, positive)?,
             email_retry_schedule: s.parsed("HERALD_EMAIL_RETRY_SCHEDULE", RetrySchedule::email_default(), |v| {
                 RetrySchedule::parse(v)
             })?,
-            bus_claim_timeout: s.parsed("HERALD_BUS_CLAIM_TIMEOUT", Duration::from_secs(60), duration)?,
+            bus_claim_timeout: s.parsed("HERALD_BUS_CLAIM_TIMEOUT", Duration::from_secs(60), |v| {
+                duration(v).and_then(|d| {
+                    if d >= Duration::from_secs(1) { Ok(d) } else { Err(format!("'{v}' is too short; use at least 1s")) }
+                })
+            })?,
             bus_poll_interval: s.parsed("HERALD_BUS_POLL_INTERVAL", Duration::from_secs(1), duration)?,
             bus_batch_size: s.parsed("HERALD_BUS_BATCH_SIZE", 128, positive)?,
             max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
@@ -230,5 +299,32 @@ mod tests {
         let mut pairs = BASE.to_vec();
         pairs.push(("HERALD_BUS", "rabbit"));
         assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_BUS");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_BUS", "kafka"));
+        assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_KAFKA_BROKERS");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_ROLES", "api,pigeon"));
+        assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_ROLES");
+    }
+
+    #[test]
+    fn kafka_settings_and_pass_through() {
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            ("HERALD_BUS", "kafka"),
+            ("HERALD_KAFKA_BROKERS", "127.0.0.1:9092"),
+            ("HERALD_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("HERALD_KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("HERALD_ROLES", "api,relay"),
+        ]);
+        let c = Config::from_settings(&settings(&pairs)).unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(k.topic_prefix, "herald.");
+        assert_eq!(k.topic("email"), "herald.email");
+        assert_eq!(
+            k.properties,
+            vec![("sasl.mechanism".to_owned(), "PLAIN".to_owned()), ("security.protocol".to_owned(), "SASL_SSL".to_owned())]
+        );
+        assert_eq!(c.roles, Roles { api: true, relay: true, email: false, webhook: false });
     }
 }

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod dispatch;
+pub mod metrics;
 pub mod problem;
 pub mod processor;
 pub mod retry;

@@ -279,6 +279,7 @@ impl Processor {
 
         let Some((key, hash)) = idempotency else {
             insert.execute(&self.db).await?;
+            crate::metrics::accepted();
             return Ok(accepted);
         };
         let mut tx = self.db.begin().await?;

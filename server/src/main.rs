@@ -24,7 +24,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply migrations, then serve the API, the console and the dispatchers.
-    Serve,
+    Serve {
+        /// Comma-separated roles: api, relay, email, webhook (default: all; also HERALD_ROLES).
+        #[arg(long)]
+        roles: Option<String>,
+    },
     /// Apply database migrations and exit.
     Migrate,
     /// Manage API keys.
@@ -80,7 +84,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve => serve::serve(&settings).await,
+        Command::Serve { roles } => serve::serve(&settings, roles.as_deref()).await,
         Command::Migrate => {
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;

@@ -1,24 +1,27 @@
-//! `herald serve`: wires the pipeline, the dispatchers and the console together.
+//! `herald serve`: wires the pipeline, the dispatchers and the console together,
+//! according to the process's roles.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
-
 use axum::Router;
-use herald_core::api::{self, AppState};
+use herald_core::api::{self, AppState, BusProbe};
+use herald_core::bus::kafka::{self, KafkaConsumer, KafkaSettings, Relay};
 use herald_core::bus::postgres::PgConsumer;
 use herald_core::bus::Topic;
-use herald_core::config::{Config, Settings};
-use herald_core::db;
+use herald_core::config::{BusKind, Config, Roles, Settings};
 use herald_core::dispatch::email::{self, EmailDispatcher};
+use herald_core::dispatch::sweeper;
 use herald_core::processor::Processor;
+use herald_core::{db, metrics};
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 fn console(config: &Config) -> Router {
     let options = LeptosOptions::builder()
@@ -47,25 +50,99 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: no new requests; finishing in-flight attempts");
 }
 
-pub async fn serve(settings: &Settings) -> anyhow::Result<()> {
-    let config = Arc::new(Config::from_settings(settings)?);
+/// Creates the topics, retrying until the brokers answer or shutdown.
+async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match kafka::ensure_topics(k).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "kafka: topics not ready; retrying"),
+        }
+        if *stop.borrow() {
+            return false;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<()> {
+    let mut config = Config::from_settings(settings)?;
+    if let Some(r) = roles {
+        config.roles = Roles::parse(r).map_err(|m| anyhow::anyhow!("--roles: {m}"))?;
+    }
+    let config = Arc::new(config);
+    let prometheus = metrics::install();
     let pool = db::connect(&config.database_url, config.db_max_connections).await?;
     db::migrate(&pool).await?;
     let smtp = email::transport(&config)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let consumer =
-        PgConsumer::new(pool.clone(), Topic::Email, config.bus_claim_timeout, config.bus_poll_interval).await?;
-    let dispatcher = EmailDispatcher::from_config(&config, pool.clone(), smtp.clone());
-    let email_task = tokio::spawn(dispatcher.run(consumer, stop_rx));
+    let mut tasks = JoinSet::new();
+    let probe = match &config.kafka {
+        Some(k) => BusProbe::Kafka(k.producer()?),
+        None => BusProbe::Postgres,
+    };
+
+    if config.roles.relay {
+        if let Some(k) = config.kafka.clone() {
+            let outbox = PgConsumer::new(pool.clone(), None, config.bus_claim_timeout, config.bus_poll_interval).await?;
+            let relay = Relay { outbox, producer: k.producer()?, settings: k.clone(), batch_size: config.bus_batch_size };
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                if topics_ready(&relay.settings, &stop).await {
+                    relay.run(stop).await;
+                }
+            });
+        }
+    }
+    if config.roles.email {
+        let dispatcher = EmailDispatcher::from_config(&config, pool.clone(), smtp.clone());
+        let stop = stop_rx.clone();
+        match &config.kafka {
+            None => {
+                let consumer =
+                    PgConsumer::new(pool.clone(), Some(Topic::Email), config.bus_claim_timeout, config.bus_poll_interval)
+                        .await?;
+                tasks.spawn(dispatcher.run(consumer, stop));
+            }
+            Some(k) => {
+                let k = k.clone();
+                tasks.spawn(async move {
+                    if !topics_ready(&k, &stop).await {
+                        return;
+                    }
+                    match KafkaConsumer::new(&k, Topic::Email, &k.topic("email-dispatchers")) {
+                        Ok(consumer) => dispatcher.run(consumer, stop).await,
+                        Err(e) => tracing::error!(error = %e, "kafka: cannot create the email consumer"),
+                    }
+                });
+            }
+        }
+    }
+    if config.roles.email || config.roles.webhook {
+        tasks.spawn(sweeper::run(pool.clone(), config.sweep_after, stop_rx.clone()));
+    }
+    tracing::info!(
+        bus = if config.bus == BusKind::Kafka { "kafka" } else { "postgres" },
+        api = config.roles.api, relay = config.roles.relay, email = config.roles.email, webhook = config.roles.webhook,
+        "roles"
+    );
 
     let state = AppState {
         db: pool.clone(),
         config: config.clone(),
         processor: Arc::new(Processor::new(pool.clone())),
         smtp,
+        bus: probe,
+        metrics: prometheus,
     };
-    let app = api::router(state).merge(console(&config)).layer(
+    // Every process answers /healthz, /readyz and /metrics; only `api` ones take notifications.
+    let mut app = api::operations_router(state.clone());
+    if config.roles.api {
+        app = app.merge(api::router(state)).merge(console(&config));
+    }
+    let app = app.layer(
         tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -81,7 +158,7 @@ pub async fn serve(settings: &Settings) -> anyhow::Result<()> {
     tracing::info!(addr = %config.listen_addr, public_url = %config.public_url, "herald is serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     let _ = stop_tx.send(true);
-    email_task.await?;
+    while tasks.join_next().await.is_some() {}
     pool.close().await;
     tracing::info!("herald stopped");
     Ok(())

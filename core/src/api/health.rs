@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::AppState;
+use super::{AppState, BusProbe};
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -27,8 +27,15 @@ where
 
 pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = check(sqlx::query("SELECT 1").execute(&s.db));
-    // The postgres bus is the outbox table: working means it can be read.
-    let bus = check(sqlx::query("SELECT id FROM outbox LIMIT 1").fetch_optional(&s.db));
+    let bus = check(async {
+        match &s.bus {
+            // The postgres bus is the outbox table: working means it can be read.
+            BusProbe::Postgres => {
+                sqlx::query("SELECT id FROM outbox LIMIT 1").fetch_optional(&s.db).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            BusProbe::Kafka(p) => crate::bus::kafka::check_brokers(p).await.map_err(|e| format!("{e:#}")),
+        }
+    });
     let smtp = check(async {
         match s.smtp.test_connection().await {
             Ok(true) => Ok(()),
@@ -43,4 +50,12 @@ pub async fn readyz(State(s): State<AppState>) -> (StatusCode, Json<Value>) {
         "checks": {"database": database, "bus": bus, "smtp": smtp},
     });
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(s): State<AppState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&s.db).await {
+        crate::metrics::backlog(n);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }

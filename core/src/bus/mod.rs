@@ -11,6 +11,7 @@
 //! ack only after the outcome is recorded, and must recognise duplicates (delivery
 //! jobs carry the attempt number they are for).
 
+pub mod kafka;
 pub mod postgres;
 
 use std::future::Future;
@@ -88,17 +89,29 @@ pub async fn enqueue(conn: &mut PgConnection, msgs: &[BusMessage]) -> sqlx::Resu
     Ok(())
 }
 
-/// One received message. `receipt` is opaque to consumers of the trait.
+impl Topic {
+    pub fn parse(s: &str) -> Option<Topic> {
+        [Topic::Email, Topic::Webhook].into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// One received message. `receipt` is opaque to users of the trait.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The logical topic (`email`, `webhook`).
+    pub topic: String,
     pub key: String,
+    /// The decoded JSON payload, or `Value::Null` when the bytes were not JSON.
     pub payload: Value,
+    /// The payload bytes as received (kept for dead-lettering).
+    pub raw: Vec<u8>,
     pub receipt: Receipt,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receipt {
     Postgres { id: i64 },
+    Kafka { partition: i32, offset: i64 },
 }
 
 pub trait Consumer: Send {
@@ -108,4 +121,12 @@ pub trait Consumer: Send {
 
     /// Marks messages done. Unacked messages are delivered again later.
     fn ack(&mut self, msgs: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Moves a message that cannot be processed out of the way, with the reason, and
+    /// counts it (`herald_bus_dead_lettered_total`). Acks it.
+    fn dead_letter(&mut self, msg: &Received, reason: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Processing of these messages failed before their outcome was recorded: make
+    /// sure they are delivered again (and nothing after them is acked past them).
+    fn redeliver(&mut self, msgs: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;
 }

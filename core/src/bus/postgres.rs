@@ -17,7 +17,8 @@ use super::{Consumer, Receipt, Received, Topic};
 
 pub struct PgConsumer {
     db: PgPool,
-    topic: Topic,
+    /// `None`: every topic (the Kafka relay reads the whole outbox).
+    topic: Option<Topic>,
     claim_timeout: Duration,
     poll_interval: Duration,
     listener: Option<PgListener>,
@@ -25,7 +26,12 @@ pub struct PgConsumer {
 }
 
 impl PgConsumer {
-    pub async fn new(db: PgPool, topic: Topic, claim_timeout: Duration, poll_interval: Duration) -> anyhow::Result<Self> {
+    pub async fn new(
+        db: PgPool,
+        topic: Option<Topic>,
+        claim_timeout: Duration,
+        poll_interval: Duration,
+    ) -> anyhow::Result<Self> {
         let mut c = Self { db, topic, claim_timeout, poll_interval, listener: None, token: Uuid::new_v4() };
         c.connect_listener().await;
         Ok(c)
@@ -49,17 +55,18 @@ impl PgConsumer {
     async fn claim(&mut self, max: usize) -> sqlx::Result<Vec<Received>> {
         // A fresh token per claim: an ack only removes rows this very claim still holds.
         self.token = Uuid::new_v4();
-        let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String, serde_json::Value)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3), claim_token = $4,
                                deliveries = deliveries + 1
              WHERE id IN (
                 SELECT id FROM outbox
-                WHERE topic = $1 AND available_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
+                WHERE ($1::text IS NULL OR topic = $1) AND available_at <= now()
+                  AND (claimed_until IS NULL OR claimed_until < now())
                 ORDER BY id LIMIT $2
                 FOR UPDATE SKIP LOCKED)
-             RETURNING id, key, payload",
+             RETURNING id, topic, key, payload",
         )
-        .bind(self.topic.as_str())
+        .bind(self.topic.map(Topic::as_str))
         .bind(max as i64)
         .bind(self.claim_timeout.as_secs_f64())
         .bind(self.token)
@@ -67,11 +74,15 @@ impl PgConsumer {
         .await?;
         let mut out: Vec<Received> = rows
             .into_iter()
-            .map(|(id, key, payload)| Received { key, payload, receipt: Receipt::Postgres { id } })
+            .map(|(id, topic, key, payload)| Received {
+                topic,
+                key,
+                raw: serde_json::to_vec(&payload).unwrap_or_default(),
+                payload,
+                receipt: Receipt::Postgres { id },
+            })
             .collect();
-        out.sort_by_key(|r| match r.receipt {
-            Receipt::Postgres { id } => id,
-        });
+        out.sort_by_key(|r| row_id(r));
         Ok(out)
     }
 
@@ -79,9 +90,9 @@ impl PgConsumer {
     async fn next_due(&self) -> sqlx::Result<Option<Duration>> {
         let secs: Option<f64> = sqlx::query_scalar(
             "SELECT extract(epoch FROM min(greatest(available_at, coalesce(claimed_until, available_at))) - now())::float8
-             FROM outbox WHERE topic = $1",
+             FROM outbox WHERE ($1::text IS NULL OR topic = $1)",
         )
-        .bind(self.topic.as_str())
+        .bind(self.topic.map(Topic::as_str))
         .fetch_one(&self.db)
         .await?;
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
@@ -114,6 +125,13 @@ impl PgConsumer {
     }
 }
 
+fn row_id(m: &Received) -> i64 {
+    match m.receipt {
+        Receipt::Postgres { id } => id,
+        other => panic!("a postgres consumer got a foreign receipt {other:?}"),
+    }
+}
+
 impl Consumer for PgConsumer {
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
         let batch = self.claim(max).await?;
@@ -125,18 +143,40 @@ impl Consumer for PgConsumer {
     }
 
     async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
-        let ids: Vec<i64> = msgs
-            .iter()
-            .map(|m| match m.receipt {
-                Receipt::Postgres { id } => id,
-            })
-            .collect();
+        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
         if ids.is_empty() {
             return Ok(());
         }
         // Rows whose lease expired and that another worker re-claimed keep existing:
         // that worker finds the delivery already advanced and acks them itself.
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND claim_token = $2")
+            .bind(&ids)
+            .bind(self.token)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, msg: &Received, reason: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "WITH gone AS (DELETE FROM outbox WHERE id = $1 AND claim_token = $2 RETURNING topic, key)
+             INSERT INTO dead_letters (topic, key, payload, reason)
+             SELECT topic, key, $3, $4 FROM gone",
+        )
+        .bind(row_id(msg))
+        .bind(self.token)
+        .bind(&msg.raw)
+        .bind(reason)
+        .execute(&self.db)
+        .await?;
+        crate::metrics::dead_lettered(&msg.topic);
+        Ok(())
+    }
+
+    async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        // Give the claim back after a short pause instead of waiting out the lease.
+        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+        sqlx::query("UPDATE outbox SET claimed_until = now() + interval '1 second' WHERE id = ANY($1) AND claim_token = $2")
             .bind(&ids)
             .bind(self.token)
             .execute(&self.db)

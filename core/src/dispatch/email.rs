@@ -85,7 +85,15 @@ impl EmailDispatcher {
             };
             let result = match batch {
                 Ok(batch) if batch.is_empty() => Ok(()),
-                Ok(batch) => this.process(&mut consumer, batch).await,
+                Ok(batch) => {
+                    let r = this.process(&mut consumer, &batch).await;
+                    if r.is_err() {
+                        if let Err(e) = consumer.redeliver(&batch).await {
+                            tracing::error!(error = %format!("{e:#}"), "email dispatcher: cannot hand the batch back");
+                        }
+                    }
+                    r
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -100,13 +108,14 @@ impl EmailDispatcher {
         tracing::info!("email dispatcher stopped");
     }
 
-    async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: Vec<Received>) -> anyhow::Result<()> {
-        let (jobs, bad) = record::decode(&batch);
+    async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
+        let (jobs, bad) = record::decode(batch);
         for i in &bad {
-            tracing::error!(key_len = batch[*i].key.len(), "email dispatcher: undecodable bus message dropped");
+            tracing::error!("email dispatcher: undecodable bus message dead-lettered");
+            consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
         }
         let clock = Instant::now();
-        let (owned, stale, _busy) = record::start_attempts(&self.db, "email", &jobs, self.lease).await?;
+        let (owned, stale, busy) = record::start_attempts(&self.db, "email", &jobs, self.lease).await?;
         let started_ms = clock.elapsed().as_millis();
 
         // Per recipient in order; different recipients concurrently.
@@ -161,8 +170,13 @@ impl EmailDispatcher {
                 smtp_code = r.smtp_code, duration_ms = r.duration_ms, "email attempt recorded"
             );
         }
+        // Stale jobs are done. Busy ones belong to a live worker: ask for them again
+        // later, by which time that worker has recorded them or its lease has ended.
         done.extend(stale);
-        done.extend(bad);
+        if !busy.is_empty() {
+            let again: Vec<Received> = busy.iter().map(|i| batch[*i].clone()).collect();
+            consumer.redeliver(&again).await?;
+        }
         let acks: Vec<Received> = done.into_iter().map(|i| batch[i].clone()).collect();
         consumer.ack(&acks).await?;
         tracing::debug!(
@@ -227,6 +241,7 @@ impl EmailDispatcher {
             },
         }
         rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        crate::metrics::attempt("email", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
         if rec.outcome == Outcome::TransientFailure {
             rec.retry_at = self
                 .schedule

@@ -11,3 +11,4 @@
 
 pub mod email;
 pub mod record;
+pub mod sweeper;

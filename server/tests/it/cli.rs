@@ -1,7 +1,6 @@
 //! The binary's configuration checks and commands.
 
 use crate::harness::*;
-use crate::smtp::SmtpSink;
 
 #[tokio::test]
 async fn bad_configuration_names_the_variable_and_exits_non_zero() {

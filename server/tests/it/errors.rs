@@ -3,7 +3,6 @@
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::smtp::SmtpSink;
 
 async fn assert_nothing_written(h: &Herald) {
     for table in ["notifications", "deliveries", "outbox", "idempotency_keys", "attempts"] {

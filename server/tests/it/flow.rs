@@ -3,13 +3,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::*;
-use crate::smtp::{Reply, SmtpSink};
 
 #[tokio::test]
 async fn welcome_email_flow_end_to_end() {
-    let sink = SmtpSink::start().await;
-    let h = Herald::start(&fresh_database().await, &sink.url(), &[]).await;
-    let key = h.api_key(&["notifications:write", "notifications:read"]).await;
+    let (sink, h, key) = setup(&[], &[]).await;
 
     let r = h.post(&key, &welcome("Ada", "ada@example.test")).await;
     assert_eq!(r.status(), 202);
@@ -50,9 +47,7 @@ async fn welcome_email_flow_end_to_end() {
 
 #[tokio::test]
 async fn explicit_recipients_override_the_route() {
-    let sink = SmtpSink::start().await;
-    let h = Herald::start(&fresh_database().await, &sink.url(), &[]).await;
-    let key = h.api_key(&["notifications:write", "notifications:read"]).await;
+    let (sink, h, key) = setup(&[], &[]).await;
     let mut body = welcome("Grace", "grace@example.test");
     body["recipients"] = json!(["Ops <ops@example.test>", "audit@example.test"]);
     let r = h.post(&key, &body).await;
@@ -68,9 +63,7 @@ async fn explicit_recipients_override_the_route() {
 
 #[tokio::test]
 async fn idempotency_key_replays_and_refuses_other_bodies() {
-    let sink = SmtpSink::start().await;
-    let h = Herald::start(&fresh_database().await, &sink.url(), &[]).await;
-    let key = h.api_key(&["notifications:write", "notifications:read"]).await;
+    let (_sink, h, key) = setup(&[], &[]).await;
     let body = welcome("Ada", "ada@example.test");
     let send = |body: serde_json::Value| {
         let h = &h;
@@ -129,12 +122,9 @@ async fn idempotency_key_replays_and_refuses_other_bodies() {
 
 #[tokio::test]
 async fn transient_smtp_failures_are_retried_then_succeed() {
-    let sink = SmtpSink::start().await;
-    sink.script(&[Reply::Code(451), Reply::Code(451)]);
-    let h = Herald::start(&fresh_database().await, &sink.url(), &[]).await;
-    let key = h.api_key(&["notifications:write", "notifications:read"]).await;
-    let a: serde_json::Value = h.post(&key, &welcome("Ada", "ada@example.test")).await.json().await.unwrap();
-    let n = h.wait_terminal(&key, a["id"].as_str().unwrap()).await;
+    let (sink, h, key) = setup(&[Reply::Code(451), Reply::Code(451)], &[]).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let n = h.wait_terminal(&key, &id).await;
     let d = &n["deliveries"][0];
     assert_eq!(d["status"], "succeeded");
     let attempts = d["attempts"].as_array().unwrap();
@@ -151,12 +141,9 @@ async fn transient_smtp_failures_are_retried_then_succeed() {
 
 #[tokio::test]
 async fn permanent_smtp_failure_fails_after_one_attempt() {
-    let sink = SmtpSink::start().await;
-    sink.script(&[Reply::Code(550)]);
-    let h = Herald::start(&fresh_database().await, &sink.url(), &[]).await;
-    let key = h.api_key(&["notifications:write", "notifications:read"]).await;
-    let a: serde_json::Value = h.post(&key, &welcome("Ada", "ada@example.test")).await.json().await.unwrap();
-    let n = h.wait_terminal(&key, a["id"].as_str().unwrap()).await;
+    let (sink, h, key) = setup(&[Reply::Code(550)], &[]).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let n = h.wait_terminal(&key, &id).await;
     assert_eq!(n["status"], "failed");
     let d = &n["deliveries"][0];
     assert_eq!(d["status"], "failed");
@@ -174,12 +161,9 @@ async fn permanent_smtp_failure_fails_after_one_attempt() {
 
 #[tokio::test]
 async fn exhausted_retries_fail_the_delivery() {
-    let sink = SmtpSink::start().await;
-    sink.script(&[Reply::Code(421), Reply::Code(450), Reply::Code(451), Reply::Code(452)]);
-    let h = Herald::start(&fresh_database().await, &sink.url(), &[("HERALD_EMAIL_RETRY_SCHEDULE", "100ms,100ms")]).await;
-    let key = h.api_key(&["notifications:write", "notifications:read"]).await;
-    let a: serde_json::Value = h.post(&key, &welcome("Ada", "ada@example.test")).await.json().await.unwrap();
-    let n = h.wait_terminal(&key, a["id"].as_str().unwrap()).await;
+    let (_sink, h, key) = setup(&[Reply::Code(421), Reply::Code(450), Reply::Code(451), Reply::Code(452)], &[("HERALD_EMAIL_RETRY_SCHEDULE", "100ms,100ms")]).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let n = h.wait_terminal(&key, &id).await;
     let d = &n["deliveries"][0];
     assert_eq!(d["status"], "failed");
     assert_eq!(d["attempts"].as_array().unwrap().len(), 3);

@@ -7,6 +7,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
+pub use herald_testkit::smtp::{Reply, SmtpSink};
 pub use herald_testkit::{free_port, fresh_database};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
@@ -164,6 +165,26 @@ impl Herald {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// An SMTP server (scripted with `replies`), Herald on a fresh database, and a key with
+/// `notifications:write` and `notifications:read`.
+pub async fn setup(replies: &[Reply], extra: &[(&str, &str)]) -> (SmtpSink, Herald, String) {
+    let sink = SmtpSink::start().await;
+    sink.script(replies);
+    let h = Herald::start(&fresh_database().await, &sink.url(), extra).await;
+    let key = h.api_key(&["notifications:write", "notifications:read"]).await;
+    (sink, h, key)
+}
+
+impl Herald {
+    /// Posts a welcome notification that must be accepted; returns its id.
+    pub async fn send_welcome(&self, key: &str, name: &str, email: &str) -> String {
+        let r = self.post(key, &welcome(name, email)).await;
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
 }
 
 pub fn welcome(name: &str, email: &str) -> Value {

@@ -3,8 +3,6 @@
 
 mod harness;
 
-pub use herald_testkit::smtp;
-
 mod cli;
 mod errors;
 mod flow;

@@ -1,0 +1,299 @@
+//! The Kafka backend (rdkafka): an outbox relay that publishes with an idempotent
+//! producer, and consumer groups for the dispatchers.
+//!
+//! - Topics: `<prefix>email`, `<prefix>webhook`, `<prefix>dead-letter`, created at
+//!   start when missing.
+//! - Relay: claims outbox rows (any topic) like the postgres backend does, publishes
+//!   them keyed by the row's key (recipient or endpoint: per-target order), and deletes
+//!   them only after the broker acknowledged every one (`acks=all`). A crash between
+//!   publish and delete republishes: duplicates possible, loss impossible.
+//! - Consumers: one group per dispatcher kind, `enable.auto.offset.store=false`;
+//!   offsets are stored only when the dispatcher acks, i.e. after the attempt is
+//!   recorded in PostgreSQL, and committed by the auto-commit timer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::postgres::PgConsumer;
+use super::{Consumer, Receipt, Received, Topic};
+
+/// Kafka settings from `HERALD_KAFKA_*`.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication: i32,
+    /// librdkafka properties passed through (TLS, SASL, ...).
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub fn topic(&self, t: &str) -> String {
+        format!("{}{t}", self.topic_prefix)
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        self.topic("dead-letter")
+    }
+
+    fn logical<'a>(&self, kafka_topic: &'a str) -> &'a str {
+        kafka_topic.strip_prefix(self.topic_prefix.as_str()).unwrap_or(kafka_topic)
+    }
+
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        Ok(self
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create()?)
+    }
+}
+
+/// Creates Herald's topics where they are missing.
+pub async fn ensure_topics(s: &KafkaSettings) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = s.client_config().create()?;
+    let names = [s.topic(Topic::Email.as_str()), s.topic(Topic::Webhook.as_str()), s.dead_letter_topic()];
+    let topics: Vec<NewTopic> =
+        names.iter().map(|n| NewTopic::new(n, s.partitions, TopicReplication::Fixed(s.replication))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create Kafka topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the brokers answer (for `/readyz`).
+pub async fn check_brokers(producer: &FutureProducer) -> anyhow::Result<()> {
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, Duration::from_secs(3)))
+        .await??;
+    Ok(())
+}
+
+/// Publishes the outbox to Kafka.
+pub struct Relay {
+    pub outbox: PgConsumer,
+    pub producer: FutureProducer,
+    pub settings: KafkaSettings,
+    pub batch_size: usize,
+}
+
+impl Relay {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let batch = tokio::select! {
+                _ = shutdown.changed() => break,
+                b = self.outbox.poll(self.batch_size) => b,
+            };
+            match batch {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => match self.publish(&batch).await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "outbox relay: publishing failed; will retry");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "outbox relay: cannot read the outbox");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let _ = self.producer.flush(Duration::from_secs(10));
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn publish(&mut self, batch: &[Received]) -> anyhow::Result<()> {
+        let topics: Vec<String> = batch.iter().map(|m| self.settings.topic(&m.topic)).collect();
+        let sends = batch.iter().zip(&topics).map(|(m, topic)| {
+            self.producer.send(FutureRecord::to(topic).key(m.key.as_bytes()).payload(&m.raw), Duration::from_secs(30))
+        });
+        let results = join_all(sends).await;
+        let mut done = Vec::with_capacity(batch.len());
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (m, r) in batch.iter().zip(results) {
+            match r {
+                Ok(_) => done.push(m.clone()),
+                Err((e, _)) => {
+                    first_error.get_or_insert(e);
+                    failed.push(m.clone());
+                }
+            }
+        }
+        let mut per_topic: HashMap<&str, u64> = HashMap::new();
+        for m in &done {
+            *per_topic.entry(m.topic.as_str()).or_default() += 1;
+        }
+        for (t, n) in per_topic {
+            crate::metrics::published(t, n);
+        }
+        // Delete only what the broker acknowledged.
+        self.outbox.ack(&done).await?;
+        if let Some(e) = first_error {
+            self.outbox.redeliver(&failed).await?;
+            anyhow::bail!("{} of {} messages not acknowledged by Kafka: {e}", failed.len(), batch.len());
+        }
+        Ok(())
+    }
+}
+
+/// Reports consumer lag per partition from librdkafka's statistics.
+pub struct LagContext {
+    prefix: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        for (name, topic) in &stats.topics {
+            let logical = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);
+            for (id, p) in &topic.partitions {
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    crate::metrics::consumer_lag(logical, *id, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// A dispatcher's view of its Kafka topic, in a consumer group.
+pub struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<LagContext>>,
+    settings: KafkaSettings,
+    topic: String,
+    dead_letters: FutureProducer,
+}
+
+impl KafkaConsumer {
+    pub fn new(settings: &KafkaSettings, topic: Topic, group: &str) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer<LagContext> = settings
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagContext { prefix: settings.topic_prefix.clone() })?;
+        let name = settings.topic(topic.as_str());
+        consumer.subscribe(&[&name])?;
+        Ok(Self { consumer: Arc::new(consumer), settings: settings.clone(), topic: name, dead_letters: settings.producer()? })
+    }
+
+    fn to_received(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+        let raw = m.payload().unwrap_or_default().to_vec();
+        Received {
+            topic: self.settings.logical(m.topic()).to_owned(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+            payload: serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null),
+            raw,
+            receipt: Receipt::Kafka { partition: m.partition(), offset: m.offset() },
+        }
+    }
+
+    fn store(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        for m in msgs {
+            if let Receipt::Kafka { partition, offset } = m.receipt {
+                self.consumer.store_offset(&self.topic, partition, offset)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
+        let mut out = Vec::new();
+        // Wait up to a second for the first message, then take what is already buffered.
+        match tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(first) => out.push(self.to_received(&first?)),
+        }
+        while out.len() < max {
+            match tokio::time::timeout(Duration::from_millis(2), self.consumer.recv()).await {
+                Ok(Ok(m)) => out.push(self.to_received(&m)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let topic = out[0].topic.clone();
+        crate::metrics::consumed(&topic, out.len() as u64);
+        Ok(out)
+    }
+
+    async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        self.store(msgs)
+    }
+
+    async fn dead_letter(&mut self, msg: &Received, reason: &str) -> anyhow::Result<()> {
+        let topic = self.settings.dead_letter_topic();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "herald-reason", value: Some(reason) })
+            .insert(Header { key: "herald-topic", value: Some(msg.topic.as_str()) });
+        self.dead_letters
+            .send(FutureRecord::to(&topic).key(msg.key.as_bytes()).payload(&msg.raw).headers(headers), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("cannot dead-letter a message: {e}"))?;
+        crate::metrics::dead_lettered(&msg.topic);
+        self.store(std::slice::from_ref(msg))
+    }
+
+    async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        // Rewind each partition to its earliest unfinished message, so later acks in
+        // that partition cannot commit past it.
+        let mut earliest: HashMap<i32, i64> = HashMap::new();
+        for m in msgs {
+            if let Receipt::Kafka { partition, offset } = m.receipt {
+                let e = earliest.entry(partition).or_insert(offset);
+                *e = (*e).min(offset);
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in earliest {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.seek_partitions(tpl, Duration::from_secs(5))).await??;
+        Ok(())
+    }
+}

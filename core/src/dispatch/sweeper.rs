@@ -1,0 +1,58 @@
+//! The safety net: deliveries that should be moving but are not get a new bus message.
+//!
+//! - `in_flight` past its lease by more than the grace period: the worker died
+//!   mid-attempt (and, with Kafka, its message may already be acked).
+//! - `pending`/`retrying` overdue by more than the grace period with no outbox row: the
+//!   bus lost the message (for example a broker that lost its log).
+//!
+//! The new message asks for the next attempt number, so if the original message turns
+//! up after all, only one of the two starts an attempt.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+pub async fn sweep_once(db: &PgPool, grace: Duration) -> sqlx::Result<u64> {
+    let r = sqlx::query(
+        "WITH stuck AS (
+            SELECT d.id FROM deliveries d
+            WHERE (d.status = 'in_flight' AND d.lease_until < now() - make_interval(secs => $1))
+               OR (d.status IN ('pending', 'retrying')
+                   AND coalesce(d.next_attempt_at, d.created_at) < now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.payload->>'delivery_id' = d.id::text))
+            ORDER BY d.id LIMIT 1000
+            FOR UPDATE SKIP LOCKED
+         ), moved AS (
+            UPDATE deliveries d
+            SET status = CASE WHEN d.status = 'in_flight' THEN 'retrying' ELSE d.status END,
+                lease_until = NULL, next_attempt_at = now(), updated_at = now()
+            FROM stuck WHERE d.id = stuck.id
+            RETURNING d.id, d.channel, d.target, d.attempts
+         )
+         INSERT INTO outbox (topic, key, payload)
+         SELECT channel, lower(target), jsonb_build_object('delivery_id', id, 'attempt', attempts + 1) FROM moved",
+    )
+    .bind(grace.as_secs_f64())
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+pub async fn run(db: PgPool, grace: Duration, mut shutdown: watch::Receiver<bool>) {
+    let every = (grace / 4).max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match sweep_once(&db, grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(deliveries = n, "sweeper re-enqueued stuck deliveries"),
+            Err(e) => tracing::warn!(error = %e, "sweeper failed"),
+        }
+        if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&db).await {
+            crate::metrics::backlog(n);
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Prometheus metrics. One recorder per process, rendered at `/metrics`.
+//!
+//! Names: `herald_bus_published_total{topic}`, `herald_bus_consumed_total{topic}`,
+//! `herald_bus_dead_lettered_total{topic}`, `herald_consumer_lag{topic,partition}`,
+//! `herald_attempts_total{channel,outcome}`, `herald_attempt_duration_seconds{channel}`,
+//! `herald_notifications_accepted_total`, `herald_outbox_backlog`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder (once; later calls return the same handle).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                .expect("static buckets")
+                .install_recorder()
+                .expect("one metrics recorder per process")
+        })
+        .clone()
+}
+
+pub fn published(topic: &str, n: u64) {
+    metrics::counter!("herald_bus_published_total", "topic" => topic.to_owned()).increment(n);
+}
+
+pub fn consumed(topic: &str, n: u64) {
+    metrics::counter!("herald_bus_consumed_total", "topic" => topic.to_owned()).increment(n);
+}
+
+pub fn dead_lettered(topic: &str) {
+    metrics::counter!("herald_bus_dead_lettered_total", "topic" => topic.to_owned()).increment(1);
+}
+
+pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
+    metrics::gauge!("herald_consumer_lag", "topic" => topic.to_owned(), "partition" => partition.to_string())
+        .set(lag as f64);
+}
+
+pub fn attempt(channel: &'static str, outcome: &'static str, seconds: f64) {
+    metrics::counter!("herald_attempts_total", "channel" => channel, "outcome" => outcome).increment(1);
+    metrics::histogram!("herald_attempt_duration_seconds", "channel" => channel).record(seconds);
+}
+
+pub fn accepted() {
+    metrics::counter!("herald_notifications_accepted_total").increment(1);
+}
+
+pub fn backlog(n: i64) {
+    metrics::gauge!("herald_outbox_backlog").set(n as f64);
+}
