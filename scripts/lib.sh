@@ -39,6 +39,22 @@ ensure_rust() {
   fi
 }
 
+NISSHI_VERSION=0.8.1
+
+# The Kafka-protocol broker for tests and the Kafka demo (nisshi, the renamed Tansu).
+# It needs rustc >= 1.96: built with the image's nightly, or a minimal 1.96 toolchain.
+ensure_nisshi() {
+  if nisshi --version 2>/dev/null | grep -q "$NISSHI_VERSION"; then return 0; fi
+  local tc
+  if rustup toolchain list | grep -q '^nightly'; then tc=nightly; else
+    log "installing Rust 1.96.0 (minimal) to build nisshi"
+    rustup toolchain install 1.96.0 --profile minimal
+    tc=1.96.0
+  fi
+  log "installing nisshi $NISSHI_VERSION with +$tc (a Kafka-protocol broker; ~10 minutes once)"
+  cargo +"$tc" install nisshi --version "$NISSHI_VERSION" --locked
+}
+
 npm_ci() { # npm_ci DIR: installs DIR's locked npm packages unless they are already there
   local dir="$1"
   command -v npm >/dev/null || apt_install nodejs npm

@@ -6,6 +6,7 @@ cd "$ROOT"
 
 apt_install chromium curl postgresql-client
 ensure_rust
+ensure_nisshi
 npm_ci "$ROOT/tools"
 npm_ci "$ROOT/end2end"
 ensure_postgres

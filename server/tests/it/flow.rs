@@ -227,3 +227,44 @@ async fn killed_dispatcher_loses_nothing() {
     assert_eq!(h.count("outbox").await, 0);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn undecodable_bus_messages_are_dead_lettered_and_counted() {
+    let (sink, h, key) = setup(&[], &[]).await;
+    sqlx::query("INSERT INTO outbox (topic, key, payload) VALUES ('email', 'x', '{\"nonsense\": true}')")
+        .execute(&h.db)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the dead letter", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&h.db).await.unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    let reason: String = sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_one(&h.db).await.unwrap();
+    assert!(reason.contains("undecodable"), "{reason}");
+    assert_eq!(h.count("outbox").await, 0);
+    let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("herald_bus_dead_lettered_total{topic=\"email\"} 1"), "{metrics}");
+    // The pipeline keeps working.
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    assert_eq!(h.wait_terminal(&key, &id).await["status"], "succeeded");
+    assert_eq!(sink.accepted_count(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn sweeper_recovers_a_delivery_whose_bus_message_vanished() {
+    let (sink, h, key) = setup(&[], &[("HERALD_SWEEP_AFTER", "1s")]).await;
+    // Simulate a bus that lost the message: a pending delivery with no outbox row.
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    h.wait_terminal(&key, &id).await;
+    sqlx::query("UPDATE deliveries SET status = 'pending', attempts = 0, created_at = now() - interval '1 minute'")
+        .execute(&h.db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM attempts").execute(&h.db).await.unwrap();
+    let n = h.wait_terminal(&key, &id).await;
+    assert_eq!(n["deliveries"][0]["status"], "succeeded");
+    assert_eq!(sink.accepted_count(), 2);
+    h.stop().await;
+}

@@ -1,8 +1,11 @@
 //! Integration tests: the real `herald` binary against a real PostgreSQL and a real
 //! SMTP server, over HTTP. One test binary (see ARCHITECTURE.md, "Testing").
 
+mod broker;
 mod harness;
 
+mod bus_contract;
 mod cli;
 mod errors;
 mod flow;
+mod kafka_flow;

@@ -1,0 +1,188 @@
+//! Herald on `HERALD_BUS=kafka` against a real Kafka-protocol broker.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::broker::Broker;
+use crate::harness::*;
+
+fn kafka_env(broker: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("HERALD_BUS", "kafka".into()),
+        ("HERALD_KAFKA_BROKERS", broker.into()),
+        ("HERALD_KAFKA_TOPIC_PREFIX", format!("h{}.", uuid::Uuid::new_v4().simple())),
+        ("HERALD_KAFKA_PARTITIONS", "4".into()),
+        ("HERALD_BUS_CLAIM_TIMEOUT", "3s".into()),
+    ]
+}
+
+fn with<'a>(base: &'a [(&'static str, String)], more: &[(&'static str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    v.extend(more.iter().copied());
+    v
+}
+
+async fn metric(h: &Herald, name: &str) -> f64 {
+    let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// Counts emails per recipient at the SMTP server.
+fn per_recipient(sink: &SmtpSink) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for mail in sink.accepted() {
+        for r in mail.rcpt_to {
+            *m.entry(r).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+async fn post_many(h: &Herald, key: &str, range: std::ops::Range<usize>) {
+    futures::future::join_all(range.map(|i| async move {
+        let email = format!("user{i}@example.test");
+        h.send_welcome(key, &format!("User {i}"), &email).await;
+    }))
+    .await;
+}
+
+async fn wait_all_succeeded(h: &Herald, n: i64, timeout: Duration) {
+    eventually(timeout, "every delivery to succeed", || async {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+        (done == n).then_some(())
+    })
+    .await;
+}
+
+fn assert_none_missing(sink: &SmtpSink, n: usize) -> usize {
+    let counts = per_recipient(sink);
+    for i in 0..n {
+        assert!(counts.contains_key(&format!("user{i}@example.test")), "user{i} never got an email");
+    }
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!("{n} notifications: {} emails, {duplicates} duplicates", sink.accepted_count());
+    duplicates
+}
+
+#[tokio::test]
+async fn welcome_flow_on_kafka() {
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    let (sink, h, key) = setup(&[], &with(&env, &[])).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let n = h.wait_terminal(&key, &id).await;
+    assert_eq!(n["status"], "succeeded");
+    assert_eq!(n["deliveries"][0]["attempts"].as_array().unwrap().len(), 1);
+    let mails = sink.accepted();
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].header("Subject").unwrap().contains("Ada"));
+    // Published to and consumed from the broker, and the outbox drained.
+    assert!(metric(&h, "herald_bus_published_total").await >= 1.0);
+    assert!(metric(&h, "herald_bus_consumed_total").await >= 1.0);
+    assert_eq!(h.count("outbox").await, 0);
+    let ready = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_retry_through_kafka() {
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    let (sink, h, key) = setup(&[Reply::Code(451), Reply::Code(451)], &with(&env, &[])).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let n = h.wait_terminal(&key, &id).await;
+    let outcomes: Vec<&str> =
+        n["deliveries"][0]["attempts"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["transient_failure", "transient_failure", "succeeded"]);
+    assert_eq!(sink.accepted_count(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn broker_down_still_accepts_and_delivers_later() {
+    let port = free_port();
+    let env = kafka_env(&format!("127.0.0.1:{port}"));
+    let (sink, h, key) = setup(&[], &with(&env, &[])).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    // Accepted and committed; the outbox holds it while there is no broker.
+    assert_eq!(h.count("outbox").await, 1);
+    let ready = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.accepted_count(), 0);
+    // The broker comes up on the configured address; Herald connects by itself.
+    let broker = Broker::on_port(port).await;
+    let n = h.wait_terminal(&key, &id).await;
+    assert_eq!(n["status"], "succeeded");
+    assert_eq!(sink.accepted_count(), 1);
+    drop(broker);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn scale_out_two_email_processes() {
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let api = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "api,relay")])).await;
+    let w1 = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
+    let w2 = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
+    let key = api.api_key(&["notifications:write", "notifications:read"]).await;
+    const N: usize = 1000;
+    post_many(&api, &key, 0..N).await;
+    wait_all_succeeded(&api, N as i64, Duration::from_secs(120)).await;
+    assert_none_missing(&sink, N);
+    // Both email processes did work.
+    let c1 = metric(&w1, "herald_attempts_total").await;
+    let c2 = metric(&w2, "herald_attempts_total").await;
+    println!("attempts: process 1 {c1}, process 2 {c2}");
+    assert!(c1 > 0.0 && c2 > 0.0, "work did not spread: {c1} / {c2}");
+    for h in [api, w1, w2] {
+        h.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn killed_email_process_loses_nothing_on_kafka() {
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let api = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "api,relay")])).await;
+    let mut worker = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
+    let key = api.api_key(&["notifications:write", "notifications:read"]).await;
+    const N: usize = 300;
+    post_many(&api, &key, 0..N).await;
+    eventually(Duration::from_secs(60), "some emails to go out", || async { (sink.accepted_count() >= 20).then_some(()) })
+        .await;
+    worker.kill();
+    worker.child.wait().await.unwrap();
+    let worker = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
+    wait_all_succeeded(&api, N as i64, Duration::from_secs(120)).await;
+    assert_none_missing(&sink, N);
+    api.stop().await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let broker_db = fresh_database().await;
+    let mut broker = Broker::durable(&broker_db).await;
+    let env = kafka_env(&broker.addr());
+    let (sink, h, key) = setup(&[], &with(&env, &[])).await;
+    const N: usize = 200;
+    post_many(&h, &key, 0..N / 2).await;
+    eventually(Duration::from_secs(60), "some emails to go out", || async { (sink.accepted_count() >= 10).then_some(()) })
+        .await;
+    broker.stop().await;
+    post_many(&h, &key, N / 2..N).await;
+    broker.restart().await;
+    wait_all_succeeded(&h, N as i64, Duration::from_secs(180)).await;
+    assert_none_missing(&sink, N);
+    h.stop().await;
+}
