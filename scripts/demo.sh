@@ -2,14 +2,19 @@
 # Sets up and starts Herald for the demo: PostgreSQL database `herald`, the maildev SMTP
 # server with its web inbox (http://127.0.0.1:1080), a demo API key, and `herald serve`
 # on http://127.0.0.1:3000. Ctrl-C stops Herald and maildev.
+# `./scripts/demo.sh --kafka` runs the same demo on the Kafka bus, with a local
+# Kafka-protocol broker (nisshi) on 127.0.0.1:9092 keeping its log in PostgreSQL.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
+USE_KAFKA=0
+[ "${1:-}" = "--kafka" ] && USE_KAFKA=1
 
 apt_install curl postgresql-client
 ensure_rust
 npm_ci "$ROOT/tools"
 ensure_postgres
 ensure_database herald
+[ $USE_KAFKA = 1 ] && { ensure_nisshi; ensure_database herald_broker; }
 build_release
 
 export DATABASE_URL="${DATABASE_URL:-$PG_ADMIN_URL/herald}"
@@ -19,13 +24,25 @@ export HERALD_SITE_ROOT="${HERALD_SITE_ROOT:-$ROOT/target/site}"
 HERALD="$ROOT/target/release/herald"
 STATE="$ROOT/.herald"
 mkdir -p "$STATE"
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
 if ! curl -fsS -o /dev/null http://127.0.0.1:1080/api/healthz 2>/dev/null; then
   log "starting maildev (SMTP 127.0.0.1:1025, inbox http://127.0.0.1:1080)"
   maildev --smtp 1025 --web 1080 --ip 127.0.0.1 --web-ip 127.0.0.1 >"$STATE/maildev.log" 2>&1 &
-  MAILDEV_PID=$!
-  trap 'kill $MAILDEV_PID 2>/dev/null || true' EXIT
+  PIDS+=($!)
   wait_http http://127.0.0.1:1080/api/healthz 30 || die "maildev did not start; see $STATE/maildev.log"
+fi
+
+if [ $USE_KAFKA = 1 ]; then
+  if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+    log "starting nisshi (Kafka protocol on 127.0.0.1:9092, log in database herald_broker)"
+    nisshi broker --storage-engine "$PG_ADMIN_URL/herald_broker?sslmode=disable" \
+      --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+      --group-initial-rebalance-delay 0s >"$STATE/nisshi.log" 2>&1 &
+    PIDS+=($!)
+  fi
+  export HERALD_BUS=kafka HERALD_KAFKA_BROKERS=127.0.0.1:9092
 fi
 
 "$HERALD" migrate >/dev/null

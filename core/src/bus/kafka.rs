@@ -43,8 +43,17 @@ pub struct KafkaSettings {
 
 impl KafkaSettings {
     pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with(&[])
+    }
+
+    /// A client configuration with Herald's `defaults`, which the operator's
+    /// `HERALD_KAFKA_*` properties override.
+    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -203,8 +212,10 @@ pub struct KafkaConsumer {
 
 impl KafkaConsumer {
     pub fn new(settings: &KafkaSettings, topic: Topic, group: &str) -> anyhow::Result<Self> {
+        // A dead member is noticed after the session timeout; keep it short so its
+        // partitions move to the living quickly.
         let consumer: StreamConsumer<LagContext> = settings
-            .client_config()
+            .client_config_with(&[("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "2000")])
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -283,6 +294,8 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        // A short pause: the usual cause is another worker still holding the delivery.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         // Rewind each partition to its earliest unfinished message, so later acks in
         // that partition cannot commit past it.
         let mut earliest: HashMap<i32, i64> = HashMap::new();

@@ -48,7 +48,6 @@ impl Broker {
         let child = Command::new(&bin)
             .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--group-initial-rebalance-delay", "0s"])
-            .args(["--prometheus-listener-url", &format!("tcp://127.0.0.1:{}", free_port())])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
