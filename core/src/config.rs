@@ -168,13 +168,22 @@ const KAFKA_OWN: [&str; 4] =
 fn kafka_settings(s: &Settings) -> Result<crate::bus::kafka::KafkaSettings, ConfigError> {
     let brokers = s.required("HERALD_KAFKA_BROKERS", "set it to the bootstrap servers, such as 127.0.0.1:9092")?;
     // Everything else named HERALD_KAFKA_* is a librdkafka property:
-    // HERALD_KAFKA_SECURITY_PROTOCOL=SSL becomes security.protocol=SSL.
-    let mut properties: Vec<(String, String)> = s
-        .0
-        .iter()
-        .filter(|(k, _)| k.starts_with("HERALD_KAFKA_") && !KAFKA_OWN.contains(&k.as_str()))
-        .map(|(k, v)| (k["HERALD_KAFKA_".len()..].to_ascii_lowercase().replace('_', "."), v.clone()))
-        .collect();
+    // HERALD_KAFKA_SECURITY_PROTOCOL=SSL becomes security.protocol=SSL, for every client;
+    // HERALD_KAFKA_CONSUMER_* and HERALD_KAFKA_PRODUCER_* reach only that kind of client.
+    let property = |k: &str| k.to_ascii_lowercase().replace('_', ".");
+    let (mut properties, mut consumer_properties, mut producer_properties) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, v) in s.0.iter().filter(|(k, _)| k.starts_with("HERALD_KAFKA_") && !KAFKA_OWN.contains(&k.as_str())) {
+        let rest = &k["HERALD_KAFKA_".len()..];
+        if let Some(p) = rest.strip_prefix("CONSUMER_") {
+            consumer_properties.push((property(p), v.clone()));
+        } else if let Some(p) = rest.strip_prefix("PRODUCER_") {
+            producer_properties.push((property(p), v.clone()));
+        } else {
+            properties.push((property(rest), v.clone()));
+        }
+    }
+    consumer_properties.sort();
+    producer_properties.sort();
     properties.sort();
     Ok(crate::bus::kafka::KafkaSettings {
         brokers,
@@ -188,6 +197,8 @@ fn kafka_settings(s: &Settings) -> Result<crate::bus::kafka::KafkaSettings, Conf
         partitions: s.parsed("HERALD_KAFKA_PARTITIONS", 6, positive)?,
         replication: s.parsed("HERALD_KAFKA_REPLICATION", 1, positive)?,
         properties,
+        consumer_properties,
+        producer_properties,
     })
 }
 
@@ -315,6 +326,7 @@ mod tests {
             ("HERALD_KAFKA_BROKERS", "127.0.0.1:9092"),
             ("HERALD_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
             ("HERALD_KAFKA_SASL_MECHANISM", "PLAIN"),
+            ("HERALD_KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS", "600000"),
             ("HERALD_ROLES", "api,relay"),
         ]);
         let c = Config::from_settings(&settings(&pairs)).unwrap();
@@ -325,6 +337,8 @@ mod tests {
             k.properties,
             vec![("sasl.mechanism".to_owned(), "PLAIN".to_owned()), ("security.protocol".to_owned(), "SASL_SSL".to_owned())]
         );
+        assert_eq!(k.consumer_properties, vec![("max.poll.interval.ms".to_owned(), "600000".to_owned())]);
+        assert!(k.producer_properties.is_empty());
         assert_eq!(c.roles, Roles { api: true, relay: true, email: false, webhook: false });
     }
 }

@@ -3,7 +3,8 @@
 //! Names: `herald_bus_published_total{topic}`, `herald_bus_consumed_total{topic}`,
 //! `herald_bus_dead_lettered_total{topic}`, `herald_consumer_lag{topic,partition}`,
 //! `herald_attempts_total{channel,outcome}`, `herald_attempt_duration_seconds{channel}`,
-//! `herald_notifications_accepted_total`, `herald_outbox_backlog`.
+//! `herald_notifications_accepted_total`, `herald_outbox_backlog`,
+//! `herald_consumer_partitions_revoked_total`, `herald_consumer_evictions_total`.
 
 use std::sync::OnceLock;
 
@@ -39,6 +40,16 @@ pub fn dead_lettered(topic: &str) {
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     metrics::gauge!("herald_consumer_lag", "topic" => topic.to_owned(), "partition" => partition.to_string())
         .set(lag as f64);
+}
+
+/// Partitions taken away from this process's consumers (rebalances, evictions).
+pub fn revoked(n: u64) {
+    metrics::counter!("herald_consumer_partitions_revoked_total").increment(n);
+}
+
+/// A consumer left its group because the application did not poll in time.
+pub fn evicted() {
+    metrics::counter!("herald_consumer_evictions_total").increment(1);
 }
 
 pub fn attempt(channel: &'static str, outcome: &'static str, seconds: f64) {

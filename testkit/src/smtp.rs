@@ -32,6 +32,8 @@ pub enum Reply {
     Code(u16),
     /// Never answer the end of DATA (until `release`).
     Hang,
+    /// Wait this long, then accept.
+    Slow(std::time::Duration),
 }
 
 #[derive(Default)]
@@ -136,7 +138,15 @@ impl SmtpSink {
                     inner.data_ends += 1;
                     inner.script.pop_front().unwrap_or(Reply::Code(250))
                 };
+                let reply = match reply {
+                    Reply::Slow(d) => {
+                        tokio::time::sleep(d).await;
+                        Reply::Code(250)
+                    }
+                    other => other,
+                };
                 match reply {
+                    Reply::Slow(_) => unreachable!(),
                     Reply::Hang => {
                         self.release.notified().await;
                         return Ok(());

@@ -24,6 +24,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -37,24 +38,28 @@ pub struct KafkaSettings {
     pub topic_prefix: String,
     pub partitions: i32,
     pub replication: i32,
-    /// librdkafka properties passed through (TLS, SASL, ...).
+    /// librdkafka properties passed through to every client (TLS, SASL, ...).
     pub properties: Vec<(String, String)>,
+    /// ... to consumers only (`HERALD_KAFKA_CONSUMER_*`).
+    pub consumer_properties: Vec<(String, String)>,
+    /// ... to producers only (`HERALD_KAFKA_PRODUCER_*`).
+    pub producer_properties: Vec<(String, String)>,
 }
 
 impl KafkaSettings {
     pub fn client_config(&self) -> ClientConfig {
-        self.client_config_with(&[])
+        self.client_config_with(&[], &[])
     }
 
     /// A client configuration with Herald's `defaults`, which the operator's
-    /// `HERALD_KAFKA_*` properties override.
-    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    /// `HERALD_KAFKA_*` properties (and then the client-kind ones in `extra`) override.
+    fn client_config_with(&self, defaults: &[(&str, &str)], extra: &[(String, String)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         for (k, v) in defaults {
             c.set(*k, *v);
         }
-        for (k, v) in &self.properties {
+        for (k, v) in self.properties.iter().chain(extra) {
             c.set(k, v);
         }
         c
@@ -74,11 +79,9 @@ impl KafkaSettings {
 
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
         Ok(self
-            .client_config()
+            .client_config_with(&[("linger.ms", "5"), ("message.timeout.ms", "30000")], &self.producer_properties)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
             .create()?)
     }
 }
@@ -192,19 +195,39 @@ impl ClientContext for LagContext {
         for (name, topic) in &stats.topics {
             let logical = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);
             for (id, p) in &topic.partitions {
-                if *id >= 0 && p.consumer_lag >= 0 {
-                    crate::metrics::consumer_lag(logical, *id, p.consumer_lag);
+                // Only the partitions assigned to this consumer.
+                if *id < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
                 }
+                // librdkafka reports -1 until the group has committed an offset; the
+                // consumer then starts from the log start, so that is the lag's base.
+                let lag = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else {
+                    let base = if p.committed_offset >= 0 { p.committed_offset } else { p.lo_offset.max(0) };
+                    (p.hi_offset - base).max(0)
+                };
+                crate::metrics::consumer_lag(logical, *id, lag);
             }
         }
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            if tpl.count() > 0 {
+                crate::metrics::revoked(tpl.count() as u64);
+            }
+        }
+    }
+}
 
 /// A dispatcher's view of its Kafka topic, in a consumer group.
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<LagContext>>,
+    /// Messages received by `keep_alive` during a batch, served by the next `poll`.
+    buffered: std::collections::VecDeque<Received>,
     settings: KafkaSettings,
     topic: String,
     dead_letters: FutureProducer,
@@ -215,17 +238,25 @@ impl KafkaConsumer {
         // A dead member is noticed after the session timeout; keep it short so its
         // partitions move to the living quickly.
         let consumer: StreamConsumer<LagContext> = settings
-            .client_config_with(&[("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "2000")])
+            .client_config_with(
+                &[("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "2000"), ("statistics.interval.ms", "5000")],
+                &settings.consumer_properties,
+            )
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "5000")
             .create_with_context(LagContext { prefix: settings.topic_prefix.clone() })?;
         let name = settings.topic(topic.as_str());
         consumer.subscribe(&[&name])?;
-        Ok(Self { consumer: Arc::new(consumer), settings: settings.clone(), topic: name, dead_letters: settings.producer()? })
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            buffered: Default::default(),
+            settings: settings.clone(),
+            topic: name,
+            dead_letters: settings.producer()?,
+        })
     }
 
     fn to_received(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
@@ -255,11 +286,19 @@ impl KafkaConsumer {
 
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        let mut out = Vec::new();
+        let mut out: Vec<Received> = self.buffered.drain(..self.buffered.len().min(max)).collect();
         // Wait up to a second for the first message, then take what is already buffered.
-        match tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await {
-            Err(_) => return Ok(out),
-            Ok(first) => out.push(self.to_received(&first?)),
+        if out.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await {
+                Err(_) => return Ok(out),
+                Ok(Ok(first)) => out.push(self.to_received(&first)),
+                Ok(Err(e)) => {
+                    if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded)) {
+                        crate::metrics::evicted();
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         while out.len() < max {
             match tokio::time::timeout(Duration::from_millis(2), self.consumer.recv()).await {
@@ -278,6 +317,14 @@ impl Consumer for KafkaConsumer {
 
     async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
         self.store(msgs)
+    }
+
+    async fn keep_alive(&mut self) {
+        // Polling resets librdkafka's max.poll.interval.ms clock.
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
+            let r = self.to_received(&m);
+            self.buffered.push_back(r);
+        }
     }
 
     async fn dead_letter(&mut self, msg: &Received, reason: &str) -> anyhow::Result<()> {

@@ -129,4 +129,11 @@ pub trait Consumer: Send {
     /// Processing of these messages failed before their outcome was recorded: make
     /// sure they are delivered again (and nothing after them is acked past them).
     fn redeliver(&mut self, msgs: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Called periodically while a batch is being processed, so a slow batch does not
+    /// make the broker think the consumer died. Messages it receives are kept for the
+    /// next `poll`.
+    fn keep_alive(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

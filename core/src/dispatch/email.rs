@@ -149,6 +149,7 @@ impl EmailDispatcher {
                     if let Err(e) = record::extend_leases(&self.db, &owned_ids, self.lease).await {
                         tracing::warn!(error = %e, "email dispatcher: cannot extend attempt leases");
                     }
+                    consumer.keep_alive().await;
                 }
             }
         };

@@ -80,6 +80,8 @@ impl Fixture {
             partitions: 3,
             replication: 1,
             properties: vec![],
+            consumer_properties: vec![],
+            producer_properties: vec![],
         };
         ensure_topics(&settings).await.unwrap();
         let (stop, stop_rx) = watch::channel(false);

@@ -186,3 +186,36 @@ async fn broker_restart_mid_stream_loses_nothing() {
     assert_none_missing(&sink, N);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn slow_smtp_does_not_get_the_consumer_evicted() {
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    // librdkafka would leave the group after 7 s without a poll; one email takes 12 s.
+    let settings = with(
+        &env,
+        &[
+            ("HERALD_KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000"),
+            ("HERALD_KAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "1000"),
+            ("HERALD_KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS", "7000"),
+            ("HERALD_KAFKA_CONSUMER_STATISTICS_INTERVAL_MS", "500"),
+        ],
+    );
+    let (sink, h, key) = setup(&[Reply::Slow(Duration::from_secs(12))], &settings).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let n = h.wait_terminal(&key, &id).await;
+    assert_eq!(n["deliveries"][0]["status"], "succeeded");
+    assert_eq!(n["deliveries"][0]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(sink.data_ends(), 1);
+    // Watch for a while: an evicted consumer reports it on its next poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(metric(&h, "herald_consumer_evictions_total").await, 0.0, "the consumer was evicted");
+        assert_eq!(metric(&h, "herald_consumer_partitions_revoked_total").await, 0.0, "partitions were revoked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Lag is reported per partition.
+    let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("herald_consumer_lag{"), "{text}");
+    h.stop().await;
+}
