@@ -55,6 +55,9 @@ async fn wait_all_succeeded(h: &Herald, n: i64, timeout: Duration) {
         (done == n).then_some(())
     })
     .await;
+    // One recorded attempt per delivery: redeliveries and rebalances never double-record.
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts").fetch_one(&h.db).await.unwrap();
+    assert_eq!(attempts, n, "attempts recorded");
 }
 
 fn assert_none_missing(sink: &SmtpSink, n: usize) -> usize {
