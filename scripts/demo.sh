@@ -41,6 +41,7 @@ if [ $USE_KAFKA = 1 ]; then
       --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
       --group-initial-rebalance-delay 0s >"$STATE/nisshi.log" 2>&1 &
     PIDS+=($!)
+    for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 1; done
   fi
   export HERALD_BUS=kafka HERALD_KAFKA_BROKERS=127.0.0.1:9092
 fi

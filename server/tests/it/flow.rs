@@ -66,18 +66,8 @@ async fn idempotency_key_replays_and_refuses_other_bodies() {
     let (_sink, h, key) = setup(&[], &[]).await;
     let body = welcome("Ada", "ada@example.test");
     let send = |body: serde_json::Value| {
-        let h = &h;
-        let key = key.clone();
-        async move {
-            h.http
-                .post(format!("{}/api/v1/notifications", h.base))
-                .bearer_auth(&key)
-                .header("Idempotency-Key", "signup-42")
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        }
+        let (h, key) = (&h, &key);
+        async move { h.post_idempotent(key, "signup-42", &body).await }
     };
     let first = send(body.clone()).await;
     assert_eq!(first.status(), 202);
@@ -97,17 +87,10 @@ async fn idempotency_key_replays_and_refuses_other_bodies() {
 
     // Concurrent repeats still make one notification.
     let futs = (0..8).map(|_| {
-        let h = &h;
-        let key = key.clone();
+        let (h, key) = (&h, &key);
         async move {
-            h.http
-                .post(format!("{}/api/v1/notifications", h.base))
-                .bearer_auth(&key)
-                .header("Idempotency-Key", "burst")
-                .json(&welcome("Bob", "bob@example.test"))
-                .send()
+            h.post_idempotent(key, "burst", &welcome("Bob", "bob@example.test"))
                 .await
-                .unwrap()
                 .json::<serde_json::Value>()
                 .await
                 .unwrap()["id"]

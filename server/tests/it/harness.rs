@@ -125,6 +125,17 @@ impl Herald {
             .unwrap()
     }
 
+    pub async fn post_idempotent(&self, key: &str, idempotency_key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/notifications", self.base))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idempotency_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_notification(&self, key: &str, id: &str) -> Value {
         let r = self.http.get(format!("{}/api/v1/notifications/{id}", self.base)).bearer_auth(key).send().await.unwrap();
         assert_eq!(r.status(), 200, "GET notification");
