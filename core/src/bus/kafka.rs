@@ -119,38 +119,22 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let batch = tokio::select! {
-                _ = shutdown.changed() => break,
-                b = self.outbox.poll(self.batch_size) => b,
-            };
-            match batch {
-                Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => match self.publish(&batch).await {
-                    Ok(()) => backoff = Duration::from_millis(100),
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "outbox relay: publishing failed; will retry");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "outbox relay: cannot read the outbox");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        let _ = self.producer.flush(Duration::from_secs(10));
-        tracing::info!("outbox relay stopped");
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let Relay { outbox, producer, settings, batch_size } = self;
+        let publisher = Publisher { producer: producer.clone(), settings };
+        super::consume(outbox, publisher, batch_size, shutdown, "outbox relay").await;
+        let _ = producer.flush(Duration::from_secs(10));
     }
+}
 
-    async fn publish(&mut self, batch: &[Received]) -> anyhow::Result<()> {
+/// Publishes outbox batches to Kafka for the [`Relay`].
+struct Publisher {
+    producer: FutureProducer,
+    settings: KafkaSettings,
+}
+
+impl super::BatchHandler<PgConsumer> for Publisher {
+    async fn handle(&mut self, outbox: &mut PgConsumer, batch: &[Received]) -> anyhow::Result<()> {
         let topics: Vec<String> = batch.iter().map(|m| self.settings.topic(&m.topic)).collect();
         let sends = batch.iter().zip(&topics).map(|(m, topic)| {
             self.producer.send(FutureRecord::to(topic).key(m.key.as_bytes()).payload(&m.raw), Duration::from_secs(30))
@@ -176,9 +160,9 @@ impl Relay {
             crate::metrics::published(t, n);
         }
         // Delete only what the broker acknowledged.
-        self.outbox.ack(&done).await?;
+        outbox.ack(&done).await?;
         if let Some(e) = first_error {
-            self.outbox.redeliver(&failed).await?;
+            outbox.redeliver(&failed).await?;
             anyhow::bail!("{} of {} messages not acknowledged by Kafka: {e}", failed.len(), batch.len());
         }
         Ok(())

@@ -15,11 +15,13 @@ pub mod kafka;
 pub mod postgres;
 
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,4 +138,54 @@ pub trait Consumer: Send {
     fn keep_alive(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
+}
+
+/// Work done on each batch a [`Consumer`] returns (the relay, a dispatcher).
+pub trait BatchHandler<C: Consumer>: Send {
+    /// Processes and acks a batch. On error the batch is handed back with `redeliver`.
+    fn handle(&mut self, consumer: &mut C, batch: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The loop every bus reader runs: poll a batch, hand it to `handler`, back off on
+/// errors (handing a failed batch back), and stop at shutdown between batches, so a
+/// batch already started is finished, recorded and acked first.
+pub async fn consume<C: Consumer, H: BatchHandler<C>>(
+    mut consumer: C,
+    mut handler: H,
+    batch_size: usize,
+    mut shutdown: watch::Receiver<bool>,
+    name: &'static str,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let batch = tokio::select! {
+            _ = shutdown.changed() => break,
+            b = consumer.poll(batch_size) => b,
+        };
+        let result = match batch {
+            Ok(batch) if batch.is_empty() => Ok(()),
+            Ok(batch) => {
+                let r = handler.handle(&mut consumer, &batch).await;
+                if r.is_err() {
+                    if let Err(e) = consumer.redeliver(&batch).await {
+                        tracing::error!(consumer = name, error = %format!("{e:#}"), "cannot hand a failed batch back");
+                    }
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::error!(consumer = name, error = %format!("{e:#}"), "batch failed; its messages will be delivered again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    tracing::info!(consumer = name, "stopped");
 }

@@ -55,7 +55,7 @@ impl PgConsumer {
     async fn claim(&mut self, max: usize) -> sqlx::Result<Vec<Received>> {
         // A fresh token per claim: an ack only removes rows this very claim still holds.
         self.token = Uuid::new_v4();
-        let rows: Vec<(i64, String, String, serde_json::Value)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3), claim_token = $4,
                                deliveries = deliveries + 1
              WHERE id IN (
@@ -64,7 +64,7 @@ impl PgConsumer {
                   AND (claimed_until IS NULL OR claimed_until < now())
                 ORDER BY id LIMIT $2
                 FOR UPDATE SKIP LOCKED)
-             RETURNING id, topic, key, payload",
+             RETURNING id, topic, key, payload::text",
         )
         .bind(self.topic.map(Topic::as_str))
         .bind(max as i64)
@@ -74,11 +74,11 @@ impl PgConsumer {
         .await?;
         let mut out: Vec<Received> = rows
             .into_iter()
-            .map(|(id, topic, key, payload)| Received {
+            .map(|(id, topic, key, text)| Received {
                 topic,
                 key,
-                raw: serde_json::to_vec(&payload).unwrap_or_default(),
-                payload,
+                payload: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+                raw: text.into_bytes(),
                 receipt: Receipt::Postgres { id },
             })
             .collect();

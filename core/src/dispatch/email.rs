@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::record::{self, AttemptRecord, Outcome, Started};
-use crate::bus::{Consumer, Received, Topic};
+use crate::bus::{BatchHandler, Consumer, Received, Topic};
 use crate::config::Config;
 use crate::retry::RetrySchedule;
 use crate::templates::RenderedEmail;
@@ -72,40 +72,9 @@ impl EmailDispatcher {
 
     /// Consumes until `shutdown` turns true; a batch already started is finished,
     /// recorded and acked first.
-    pub async fn run<C: Consumer>(self, mut consumer: C, mut shutdown: watch::Receiver<bool>) {
-        let this = Arc::new(self);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let batch = tokio::select! {
-                _ = shutdown.changed() => break,
-                b = consumer.poll(this.batch_size) => b,
-            };
-            let result = match batch {
-                Ok(batch) if batch.is_empty() => Ok(()),
-                Ok(batch) => {
-                    let r = this.process(&mut consumer, &batch).await;
-                    if r.is_err() {
-                        if let Err(e) = consumer.redeliver(&batch).await {
-                            tracing::error!(error = %format!("{e:#}"), "email dispatcher: cannot hand the batch back");
-                        }
-                    }
-                    r
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "email dispatcher: batch failed; messages will be redelivered");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-        tracing::info!("email dispatcher stopped");
+    pub async fn run<C: Consumer>(self, consumer: C, shutdown: watch::Receiver<bool>) {
+        let batch_size = self.batch_size;
+        crate::bus::consume(consumer, Arc::new(self), batch_size, shutdown, "email dispatcher").await;
     }
 
     async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
@@ -250,5 +219,11 @@ impl EmailDispatcher {
                 .map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
         }
         rec
+    }
+}
+
+impl<C: Consumer> BatchHandler<C> for Arc<EmailDispatcher> {
+    async fn handle(&mut self, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
+        self.process(consumer, batch).await
     }
 }

@@ -51,8 +51,5 @@ pub async fn run(db: PgPool, grace: Duration, mut shutdown: watch::Receiver<bool
             Ok(n) => tracing::warn!(deliveries = n, "sweeper re-enqueued stuck deliveries"),
             Err(e) => tracing::warn!(error = %e, "sweeper failed"),
         }
-        if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&db).await {
-            crate::metrics::backlog(n);
-        }
     }
 }
