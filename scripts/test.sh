@@ -11,6 +11,11 @@ npm_ci "$ROOT/tools"
 npm_ci "$ROOT/end2end"
 ensure_postgres
 
+# Each integration test creates its own database; drop those a previous run left behind.
+for db in $(psql "$PG_ADMIN_URL/postgres" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'herald\_test\_%'"); do
+  psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+done
+
 build_release
 
 log "unit and integration tests"
