@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::bus::{self, BusMessage, DeliveryJob, Received, Topic};
@@ -200,7 +201,7 @@ pub fn decode(batch: &[Received]) -> (Vec<(usize, DeliveryJob)>, Vec<usize>) {
     let mut jobs = Vec::with_capacity(batch.len());
     let mut bad = Vec::new();
     for (i, m) in batch.iter().enumerate() {
-        match serde_json::from_value::<DeliveryJob>(m.payload.clone()) {
+        match DeliveryJob::deserialize(&m.payload) {
             Ok(j) if j.attempt >= 1 => jobs.push((i, j)),
             _ => bad.push(i),
         }

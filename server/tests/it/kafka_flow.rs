@@ -126,49 +126,67 @@ async fn broker_down_still_accepts_and_delivers_later() {
     h.stop().await;
 }
 
+/// A broker, an SMTP server, one database, a process with the api and relay roles
+/// and a key for it; `email_worker` starts email-role processes on the same parts.
+struct Cluster {
+    _broker: Broker,
+    env: Vec<(&'static str, String)>,
+    sink: SmtpSink,
+    db: String,
+    api: Herald,
+    key: String,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let broker = Broker::memory().await;
+        let env = kafka_env(&broker.addr());
+        let sink = SmtpSink::start().await;
+        let db = fresh_database().await;
+        let api = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "api,relay")])).await;
+        let key = api.api_key(&["notifications:write", "notifications:read"]).await;
+        Cluster { _broker: broker, env, sink, db, api, key }
+    }
+
+    async fn email_worker(&self) -> Herald {
+        Herald::start(&self.db, &self.sink.url(), &with(&self.env, &[("HERALD_ROLES", "email")])).await
+    }
+}
+
 #[tokio::test]
 async fn scale_out_two_email_processes() {
-    let broker = Broker::memory().await;
-    let env = kafka_env(&broker.addr());
-    let sink = SmtpSink::start().await;
-    let db = fresh_database().await;
-    let api = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "api,relay")])).await;
-    let w1 = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
-    let w2 = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
-    let key = api.api_key(&["notifications:write", "notifications:read"]).await;
+    let c = Cluster::start().await;
+    let (w1, w2) = (c.email_worker().await, c.email_worker().await);
     const N: usize = 1000;
-    post_many(&api, &key, 0..N).await;
-    wait_all_succeeded(&api, N as i64, Duration::from_secs(120)).await;
-    assert_none_missing(&sink, N);
+    post_many(&c.api, &c.key, 0..N).await;
+    wait_all_succeeded(&c.api, N as i64, Duration::from_secs(120)).await;
+    assert_none_missing(&c.sink, N);
     // Both email processes did work.
     let c1 = metric(&w1, "herald_attempts_total").await;
     let c2 = metric(&w2, "herald_attempts_total").await;
     println!("attempts: process 1 {c1}, process 2 {c2}");
     assert!(c1 > 0.0 && c2 > 0.0, "work did not spread: {c1} / {c2}");
-    for h in [api, w1, w2] {
+    for h in [c.api, w1, w2] {
         h.stop().await;
     }
 }
 
 #[tokio::test]
 async fn killed_email_process_loses_nothing_on_kafka() {
-    let broker = Broker::memory().await;
-    let env = kafka_env(&broker.addr());
-    let sink = SmtpSink::start().await;
-    let db = fresh_database().await;
-    let api = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "api,relay")])).await;
-    let mut worker = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
-    let key = api.api_key(&["notifications:write", "notifications:read"]).await;
+    let c = Cluster::start().await;
+    let mut worker = c.email_worker().await;
     const N: usize = 300;
-    post_many(&api, &key, 0..N).await;
-    eventually(Duration::from_secs(60), "some emails to go out", || async { (sink.accepted_count() >= 20).then_some(()) })
-        .await;
+    post_many(&c.api, &c.key, 0..N).await;
+    eventually(Duration::from_secs(60), "some emails to go out", || async {
+        (c.sink.accepted_count() >= 20).then_some(())
+    })
+    .await;
     worker.kill();
     worker.child.wait().await.unwrap();
-    let worker = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
-    wait_all_succeeded(&api, N as i64, Duration::from_secs(120)).await;
-    assert_none_missing(&sink, N);
-    api.stop().await;
+    let worker = c.email_worker().await;
+    wait_all_succeeded(&c.api, N as i64, Duration::from_secs(120)).await;
+    assert_none_missing(&c.sink, N);
+    c.api.stop().await;
     worker.stop().await;
 }
 
