@@ -24,6 +24,16 @@ export HERALD_SITE_ROOT="${HERALD_SITE_ROOT:-$ROOT/target/site}"
 HERALD="$ROOT/target/release/herald"
 STATE="$ROOT/.herald"
 mkdir -p "$STATE"
+# HERALD_SECRET_KEY seals webhook signing secrets at rest; the demo keeps one in .herald/.
+if [ -z "${HERALD_SECRET_KEY:-}" ]; then
+  if [ ! -s "$STATE/secret-key" ]; then
+    (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32))' >"$STATE/secret-key")
+  fi
+  export HERALD_SECRET_KEY="$(cat "$STATE/secret-key")"
+fi
+# The demo lets webhooks reach receivers on this machine (127.0.0.1). A real
+# deployment leaves this unset: the SSRF guard then refuses every non-global address.
+export HERALD_WEBHOOK_ALLOW_CIDRS="${HERALD_WEBHOOK_ALLOW_CIDRS-127.0.0.1/32}"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
@@ -48,7 +58,8 @@ fi
 
 "$HERALD" migrate >/dev/null
 if [ ! -s "$STATE/demo-api-key" ]; then
-  "$HERALD" api-key create --name demo --scope notifications:write --scope notifications:read | tail -n 1 >"$STATE/demo-api-key"
+  "$HERALD" api-key create --name demo --scope notifications:write --scope notifications:read \
+    --scope endpoints:read --scope endpoints:write | tail -n 1 >"$STATE/demo-api-key"
 fi
 KEY="$(cat "$STATE/demo-api-key")"
 
@@ -61,6 +72,11 @@ cat <<MSG
     curl -s -X POST http://127.0.0.1:3000/api/v1/notifications \\
       -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
       -d '{"event_type":"user.registered","payload":{"user":{"name":"Ada","email":"ada@example.test"}}}'
+
+  Subscribe a webhook endpoint to it first (the answer holds its whsec_ signing secret):
+    curl -s -X POST http://127.0.0.1:3000/api/v1/endpoints \
+      -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+      -d '{"url":"http://127.0.0.1:9000/hooks","event_types":["user.*"]}'
 
 MSG
 "$HERALD" serve

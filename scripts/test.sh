@@ -25,6 +25,7 @@ log "browser tests (headless Chromium)"
 E2E_DB="herald_e2e_$$"
 psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $E2E_DB" && psql "$PG_ADMIN_URL/postgres" -qc "CREATE DATABASE $E2E_DB"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HERALD_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
 DATABASE_URL="$PG_ADMIN_URL/$E2E_DB" HERALD_SMTP_URL="smtp://127.0.0.1:1" HERALD_LISTEN_ADDR="127.0.0.1:$PORT" \
   HERALD_SITE_ROOT="$ROOT/target/site" "$ROOT/target/release/herald" serve &
 HERALD_PID=$!

@@ -14,17 +14,22 @@ use uuid::Uuid;
 pub enum Scope {
     NotificationsWrite,
     NotificationsRead,
+    EndpointsRead,
+    EndpointsWrite,
     /// Reaches every owner's resources.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::NotificationsWrite, Scope::NotificationsRead, Scope::Admin];
+    pub const ALL: [Scope; 5] =
+        [Scope::NotificationsWrite, Scope::NotificationsRead, Scope::EndpointsRead, Scope::EndpointsWrite, Scope::Admin];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::NotificationsWrite => "notifications:write",
             Scope::NotificationsRead => "notifications:read",
+            Scope::EndpointsRead => "endpoints:read",
+            Scope::EndpointsWrite => "endpoints:write",
             Scope::Admin => "admin",
         }
     }
@@ -73,7 +78,15 @@ fn hash(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-pub async fn create(db: &PgPool, name: &str, scopes: &[String], owner: Option<&str>) -> anyhow::Result<CreatedKey> {
+/// Creates a key. `owner_email` is where Herald writes to the owner (for example when
+/// it disables one of their endpoints).
+pub async fn create(
+    db: &PgPool,
+    name: &str,
+    scopes: &[String],
+    owner: Option<&str>,
+    owner_email: Option<&str>,
+) -> anyhow::Result<CreatedKey> {
     let name = name.trim();
     anyhow::ensure!(!name.is_empty() && name.len() <= 200, "the key name must be 1 to 200 characters");
     anyhow::ensure!(!scopes.is_empty(), "give the key at least one --scope");
@@ -84,6 +97,21 @@ pub async fn create(db: &PgPool, name: &str, scopes: &[String], owner: Option<&s
             Scope::ALL.map(Scope::as_str).join(", ")
         );
     }
+    if let Some(owner) = owner {
+        anyhow::ensure!(
+            !owner.trim().is_empty() && owner.len() <= 255 && !owner.starts_with("key:"),
+            "the owner must be 1 to 255 characters and must not start with 'key:'"
+        );
+    }
+    let owner_email = match owner_email {
+        None => None,
+        Some(e) => Some(
+            e.trim()
+                .parse::<lettre::Address>()
+                .map_err(|_| anyhow::anyhow!("--owner-email '{e}' is not an email address"))?
+                .to_string(),
+        ),
+    };
     let mut rng = rand::thread_rng();
     let mut prefix = [0u8; 6];
     let mut secret = [0u8; 32];
@@ -109,6 +137,16 @@ pub async fn create(db: &PgPool, name: &str, scopes: &[String], owner: Option<&s
     .bind(&owner)
     .fetch_one(db)
     .await?;
+    if let Some(email) = owner_email {
+        sqlx::query(
+            "INSERT INTO owners (subject, email) VALUES ($1, $2)
+             ON CONFLICT (subject) DO UPDATE SET email = excluded.email, updated_at = now()",
+        )
+        .bind(&info.owner)
+        .bind(email)
+        .execute(db)
+        .await?;
+    }
     Ok(CreatedKey { info, secret: key })
 }
 

@@ -149,6 +149,30 @@ pub struct Config {
     pub bus_batch_size: usize,
     pub max_body_bytes: usize,
     pub site_root: String,
+    /// `HERALD_SECRET_KEY`: seals webhook signing secrets at rest.
+    pub secret_key: crate::secrets::SecretKey,
+    pub webhook: WebhookConfig,
+}
+
+/// The webhook dispatcher's settings (`HERALD_WEBHOOK_*`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub retry_schedule: RetrySchedule,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Endpoints attempted at once by one dispatcher.
+    pub concurrency: usize,
+    /// Requests in flight to one endpoint at once (started in bus order).
+    pub endpoint_concurrency: usize,
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+    /// The least wait after a 429 or a timeout.
+    pub throttle_floor: Duration,
+    /// The most a `Retry-After` header can make Herald wait.
+    pub retry_after_max: Duration,
+    /// Failing this long without a success disables an endpoint.
+    pub disable_after: Duration,
+    /// How long a rotated-out secret keeps signing.
+    pub secret_grace: Duration,
 }
 
 fn duration(v: &str) -> Result<Duration, String> {
@@ -264,6 +288,25 @@ impl Config {
             bus_batch_size: s.parsed("HERALD_BUS_BATCH_SIZE", 128, positive)?,
             max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
             site_root: s.parsed("HERALD_SITE_ROOT", "target/site".to_owned(), |v| Ok(v.to_owned()))?,
+            secret_key: crate::secrets::SecretKey::parse_hex(&s.required(
+                "HERALD_SECRET_KEY",
+                "it encrypts webhook signing secrets at rest; generate one with `openssl rand -hex 32` and keep it safe",
+            )?)
+            .map_err(|m| ConfigError::new("HERALD_SECRET_KEY", m))?,
+            webhook: WebhookConfig {
+                retry_schedule: s.parsed("HERALD_WEBHOOK_RETRY_SCHEDULE", RetrySchedule::webhook_default(), |v| {
+                    RetrySchedule::parse(v)
+                })?,
+                connect_timeout: s.parsed("HERALD_WEBHOOK_CONNECT_TIMEOUT", Duration::from_secs(5), duration)?,
+                timeout: s.parsed("HERALD_WEBHOOK_TIMEOUT", Duration::from_secs(15), duration)?,
+                concurrency: s.parsed("HERALD_WEBHOOK_CONCURRENCY", 64, positive)?,
+                endpoint_concurrency: s.parsed("HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", 16, positive)?,
+                allow_cidrs: s.parsed("HERALD_WEBHOOK_ALLOW_CIDRS", Vec::new(), crate::ssrf::Guard::parse_allow)?,
+                throttle_floor: s.parsed("HERALD_WEBHOOK_THROTTLE_FLOOR", Duration::from_secs(10), duration)?,
+                retry_after_max: s.parsed("HERALD_WEBHOOK_RETRY_AFTER_MAX", Duration::from_secs(3600), duration)?,
+                disable_after: s.parsed("HERALD_ENDPOINT_DISABLE_AFTER", Duration::from_secs(5 * 86400), duration)?,
+                secret_grace: s.parsed("HERALD_WEBHOOK_SECRET_GRACE", Duration::from_secs(86400), duration)?,
+            },
         })
     }
 
@@ -283,8 +326,12 @@ mod tests {
         Settings::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
-    const BASE: &[(&str, &str)] =
-        &[("DATABASE_URL", "postgres://postgres@127.0.0.1/x"), ("HERALD_SMTP_URL", "smtp://127.0.0.1:1025")];
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    const BASE: &[(&str, &str)] = &[
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1/x"),
+        ("HERALD_SMTP_URL", "smtp://127.0.0.1:1025"),
+        ("HERALD_SECRET_KEY", KEY),
+    ];
 
     #[test]
     fn defaults_apply() {
@@ -293,6 +340,29 @@ mod tests {
         assert_eq!(c.public_url, "http://127.0.0.1:3000");
         assert_eq!(c.public_host(), "127.0.0.1");
         assert_eq!(c.bus, BusKind::Postgres);
+        assert_eq!(c.webhook.retry_schedule.max_attempts(), 8);
+        assert_eq!(c.webhook.disable_after, Duration::from_secs(5 * 86400));
+        assert!(!format!("{c:?}").contains(KEY), "the secret key never appears in Debug output");
+    }
+
+    #[test]
+    fn the_secret_key_is_required_and_checked() {
+        let without: Vec<_> = BASE.iter().filter(|(k, _)| *k != "HERALD_SECRET_KEY").cloned().collect();
+        let e = Config::from_settings(&settings(&without)).unwrap_err();
+        assert_eq!(e.var, "HERALD_SECRET_KEY");
+        assert!(e.message.contains("openssl rand -hex 32"), "{e}");
+        let mut bad = without.clone();
+        bad.push(("HERALD_SECRET_KEY", "not-hex-at-all"));
+        assert_eq!(Config::from_settings(&settings(&bad)).unwrap_err().var, "HERALD_SECRET_KEY");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_ENDPOINT_DISABLE_AFTER", "30s"));
+        pairs.push(("HERALD_WEBHOOK_ALLOW_CIDRS", "127.0.0.1/32,::1"));
+        let c = Config::from_settings(&settings(&pairs)).unwrap();
+        assert_eq!(c.webhook.disable_after, Duration::from_secs(30));
+        assert_eq!(c.webhook.allow_cidrs.len(), 2);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_WEBHOOK_ALLOW_CIDRS", "everything"));
+        assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_WEBHOOK_ALLOW_CIDRS");
     }
 
     #[test]

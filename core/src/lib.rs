@@ -13,4 +13,7 @@ pub mod metrics;
 pub mod problem;
 pub mod processor;
 pub mod retry;
+pub mod secrets;
+pub mod ssrf;
+pub mod endpoints;
 pub mod templates;

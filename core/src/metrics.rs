@@ -4,7 +4,8 @@
 //! `herald_bus_dead_lettered_total{topic}`, `herald_consumer_lag{topic,partition}`,
 //! `herald_attempts_total{channel,outcome}`, `herald_attempt_duration_seconds{channel}`,
 //! `herald_notifications_accepted_total`, `herald_outbox_backlog`,
-//! `herald_consumer_partitions_revoked_total`, `herald_consumer_evictions_total`.
+//! `herald_consumer_partitions_revoked_total`, `herald_consumer_evictions_total`,
+//! `herald_endpoints_disabled_total`, `herald_webhook_ssrf_refused_total`.
 
 use std::sync::OnceLock;
 
@@ -63,4 +64,14 @@ pub fn accepted() {
 
 pub fn backlog(n: i64) {
     metrics::gauge!("herald_outbox_backlog").set(n as f64);
+}
+
+/// Herald disabled a webhook endpoint (410 Gone or failing too long).
+pub fn endpoint_disabled() {
+    metrics::counter!("herald_endpoints_disabled_total").increment(1);
+}
+
+/// A webhook attempt refused by the SSRF guard.
+pub fn ssrf_refused() {
+    metrics::counter!("herald_webhook_ssrf_refused_total").increment(1);
 }

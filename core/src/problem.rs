@@ -30,6 +30,12 @@ pub enum ApiError {
     UnknownEventType(String),
     #[error("the payload does not match the schema of event type '{event_type}'")]
     SchemaViolation { event_type: String, errors: Vec<FieldError> },
+    #[error("event type '{0}' is emitted by Herald itself and cannot be posted")]
+    ReservedEventType(String),
+    #[error("{0}")]
+    RefusedTarget(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the template could not be rendered: {0}")]
     TemplateRender(String),
     #[error("{0}")]
@@ -65,6 +71,9 @@ impl ApiError {
             SchemaViolation { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "schema-violation", "Payload does not match the event type's schema")
             }
+            ReservedEventType(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reserved-event-type", "Reserved event type"),
+            RefusedTarget(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused-target", "Webhook target refused"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             TemplateRender(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template-render-failed", "Template rendering failed"),
             NoRecipient(_) => (StatusCode::UNPROCESSABLE_ENTITY, "no-recipient", "No recipient"),
             InvalidRecipient(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-recipient", "Invalid recipient"),

@@ -51,6 +51,7 @@ struct EventTypeRow {
     updated_at: DateTime<Utc>,
     payload_schema: Option<Value>,
     recipient_path: Option<String>,
+    operational: bool,
     template_key: Option<String>,
     template_version: Option<i32>,
     subject: Option<String>,
@@ -142,8 +143,8 @@ impl Processor {
         }
     }
 
-    /// Validates, renders and persists one notification. `idempotency` is the client's
-    /// key and the hash of the request body.
+    /// Validates, renders and persists one notification posted by a client.
+    /// `idempotency` is the client's key and the hash of the request body.
     pub async fn accept(
         &self,
         who: &Principal,
@@ -155,36 +156,90 @@ impl Processor {
                 return Ok(previous);
             }
         }
+        let prepared = self
+            .prepare(Submission {
+                event_type: req.event_type,
+                payload: req.payload,
+                recipients: req.recipients,
+                owner: who.owner.clone(),
+                key_id: Some(who.key_id),
+                operational_owner: None,
+            })
+            .await?;
 
+        let Some((key, hash)) = idempotency else {
+            let mut conn = self.db.acquire().await?;
+            let accepted = insert(&mut conn, prepared).await?;
+            crate::metrics::accepted();
+            return Ok(accepted);
+        };
+        let mut tx = self.db.begin().await?;
+        // A concurrent request with the same key blocks here until it commits.
+        let fresh = sqlx::query(
+            "INSERT INTO idempotency_keys (owner, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&who.owner)
+        .bind(key)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await?;
+            return self.replay(&who.owner, key, hash).await?.ok_or_else(|| anyhow::anyhow!("idempotency row vanished").into());
+        }
+        let id = prepared.id;
+        let accepted = insert(&mut tx, prepared).await?;
+        sqlx::query(
+            "UPDATE idempotency_keys SET notification_id = $3, response_status = 202, response_body = $4
+             WHERE owner = $1 AND key = $2",
+        )
+        .bind(&who.owner)
+        .bind(key)
+        .bind(id)
+        .bind(serde_json::to_value(&accepted).map_err(anyhow::Error::from)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        crate::metrics::accepted();
+        Ok(accepted)
+    }
+
+    /// Validates and renders a submission; nothing is written.
+    pub async fn prepare(&self, sub: Submission) -> Result<Prepared, ApiError> {
         let et: EventTypeRow = sqlx::query_as(
-            "SELECT e.updated_at, e.payload_schema, e.recipient_path,
+            "SELECT e.updated_at, e.payload_schema, e.recipient_path, e.operational,
                     v.template_key, v.version AS template_version, v.subject, v.html_body, v.text_body
              FROM event_types e
              LEFT JOIN templates t ON t.key = e.email_template
              LEFT JOIN template_versions v ON v.template_key = t.key AND v.version = t.published_version
              WHERE e.name = $1",
         )
-        .bind(&req.event_type)
+        .bind(&sub.event_type)
         .fetch_optional(&self.db)
         .await?
-        .ok_or_else(|| ApiError::UnknownEventType(req.event_type.clone()))?;
+        .ok_or_else(|| ApiError::UnknownEventType(sub.event_type.clone()))?;
+        if et.operational && sub.operational_owner.is_none() {
+            return Err(ApiError::ReservedEventType(sub.event_type.clone()));
+        }
 
         if let Some(schema) = &et.payload_schema {
-            let validator = self.validator(&req.event_type, et.updated_at, schema)?;
+            let validator = self.validator(&sub.event_type, et.updated_at, schema)?;
             let errors: Vec<FieldError> = validator
-                .iter_errors(&req.payload)
+                .iter_errors(&sub.payload)
                 .take(20)
                 .map(|e| FieldError { pointer: e.instance_path.to_string(), message: e.to_string() })
                 .collect();
             if !errors.is_empty() {
-                return Err(ApiError::SchemaViolation { event_type: req.event_type.clone(), errors });
+                return Err(ApiError::SchemaViolation { event_type: sub.event_type.clone(), errors });
             }
         }
 
         // Recipients: explicit ones win; otherwise the route's path into the payload.
-        let raw: Vec<String> = match (&req.recipients, &et.recipient_path) {
+        let raw: Vec<String> = match (&sub.recipients, &et.recipient_path) {
             (Some(list), _) if !list.is_empty() => list.clone(),
-            (_, Some(path)) => match lookup(&req.payload, path) {
+            (_, Some(path)) => match lookup(&sub.payload, path) {
                 Some(Value::String(s)) => vec![s.clone()],
                 Some(Value::Array(items)) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
                 _ => vec![],
@@ -212,106 +267,169 @@ impl Processor {
             }),
             _ => None,
         };
-        let Some(template) = template else {
+        // The email route: an event type with a published template must have someone to
+        // send it to (a client error otherwise). Herald's own events skip email when
+        // there is no address to send to.
+        let email_content = match template {
+            None => None,
+            Some(_) if recipients.is_empty() && sub.operational_owner.is_some() => None,
+            Some(template) => {
+                if recipients.is_empty() {
+                    return Err(ApiError::NoRecipient(match &et.recipient_path {
+                        Some(path) => format!("no recipients were given and the payload has no address at '{path}'"),
+                        None => "no recipients were given and the event type does not say where to find one".into(),
+                    }));
+                }
+                let content = render_email(&template, &sub.payload).map_err(ApiError::TemplateRender)?;
+                Some(serde_json::to_value(&content).map_err(anyhow::Error::from)?)
+            }
+        };
+        if email_content.is_none() {
+            recipients.clear();
+        }
+        if recipients.is_empty() && sub.recipients.as_ref().is_some_and(|r| !r.is_empty()) && sub.operational_owner.is_none() {
             return Err(ApiError::NoRecipient(format!(
-                "event type '{}' has no published email template to send; nothing would be delivered",
-                req.event_type
+                "event type '{}' has no published email template, so recipients cannot be used",
+                sub.event_type
             )));
-        };
-        if recipients.is_empty() {
-            return Err(ApiError::NoRecipient(match &et.recipient_path {
-                Some(path) => format!("no recipients were given and the payload has no address at '{path}'"),
-                None => "no recipients were given and the event type does not say where to find one".into(),
-            }));
         }
-        let content = render_email(&template, &req.payload).map_err(ApiError::TemplateRender)?;
-        let content = serde_json::to_value(&content).map_err(anyhow::Error::from)?;
 
-        let id = Uuid::now_v7();
-        let deliveries: Vec<(Uuid, &(String, String))> = recipients.iter().map(|r| (Uuid::now_v7(), r)).collect();
-        let accepted = Accepted {
-            id,
-            status: "pending".into(),
-            deliveries: deliveries
-                .iter()
-                .map(|(did, (_, target))| DeliverySummary {
-                    id: *did,
-                    channel: "email".into(),
-                    target: target.clone(),
-                    status: "pending".into(),
-                })
-                .collect(),
-        };
-        let messages: Vec<BusMessage> = deliveries
-            .iter()
-            .map(|(did, (addr, _))| BusMessage::delivery(Topic::Email, addr.clone(), *did, 1))
-            .collect();
-
-        let recipient_list: Vec<String> = recipients.iter().map(|(_, t)| t.clone()).collect();
-        let ids: Vec<Uuid> = deliveries.iter().map(|(d, _)| *d).collect();
-        let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-        let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
-        let payloads: Vec<Value> = messages.iter().map(|m| m.payload.clone()).collect();
-        // Notification, deliveries and their bus messages in one statement: atomic on
-        // its own, and one round trip on the hot path.
-        let insert = sqlx::query(
-            "WITH n AS (
-                INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
-                VALUES ($1, $2, $3, $4, $5, $6)
-             ), d AS (
-                INSERT INTO deliveries (id, notification_id, channel, target, content)
-                SELECT d, $1, 'email', t, $8 FROM unnest($7::uuid[], $4::text[]) AS x(d, t)
-             )
-             INSERT INTO outbox (topic, key, payload)
-             SELECT t, k, p FROM unnest($9::text[], $10::text[], $11::jsonb[]) AS y(t, k, p)",
-        )
-        .bind(id)
-        .bind(&req.event_type)
-        .bind(&req.payload)
-        .bind(&recipient_list)
-        .bind(who.key_id)
-        .bind(&who.owner)
-        .bind(&ids)
-        .bind(&content)
-        .bind(&topics)
-        .bind(&keys)
-        .bind(&payloads);
-
-        let Some((key, hash)) = idempotency else {
-            insert.execute(&self.db).await?;
-            crate::metrics::accepted();
-            return Ok(accepted);
-        };
-        let mut tx = self.db.begin().await?;
-        // A concurrent request with the same key blocks here until it commits.
-        let fresh = sqlx::query(
-            "INSERT INTO idempotency_keys (owner, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(&who.owner)
-        .bind(key)
-        .bind(hash)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            tx.rollback().await?;
-            return self.replay(&who.owner, key, hash).await?.ok_or_else(|| anyhow::anyhow!("idempotency row vanished").into());
-        }
-        insert.execute(&mut *tx).await?;
-        sqlx::query(
-            "UPDATE idempotency_keys SET notification_id = $3, response_status = 202, response_body = $4
-             WHERE owner = $1 AND key = $2",
-        )
-        .bind(&who.owner)
-        .bind(key)
-        .bind(id)
-        .bind(serde_json::to_value(&accepted).map_err(anyhow::Error::from)?)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(accepted)
+        // The webhook body, serialized once: every endpoint and every retry sends these bytes.
+        let body = serde_json::to_string(&WebhookBody {
+            r#type: &sub.event_type,
+            timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            data: &sub.payload,
+        })
+        .map_err(anyhow::Error::from)?;
+        Ok(Prepared {
+            id: Uuid::now_v7(),
+            sub,
+            operational: et.operational,
+            recipients,
+            email_content,
+            webhook_content: serde_json::json!({ "body": body }),
+            only_endpoint: None,
+        })
     }
+}
+
+/// A notification to validate and persist: from a client, or emitted by Herald.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub event_type: String,
+    pub payload: Value,
+    pub recipients: Option<Vec<String>>,
+    pub owner: String,
+    pub key_id: Option<Uuid>,
+    /// For Herald's operational events: only endpoints of this owner, or endpoints an
+    /// admin registered, receive it. `None` for client notifications (every subscriber).
+    pub operational_owner: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WebhookBody<'a> {
+    r#type: &'a str,
+    timestamp: String,
+    data: &'a Value,
+}
+
+/// A validated, rendered notification, ready to insert.
+pub struct Prepared {
+    pub id: Uuid,
+    sub: Submission,
+    operational: bool,
+    /// (ordering key, mailbox)
+    recipients: Vec<(String, String)>,
+    email_content: Option<Value>,
+    webhook_content: Value,
+    only_endpoint: Option<Uuid>,
+}
+
+impl Prepared {
+    /// Sends the webhook to this one endpoint only, whatever its filter (test events).
+    pub fn only_endpoint(mut self, id: Uuid) -> Self {
+        self.only_endpoint = Some(id);
+        self
+    }
+}
+
+/// Persists a prepared notification in one statement on `conn` (a pool connection or a
+/// transaction): the notification, its email deliveries and their bus messages, and a
+/// webhook delivery (with its bus message) for every enabled endpoint subscribed to the
+/// event type.
+pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accepted, ApiError> {
+    let deliveries: Vec<(Uuid, &(String, String))> = p.recipients.iter().map(|r| (Uuid::now_v7(), r)).collect();
+    let messages: Vec<BusMessage> = deliveries
+        .iter()
+        .map(|(did, (addr, _))| BusMessage::delivery(Topic::Email, addr.clone(), *did, 1))
+        .collect();
+    let recipient_list: Vec<String> = p.recipients.iter().map(|(_, t)| t.clone()).collect();
+    let ids: Vec<Uuid> = deliveries.iter().map(|(d, _)| *d).collect();
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+    let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
+    let payloads: Vec<Value> = messages.iter().map(|m| m.payload.clone()).collect();
+    // Notification, deliveries and their bus messages in one statement: atomic on
+    // its own, and one round trip on the hot path.
+    let webhooks: Vec<(Uuid, String)> = sqlx::query_as(
+        "WITH n AS (
+            INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
+            VALUES ($1, $2, $3, $4, $5, $6)
+         ), d AS (
+            INSERT INTO deliveries (id, notification_id, channel, target, content)
+            SELECT d, $1, 'email', t, $8 FROM unnest($7::uuid[], $4::text[]) AS x(d, t)
+         ), o AS (
+            INSERT INTO outbox (topic, key, payload)
+            SELECT t, k, p FROM unnest($9::text[], $10::text[], $11::jsonb[]) AS y(t, k, p)
+         ), e AS (
+            SELECT id FROM endpoints
+            WHERE CASE WHEN $15::uuid IS NOT NULL THEN id = $15
+                       ELSE enabled AND herald_filter_matches(event_types, $2, $13)
+                            AND ($14::text IS NULL OR owner = $14 OR admin) END
+         ), w AS (
+            INSERT INTO deliveries (id, notification_id, channel, target, content)
+            SELECT herald_uuid_v7(), $1, 'webhook', e.id::text, $12 FROM e
+            RETURNING id, target
+         ), wo AS (
+            INSERT INTO outbox (topic, key, payload)
+            SELECT 'webhook', target, jsonb_build_object('delivery_id', id, 'attempt', 1) FROM w
+         )
+         SELECT id, target FROM w ORDER BY target",
+    )
+    .bind(p.id)
+    .bind(&p.sub.event_type)
+    .bind(&p.sub.payload)
+    .bind(&recipient_list)
+    .bind(p.sub.key_id)
+    .bind(&p.sub.owner)
+    .bind(&ids)
+    .bind(p.email_content.as_ref().unwrap_or(&Value::Null))
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&p.webhook_content)
+    .bind(p.operational)
+    .bind(p.sub.operational_owner.as_deref())
+    .bind(p.only_endpoint)
+    .fetch_all(conn)
+    .await?;
+
+    let mut summaries: Vec<DeliverySummary> = deliveries
+        .iter()
+        .map(|(did, (_, target))| DeliverySummary {
+            id: *did,
+            channel: "email".into(),
+            target: target.clone(),
+            status: "pending".into(),
+        })
+        .collect();
+    summaries.extend(webhooks.into_iter().map(|(id, target)| DeliverySummary {
+        id,
+        channel: "webhook".into(),
+        target,
+        status: "pending".into(),
+    }));
+    let status = if summaries.is_empty() { "no_deliveries" } else { "pending" };
+    Ok(Accepted { id: p.id, status: status.into(), deliveries: summaries })
 }
 
 #[cfg(test)]

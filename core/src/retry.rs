@@ -16,6 +16,12 @@ impl RetrySchedule {
         Self::parse("5s,1m,10m,1h,4h,12h").expect("valid default")
     }
 
+    /// Webhook default, the Standard Webhooks / Svix schedule: the first attempt at once,
+    /// then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts, about 28 h).
+    pub fn webhook_default() -> Self {
+        Self::parse("5s,5m,30m,2h,5h,10h,10h").expect("valid default")
+    }
+
     /// Parses `5s,1m,10m` (humantime durations, comma-separated). Empty = no retries.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut delays = Vec::new();

@@ -42,12 +42,18 @@ enum ApiKeyCommand {
     Create {
         #[arg(long)]
         name: String,
-        /// notifications:write, notifications:read or admin; repeat for several.
+        /// notifications:write, notifications:read, endpoints:read, endpoints:write or
+        /// admin; repeat for several.
         #[arg(long = "scope", default_values_t = ["notifications:write".to_owned(), "notifications:read".to_owned()])]
         scopes: Vec<String>,
-        /// Owner subject (defaults to the key itself).
+        /// Owner subject (defaults to the key itself). Keys with the same owner share
+        /// endpoints and notifications.
         #[arg(long)]
         owner: Option<String>,
+        /// Where Herald writes to the owner, for example when it disables one of their
+        /// webhook endpoints.
+        #[arg(long)]
+        owner_email: Option<String>,
     },
     /// List keys (never their secrets).
     List,
@@ -95,8 +101,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;
             match cmd {
-                ApiKeyCommand::Create { name, scopes, owner } => {
-                    let k = apikeys::create(&pool, &name, &scopes, owner.as_deref()).await?;
+                ApiKeyCommand::Create { name, scopes, owner, owner_email } => {
+                    let k = apikeys::create(&pool, &name, &scopes, owner.as_deref(), owner_email.as_deref()).await?;
                     println!("created API key {} ({}) with scopes {} for owner {}", k.info.id, k.info.name, k.info.scopes.join(","), k.info.owner);
                     println!("store it now; it is not shown again:");
                     println!("{}", k.secret);

@@ -12,7 +12,9 @@ use herald_core::bus::postgres::PgConsumer;
 use herald_core::bus::Topic;
 use herald_core::config::{BusKind, Config, Roles, Settings};
 use herald_core::dispatch::email::{self, EmailDispatcher};
-use herald_core::dispatch::sweeper;
+use herald_core::dispatch::{sweeper, Dispatcher};
+use herald_core::dispatch::webhook::WebhookDispatcher;
+use herald_core::ssrf::Guard;
 use herald_core::processor::Processor;
 use herald_core::{db, metrics};
 use leptos::prelude::LeptosOptions;
@@ -66,6 +68,37 @@ async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Runs a dispatcher on the configured bus: the outbox table, or a Kafka consumer group
+/// (`<prefix><topic>-dispatchers`) once the topics exist.
+async fn spawn_dispatcher<D: Dispatcher>(
+    tasks: &mut JoinSet<()>,
+    config: &Config,
+    pool: &sqlx::PgPool,
+    topic: Topic,
+    stop: watch::Receiver<bool>,
+    dispatcher: D,
+) -> anyhow::Result<()> {
+    match &config.kafka {
+        None => {
+            let consumer = PgConsumer::new(pool.clone(), Some(topic), config.bus_claim_timeout, config.bus_poll_interval).await?;
+            tasks.spawn(dispatcher.run(consumer, stop));
+        }
+        Some(k) => {
+            let k = k.clone();
+            tasks.spawn(async move {
+                if !topics_ready(&k, &stop).await {
+                    return;
+                }
+                match KafkaConsumer::new(&k, topic, &k.topic(&format!("{}-dispatchers", topic.as_str()))) {
+                    Ok(consumer) => dispatcher.run(consumer, stop).await,
+                    Err(e) => tracing::error!(error = %e, topic = topic.as_str(), "kafka: cannot create the consumer"),
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
 pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<()> {
     let mut config = Config::from_settings(settings)?;
     if let Some(r) = roles {
@@ -96,29 +129,14 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
             });
         }
     }
+    let processor = Arc::new(Processor::new(pool.clone()));
     if config.roles.email {
         let dispatcher = EmailDispatcher::from_config(&config, pool.clone(), smtp.clone());
-        let stop = stop_rx.clone();
-        match &config.kafka {
-            None => {
-                let consumer =
-                    PgConsumer::new(pool.clone(), Some(Topic::Email), config.bus_claim_timeout, config.bus_poll_interval)
-                        .await?;
-                tasks.spawn(dispatcher.run(consumer, stop));
-            }
-            Some(k) => {
-                let k = k.clone();
-                tasks.spawn(async move {
-                    if !topics_ready(&k, &stop).await {
-                        return;
-                    }
-                    match KafkaConsumer::new(&k, Topic::Email, &k.topic("email-dispatchers")) {
-                        Ok(consumer) => dispatcher.run(consumer, stop).await,
-                        Err(e) => tracing::error!(error = %e, "kafka: cannot create the email consumer"),
-                    }
-                });
-            }
-        }
+        spawn_dispatcher(&mut tasks, &config, &pool, Topic::Email, stop_rx.clone(), dispatcher).await?;
+    }
+    if config.roles.webhook {
+        let dispatcher = WebhookDispatcher::from_config(&config, pool.clone(), processor.clone())?;
+        spawn_dispatcher(&mut tasks, &config, &pool, Topic::Webhook, stop_rx.clone(), dispatcher).await?;
     }
     if config.roles.email || config.roles.webhook {
         tasks.spawn(sweeper::run(pool.clone(), config.sweep_after, stop_rx.clone()));
@@ -132,10 +150,11 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
     let state = AppState {
         db: pool.clone(),
         config: config.clone(),
-        processor: Arc::new(Processor::new(pool.clone())),
+        processor,
         smtp,
         bus: probe,
         metrics: prometheus,
+        guard: Guard::new(config.webhook.allow_cidrs.clone()),
     };
     // Every process answers /healthz, /readyz and /metrics; only `api` ones take notifications.
     let mut app = api::operations_router(state.clone());

@@ -25,6 +25,16 @@ impl RequiredScope for NotificationsRead {
     const SCOPE: Scope = Scope::NotificationsRead;
 }
 
+pub struct EndpointsRead;
+impl RequiredScope for EndpointsRead {
+    const SCOPE: Scope = Scope::EndpointsRead;
+}
+
+pub struct EndpointsWrite;
+impl RequiredScope for EndpointsWrite {
+    const SCOPE: Scope = Scope::EndpointsWrite;
+}
+
 pub struct Auth<S: RequiredScope>(pub Principal, pub PhantomData<S>);
 
 impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {

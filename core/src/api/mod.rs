@@ -1,19 +1,25 @@
 //! The HTTP API (`/api/v1/...`) and the health endpoints, as a library `Router`.
 
 pub mod auth;
+pub mod endpoints;
 pub mod health;
 pub mod notifications;
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::dispatch::email::Smtp;
+use crate::problem::ApiError;
 use crate::processor::Processor;
+use crate::ssrf::Guard;
 
 /// How `/readyz` checks the bus.
 #[derive(Clone)]
@@ -32,6 +38,27 @@ pub struct AppState {
     pub smtp: Smtp,
     pub bus: BusProbe,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Checks webhook URLs with literal hosts at registration.
+    pub guard: Guard,
+}
+
+/// Reads a JSON request body, turning every failure into a problem: too large (413),
+/// not JSON (400 malformed-json), JSON of the wrong shape (400 invalid-request).
+pub fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::InvalidRequest(r.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        if e.is_data() {
+            ApiError::InvalidRequest(e.to_string())
+        } else {
+            ApiError::MalformedJson(e.to_string())
+        }
+    })
 }
 
 /// The notification API (processes with the `api` role).
@@ -40,6 +67,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/notifications", post(notifications::create))
         .route("/api/v1/notifications/{id}", get(notifications::get))
+        .route("/api/v1/notifications/{id}/replay", post(endpoints::replay))
+        .route("/api/v1/endpoints", get(endpoints::list).post(endpoints::create))
+        .route(
+            "/api/v1/endpoints/{id}",
+            get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
+        )
+        .route("/api/v1/endpoints/{id}/enable", post(endpoints::enable))
+        .route("/api/v1/endpoints/{id}/disable", post(endpoints::disable))
+        .route("/api/v1/endpoints/{id}/secret", get(endpoints::secret))
+        .route("/api/v1/endpoints/{id}/secret/rotate", post(endpoints::rotate))
+        .route("/api/v1/endpoints/{id}/test", post(endpoints::test))
+        .route("/api/v1/endpoints/{id}/recover", post(endpoints::recover))
+        .route("/api/v1/endpoints/{id}/deliveries", get(endpoints::deliveries))
+        .route("/api/v1/endpoints/{id}/deliveries/{delivery_id}/resend", post(endpoints::resend))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

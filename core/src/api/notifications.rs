@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::auth::{Auth, NotificationsRead, NotificationsWrite};
-use super::AppState;
+use super::{json_body, AppState};
 use crate::problem::ApiError;
 use crate::processor::{derive_status, request_hash, Accepted, NotificationRequest};
 
@@ -32,22 +32,9 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(s.config.max_body_bytes)
-        } else {
-            ApiError::InvalidRequest(r.body_text())
-        }
-    })?;
     let key = idempotency_key(&headers)?;
-    let req: NotificationRequest = serde_json::from_slice(&body).map_err(|e| {
-        if e.is_data() {
-            ApiError::InvalidRequest(e.to_string())
-        } else {
-            ApiError::MalformedJson(e.to_string())
-        }
-    })?;
-    let hash = request_hash(&body);
+    let hash = body.as_ref().map(|b| request_hash(b)).unwrap_or_default();
+    let req: NotificationRequest = json_body(body, s.config.max_body_bytes)?;
     let accepted = s.processor.accept(&who, req, key.as_deref().map(|k| (k, hash.as_slice()))).await?;
     tracing::info!(notification_id = %accepted.id, deliveries = accepted.deliveries.len(), "notification accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))

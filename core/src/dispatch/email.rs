@@ -106,22 +106,7 @@ impl EmailDispatcher {
             })
             .buffer_unordered(self.concurrency)
             .collect::<Vec<Vec<(usize, AttemptRecord)>>>();
-        // While a slow batch runs, keep the deliveries' leases alive so no other worker
-        // takes them over and sends twice.
-        tokio::pin!(work);
-        let mut heartbeat = tokio::time::interval(self.lease / 3);
-        heartbeat.tick().await;
-        let results = loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = heartbeat.tick() => {
-                    if let Err(e) = record::extend_leases(&self.db, &owned_ids, self.lease).await {
-                        tracing::warn!(error = %e, "email dispatcher: cannot extend attempt leases");
-                    }
-                    consumer.keep_alive().await;
-                }
-            }
-        };
+        let results = record::with_heartbeat(&self.db, &owned_ids, self.lease, consumer, work).await;
         let mut done: Vec<usize> = Vec::with_capacity(batch.len());
         let records: Vec<AttemptRecord> = results
             .into_iter()
@@ -140,15 +125,7 @@ impl EmailDispatcher {
                 smtp_code = r.smtp_code, duration_ms = r.duration_ms, "email attempt recorded"
             );
         }
-        // Stale jobs are done. Busy ones belong to a live worker: ask for them again
-        // later, by which time that worker has recorded them or its lease has ended.
-        done.extend(stale);
-        if !busy.is_empty() {
-            let again: Vec<Received> = busy.iter().map(|i| batch[*i].clone()).collect();
-            consumer.redeliver(&again).await?;
-        }
-        let acks: Vec<Received> = done.into_iter().map(|i| batch[i].clone()).collect();
-        consumer.ack(&acks).await?;
+        record::settle(consumer, batch, done, stale, busy).await?;
         tracing::debug!(
             batch = batch.len(), started_ms, sent_ms, recorded_ms, acked_ms = clock.elapsed().as_millis() as u64,
             "email batch done"
@@ -215,7 +192,7 @@ impl EmailDispatcher {
         if rec.outcome == Outcome::TransientFailure {
             rec.retry_at = self
                 .schedule
-                .next_delay(s.attempt as u32)
+                .next_delay(s.round_attempts())
                 .map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
         }
         rec

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::bus::{self, BusMessage, DeliveryJob, Received, Topic};
+use crate::bus::{self, BusMessage, Consumer, DeliveryJob, Received, Topic};
 
 /// A delivery this worker now owns for one attempt.
 #[derive(Debug, sqlx::FromRow)]
@@ -17,6 +17,15 @@ pub struct Started {
     pub content: serde_json::Value,
     /// The attempt being made (1-based).
     pub attempt: i32,
+    /// Attempts made before the current round (a resend starts a new round).
+    pub round_start: i32,
+}
+
+impl Started {
+    /// Failed attempts made in this round, for the retry schedule.
+    pub fn round_attempts(&self) -> u32 {
+        (self.attempt - self.round_start).max(1) as u32
+    }
 }
 
 /// Takes ownership of the deliveries the jobs refer to, in one statement. Returns the
@@ -37,7 +46,7 @@ pub async fn start_attempts(
          FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempt)
          WHERE d.id = j.id AND d.channel = $3 AND d.attempts = j.attempt - 1
            AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
-         RETURNING d.id, d.target, d.content, j.attempt",
+         RETURNING d.id, d.target, d.content, j.attempt, d.round_start",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -207,4 +216,48 @@ pub fn decode(batch: &[Received]) -> (Vec<(usize, DeliveryJob)>, Vec<usize>) {
         }
     }
     (jobs, bad)
+}
+
+/// Runs a batch's attempts while keeping their leases (and the consumer's group
+/// membership) alive, so no other worker takes them over and sends twice.
+pub async fn with_heartbeat<C: Consumer, F: std::future::Future>(
+    db: &PgPool,
+    ids: &[Uuid],
+    lease: Duration,
+    consumer: &mut C,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut heartbeat = tokio::time::interval(lease / 3);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = heartbeat.tick() => {
+                if let Err(e) = extend_leases(db, ids, lease).await {
+                    tracing::warn!(error = %e, "cannot extend attempt leases");
+                }
+                consumer.keep_alive().await;
+            }
+        }
+    }
+}
+
+/// Finishes a batch after its outcomes are recorded: acks the done and stale messages;
+/// busy ones (owned by another live worker) are handed back to come again later, by
+/// which time that worker has recorded them or its lease has ended.
+pub async fn settle<C: Consumer>(
+    consumer: &mut C,
+    batch: &[Received],
+    mut done: Vec<usize>,
+    stale: Vec<usize>,
+    busy: Vec<usize>,
+) -> anyhow::Result<()> {
+    done.extend(stale);
+    if !busy.is_empty() {
+        let again: Vec<Received> = busy.iter().map(|i| batch[*i].clone()).collect();
+        consumer.redeliver(&again).await?;
+    }
+    let acks: Vec<Received> = done.into_iter().map(|i| batch[i].clone()).collect();
+    consumer.ack(&acks).await
 }

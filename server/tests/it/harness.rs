@@ -11,6 +11,7 @@ pub use herald_testkit::smtp::{Reply, SmtpSink};
 pub use herald_testkit::{free_port, fresh_database};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
+pub const TEST_SECRET_KEY: &str = "6d2f0c3e9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f302112030405";
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
@@ -45,6 +46,12 @@ pub fn base_env(db_url: &str, smtp_url: &str) -> Vec<(String, String)> {
         ("HERALD_BUS_POLL_INTERVAL", "100ms"),
         ("HERALD_MAX_BODY_BYTES", "8192"),
         ("HERALD_LOG", "info,sqlx=warn"),
+        ("HERALD_SECRET_KEY", TEST_SECRET_KEY),
+        // Receivers in tests listen on 127.0.0.1, which the SSRF guard refuses unless allowed.
+        ("HERALD_WEBHOOK_ALLOW_CIDRS", "127.0.0.1/32"),
+        ("HERALD_WEBHOOK_RETRY_SCHEDULE", "200ms,200ms,200ms"),
+        ("HERALD_WEBHOOK_THROTTLE_FLOOR", "300ms"),
+        ("HERALD_WEBHOOK_TIMEOUT", "2s"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -105,7 +112,18 @@ impl Herald {
 
     /// Creates an API key through the CLI and returns it.
     pub async fn api_key(&self, scopes: &[&str]) -> String {
+        self.api_key_for(scopes, None, None).await
+    }
+
+    /// Creates an API key for an owner subject (and the owner's email address).
+    pub async fn api_key_for(&self, scopes: &[&str], owner: Option<&str>, email: Option<&str>) -> String {
         let mut args = vec!["api-key", "create", "--name", "test"];
+        if let Some(o) = owner {
+            args.extend(["--owner", o]);
+        }
+        if let Some(e) = email {
+            args.extend(["--owner-email", e]);
+        }
         for s in scopes {
             args.push("--scope");
             args.push(s);
@@ -154,6 +172,25 @@ impl Herald {
             done.then_some(n)
         })
         .await
+    }
+
+    /// Sends a request with a key and an optional JSON body; returns (status, JSON body).
+    pub async fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Registers an endpoint that must be accepted; returns its JSON (with `secret`).
+    pub async fn create_endpoint(&self, key: &str, body: &Value) -> Value {
+        let (status, v) = self.call(reqwest::Method::POST, "/api/v1/endpoints", key, Some(body)).await;
+        assert_eq!(status, 201, "create endpoint: {v}");
+        v
     }
 
     pub async fn count(&self, table: &str) -> i64 {

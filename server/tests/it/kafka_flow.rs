@@ -75,16 +75,29 @@ async fn welcome_flow_on_kafka() {
     let broker = Broker::memory().await;
     let env = kafka_env(&broker.addr());
     let (sink, h, key) = setup(&[], &with(&env, &[])).await;
+    // The welcome event also reaches a subscribed webhook endpoint, through the broker.
+    let owner = h.api_key(&["endpoints:write"]).await;
+    let rx = herald_testkit::receiver::Receiver::start().await;
+    let ep = h.create_endpoint(&owner, &serde_json::json!({"url": rx.url("/"), "event_types": ["user.registered"]})).await;
     let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
     let n = h.wait_terminal(&key, &id).await;
     assert_eq!(n["status"], "succeeded");
-    assert_eq!(n["deliveries"][0]["attempts"].as_array().unwrap().len(), 1);
+    let deliveries = n["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2);
+    for d in deliveries {
+        assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+    }
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 1);
+    let wh = standardwebhooks::Webhook::new(ep["secret"].as_str().unwrap()).unwrap();
+    assert!(wh.verify(&reqs[0].body, &reqs[0].headers).is_ok());
     let mails = sink.accepted();
     assert_eq!(mails.len(), 1);
     assert!(mails[0].header("Subject").unwrap().contains("Ada"));
     // Published to and consumed from the broker, and the outbox drained.
-    assert!(metric(&h, "herald_bus_published_total").await >= 1.0);
-    assert!(metric(&h, "herald_bus_consumed_total").await >= 1.0);
+    assert!(metric(&h, "herald_bus_published_total{topic=\"webhook\"}").await >= 1.0);
+    assert!(metric(&h, "herald_bus_consumed_total{topic=\"webhook\"}").await >= 1.0);
+    assert!(metric(&h, "herald_bus_consumed_total{topic=\"email\"}").await >= 1.0);
     assert_eq!(h.count("outbox").await, 0);
     let ready = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap();
     assert_eq!(ready.status(), 200);

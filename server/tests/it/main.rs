@@ -9,3 +9,4 @@ mod cli;
 mod errors;
 mod flow;
 mod kafka_flow;
+mod webhooks;

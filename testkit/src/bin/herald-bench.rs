@@ -3,12 +3,16 @@
 //! percentiles and memory. It asserts nothing about speed.
 //!
 //! cargo run --release -p herald-testkit --bin herald-bench -- --notifications 10000
+//! Webhooks: `--endpoints 2` subscribes that many endpoints (on a real HTTP receiver in
+//! this process) to every notification; `--no-email` posts an event type without an
+//! email route, so only webhooks are delivered.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::stream::{self, StreamExt};
+use herald_testkit::receiver::Receiver;
 use herald_testkit::{free_port, fresh_database, smtp::SmtpSink};
 use serde_json::json;
 
@@ -23,6 +27,12 @@ struct Args {
     /// The herald binary to measure.
     #[arg(long, default_value = "target/release/herald")]
     herald: String,
+    /// Webhook endpoints subscribed to every notification.
+    #[arg(long, default_value_t = 0)]
+    endpoints: usize,
+    /// Post `bench.webhook` (no email route) instead of `user.registered`.
+    #[arg(long)]
+    no_email: bool,
     /// Extra KEY=VALUE settings for herald.
     #[arg(long = "set")]
     settings: Vec<String>,
@@ -51,13 +61,15 @@ async fn main() -> anyhow::Result<()> {
         ("HERALD_SMTP_URL".into(), sink.url()),
         ("HERALD_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")),
         ("HERALD_LOG".into(), "warn".into()),
+        ("HERALD_SECRET_KEY".into(), "42".repeat(32)),
+        ("HERALD_WEBHOOK_ALLOW_CIDRS".into(), "127.0.0.1/32".into()),
     ];
     for s in &args.settings {
         let (k, v) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE"))?;
         env.push((k.into(), v.into()));
     }
     let key_out = std::process::Command::new(&args.herald)
-        .args(["api-key", "create", "--name", "bench"])
+        .args(["api-key", "create", "--name", "bench", "--scope", "admin"])
         .envs(env.iter().cloned())
         .output()?;
     anyhow::ensure!(key_out.status.success(), "api-key create failed: {}", String::from_utf8_lossy(&key_out.stderr));
@@ -79,7 +91,29 @@ async fn main() -> anyhow::Result<()> {
     }
     let idle_rss = memory_kib(pid, "VmRSS:");
 
-    println!("herald-bench: {} notifications, {} concurrent requests, 1 email each, distinct recipients", args.notifications, args.concurrency);
+    let receiver = Receiver::start().await;
+    for i in 0..args.endpoints {
+        let r = http
+            .post(format!("{base}/api/v1/endpoints"))
+            .bearer_auth(&key)
+            .json(&json!({"url": receiver.url(&format!("/e{i}")), "event_types": ["*"]}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "endpoint create failed: {}", r.text().await.unwrap_or_default());
+    }
+    let pool = sqlx::PgPool::connect(&db).await?;
+    if args.no_email {
+        sqlx::query("INSERT INTO event_types (name, description) VALUES ('bench.webhook', 'benchmark, webhooks only')")
+            .execute(&pool)
+            .await?;
+    }
+    let emails = if args.no_email { 0 } else { args.notifications };
+    let webhooks = args.notifications * args.endpoints;
+    let event_type = if args.no_email { "bench.webhook" } else { "user.registered" };
+    println!(
+        "herald-bench: {} notifications ({event_type}), {} concurrent requests, {} email(s) and {} webhook(s) each",
+        args.notifications, args.concurrency, emails / args.notifications.max(1), args.endpoints
+    );
     let t0 = Instant::now();
     let url = format!("{base}/api/v1/notifications");
     let mut latencies: Vec<Duration> = stream::iter(0..args.notifications)
@@ -88,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             let url = url.clone();
             let key = key.clone();
             async move {
-                let body = json!({"event_type": "user.registered",
+                let body = json!({"event_type": event_type,
                                   "payload": {"user": {"name": format!("User {i}"), "email": format!("user{i}@bench.test")}}});
                 let t = Instant::now();
                 let r = http.post(&url).bearer_auth(&key).json(&body).send().await.expect("request");
@@ -102,17 +136,16 @@ async fn main() -> anyhow::Result<()> {
     let accept_time = t0.elapsed();
     let mut peak_rss = memory_kib(pid, "VmRSS:");
     loop {
-        let n = sink.accepted_count();
-        if n >= args.notifications {
+        let (n, w) = (sink.accepted_count(), receiver.count());
+        if n >= emails && w >= webhooks {
             break;
         }
         peak_rss = peak_rss.max(memory_kib(pid, "VmRSS:"));
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "only {n} emails delivered after 10 minutes");
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "only {n} emails and {w} webhooks delivered after 10 minutes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let e2e = t0.elapsed();
     latencies.sort();
-    let pool = sqlx::PgPool::connect(&db).await?;
     let (succeeded, attempts): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'succeeded'), (SELECT count(*) FROM attempts) FROM deliveries",
     )
@@ -127,8 +160,17 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
-    println!("delivery: {:>8.0} emails/s end to end  (all {} delivered {:.2} s after the first request)", n / e2e.as_secs_f64(), sink.accepted_count(), e2e.as_secs_f64());
-    println!("store:    {succeeded} deliveries succeeded, {attempts} attempts recorded, {} duplicate emails", sink.accepted_count().saturating_sub(args.notifications));
+    if emails > 0 {
+        println!("delivery: {:>8.0} emails/s end to end  (all {} delivered {:.2} s after the first request)", emails as f64 / e2e.as_secs_f64(), sink.accepted_count(), e2e.as_secs_f64());
+    }
+    if webhooks > 0 {
+        println!("delivery: {:>8.0} webhooks/s end to end  (all {} delivered {:.2} s after the first request)", webhooks as f64 / e2e.as_secs_f64(), receiver.count(), e2e.as_secs_f64());
+    }
+    println!(
+        "store:    {succeeded} deliveries succeeded, {attempts} attempts recorded, {} duplicate emails, {} duplicate webhooks",
+        sink.accepted_count().saturating_sub(emails),
+        receiver.count().saturating_sub(webhooks)
+    );
     println!(
         "memory:   herald RSS idle {} MiB, peak sampled {} MiB, high-water {} MiB",
         idle_rss.unwrap_or(0) / 1024,

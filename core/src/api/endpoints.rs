@@ -1,0 +1,214 @@
+//! `/api/v1/endpoints`: webhook endpoints, scoped to the caller's owner (an admin key
+//! reaches every owner's). Another owner's endpoint answers 404, never 403.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::auth::{Auth, EndpointsRead, EndpointsWrite, NotificationsWrite};
+use super::{json_body, AppState};
+use crate::endpoints::{self, Endpoint, EndpointDelivery, EndpointPatch, NewEndpoint};
+use crate::problem::ApiError;
+use crate::processor::Accepted;
+
+fn id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound)
+}
+
+#[derive(Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    endpoint: Endpoint,
+    secret: String,
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let new: NewEndpoint = json_body(body, s.config.max_body_bytes)?;
+    let (endpoint, secret) = endpoints::create(&s.db, &s.config.secret_key, &s.guard, &who, new).await?;
+    tracing::info!(endpoint_id = %endpoint.id, "webhook endpoint created");
+    Ok((StatusCode::CREATED, Json(Created { endpoint, secret })))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    #[serde(default = "default_limit")]
+    limit: i64,
+    after: Option<Uuid>,
+    status: Option<String>,
+}
+
+fn default_limit() -> i64 {
+    50
+}
+
+impl Page {
+    fn limit(&self) -> Result<i64, ApiError> {
+        if (1..=500).contains(&self.limit) {
+            Ok(self.limit)
+        } else {
+            Err(ApiError::InvalidRequest("limit must be between 1 and 500".into()))
+        }
+    }
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsRead>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page.limit()?;
+    let items = endpoints::list(&s.db, &who, limit, page.after).await?;
+    let next = if items.len() as i64 == limit { items.last().map(|e| e.id) } else { None };
+    Ok(Json(json!({ "data": items, "next_after": next })))
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsRead>,
+    Path(raw): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    Ok(Json(endpoints::get(&s.db, &who, id(&raw)?).await?))
+}
+
+pub async fn update(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let id = id(&raw)?;
+    let patch: EndpointPatch = json_body(body, s.config.max_body_bytes)?;
+    Ok(Json(endpoints::update(&s.db, &s.guard, &who, id, patch).await?))
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    endpoints::delete(&s.db, &who, id(&raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn enable(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    Ok(Json(endpoints::set_enabled(&s.db, &who, id(&raw)?, true).await?))
+}
+
+pub async fn disable(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    Ok(Json(endpoints::set_enabled(&s.db, &who, id(&raw)?, false).await?))
+}
+
+pub async fn secret(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsRead>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = endpoints::secret(&s.db, &s.config.secret_key, &who, id(&raw)?).await?;
+    Ok(Json(json!({ "key": key })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    /// How long the old secret keeps signing, such as `1h` (default
+    /// `HERALD_WEBHOOK_SECRET_GRACE`, at most 7 days).
+    grace: Option<String>,
+}
+
+pub async fn rotate(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = id(&raw)?;
+    let req: Rotate = match &body {
+        Ok(b) if b.is_empty() => Rotate::default(),
+        _ => json_body(body, s.config.max_body_bytes)?,
+    };
+    let grace = match req.grace.as_deref() {
+        None => s.config.webhook.secret_grace,
+        Some(g) => humantime::parse_duration(g.trim())
+            .ok()
+            .filter(|d| d.as_secs() <= 7 * 86400)
+            .ok_or_else(|| ApiError::InvalidRequest(format!("grace '{g}' is not a duration from 0s to 7d")))?,
+    };
+    let key = endpoints::rotate(&s.db, &s.config.secret_key, &who, id, grace).await?;
+    tracing::info!(endpoint_id = %id, grace_s = grace.as_secs(), "webhook signing secret rotated");
+    Ok(Json(json!({ "key": key, "previous_valid_for_seconds": grace.as_secs() })))
+}
+
+pub async fn test(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let accepted = endpoints::send_test(&s.db, &s.processor, &who, id(&raw)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    since: DateTime<Utc>,
+}
+
+pub async fn recover(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = id(&raw)?;
+    let req: Recover = json_body(body, s.config.max_body_bytes)?;
+    let ids = endpoints::recover(&s.db, &who, id, req.since).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids }))))
+}
+
+pub async fn deliveries(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsRead>,
+    Path(raw): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<EndpointDelivery>>, ApiError> {
+    let limit = page.limit()?;
+    Ok(Json(endpoints::deliveries(&s.db, &who, id(&raw)?, page.status.as_deref(), limit).await?))
+}
+
+pub async fn resend(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path((raw, delivery)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    endpoints::resend(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /api/v1/notifications/{id}/replay`: resend the notification's finished webhook
+/// deliveries.
+pub async fn replay(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<NotificationsWrite>,
+    Path(raw): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ids = endpoints::replay_notification(&s.db, &who, id(&raw)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids }))))
+}

@@ -1,0 +1,547 @@
+//! The webhook dispatcher: signed POSTs (Standard Webhooks v1) with `reqwest`.
+//!
+//! Outcomes: 2xx → succeeded. 410 → permanent failure, and the endpoint is disabled.
+//! Anything else (3xx — redirects are never followed —, 4xx, 5xx, timeouts, connection
+//! errors) → transient, retried on the endpoint's schedule or
+//! `HERALD_WEBHOOK_RETRY_SCHEDULE`; `Retry-After` is honoured up to
+//! `HERALD_WEBHOOK_RETRY_AFTER_MAX`, and 429s and timeouts wait at least
+//! `HERALD_WEBHOOK_THROTTLE_FLOOR`. Refused by the SSRF guard, or the endpoint is gone or
+//! disabled → permanent failure, not retried.
+//!
+//! The body was serialized once at acceptance (`deliveries.content.body`) and is sent
+//! byte-identical on every attempt; `webhook-id` is the delivery id (stable across
+//! retries), `webhook-timestamp` is this attempt's, and `webhook-signature` carries one
+//! signature per live secret (the current one and rotated-out ones in their grace period).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::record::{self, AttemptRecord, Outcome, Started};
+use crate::bus::{BatchHandler, Consumer, Received, Topic};
+use crate::config::{Config, WebhookConfig};
+use crate::processor::Processor;
+use crate::retry::RetrySchedule;
+use crate::secrets::{self, SecretKey};
+use crate::ssrf::{self, Guard};
+
+/// The most of a response body that is read and recorded.
+pub const EXCERPT_BYTES: usize = 4096;
+
+/// Builds the HTTP client every webhook goes through: the SSRF guard as its resolver,
+/// no proxies (an ambient proxy would connect somewhere unchecked), no redirects, and
+/// bounded timeouts.
+pub fn client(cfg: &WebhookConfig) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .dns_resolver(Guard::new(cfg.allow_cidrs.clone()).resolver())
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.timeout)
+        .pool_max_idle_per_host(cfg.endpoint_concurrency)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .user_agent(concat!("Herald-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// What an attempt needs to know about its endpoint.
+struct Target {
+    url: String,
+    enabled: bool,
+    headers: HeaderMap,
+    rate_limit: Option<i32>,
+    schedule: Option<RetrySchedule>,
+    keys: Vec<Vec<u8>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TargetRow {
+    id: Uuid,
+    url: String,
+    enabled: bool,
+    headers: serde_json::Value,
+    rate_limit: Option<i32>,
+    retry_schedule: Option<String>,
+    sealed: Vec<Vec<u8>>,
+}
+
+/// What an attempt means for its endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// The endpoint answered 2xx.
+    Ok,
+    /// The attempt reached for the endpoint and failed.
+    Failed,
+    /// 410 Gone: disable the endpoint.
+    Gone,
+    /// Nothing was tried (the endpoint is disabled or deleted).
+    NotTried,
+}
+
+pub struct WebhookDispatcher {
+    pub db: PgPool,
+    pub http: reqwest::Client,
+    pub guard: Guard,
+    pub key: SecretKey,
+    pub cfg: WebhookConfig,
+    pub processor: Arc<Processor>,
+    pub lease: Duration,
+    pub batch_size: usize,
+    /// Per-endpoint pacing for rate-limited endpoints: the next free slot.
+    slots: Mutex<HashMap<Uuid, Instant>>,
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+    Some((when - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The wait before the next attempt after a transient failure, or `None` when the
+/// schedule is spent.
+fn next_delay(
+    schedule: &RetrySchedule,
+    round_attempts: u32,
+    throttled: bool,
+    retry_after: Option<Duration>,
+    cfg: &WebhookConfig,
+) -> Option<Duration> {
+    let mut d = schedule.next_delay(round_attempts)?;
+    if throttled {
+        d = d.max(cfg.throttle_floor);
+    }
+    if let Some(ra) = retry_after {
+        d = d.max(ra.min(cfg.retry_after_max));
+    }
+    Some(d)
+}
+
+/// The error chain of a failed request, without the URL (it may carry tokens).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut parts = vec![e.to_string()];
+    let mut cur = std::error::Error::source(&e);
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let mut end = bytes.len().min(EXCERPT_BYTES);
+    let text = loop {
+        match std::str::from_utf8(&bytes[..end]) {
+            Ok(t) => break t.to_owned(),
+            Err(e) if e.valid_up_to() > 0 && end - e.valid_up_to() < 4 => end = e.valid_up_to(),
+            Err(_) => break String::from_utf8_lossy(&bytes[..end]).into_owned(),
+        }
+    };
+    text
+}
+
+impl WebhookDispatcher {
+    pub fn from_config(config: &Config, db: PgPool, processor: Arc<Processor>) -> anyhow::Result<Self> {
+        Ok(Self {
+            db,
+            http: client(&config.webhook)?,
+            guard: Guard::new(config.webhook.allow_cidrs.clone()),
+            key: config.secret_key.clone(),
+            cfg: config.webhook.clone(),
+            processor,
+            lease: config.bus_claim_timeout.max(config.webhook.timeout * 2),
+            batch_size: config.bus_batch_size,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn run<C: Consumer>(self, consumer: C, shutdown: watch::Receiver<bool>) {
+        let batch_size = self.batch_size;
+        crate::bus::consume(consumer, Arc::new(self), batch_size, shutdown, "webhook dispatcher").await;
+    }
+
+    /// Endpoints of a batch, with their live secrets decrypted, in one query.
+    async fn targets(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Target>> {
+        let rows: Vec<TargetRow> = sqlx::query_as(
+            "SELECT e.id, e.url, e.enabled, e.headers, e.rate_limit, e.retry_schedule,
+                    coalesce(array_agg(s.sealed ORDER BY s.generation DESC) FILTER (WHERE s.sealed IS NOT NULL), '{}') AS sealed
+             FROM endpoints e
+             LEFT JOIN endpoint_secrets s ON s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())
+             WHERE e.id = ANY($1)
+             GROUP BY e.id",
+        )
+        .bind(ids)
+        .fetch_all(&self.db)
+        .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let mut keys = Vec::with_capacity(r.sealed.len());
+            for sealed in &r.sealed {
+                let secret = self.key.open(r.id, sealed).map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?;
+                keys.push(secrets::secret_bytes(&secret).map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?);
+            }
+            let mut headers = HeaderMap::new();
+            if let Some(map) = r.headers.as_object() {
+                for (k, v) in map {
+                    if let (Ok(name), Some(Ok(value))) =
+                        (HeaderName::from_bytes(k.as_bytes()), v.as_str().map(HeaderValue::from_str))
+                    {
+                        headers.insert(name, value);
+                    }
+                }
+            }
+            out.insert(
+                r.id,
+                Target {
+                    url: r.url,
+                    enabled: r.enabled,
+                    headers,
+                    rate_limit: r.rate_limit,
+                    schedule: r.retry_schedule.as_deref().and_then(|s| RetrySchedule::parse(s).ok()),
+                    keys,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
+        let (jobs, bad) = record::decode(batch);
+        for i in &bad {
+            tracing::error!("webhook dispatcher: undecodable bus message dead-lettered");
+            consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
+        }
+        let (owned, stale, busy) = record::start_attempts(&self.db, "webhook", &jobs, self.lease).await?;
+
+        // Per endpoint: attempts start in bus order, up to endpoint_concurrency at once;
+        // endpoints in parallel.
+        let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
+        for (idx, s) in owned {
+            groups.entry(s.target.clone()).or_default().push((idx, s));
+        }
+        let endpoint_ids: Vec<Uuid> = groups.keys().filter_map(|k| k.parse().ok()).collect();
+        let targets = Arc::new(self.targets(&endpoint_ids).await?);
+        let owned_ids: Vec<Uuid> = groups.values().flatten().map(|(_, s)| s.id).collect();
+        let per_endpoint = self.cfg.endpoint_concurrency;
+        let work = stream::iter(groups)
+            .map(|(endpoint, items)| {
+                let this = self.clone();
+                let targets = targets.clone();
+                async move {
+                    let id: Option<Uuid> = endpoint.parse().ok();
+                    let target = id.and_then(|id| targets.get(&id));
+                    stream::iter(items)
+                        .map(|(idx, s)| {
+                            let this = this.clone();
+                            let endpoint = endpoint.clone();
+                            async move { (idx, this.attempt(id, target, &endpoint, s).await) }
+                        })
+                        .buffered(per_endpoint)
+                        .collect::<Vec<_>>()
+                        .await
+                }
+            })
+            .buffer_unordered(self.cfg.concurrency)
+            .collect::<Vec<Vec<(usize, (AttemptRecord, Health))>>>();
+        let results = record::with_heartbeat(&self.db, &owned_ids, self.lease, consumer, work).await;
+
+        let mut done = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        // Per endpoint: did anything succeed, did everything fail, did it say 410.
+        let mut health: HashMap<Uuid, Health> = HashMap::new();
+        for (idx, (rec, h)) in results.into_iter().flatten() {
+            done.push(idx);
+            if let Ok(id) = rec.key.parse::<Uuid>() {
+                let e = health.entry(id).or_insert(Health::NotTried);
+                *e = match (*e, h) {
+                    (Health::Gone, _) | (_, Health::Gone) => Health::Gone,
+                    (Health::Ok, _) | (_, Health::Ok) => Health::Ok,
+                    (Health::Failed, _) | (_, Health::Failed) => Health::Failed,
+                    _ => Health::NotTried,
+                };
+            }
+            records.push(rec);
+        }
+        record::record(&self.db, Topic::Webhook, &records).await?;
+        for r in &records {
+            tracing::info!(
+                delivery_id = %r.delivery_id, endpoint_id = %r.key, attempt = r.attempt, outcome = r.outcome.as_str(),
+                http_status = r.http_status, duration_ms = r.duration_ms, "webhook attempt recorded"
+            );
+        }
+        if let Err(e) = self.endpoint_health(&health).await {
+            // The attempts are recorded; the next failure re-evaluates the endpoint.
+            tracing::warn!(error = %format!("{e:#}"), "cannot update endpoint health");
+        }
+        record::settle(consumer, batch, done, stale, busy).await
+    }
+
+    /// Tracks since when each endpoint has been failing (in PostgreSQL), and disables
+    /// endpoints that answered 410 or have failed for longer than the window.
+    async fn endpoint_health(&self, health: &HashMap<Uuid, Health>) -> anyhow::Result<()> {
+        let (ids, ok): (Vec<Uuid>, Vec<bool>) = health
+            .iter()
+            .filter(|(_, h)| matches!(h, Health::Ok | Health::Failed))
+            .map(|(id, h)| (*id, *h == Health::Ok))
+            .unzip();
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE endpoints e SET failing_since = CASE WHEN h.ok THEN NULL ELSE now() END
+                 FROM unnest($1::uuid[], $2::bool[]) AS h(id, ok)
+                 WHERE e.id = h.id AND e.enabled
+                   AND ((h.ok AND e.failing_since IS NOT NULL) OR (NOT h.ok AND e.failing_since IS NULL))",
+            )
+            .bind(&ids)
+            .bind(&ok)
+            .execute(&self.db)
+            .await?;
+        }
+        let failing: Vec<Uuid> = health.iter().filter(|(_, h)| **h == Health::Failed).map(|(id, _)| *id).collect();
+        let expired: Vec<(Uuid, DateTime<Utc>)> = if failing.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT id, failing_since FROM endpoints
+                 WHERE id = ANY($1) AND enabled AND failing_since < now() - make_interval(secs => $2)",
+            )
+            .bind(&failing)
+            .bind(self.cfg.disable_after.as_secs_f64())
+            .fetch_all(&self.db)
+            .await?
+        };
+        for (id, since) in expired {
+            let reason = format!(
+                "every delivery attempt failed for longer than {} (failing since {})",
+                humantime::format_duration(self.cfg.disable_after),
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            crate::endpoints::disable_and_notify(&self.db, &self.processor, id, &reason).await?;
+        }
+        for (id, _) in health.iter().filter(|(_, h)| **h == Health::Gone) {
+            crate::endpoints::disable_and_notify(&self.db, &self.processor, *id, "the endpoint answered 410 Gone").await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for this endpoint's next free slot when it has a rate limit.
+    async fn pace(&self, id: Uuid, per_second: i32) {
+        let wait = {
+            let mut slots = self.slots.lock().expect("slots");
+            let now = Instant::now();
+            let slot = slots.get(&id).copied().filter(|t| *t > now).unwrap_or(now);
+            slots.insert(id, slot + Duration::from_secs_f64(1.0 / per_second as f64));
+            slot - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(&self, id: Option<Uuid>, target: Option<&Target>, key: &str, s: Started) -> (AttemptRecord, Health) {
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let mut rec = AttemptRecord {
+            delivery_id: s.id,
+            attempt: s.attempt,
+            started_at,
+            duration_ms: 0,
+            outcome: Outcome::PermanentFailure,
+            smtp_code: None,
+            smtp_reply: None,
+            http_status: None,
+            response_excerpt: None,
+            error: None,
+            retry_at: None,
+            key: key.to_owned(),
+        };
+        let (Some(id), Some(t)) = (id, target) else {
+            rec.error = Some("the endpoint was deleted".into());
+            return (rec, Health::NotTried);
+        };
+        if !t.enabled {
+            rec.error = Some("the endpoint is disabled".into());
+            return (rec, Health::NotTried);
+        }
+        let Some(body) = s.content.get("body").and_then(|b| b.as_str()) else {
+            rec.error = Some("stored webhook content is unreadable".into());
+            return (rec, Health::NotTried);
+        };
+        if let Some(rate) = t.rate_limit {
+            self.pace(id, rate).await;
+        }
+        let url: Url = match t.url.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                rec.error = Some(format!("the endpoint URL is invalid: {e}"));
+                return (rec, Health::Failed);
+            }
+        };
+        if let Err(refused) = self.guard.check_url(&url) {
+            crate::metrics::ssrf_refused();
+            rec.error = Some(refused.to_string());
+            return (rec, Health::Failed);
+        }
+
+        let msg_id = s.id.to_string();
+        let ts = Utc::now().timestamp();
+        let mut headers = t.headers.clone();
+        // Herald's own headers last: custom headers never override them.
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("webhook-id", HeaderValue::from_str(&msg_id).expect("uuid is a header value"));
+        headers.insert("webhook-timestamp", HeaderValue::from(ts));
+        let signature = secrets::signature_header(&t.keys, &msg_id, ts, body.as_bytes());
+        headers.insert("webhook-signature", HeaderValue::from_str(&signature).expect("base64 is a header value"));
+
+        let sent = self.http.post(url).headers(headers).body(body.to_owned()).send().await;
+        let mut throttled = false;
+        let mut wait_hint = None;
+        let health = match sent {
+            Ok(mut resp) => {
+                let status = resp.status();
+                rec.http_status = Some(status.as_u16() as i16);
+                wait_hint = retry_after(resp.headers());
+                let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+                let mut buf: Vec<u8> = Vec::new();
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => {
+                            let room = EXCERPT_BYTES - buf.len();
+                            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                            if buf.len() >= EXCERPT_BYTES {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            if !status.is_success() {
+                                rec.error = Some(format!("reading the response failed: {}", describe(e)));
+                            }
+                            break;
+                        }
+                    }
+                }
+                if !buf.is_empty() {
+                    rec.response_excerpt = Some(excerpt(&buf));
+                }
+                if status.is_success() {
+                    rec.outcome = Outcome::Succeeded;
+                    rec.error = None;
+                    Health::Ok
+                } else if status == StatusCode::GONE {
+                    rec.error = Some("410 Gone: the endpoint is disabled".into());
+                    Health::Gone
+                } else {
+                    rec.outcome = Outcome::TransientFailure;
+                    throttled = status == StatusCode::TOO_MANY_REQUESTS;
+                    if rec.error.is_none() {
+                        rec.error = Some(if status.is_redirection() {
+                            match location {
+                                Some(l) => format!("HTTP {status}: redirects are not followed (Location: {l})"),
+                                None => format!("HTTP {status}: redirects are not followed"),
+                            }
+                        } else {
+                            format!("HTTP {status}")
+                        });
+                    }
+                    Health::Failed
+                }
+            }
+            Err(e) => {
+                if let Some(refused) = ssrf::refused_in(&e) {
+                    crate::metrics::ssrf_refused();
+                    rec.error = Some(refused.to_string());
+                } else if e.is_timeout() {
+                    rec.outcome = Outcome::TransientFailure;
+                    throttled = true;
+                    rec.error = Some(format!("timed out after {} ms", clock.elapsed().as_millis()));
+                } else {
+                    rec.outcome = Outcome::TransientFailure;
+                    rec.error = Some(describe(e));
+                }
+                Health::Failed
+            }
+        };
+        rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        crate::metrics::attempt("webhook", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
+        if rec.outcome == Outcome::TransientFailure {
+            let schedule = t.schedule.as_ref().unwrap_or(&self.cfg.retry_schedule);
+            rec.retry_at = next_delay(schedule, s.round_attempts(), throttled, wait_hint, &self.cfg)
+                .map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+        }
+        (rec, health)
+    }
+}
+
+impl<C: Consumer> BatchHandler<C> for Arc<WebhookDispatcher> {
+    async fn handle(&mut self, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
+        self.process(consumer, batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> WebhookConfig {
+        WebhookConfig {
+            retry_schedule: RetrySchedule::parse("1s,2s").unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            concurrency: 1,
+            endpoint_concurrency: 1,
+            allow_cidrs: vec![],
+            throttle_floor: Duration::from_secs(10),
+            retry_after_max: Duration::from_secs(60),
+            disable_after: Duration::from_secs(60),
+            secret_grace: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn delays_honour_floor_retry_after_and_exhaustion() {
+        let c = cfg();
+        let s = c.retry_schedule.clone();
+        let d = next_delay(&s, 1, false, None, &c).unwrap();
+        assert!(d >= Duration::from_millis(800) && d <= Duration::from_millis(1200));
+        assert!(next_delay(&s, 1, true, None, &c).unwrap() >= Duration::from_secs(10), "throttle floor");
+        assert_eq!(next_delay(&s, 1, false, Some(Duration::from_secs(30)), &c).unwrap(), Duration::from_secs(30));
+        assert_eq!(next_delay(&s, 1, false, Some(Duration::from_secs(3600)), &c).unwrap(), Duration::from_secs(60), "capped");
+        assert_eq!(next_delay(&s, 3, true, Some(Duration::from_secs(5)), &c), None, "spent");
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = (Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn excerpts_are_capped_on_a_char_boundary() {
+        let text = "é".repeat(3000); // 6000 bytes
+        let e = excerpt(&text.as_bytes()[..EXCERPT_BYTES.min(text.len())]);
+        assert!(e.len() <= EXCERPT_BYTES && e.chars().all(|c| c == 'é'));
+    }
+}

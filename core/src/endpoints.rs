@@ -1,0 +1,613 @@
+//! Webhook endpoints: validation, storage, secrets, owner scoping, replay, and
+//! disabling (with the owner's email and the `endpoint.disabled` operational event).
+//!
+//! Owner scoping: every query takes the caller's owner and whether it is an admin, and
+//! filters with `owner = $owner OR $admin`. Another owner's endpoint is "not found".
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::apikeys::Principal;
+use crate::bus::{self, BusMessage, Topic};
+use crate::problem::ApiError;
+use crate::processor::{self, Processor, Submission};
+use crate::retry::RetrySchedule;
+use crate::secrets::{self, SecretKey};
+use crate::ssrf::Guard;
+
+/// At most this many rotated-out secrets keep signing.
+pub const MAX_OLD_SECRETS: i64 = 10;
+const MAX_HEADERS: usize = 20;
+
+/// Headers Herald sets itself; an endpoint's custom headers cannot set them.
+const RESERVED_HEADERS: [&str; 9] = [
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "te",
+    "upgrade",
+    "keep-alive",
+];
+
+fn double<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `POST /api/v1/endpoints` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    pub url: String,
+    #[serde(default = "all_events")]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub rate_limit: Option<i32>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub retry_schedule: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn all_events() -> Vec<String> {
+    vec!["*".into()]
+}
+fn yes() -> bool {
+    true
+}
+
+/// `PATCH /api/v1/endpoints/{id}` body: absent fields stay; `null` clears the nullable ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "double")]
+    pub rate_limit: Option<Option<i32>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "double")]
+    pub retry_schedule: Option<Option<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub owner: String,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    pub rate_limit: Option<i32>,
+    pub headers: Value,
+    pub retry_schedule: Option<String>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, owner, url, description, event_types, enabled, disabled_at, disabled_reason, rate_limit, \
+                       headers, retry_schedule, failing_since, created_at, updated_at";
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(msg.into())
+}
+
+/// A validated endpoint definition.
+struct Valid {
+    url: String,
+    event_types: Vec<String>,
+    description: String,
+    rate_limit: Option<i32>,
+    headers: Value,
+    retry_schedule: Option<String>,
+}
+
+fn valid_filter(f: &str) -> bool {
+    if f == "*" {
+        return true;
+    }
+    let name = f.strip_suffix(".*").unwrap_or(f);
+    !name.is_empty()
+        && name.len() <= 200
+        && name.split('.').all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, ApiError> {
+    let url: reqwest::Url = e
+        .url
+        .trim()
+        .parse()
+        .map_err(|err| bad(format!("url '{}' is not a valid URL: {err}", e.url.trim())))?;
+    if url.as_str().len() > 2048 {
+        return Err(bad("url must be at most 2048 characters"));
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!("url must use http or https, not '{}'", url.scheme())));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("url must not contain credentials; send them in a custom header instead"));
+    }
+    guard.check_url(&url).map_err(|r| ApiError::RefusedTarget(format!("url {}: {r}", url)))?;
+
+    let mut event_types: Vec<String> = e.event_types.iter().map(|f| f.trim().to_owned()).collect();
+    event_types.sort();
+    event_types.dedup();
+    if event_types.is_empty() || event_types.len() > 50 {
+        return Err(bad("event_types must list 1 to 50 filters, such as [\"user.registered\"], [\"user.*\"] or [\"*\"]"));
+    }
+    if let Some(f) = event_types.iter().find(|f| !valid_filter(f)) {
+        return Err(bad(format!(
+            "event type filter '{f}' is not valid; use a name such as user.registered, a prefix such as user.*, or *"
+        )));
+    }
+    let exact: Vec<&String> = event_types.iter().filter(|f| *f != "*" && !f.ends_with(".*")).collect();
+    if !exact.is_empty() {
+        let known: Vec<String> = sqlx::query_scalar("SELECT name FROM event_types WHERE name = ANY($1)")
+            .bind(&exact)
+            .fetch_all(db)
+            .await?;
+        if let Some(unknown) = exact.iter().find(|f| !known.contains(f)) {
+            return Err(ApiError::UnknownEventType((*unknown).clone()));
+        }
+    }
+    if e.description.len() > 1000 {
+        return Err(bad("description must be at most 1000 characters"));
+    }
+    if let Some(r) = e.rate_limit {
+        if !(1..=10_000).contains(&r) {
+            return Err(bad("rate_limit is requests per second, from 1 to 10000 (or null for no limit)"));
+        }
+    }
+    if e.headers.len() > MAX_HEADERS {
+        return Err(bad(format!("at most {MAX_HEADERS} custom headers")));
+    }
+    for (name, value) in &e.headers {
+        let lower = name.to_ascii_lowercase();
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(bad(format!("'{name}' is not a valid header name")));
+        }
+        if lower.starts_with("webhook-") || RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(bad(format!("header '{name}' is set by Herald and cannot be customised")));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() || value.len() > 4096 {
+            return Err(bad(format!("the value of header '{name}' is not a valid header value")));
+        }
+    }
+    let retry_schedule = match e.retry_schedule.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => {
+            let parsed = RetrySchedule::parse(s).map_err(|m| bad(format!("retry_schedule: {m}")))?;
+            if parsed.max_attempts() > 21 {
+                return Err(bad("retry_schedule may list at most 20 delays"));
+            }
+            Some(s.to_owned())
+        }
+    };
+    Ok(Valid {
+        url: url.to_string(),
+        event_types,
+        description: e.description,
+        rate_limit: e.rate_limit,
+        headers: serde_json::to_value(&e.headers).map_err(anyhow::Error::from)?,
+        retry_schedule,
+    })
+}
+
+/// Creates an endpoint owned by the caller, with a fresh signing secret. Returns the
+/// endpoint and the secret (the only time it is part of a response besides `GET .../secret`).
+pub async fn create(
+    db: &PgPool,
+    key: &SecretKey,
+    guard: &Guard,
+    who: &Principal,
+    e: NewEndpoint,
+) -> Result<(Endpoint, String), ApiError> {
+    let enabled = e.enabled;
+    let v = validate(db, guard, e).await?;
+    let id = Uuid::now_v7();
+    let secret = secrets::generate_secret();
+    let mut tx = db.begin().await?;
+    let ep: Endpoint = sqlx::query_as(&format!(
+        "INSERT INTO endpoints (id, owner, url, description, event_types, enabled, rate_limit, headers, retry_schedule, admin)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&who.owner)
+    .bind(&v.url)
+    .bind(&v.description)
+    .bind(&v.event_types)
+    .bind(enabled)
+    .bind(v.rate_limit)
+    .bind(&v.headers)
+    .bind(&v.retry_schedule)
+    .bind(who.is_admin())
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, generation, sealed) VALUES ($1, 1, $2)")
+        .bind(id)
+        .bind(key.seal(id, &secret))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((ep, secret))
+}
+
+pub async fn list(db: &PgPool, who: &Principal, limit: i64, after: Option<Uuid>) -> Result<Vec<Endpoint>, ApiError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM endpoints WHERE (owner = $1 OR $2) AND ($3::uuid IS NULL OR id > $3)
+         ORDER BY id LIMIT $4"
+    ))
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<Endpoint, ApiError> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)"))
+        .bind(id)
+        .bind(&who.owner)
+        .bind(who.is_admin())
+        .fetch_optional(db)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+pub async fn update(db: &PgPool, guard: &Guard, who: &Principal, id: Uuid, p: EndpointPatch) -> Result<Endpoint, ApiError> {
+    let cur = get(db, who, id).await?;
+    let headers: BTreeMap<String, String> = serde_json::from_value(cur.headers.clone()).unwrap_or_default();
+    let merged = NewEndpoint {
+        url: p.url.unwrap_or(cur.url),
+        event_types: p.event_types.unwrap_or(cur.event_types),
+        description: p.description.unwrap_or(cur.description),
+        rate_limit: p.rate_limit.unwrap_or(cur.rate_limit),
+        headers: p.headers.unwrap_or(headers),
+        retry_schedule: p.retry_schedule.unwrap_or(cur.retry_schedule),
+        enabled: cur.enabled,
+    };
+    let v = validate(db, guard, merged).await?;
+    sqlx::query_as(&format!(
+        "UPDATE endpoints SET url = $3, event_types = $4, description = $5, rate_limit = $6, headers = $7,
+                retry_schedule = $8, updated_at = now()
+         WHERE id = $1 AND (owner = $2 OR $9) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&who.owner)
+    .bind(&v.url)
+    .bind(&v.event_types)
+    .bind(&v.description)
+    .bind(v.rate_limit)
+    .bind(&v.headers)
+    .bind(&v.retry_schedule)
+    .bind(who.is_admin())
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound)
+}
+
+pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<(), ApiError> {
+    let r = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)")
+        .bind(id)
+        .bind(&who.owner)
+        .bind(who.is_admin())
+        .execute(db)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(ApiError::NotFound);
+    }
+    Ok(())
+}
+
+/// Enables (and resets the auto-disable clock) or disables an endpoint on request.
+pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) -> Result<Endpoint, ApiError> {
+    sqlx::query_as(&format!(
+        "UPDATE endpoints SET enabled = $4,
+                disabled_at = CASE WHEN $4 THEN NULL WHEN enabled THEN now() ELSE disabled_at END,
+                disabled_reason = CASE WHEN $4 THEN NULL WHEN enabled THEN 'disabled on request' ELSE disabled_reason END,
+                failing_since = NULL, updated_at = now()
+         WHERE id = $1 AND (owner = $2 OR $3) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .bind(enabled)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound)
+}
+
+/// The current signing secret.
+pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<String, ApiError> {
+    let sealed: Vec<u8> = sqlx::query_scalar(
+        "SELECT s.sealed FROM endpoint_secrets s JOIN endpoints e ON e.id = s.endpoint_id
+         WHERE e.id = $1 AND (e.owner = $2 OR $3) AND s.expires_at IS NULL",
+    )
+    .bind(id)
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    key.open(id, &sealed).map_err(|m| ApiError::Internal(anyhow::anyhow!(m)))
+}
+
+/// Makes a new current secret; the old one keeps signing for `grace`. At most
+/// [`MAX_OLD_SECRETS`] old secrets are kept; expired ones are dropped.
+pub async fn rotate(
+    db: &PgPool,
+    key: &SecretKey,
+    who: &Principal,
+    id: Uuid,
+    grace: Duration,
+) -> Result<String, ApiError> {
+    let mut tx = db.begin().await?;
+    let found: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR UPDATE")
+            .bind(id)
+            .bind(&who.owner)
+            .bind(who.is_admin())
+            .fetch_optional(&mut *tx)
+            .await?;
+    if found.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let secret = secrets::generate_secret();
+    sqlx::query(
+        "UPDATE endpoint_secrets SET expires_at = now() + make_interval(secs => $2)
+         WHERE endpoint_id = $1 AND expires_at IS NULL",
+    )
+    .bind(id)
+    .bind(grace.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO endpoint_secrets (endpoint_id, generation, sealed)
+         SELECT $1, coalesce(max(generation), 0) + 1, $2 FROM endpoint_secrets WHERE endpoint_id = $1",
+    )
+    .bind(id)
+    .bind(key.seal(id, &secret))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL
+           AND (expires_at <= now() OR generation NOT IN (
+                SELECT generation FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL
+                ORDER BY generation DESC LIMIT $2))",
+    )
+    .bind(id)
+    .bind(MAX_OLD_SECRETS)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(secret)
+}
+
+/// One webhook delivery, as an endpoint's owner sees it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct EndpointDelivery {
+    pub id: Uuid,
+    pub notification_id: Uuid,
+    pub event_type: String,
+    pub status: String,
+    pub attempt_count: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn deliveries(
+    db: &PgPool,
+    who: &Principal,
+    id: Uuid,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<EndpointDelivery>, ApiError> {
+    get(db, who, id).await?;
+    Ok(sqlx::query_as(
+        "SELECT d.id, d.notification_id, n.event_type, d.status, d.attempts AS attempt_count, d.next_attempt_at,
+                d.last_error, d.created_at, d.updated_at
+         FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+         WHERE d.channel = 'webhook' AND d.target = $1 AND ($2::text IS NULL OR d.status = $2)
+         ORDER BY d.created_at DESC, d.id DESC LIMIT $3",
+    )
+    .bind(id.to_string())
+    .bind(status)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Starts a new round of attempts for finished deliveries (never touching their past
+/// attempts): status `retrying`, a fresh retry schedule from the next attempt, and a bus
+/// message for attempt `attempts + 1`. Deliveries still in progress are left alone.
+/// Returns the ids resent.
+pub async fn resend_where(conn: &mut PgConnection, filter: &str, bind: ResendFilter<'_>) -> Result<Vec<Uuid>, ApiError> {
+    let sql = format!(
+        "UPDATE deliveries d SET status = 'retrying', round_start = d.attempts, next_attempt_at = now(),
+                lease_until = NULL, updated_at = now()
+         WHERE d.status IN ('succeeded', 'failed', 'cancelled') AND {filter}
+         RETURNING d.id, d.channel, d.target, d.attempts"
+    );
+    let q = sqlx::query_as::<_, (Uuid, String, String, i32)>(&sql);
+    let q = match bind {
+        ResendFilter::Delivery { delivery, endpoint } => q.bind(delivery).bind(endpoint.to_string()),
+        ResendFilter::Notification(n) => q.bind(n),
+        ResendFilter::Endpoint { endpoint, since } => q.bind(endpoint.to_string()).bind(since),
+    };
+    let rows = q.fetch_all(&mut *conn).await?;
+    let msgs: Vec<BusMessage> = rows
+        .iter()
+        .map(|(id, channel, target, attempts)| {
+            let topic = Topic::parse(channel).unwrap_or(Topic::Webhook);
+            let key = if topic == Topic::Email { target.to_lowercase() } else { target.clone() };
+            BusMessage::delivery(topic, key, *id, attempts + 1)
+        })
+        .collect();
+    bus::enqueue(conn, &msgs).await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+pub enum ResendFilter<'a> {
+    Delivery { delivery: Uuid, endpoint: Uuid },
+    Notification(Uuid),
+    Endpoint { endpoint: Uuid, since: &'a DateTime<Utc> },
+}
+
+/// Resends one webhook delivery of an endpoint. 409 if it is still in progress.
+pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid) -> Result<(), ApiError> {
+    get(db, who, endpoint).await?;
+    let mut tx = db.begin().await?;
+    let done = resend_where(
+        &mut tx,
+        "d.id = $1 AND d.channel = 'webhook' AND d.target = $2",
+        ResendFilter::Delivery { delivery, endpoint },
+    )
+    .await?;
+    if done.is_empty() {
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1 AND channel = 'webhook' AND target = $2")
+                .bind(delivery)
+                .bind(endpoint.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        return Err(match exists {
+            None => ApiError::NotFound,
+            Some(status) => ApiError::Conflict(format!("the delivery is still {status}; resend it once it has finished")),
+        });
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Resends every failed delivery of an endpoint created since `since`.
+pub async fn recover(db: &PgPool, who: &Principal, endpoint: Uuid, since: DateTime<Utc>) -> Result<Vec<Uuid>, ApiError> {
+    get(db, who, endpoint).await?;
+    let mut tx = db.begin().await?;
+    let ids = resend_where(
+        &mut tx,
+        "d.channel = 'webhook' AND d.target = $1 AND d.status = 'failed' AND d.created_at >= $2",
+        ResendFilter::Endpoint { endpoint, since: &since },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Replays a notification to its endpoints: every finished webhook delivery of it is
+/// resent. Visible to the notification's owner (or an admin).
+pub async fn replay_notification(db: &PgPool, who: &Principal, notification: Uuid) -> Result<Vec<Uuid>, ApiError> {
+    let owner: String = sqlx::query_scalar("SELECT owner FROM notifications WHERE id = $1")
+        .bind(notification)
+        .fetch_optional(db)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if owner != who.owner && !who.is_admin() {
+        return Err(ApiError::NotFound);
+    }
+    let mut tx = db.begin().await?;
+    let ids = resend_where(
+        &mut tx,
+        "d.notification_id = $1 AND d.channel = 'webhook'",
+        ResendFilter::Notification(notification),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Sends a `webhook.test` event to one endpoint (whatever its filter). Returns the
+/// notification.
+pub async fn send_test(
+    db: &PgPool,
+    processor: &Processor,
+    who: &Principal,
+    endpoint: Uuid,
+) -> Result<processor::Accepted, ApiError> {
+    let ep = get(db, who, endpoint).await?;
+    if !ep.enabled {
+        return Err(ApiError::Conflict("the endpoint is disabled; enable it before sending a test event".into()));
+    }
+    let prepared = processor
+        .prepare(Submission {
+            event_type: "webhook.test".into(),
+            payload: json!({"endpoint_id": ep.id, "message": "This is a test event from Herald."}),
+            recipients: None,
+            owner: ep.owner.clone(),
+            key_id: Some(who.key_id),
+            operational_owner: Some(ep.owner.clone()),
+        })
+        .await?
+        .only_endpoint(ep.id);
+    let mut conn = db.acquire().await?;
+    processor::insert(&mut conn, prepared).await
+}
+
+/// Disables an endpoint on Herald's own initiative (410 Gone, failing too long): records
+/// the reason and, in the same transaction, emits `endpoint.disabled` — an email to the
+/// owner if their address is known, and a webhook to the endpoints subscribed to it
+/// (the same owner's, and admins'). Returns false if it was already disabled.
+pub async fn disable_and_notify(db: &PgPool, processor: &Processor, id: Uuid, reason: &str) -> anyhow::Result<bool> {
+    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.owner, e.url, o.email FROM endpoints e LEFT JOIN owners o ON o.subject = e.owner
+         WHERE e.id = $1 AND e.enabled",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    let Some((owner, url, email)) = row else { return Ok(false) };
+    let now = Utc::now();
+    let prepared = processor
+        .prepare(Submission {
+            event_type: "endpoint.disabled".into(),
+            payload: json!({
+                "endpoint": {"id": id, "url": url},
+                "reason": reason,
+                "disabled_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }),
+            recipients: email.map(|e| vec![e]),
+            owner: owner.clone(),
+            key_id: None,
+            operational_owner: Some(owner),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot prepare the endpoint.disabled event: {e}"))?;
+    let mut tx = db.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE endpoints SET enabled = false, disabled_at = $2, disabled_reason = $3, failing_since = NULL,
+                updated_at = now()
+         WHERE id = $1 AND enabled",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !changed {
+        return Ok(false);
+    }
+    processor::insert(&mut tx, prepared).await.map_err(|e| anyhow::anyhow!("cannot emit endpoint.disabled: {e}"))?;
+    tx.commit().await?;
+    tracing::warn!(endpoint_id = %id, reason, "webhook endpoint disabled");
+    crate::metrics::endpoint_disabled();
+    Ok(true)
+}
