@@ -435,6 +435,36 @@ pub async fn deliveries(
     .await?)
 }
 
+/// One delivery of an endpoint with every attempt (status, duration, error, response excerpt).
+pub async fn delivery(
+    db: &PgPool,
+    who: &Principal,
+    endpoint: Uuid,
+    delivery: Uuid,
+) -> Result<(EndpointDelivery, Vec<crate::api::notifications::AttemptView>), ApiError> {
+    get(db, who, endpoint).await?;
+    let d: EndpointDelivery = sqlx::query_as(
+        "SELECT d.id, d.notification_id, n.event_type, d.status, d.attempts AS attempt_count, d.next_attempt_at,
+                d.last_error, d.created_at, d.updated_at
+         FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+         WHERE d.id = $1 AND d.channel = 'webhook' AND d.target = $2",
+    )
+    .bind(delivery)
+    .bind(endpoint.to_string())
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    let attempts = sqlx::query_as(
+        "SELECT delivery_id, attempt_no AS attempt, started_at, duration_ms, outcome, smtp_code, smtp_reply,
+                http_status, response_excerpt, error
+         FROM attempts WHERE delivery_id = $1 ORDER BY attempt_no",
+    )
+    .bind(delivery)
+    .fetch_all(db)
+    .await?;
+    Ok((d, attempts))
+}
+
 /// Starts a new round of attempts for finished deliveries (never touching their past
 /// attempts): status `retrying`, a fresh retry schedule from the next attempt, and a bus
 /// message for attempt `attempts + 1`. Deliveries still in progress are left alone.

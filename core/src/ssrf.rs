@@ -156,7 +156,7 @@ impl Resolve for GuardedResolver {
                 return Err(format!("{host} has no addresses").into());
             }
             for a in &addrs {
-                guard.check(a.ip()).map_err(|r| Refused(format!("{host} resolves to {}", r.0)))?;
+                guard.check(a.ip()).map_err(|r| Refused(format!("{host} resolves to a refused address: {}", r.0)))?;
             }
             let addrs: Addrs = Box::new(addrs.into_iter());
             Ok(addrs)

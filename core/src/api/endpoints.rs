@@ -193,6 +193,17 @@ pub async fn deliveries(
     Ok(Json(endpoints::deliveries(&s.db, &who, id(&raw)?, page.status.as_deref(), limit).await?))
 }
 
+pub async fn delivery(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsRead>,
+    Path((raw, delivery)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (d, attempts) = endpoints::delivery(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
+    let mut v = serde_json::to_value(d).map_err(anyhow::Error::from)?;
+    v["attempts"] = serde_json::to_value(attempts).map_err(anyhow::Error::from)?;
+    Ok(Json(v))
+}
+
 pub async fn resend(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,

@@ -80,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/endpoints/{id}/test", post(endpoints::test))
         .route("/api/v1/endpoints/{id}/recover", post(endpoints::recover))
         .route("/api/v1/endpoints/{id}/deliveries", get(endpoints::deliveries))
+        .route("/api/v1/endpoints/{id}/deliveries/{delivery_id}", get(endpoints::delivery))
         .route("/api/v1/endpoints/{id}/deliveries/{delivery_id}/resend", post(endpoints::resend))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

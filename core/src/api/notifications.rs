@@ -118,7 +118,28 @@ pub async fn get(
     .bind(id)
     .fetch_all(&s.db)
     .await?;
-    for a in attempts {
+    // A webhook endpoint's responses belong to its owner: the notification's sender sees
+    // the status of deliveries to other owners' endpoints, not what those servers said.
+    let foreign: Vec<Uuid> = if who.is_admin() {
+        Vec::new()
+    } else {
+        let targets: Vec<&str> =
+            n.deliveries.iter().filter(|d| d.channel == "webhook").map(|d| d.target.as_str()).collect();
+        let own: Vec<String> = if targets.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_scalar("SELECT id::text FROM endpoints WHERE id::text = ANY($1) AND owner = $2")
+                .bind(&targets)
+                .bind(&who.owner)
+                .fetch_all(&s.db)
+                .await?
+        };
+        n.deliveries.iter().filter(|d| d.channel == "webhook" && !own.contains(&d.target)).map(|d| d.id).collect()
+    };
+    for mut a in attempts {
+        if foreign.contains(&a.delivery_id) {
+            a.response_excerpt = None;
+        }
         if let Some(d) = n.deliveries.iter_mut().find(|d| d.id == a.delivery_id) {
             d.attempts.push(a);
         }

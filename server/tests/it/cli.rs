@@ -9,6 +9,7 @@ async fn bad_configuration_names_the_variable_and_exits_non_zero() {
     assert!(err.trim().lines().last().unwrap().contains("DATABASE_URL"), "{err}");
 
     let db = fresh_database().await;
+    let zz = "zz".repeat(32);
     let cases = [
         ("HERALD_LISTEN_ADDR", "here"),
         ("HERALD_SMTP_URL", "mailto:x"),
@@ -16,6 +17,11 @@ async fn bad_configuration_names_the_variable_and_exits_non_zero() {
         ("HERALD_EMAIL_RETRY_SCHEDULE", "5s,soonish"),
         ("HERALD_EMAIL_FROM", "not an address"),
         ("HERALD_MAX_BODY_BYTES", "-1"),
+        ("HERALD_SECRET_KEY", "0123456789abcdef"),
+        ("HERALD_SECRET_KEY", zz.as_str()),
+        ("HERALD_WEBHOOK_ALLOW_CIDRS", "everywhere"),
+        ("HERALD_WEBHOOK_RETRY_SCHEDULE", "5s,whenever"),
+        ("HERALD_ENDPOINT_DISABLE_AFTER", "forever"),
     ];
     for (var, value) in cases {
         let mut env = base_env(&db, "smtp://127.0.0.1:1025");
@@ -25,7 +31,15 @@ async fn bad_configuration_names_the_variable_and_exits_non_zero() {
         assert!(!ok, "{var}={value} must be refused");
         let last = err.trim().lines().last().unwrap();
         assert!(last.starts_with(&format!("herald: {var}:")), "{var}: {err}");
+        assert!(!last.contains("zzzz"), "the secret key is never echoed: {last}");
     }
+    // Without HERALD_SECRET_KEY Herald refuses to start, and says how to make one.
+    let mut env = base_env(&db, "smtp://127.0.0.1:1025");
+    env.retain(|(k, _)| k != "HERALD_SECRET_KEY");
+    let (ok, _, err) = run_cli(&env, &["serve"]).await;
+    assert!(!ok);
+    let last = err.trim().lines().last().unwrap();
+    assert!(last.starts_with("herald: HERALD_SECRET_KEY: is not set") && last.contains("openssl rand -hex 32"), "{err}");
 }
 
 #[tokio::test]

@@ -71,6 +71,13 @@ async fn welcome_reaches_a_subscribed_endpoint_signed_and_retried_with_the_same_
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 4, "3 failures then success: {d}");
     assert_eq!(attempts.iter().map(|a| a["http_status"].as_i64().unwrap()).collect::<Vec<_>>(), [500, 503, 502, 200]);
+    assert!(attempts.iter().all(|a| a["response_excerpt"].is_null()), "another owner's responses are not shown to the sender");
+    // The endpoint's owner sees them.
+    let (status, d) = h
+        .call(Method::GET, &format!("/api/v1/endpoints/{}/deliveries/{}", ep["id"].as_str().unwrap(), d["id"].as_str().unwrap()), &owner, None)
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts[2]["response_excerpt"].as_str().unwrap().len(), 4096, "excerpt capped at 4 KiB");
     assert!(attempts[0]["response_excerpt"].as_str().unwrap().contains("status 500"));
     assert_eq!(sink.accepted_count(), 1, "the welcome email went out too");
