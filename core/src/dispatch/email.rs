@@ -148,22 +148,8 @@ impl EmailDispatcher {
     }
 
     async fn attempt(&self, key: &str, s: Started) -> AttemptRecord {
-        let started_at = Utc::now();
         let clock = Instant::now();
-        let mut rec = AttemptRecord {
-            delivery_id: s.id,
-            attempt: s.attempt,
-            started_at,
-            duration_ms: 0,
-            outcome: Outcome::Succeeded,
-            smtp_code: None,
-            smtp_reply: None,
-            http_status: None,
-            response_excerpt: None,
-            error: None,
-            retry_at: None,
-            key: key.to_owned(),
-        };
+        let mut rec = AttemptRecord::begin(&s, key, Outcome::Succeeded);
         match self.build(&s) {
             Err(e) => {
                 rec.outcome = Outcome::PermanentFailure;

@@ -135,6 +135,24 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
+    /// A record for attempt `s`, starting now, with `outcome` until told otherwise.
+    pub fn begin(s: &Started, key: &str, outcome: Outcome) -> Self {
+        Self {
+            delivery_id: s.id,
+            attempt: s.attempt,
+            started_at: Utc::now(),
+            duration_ms: 0,
+            outcome,
+            smtp_code: None,
+            smtp_reply: None,
+            http_status: None,
+            response_excerpt: None,
+            error: None,
+            retry_at: None,
+            key: key.to_owned(),
+        }
+    }
+
     fn new_status(&self) -> &'static str {
         match (self.outcome, self.retry_at) {
             (Outcome::Succeeded, _) => "succeeded",

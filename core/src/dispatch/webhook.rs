@@ -354,22 +354,8 @@ impl WebhookDispatcher {
     }
 
     async fn attempt(&self, id: Option<Uuid>, target: Option<&Target>, key: &str, s: Started) -> (AttemptRecord, Health) {
-        let started_at = Utc::now();
         let clock = Instant::now();
-        let mut rec = AttemptRecord {
-            delivery_id: s.id,
-            attempt: s.attempt,
-            started_at,
-            duration_ms: 0,
-            outcome: Outcome::PermanentFailure,
-            smtp_code: None,
-            smtp_reply: None,
-            http_status: None,
-            response_excerpt: None,
-            error: None,
-            retry_at: None,
-            key: key.to_owned(),
-        };
+        let mut rec = AttemptRecord::begin(&s, key, Outcome::PermanentFailure);
         let (Some(id), Some(t)) = (id, target) else {
             rec.error = Some("the endpoint was deleted".into());
             return (rec, Health::NotTried);
