@@ -162,6 +162,10 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Endpoints attempted at once by one dispatcher.
     pub concurrency: usize,
+    /// Bus messages per batch. Larger than email's: a batch is bounded in time by one
+    /// request timeout (a timing-out endpoint's other attempts are deferred), and each
+    /// batch costs a fixed handful of round trips.
+    pub batch_size: usize,
     /// Requests in flight to one endpoint at once (started in bus order).
     pub endpoint_concurrency: usize,
     pub allow_cidrs: Vec<ipnet::IpNet>,
@@ -300,6 +304,7 @@ impl Config {
                 connect_timeout: s.parsed("HERALD_WEBHOOK_CONNECT_TIMEOUT", Duration::from_secs(5), duration)?,
                 timeout: s.parsed("HERALD_WEBHOOK_TIMEOUT", Duration::from_secs(15), duration)?,
                 concurrency: s.parsed("HERALD_WEBHOOK_CONCURRENCY", 64, positive)?,
+                batch_size: s.parsed("HERALD_WEBHOOK_BATCH_SIZE", 512, positive)?,
                 endpoint_concurrency: s.parsed("HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", 16, positive)?,
                 allow_cidrs: s.parsed("HERALD_WEBHOOK_ALLOW_CIDRS", Vec::new(), crate::ssrf::Guard::parse_allow)?,
                 throttle_floor: s.parsed("HERALD_WEBHOOK_THROTTLE_FLOOR", Duration::from_secs(10), duration)?,

@@ -5,7 +5,8 @@
 //! `herald_attempts_total{channel,outcome}`, `herald_attempt_duration_seconds{channel}`,
 //! `herald_notifications_accepted_total`, `herald_outbox_backlog`,
 //! `herald_consumer_partitions_revoked_total`, `herald_consumer_evictions_total`,
-//! `herald_endpoints_disabled_total`, `herald_webhook_ssrf_refused_total`.
+//! `herald_endpoints_disabled_total`, `herald_webhook_ssrf_refused_total`,
+//! `herald_webhook_deferred_total`.
 
 use std::sync::OnceLock;
 
@@ -74,4 +75,9 @@ pub fn endpoint_disabled() {
 /// A webhook attempt refused by the SSRF guard.
 pub fn ssrf_refused() {
     metrics::counter!("herald_webhook_ssrf_refused_total").increment(1);
+}
+
+/// Webhook attempts handed back to the bus unmade (endpoint timing out, rate limit).
+pub fn webhook_deferred(n: u64) {
+    metrics::counter!("herald_webhook_deferred_total").increment(n);
 }

@@ -223,6 +223,45 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     tx.commit().await
 }
 
+/// A started attempt handed back without being made (its endpoint is timing out in this
+/// batch, or its rate limit has no slot soon): it is made later, at `until`.
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    pub delivery_id: Uuid,
+    pub attempt: i32,
+    pub until: DateTime<Utc>,
+    pub key: String,
+}
+
+/// Releases deferred attempts and re-enqueues them for `until`, in one transaction.
+/// No attempt row is written: nothing was tried.
+pub async fn defer(db: &PgPool, topic: Topic, items: &[Deferred]) -> sqlx::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    let released: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE deliveries d
+         SET status = CASE WHEN d.attempts = 0 THEN 'pending' ELSE 'retrying' END, lease_until = NULL,
+             next_attempt_at = u.until, updated_at = now()
+         FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[]) AS u(id, attempt, until)
+         WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt - 1
+         RETURNING d.id",
+    )
+    .bind(items.iter().map(|i| i.delivery_id).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.attempt).collect::<Vec<_>>())
+    .bind(items.iter().map(|i| i.until).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let msgs: Vec<BusMessage> = items
+        .iter()
+        .filter(|i| released.contains(&i.delivery_id))
+        .map(|i| BusMessage::delivery(topic, i.key.clone(), i.delivery_id, i.attempt).at(i.until))
+        .collect();
+    bus::enqueue(&mut tx, &msgs).await?;
+    tx.commit().await
+}
+
 /// Decodes the jobs of a batch; undecodable messages are returned separately.
 pub fn decode(batch: &[Received]) -> (Vec<(usize, DeliveryJob)>, Vec<usize>) {
     let mut jobs = Vec::with_capacity(batch.len());

@@ -14,6 +14,7 @@
 //! signature per live secret (the current one and rotated-out ones in their grace period).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::record::{self, AttemptRecord, Outcome, Started};
+use super::record::{self, AttemptRecord, Deferred, Outcome, Started};
 use crate::bus::{BatchHandler, Consumer, Received, Topic};
 use crate::config::{Config, WebhookConfig};
 use crate::processor::Processor;
@@ -35,6 +36,16 @@ use crate::ssrf::{self, Guard};
 
 /// The most of a response body that is read and recorded.
 pub const EXCERPT_BYTES: usize = 4096;
+
+/// A rate-limited attempt waits in the batch for its slot at most this long; a later
+/// slot is taken by handing the attempt back to the bus for that time.
+const MAX_PACE_WAIT: Duration = Duration::from_secs(1);
+
+/// What became of one started attempt.
+enum Step {
+    Made(AttemptRecord, Health),
+    Deferred(Deferred),
+}
 
 /// Builds the HTTP client every webhook goes through: the SSRF guard as its resolver,
 /// no proxies (an ambient proxy would connect somewhere unchecked), no redirects, and
@@ -166,7 +177,7 @@ impl WebhookDispatcher {
             cfg: config.webhook.clone(),
             processor,
             lease: config.bus_claim_timeout.max(config.webhook.timeout * 2),
-            batch_size: config.bus_batch_size,
+            batch_size: config.webhook.batch_size,
             slots: Mutex::new(HashMap::new()),
         })
     }
@@ -246,11 +257,16 @@ impl WebhookDispatcher {
                 async move {
                     let id: Option<Uuid> = endpoint.parse().ok();
                     let target = id.and_then(|id| targets.get(&id));
+                    // Set when an attempt to this endpoint times out or cannot connect:
+                    // its attempts not yet started are deferred instead of holding the
+                    // batch (and every other endpoint's next batch) for a timeout each.
+                    let tripped = AtomicBool::new(false);
+                    let tripped = &tripped;
                     stream::iter(items)
                         .map(|(idx, s)| {
                             let this = this.clone();
                             let endpoint = endpoint.clone();
-                            async move { (idx, this.attempt(id, target, &endpoint, s).await) }
+                            async move { (idx, this.attempt(id, target, &endpoint, s, tripped).await) }
                         })
                         .buffered(per_endpoint)
                         .collect::<Vec<_>>()
@@ -258,15 +274,23 @@ impl WebhookDispatcher {
                 }
             })
             .buffer_unordered(self.cfg.concurrency)
-            .collect::<Vec<Vec<(usize, (AttemptRecord, Health))>>>();
+            .collect::<Vec<Vec<(usize, Step)>>>();
         let results = record::with_heartbeat(&self.db, &owned_ids, self.lease, consumer, work).await;
 
         let mut done = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
+        let mut deferred = Vec::new();
         // Per endpoint: did anything succeed, did everything fail, did it say 410.
         let mut health: HashMap<Uuid, Health> = HashMap::new();
-        for (idx, (rec, h)) in results.into_iter().flatten() {
+        for (idx, step) in results.into_iter().flatten() {
             done.push(idx);
+            let (rec, h) = match step {
+                Step::Made(rec, h) => (rec, h),
+                Step::Deferred(d) => {
+                    deferred.push(d);
+                    continue;
+                }
+            };
             if let Ok(id) = rec.key.parse::<Uuid>() {
                 let e = health.entry(id).or_insert(Health::NotTried);
                 *e = match (*e, h) {
@@ -279,6 +303,11 @@ impl WebhookDispatcher {
             records.push(rec);
         }
         record::record(&self.db, Topic::Webhook, &records).await?;
+        record::defer(&self.db, Topic::Webhook, &deferred).await?;
+        if !deferred.is_empty() {
+            crate::metrics::webhook_deferred(deferred.len() as u64);
+            tracing::info!(deferred = deferred.len(), "webhook attempts deferred (endpoint timing out or rate-limited)");
+        }
         for r in &records {
             tracing::info!(
                 delivery_id = %r.delivery_id, endpoint_id = %r.key, attempt = r.attempt, outcome = r.outcome.as_str(),
@@ -339,24 +368,62 @@ impl WebhookDispatcher {
         Ok(())
     }
 
-    /// Waits for this endpoint's next free slot when it has a rate limit.
-    async fn pace(&self, id: Uuid, per_second: i32) {
+    /// Waits for this endpoint's next free slot when it has a rate limit. When that slot
+    /// is further than [`MAX_PACE_WAIT`], takes nothing and says how long it is.
+    async fn pace(&self, id: Uuid, per_second: i32) -> Result<(), Duration> {
         let wait = {
             let mut slots = self.slots.lock().expect("slots");
             let now = Instant::now();
             let slot = slots.get(&id).copied().filter(|t| *t > now).unwrap_or(now);
+            let wait = slot - now;
+            if wait > MAX_PACE_WAIT {
+                return Err(wait);
+            }
             slots.insert(id, slot + Duration::from_secs_f64(1.0 / per_second as f64));
-            slot - now
+            wait
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        Ok(())
     }
 
-    async fn attempt(&self, id: Option<Uuid>, target: Option<&Target>, key: &str, s: Started) -> (AttemptRecord, Health) {
+    async fn attempt(
+        &self,
+        id: Option<Uuid>,
+        target: Option<&Target>,
+        key: &str,
+        s: Started,
+        tripped: &AtomicBool,
+    ) -> Step {
+        let defer = |s: &Started, wait: Duration| {
+            Step::Deferred(Deferred {
+                delivery_id: s.id,
+                attempt: s.attempt,
+                until: Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+                key: key.to_owned(),
+            })
+        };
+        if tripped.load(Ordering::Relaxed) {
+            return defer(&s, self.cfg.throttle_floor);
+        }
+        if let (Some(id), Some(Target { enabled: true, rate_limit: Some(rate), .. })) = (id, target) {
+            if let Err(wait) = self.pace(id, *rate).await {
+                return defer(&s, wait);
+            }
+        }
+        let (rec, health) = self.make(target, key, s).await;
+        if health == Health::Failed && rec.http_status.is_none() && rec.outcome == Outcome::TransientFailure {
+            tripped.store(true, Ordering::Relaxed);
+        }
+        Step::Made(rec, health)
+    }
+
+    /// Makes one attempt: the signed POST, and its classification.
+    async fn make(&self, target: Option<&Target>, key: &str, s: Started) -> (AttemptRecord, Health) {
         let clock = Instant::now();
         let mut rec = AttemptRecord::begin(&s, key, Outcome::PermanentFailure);
-        let (Some(id), Some(t)) = (id, target) else {
+        let Some(t) = target else {
             rec.error = Some("the endpoint was deleted".into());
             return (rec, Health::NotTried);
         };
@@ -368,9 +435,6 @@ impl WebhookDispatcher {
             rec.error = Some("stored webhook content is unreadable".into());
             return (rec, Health::NotTried);
         };
-        if let Some(rate) = t.rate_limit {
-            self.pace(id, rate).await;
-        }
         let url: Url = match t.url.parse() {
             Ok(u) => u,
             Err(e) => {
@@ -490,6 +554,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             concurrency: 1,
+            batch_size: 1,
             endpoint_concurrency: 1,
             allow_cidrs: vec![],
             throttle_floor: Duration::from_secs(10),

@@ -492,3 +492,50 @@ async fn resend_recover_replay_and_test_events_make_new_attempts() {
     assert!(verifies(ep["secret"].as_str().unwrap(), &r));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_that_times_out_does_not_hold_up_the_others() {
+    // Two requests at a time to one endpoint, 1 s timeout: without deferral, 30 queued
+    // attempts to a hanging endpoint would hold the batch for 15 s.
+    // The api process takes the notifications first, so the webhook process's first
+    // batch holds all 30 attempts to the hanging endpoint.
+    let (_sink, h, key) = setup(
+        &[],
+        &[("HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", "2"), ("HERALD_WEBHOOK_TIMEOUT", "1s"), ("HERALD_ROLES", "api,email")],
+    )
+    .await;
+    let owner = h.api_key(ENDPOINT_SCOPES).await;
+    let slow = Receiver::start().await;
+    slow.set_default(Respond::After(Duration::from_secs(30), 200));
+    let fast = Receiver::start().await;
+    h.create_endpoint(&owner, &json!({"url": slow.url("/"), "event_types": ["user.registered"]})).await;
+    let ep = h.create_endpoint(&owner, &json!({"url": fast.url("/"), "event_types": ["endpoint.disabled"]})).await;
+    futures::future::join_all((0..30).map(|i| {
+        let (h, key) = (&h, &key);
+        async move { h.send_welcome(key, "Ada", &format!("ada{i}@example.test")).await }
+    }))
+    .await;
+    let mut env = h.env.clone();
+    env.retain(|(k, _)| k != "HERALD_ROLES");
+    env.push(("HERALD_ROLES".into(), "webhook".into()));
+    let worker = Herald::start_with_env(env).await;
+    // Wait until the slow endpoint's batch is under way, then ask for a test event.
+    wait_requests(&slow, 1).await;
+    let (s, _) = h.call(Method::POST, &format!("/api/v1/endpoints/{}/test", ep["id"].as_str().unwrap()), &owner, None).await;
+    assert_eq!(s, 202);
+    let asked = std::time::Instant::now();
+    wait_requests(&fast, 1).await;
+    assert!(asked.elapsed() < Duration::from_secs(8), "the test event waited {:?} behind the hanging endpoint", asked.elapsed());
+    // The hanging endpoint's other attempts were deferred, not made: no attempt rows for them.
+    let attempted: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT a.delivery_id) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.channel = 'webhook' AND d.target <> $1",
+    )
+    .bind(ep["id"].as_str().unwrap())
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
+    assert!(attempted < 30, "only some deliveries were attempted ({attempted}); the rest were deferred");
+    worker.stop().await;
+    h.stop().await;
+}
