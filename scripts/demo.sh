@@ -74,8 +74,8 @@ cat <<MSG
       -d '{"event_type":"user.registered","payload":{"user":{"name":"Ada","email":"ada@example.test"}}}'
 
   Subscribe a webhook endpoint to it first (the answer holds its whsec_ signing secret):
-    curl -s -X POST http://127.0.0.1:3000/api/v1/endpoints \
-      -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    curl -s -X POST http://127.0.0.1:3000/api/v1/endpoints \\
+      -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
       -d '{"url":"http://127.0.0.1:9000/hooks","event_types":["user.*"]}'
 
 MSG
