@@ -105,6 +105,34 @@ async fn welcome_flow_on_kafka() {
 }
 
 #[tokio::test]
+async fn webhook_retries_and_endpoint_disable_go_through_kafka() {
+    use herald_testkit::receiver::{Receiver, Respond};
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    let (sink, h, key) = setup(&[], &with(&env, &[])).await;
+    let owner = h.api_key_for(&["endpoints:write"], Some("partner-k"), Some("k@partner.test")).await;
+    let flaky = Receiver::start().await;
+    flaky.script(vec![Respond::Status(500), Respond::Status(503)]);
+    let gone = Receiver::start().await;
+    gone.set_default(Respond::Status(410));
+    let ep = h.create_endpoint(&owner, &serde_json::json!({"url": flaky.url("/"), "event_types": ["user.*"]})).await;
+    h.create_endpoint(&owner, &serde_json::json!({"url": gone.url("/"), "event_types": ["user.registered"]})).await;
+    let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let n = h.wait_terminal(&key, &id).await;
+    let d = n["deliveries"].as_array().unwrap().iter().find(|d| d["target"] == ep["id"]).unwrap().clone();
+    assert_eq!(d["status"], "succeeded");
+    assert_eq!(d["attempts"].as_array().unwrap().len(), 3, "two retries republished through the outbox and the broker");
+    let reqs = flaky.requests();
+    assert!(reqs.iter().all(|r| r.body == reqs[0].body && r.headers["webhook-id"] == reqs[0].headers["webhook-id"]));
+    // The 410 endpoint was disabled and its owner emailed, through the broker too.
+    eventually(Duration::from_secs(20), "the endpoint-disabled email", || async {
+        sink.accepted().iter().any(|m| m.rcpt_to.iter().any(|r| r.contains("k@partner.test"))).then_some(())
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn transient_failures_retry_through_kafka() {
     let broker = Broker::memory().await;
     let env = kafka_env(&broker.addr());
