@@ -413,6 +413,10 @@ pub struct EndpointDelivery {
     pub updated_at: DateTime<Utc>,
 }
 
+const DELIVERY_SELECT: &str = "SELECT d.id, d.notification_id, n.event_type, d.status, d.attempts AS attempt_count,
+        d.next_attempt_at, d.last_error, d.created_at, d.updated_at
+ FROM deliveries d JOIN notifications n ON n.id = d.notification_id";
+
 pub async fn deliveries(
     db: &PgPool,
     who: &Principal,
@@ -421,13 +425,10 @@ pub async fn deliveries(
     limit: i64,
 ) -> Result<Vec<EndpointDelivery>, ApiError> {
     get(db, who, id).await?;
-    Ok(sqlx::query_as(
-        "SELECT d.id, d.notification_id, n.event_type, d.status, d.attempts AS attempt_count, d.next_attempt_at,
-                d.last_error, d.created_at, d.updated_at
-         FROM deliveries d JOIN notifications n ON n.id = d.notification_id
-         WHERE d.channel = 'webhook' AND d.target = $1 AND ($2::text IS NULL OR d.status = $2)
-         ORDER BY d.created_at DESC, d.id DESC LIMIT $3",
-    )
+    Ok(sqlx::query_as(&format!(
+        "{DELIVERY_SELECT} WHERE d.channel = 'webhook' AND d.target = $1 AND ($2::text IS NULL OR d.status = $2)
+         ORDER BY d.created_at DESC, d.id DESC LIMIT $3"
+    ))
     .bind(id.to_string())
     .bind(status)
     .bind(limit)
@@ -443,12 +444,8 @@ pub async fn delivery(
     delivery: Uuid,
 ) -> Result<(EndpointDelivery, Vec<crate::api::notifications::AttemptView>), ApiError> {
     get(db, who, endpoint).await?;
-    let d: EndpointDelivery = sqlx::query_as(
-        "SELECT d.id, d.notification_id, n.event_type, d.status, d.attempts AS attempt_count, d.next_attempt_at,
-                d.last_error, d.created_at, d.updated_at
-         FROM deliveries d JOIN notifications n ON n.id = d.notification_id
-         WHERE d.id = $1 AND d.channel = 'webhook' AND d.target = $2",
-    )
+    let d: EndpointDelivery =
+        sqlx::query_as(&format!("{DELIVERY_SELECT} WHERE d.id = $1 AND d.channel = 'webhook' AND d.target = $2"))
     .bind(delivery)
     .bind(endpoint.to_string())
     .fetch_optional(db)
