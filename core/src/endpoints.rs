@@ -466,7 +466,14 @@ pub async fn delivery(
 /// attempts): status `retrying`, a fresh retry schedule from the next attempt, and a bus
 /// message for attempt `attempts + 1`. Deliveries still in progress are left alone.
 /// Returns the ids resent.
-pub async fn resend_where(conn: &mut PgConnection, filter: &str, bind: ResendFilter<'_>) -> Result<Vec<Uuid>, ApiError> {
+pub async fn resend_where(conn: &mut PgConnection, which: ResendFilter<'_>) -> Result<Vec<Uuid>, ApiError> {
+    let filter = match which {
+        ResendFilter::Delivery { .. } => "d.id = $1 AND d.channel = 'webhook' AND d.target = $2",
+        ResendFilter::Notification(_) => "d.notification_id = $1 AND d.channel = 'webhook'",
+        ResendFilter::Endpoint { .. } => {
+            "d.channel = 'webhook' AND d.target = $1 AND d.status = 'failed' AND d.created_at >= $2"
+        }
+    };
     let sql = format!(
         "UPDATE deliveries d SET status = 'retrying', round_start = d.attempts, next_attempt_at = now(),
                 lease_until = NULL, updated_at = now()
@@ -474,7 +481,7 @@ pub async fn resend_where(conn: &mut PgConnection, filter: &str, bind: ResendFil
          RETURNING d.id, d.channel, d.target, d.attempts"
     );
     let q = sqlx::query_as::<_, (Uuid, String, String, i32)>(&sql);
-    let q = match bind {
+    let q = match which {
         ResendFilter::Delivery { delivery, endpoint } => q.bind(delivery).bind(endpoint.to_string()),
         ResendFilter::Notification(n) => q.bind(n),
         ResendFilter::Endpoint { endpoint, since } => q.bind(endpoint.to_string()).bind(since),
@@ -492,9 +499,13 @@ pub async fn resend_where(conn: &mut PgConnection, filter: &str, bind: ResendFil
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
+/// Which finished deliveries to resend.
 pub enum ResendFilter<'a> {
+    /// One webhook delivery of an endpoint.
     Delivery { delivery: Uuid, endpoint: Uuid },
+    /// Every webhook delivery of a notification.
     Notification(Uuid),
+    /// An endpoint's failed deliveries created since a time.
     Endpoint { endpoint: Uuid, since: &'a DateTime<Utc> },
 }
 
@@ -502,12 +513,7 @@ pub enum ResendFilter<'a> {
 pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid) -> Result<(), ApiError> {
     get(db, who, endpoint).await?;
     let mut tx = db.begin().await?;
-    let done = resend_where(
-        &mut tx,
-        "d.id = $1 AND d.channel = 'webhook' AND d.target = $2",
-        ResendFilter::Delivery { delivery, endpoint },
-    )
-    .await?;
+    let done = resend_where(&mut tx, ResendFilter::Delivery { delivery, endpoint }).await?;
     if done.is_empty() {
         let exists: Option<String> =
             sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1 AND channel = 'webhook' AND target = $2")
@@ -528,12 +534,7 @@ pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid
 pub async fn recover(db: &PgPool, who: &Principal, endpoint: Uuid, since: DateTime<Utc>) -> Result<Vec<Uuid>, ApiError> {
     get(db, who, endpoint).await?;
     let mut tx = db.begin().await?;
-    let ids = resend_where(
-        &mut tx,
-        "d.channel = 'webhook' AND d.target = $1 AND d.status = 'failed' AND d.created_at >= $2",
-        ResendFilter::Endpoint { endpoint, since: &since },
-    )
-    .await?;
+    let ids = resend_where(&mut tx, ResendFilter::Endpoint { endpoint, since: &since }).await?;
     tx.commit().await?;
     Ok(ids)
 }
@@ -550,12 +551,7 @@ pub async fn replay_notification(db: &PgPool, who: &Principal, notification: Uui
         return Err(ApiError::NotFound);
     }
     let mut tx = db.begin().await?;
-    let ids = resend_where(
-        &mut tx,
-        "d.notification_id = $1 AND d.channel = 'webhook'",
-        ResendFilter::Notification(notification),
-    )
-    .await?;
+    let ids = resend_where(&mut tx, ResendFilter::Notification(notification)).await?;
     tx.commit().await?;
     Ok(ids)
 }

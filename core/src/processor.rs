@@ -268,30 +268,31 @@ impl Processor {
             _ => None,
         };
         // The email route: an event type with a published template must have someone to
-        // send it to (a client error otherwise). Herald's own events skip email when
-        // there is no address to send to.
+        // send it to, and one without cannot take recipients (client errors). Herald's own
+        // events skip email when there is no address to send to.
+        let operational = sub.operational_owner.is_some();
         let email_content = match template {
+            None if !operational && sub.recipients.as_ref().is_some_and(|r| !r.is_empty()) => {
+                return Err(ApiError::NoRecipient(format!(
+                    "event type '{}' has no published email template, so recipients cannot be used",
+                    sub.event_type
+                )));
+            }
             None => None,
-            Some(_) if recipients.is_empty() && sub.operational_owner.is_some() => None,
+            Some(_) if recipients.is_empty() && operational => None,
+            Some(_) if recipients.is_empty() => {
+                return Err(ApiError::NoRecipient(match &et.recipient_path {
+                    Some(path) => format!("no recipients were given and the payload has no address at '{path}'"),
+                    None => "no recipients were given and the event type does not say where to find one".into(),
+                }));
+            }
             Some(template) => {
-                if recipients.is_empty() {
-                    return Err(ApiError::NoRecipient(match &et.recipient_path {
-                        Some(path) => format!("no recipients were given and the payload has no address at '{path}'"),
-                        None => "no recipients were given and the event type does not say where to find one".into(),
-                    }));
-                }
                 let content = render_email(&template, &sub.payload).map_err(ApiError::TemplateRender)?;
                 Some(serde_json::to_value(&content).map_err(anyhow::Error::from)?)
             }
         };
         if email_content.is_none() {
             recipients.clear();
-        }
-        if recipients.is_empty() && sub.recipients.as_ref().is_some_and(|r| !r.is_empty()) && sub.operational_owner.is_none() {
-            return Err(ApiError::NoRecipient(format!(
-                "event type '{}' has no published email template, so recipients cannot be used",
-                sub.event_type
-            )));
         }
 
         // The webhook body, serialized once: every endpoint and every retry sends these bytes.

@@ -68,6 +68,8 @@ pub fn client(cfg: &WebhookConfig) -> anyhow::Result<reqwest::Client> {
 struct Target {
     url: String,
     enabled: bool,
+    /// `failing_since IS NOT NULL` when the batch started.
+    failing: bool,
     headers: HeaderMap,
     rate_limit: Option<i32>,
     schedule: Option<RetrySchedule>,
@@ -82,6 +84,7 @@ struct TargetRow {
     headers: serde_json::Value,
     rate_limit: Option<i32>,
     retry_schedule: Option<String>,
+    failing: bool,
     sealed: Vec<Vec<u8>>,
 }
 
@@ -155,16 +158,14 @@ fn describe(e: reqwest::Error) -> String {
     parts.join(": ")
 }
 
+/// The response excerpt as text; a character cut by the byte cap is dropped whole.
 fn excerpt(bytes: &[u8]) -> String {
-    let mut end = bytes.len().min(EXCERPT_BYTES);
-    let text = loop {
-        match std::str::from_utf8(&bytes[..end]) {
-            Ok(t) => break t.to_owned(),
-            Err(e) if e.valid_up_to() > 0 && end - e.valid_up_to() < 4 => end = e.valid_up_to(),
-            Err(_) => break String::from_utf8_lossy(&bytes[..end]).into_owned(),
-        }
-    };
-    text
+    match std::str::from_utf8(bytes) {
+        Ok(t) => t.to_owned(),
+        // Only the end is incomplete: keep the valid part.
+        Err(e) if e.error_len().is_none() => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 impl WebhookDispatcher {
@@ -191,6 +192,7 @@ impl WebhookDispatcher {
     async fn targets(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Target>> {
         let rows: Vec<TargetRow> = sqlx::query_as(
             "SELECT e.id, e.url, e.enabled, e.headers, e.rate_limit, e.retry_schedule,
+                    e.failing_since IS NOT NULL AS failing,
                     coalesce(array_agg(s.sealed ORDER BY s.generation DESC) FILTER (WHERE s.sealed IS NOT NULL), '{}') AS sealed
              FROM endpoints e
              LEFT JOIN endpoint_secrets s ON s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())
@@ -222,6 +224,7 @@ impl WebhookDispatcher {
                 Target {
                     url: r.url,
                     enabled: r.enabled,
+                    failing: r.failing,
                     headers,
                     rate_limit: r.rate_limit,
                     schedule: r.retry_schedule.as_deref().and_then(|s| RetrySchedule::parse(s).ok()),
@@ -314,7 +317,7 @@ impl WebhookDispatcher {
                 http_status = r.http_status, duration_ms = r.duration_ms, "webhook attempt recorded"
             );
         }
-        if let Err(e) = self.endpoint_health(&health).await {
+        if let Err(e) = self.endpoint_health(&health, &targets).await {
             // The attempts are recorded; the next failure re-evaluates the endpoint.
             tracing::warn!(error = %format!("{e:#}"), "cannot update endpoint health");
         }
@@ -323,10 +326,15 @@ impl WebhookDispatcher {
 
     /// Tracks since when each endpoint has been failing (in PostgreSQL), and disables
     /// endpoints that answered 410 or have failed for longer than the window.
-    async fn endpoint_health(&self, health: &HashMap<Uuid, Health>) -> anyhow::Result<()> {
+    async fn endpoint_health(&self, health: &HashMap<Uuid, Health>, targets: &HashMap<Uuid, Target>) -> anyhow::Result<()> {
+        // Only endpoints whose state changes need a write: a success while failing, or a
+        // failure while healthy (as loaded for this batch; the UPDATE re-checks).
         let (ids, ok): (Vec<Uuid>, Vec<bool>) = health
             .iter()
-            .filter(|(_, h)| matches!(h, Health::Ok | Health::Failed))
+            .filter(|(id, h)| {
+                let failing = targets.get(id).is_some_and(|t| t.failing);
+                (**h == Health::Ok && failing) || (**h == Health::Failed && !failing)
+            })
             .map(|(id, h)| (*id, *h == Health::Ok))
             .unzip();
         if !ids.is_empty() {
@@ -594,5 +602,10 @@ mod tests {
         let text = "é".repeat(3000); // 6000 bytes
         let e = excerpt(&text.as_bytes()[..EXCERPT_BYTES.min(text.len())]);
         assert!(e.len() <= EXCERPT_BYTES && e.chars().all(|c| c == 'é'));
+        // 4096 is not a multiple of 3: the cap cuts a '€' in two, which is dropped.
+        let euros = "€".repeat(2000);
+        let e = excerpt(&euros.as_bytes()[..EXCERPT_BYTES]);
+        assert_eq!(e.chars().count(), EXCERPT_BYTES / 3);
+        assert!(e.chars().all(|c| c == '€'));
     }
 }
