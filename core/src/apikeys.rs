@@ -45,6 +45,8 @@ pub struct Principal {
     pub key_id: Uuid,
     pub owner: String,
     pub scopes: Vec<String>,
+    /// The key's own requests-per-second limit (`None`: `HERALD_API_RATE_LIMIT`).
+    pub rate_limit: Option<u32>,
 }
 
 impl Principal {
@@ -86,6 +88,7 @@ pub async fn create(
     scopes: &[String],
     owner: Option<&str>,
     owner_email: Option<&str>,
+    rate_limit: Option<u32>,
 ) -> anyhow::Result<CreatedKey> {
     let name = name.trim();
     anyhow::ensure!(!name.is_empty() && name.len() <= 200, "the key name must be 1 to 200 characters");
@@ -125,8 +128,8 @@ pub async fn create(
     scopes.sort();
     scopes.dedup();
     let info = sqlx::query_as::<_, ApiKeyInfo>(
-        "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, owner)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, owner, rate_limit)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          RETURNING id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at",
     )
     .bind(id)
@@ -135,6 +138,7 @@ pub async fn create(
     .bind(hash(&key))
     .bind(&scopes)
     .bind(&owner)
+    .bind(rate_limit.map(|r| r.min(i32::MAX as u32) as i32))
     .fetch_one(db)
     .await?;
     if let Some(email) = owner_email {
@@ -175,6 +179,7 @@ struct KeyRow {
     owner: String,
     revoked: bool,
     stale: bool,
+    rate_limit: Option<i32>,
 }
 
 /// Checks a presented key. `Ok(None)` for unknown, malformed or revoked keys.
@@ -186,7 +191,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
         return Ok(None);
     }
     let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT id, key_hash, scopes, owner, revoked_at IS NOT NULL AS revoked,
+        "SELECT id, key_hash, scopes, owner, revoked_at IS NOT NULL AS revoked, rate_limit,
                 last_used_at IS NULL OR last_used_at < now() - interval '60 seconds' AS stale
          FROM api_keys WHERE prefix = $1",
     )
@@ -208,5 +213,10 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
             }
         });
     }
-    Ok(Some(Principal { key_id: row.id, owner: row.owner, scopes: row.scopes }))
+    Ok(Some(Principal {
+        key_id: row.id,
+        owner: row.owner,
+        scopes: row.scopes,
+        rate_limit: row.rate_limit.map(|r| r.max(0) as u32),
+    }))
 }

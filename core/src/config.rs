@@ -147,7 +147,27 @@ pub struct Config {
     pub bus_claim_timeout: Duration,
     pub bus_poll_interval: Duration,
     pub bus_batch_size: usize,
+    /// Starts of one attempt without its outcome being recorded before the delivery is
+    /// failed and its message dead-lettered.
+    pub bus_max_redeliveries: i32,
     pub max_body_bytes: usize,
+    /// `HERALD_RETENTION`: finished notifications, idempotency keys and dead letters older
+    /// than this are pruned.
+    pub retention: Duration,
+    /// `HERALD_API_RATE_LIMIT`: requests per second per API key (a token bucket holding
+    /// one second's worth); 0 turns the limit off. A key's own limit overrides it.
+    pub api_rate_limit: u32,
+    /// `HERALD_MAX_ENDPOINTS_PER_OWNER`.
+    pub max_endpoints_per_owner: i64,
+    /// `HERALD_MAX_RECIPIENTS`: recipients per notification.
+    pub max_recipients: usize,
+    /// `HERALD_ADMIN_LISTEN_ADDR`: when set, `/readyz` and `/metrics` are served there
+    /// (and only there), for operators to keep off the public network.
+    pub admin_listen_addr: Option<SocketAddr>,
+    /// `HERALD_HTTP_HEADER_TIMEOUT`: a client must send its request headers within this.
+    pub http_header_timeout: Duration,
+    /// `HERALD_HTTP_MAX_CONNECTIONS`: open connections per listener; more wait to be accepted.
+    pub http_max_connections: usize,
     pub site_root: String,
     /// `HERALD_SECRET_KEY`: seals webhook signing secrets at rest.
     pub secret_key: crate::secrets::SecretKey,
@@ -290,7 +310,26 @@ impl Config {
             })?,
             bus_poll_interval: s.parsed("HERALD_BUS_POLL_INTERVAL", Duration::from_secs(1), duration)?,
             bus_batch_size: s.parsed("HERALD_BUS_BATCH_SIZE", 128, positive)?,
+            bus_max_redeliveries: s.parsed("HERALD_BUS_MAX_REDELIVERIES", 5, positive)?,
             max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
+            retention: s.parsed("HERALD_RETENTION", Duration::from_secs(30 * 86400), |v| {
+                duration(v).and_then(|d| {
+                    if d >= Duration::from_secs(1) { Ok(d) } else { Err(format!("'{v}' is too short; use at least 1s")) }
+                })
+            })?,
+            api_rate_limit: s.parsed("HERALD_API_RATE_LIMIT", 5000, |v| {
+                v.parse::<u32>().map_err(|_| format!("'{v}' is not a whole number of requests per second (0: no limit)"))
+            })?,
+            max_endpoints_per_owner: s.parsed("HERALD_MAX_ENDPOINTS_PER_OWNER", 100, positive)?,
+            max_recipients: s.parsed("HERALD_MAX_RECIPIENTS", 100, positive)?,
+            admin_listen_addr: match s.get("HERALD_ADMIN_LISTEN_ADDR") {
+                None => None,
+                Some(v) => Some(v.trim().parse().map_err(|_| {
+                    ConfigError::new("HERALD_ADMIN_LISTEN_ADDR", format!("'{v}' is not an address such as 127.0.0.1:9090"))
+                })?),
+            },
+            http_header_timeout: s.parsed("HERALD_HTTP_HEADER_TIMEOUT", Duration::from_secs(10), duration)?,
+            http_max_connections: s.parsed("HERALD_HTTP_MAX_CONNECTIONS", 1024, positive)?,
             site_root: s.parsed("HERALD_SITE_ROOT", "target/site".to_owned(), |v| Ok(v.to_owned()))?,
             secret_key: crate::secrets::SecretKey::parse_hex(&s.required(
                 "HERALD_SECRET_KEY",

@@ -93,11 +93,74 @@ pub struct Endpoint {
     pub disabled_at: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
     pub rate_limit: Option<i32>,
+    /// Header names only: values are sealed at rest and shown as [`MASK`]
+    /// (`GET .../headers` with `endpoints:write` reveals them).
+    #[serde(serialize_with = "masked")]
     pub headers: Value,
     pub retry_schedule: Option<String>,
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a custom header's value reads as. Sending it back in a PATCH keeps the value.
+pub const MASK: &str = "********";
+
+fn masked<S: serde::Serializer>(headers: &Value, ser: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let names: Vec<&String> = headers.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    let mut map = ser.serialize_map(Some(names.len()))?;
+    for n in names {
+        map.serialize_entry(n, MASK)?;
+    }
+    map.end()
+}
+
+/// The names of a header map, each mapped to "" (what the `headers` column holds).
+fn names_only(headers: &BTreeMap<String, String>) -> Value {
+    Value::Object(headers.keys().map(|k| (k.clone(), Value::String(String::new()))).collect())
+}
+
+/// Seals a header map for the `headers_sealed` column (`None` when empty).
+fn seal_headers(key: &SecretKey, id: Uuid, headers: &BTreeMap<String, String>) -> Result<Option<Vec<u8>>, ApiError> {
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    let json = serde_json::to_string(headers).map_err(anyhow::Error::from)?;
+    Ok(Some(key.seal_headers(id, &json)))
+}
+
+/// An endpoint's custom headers in clear, from the sealed column (or, for rows written
+/// before headers were sealed, the clear one).
+pub fn open_headers(
+    key: &SecretKey,
+    id: Uuid,
+    sealed: Option<&[u8]>,
+    legacy: &Value,
+) -> Result<BTreeMap<String, String>, String> {
+    match sealed {
+        Some(bytes) => serde_json::from_str(&key.open_headers(id, bytes)?).map_err(|e| e.to_string()),
+        None => Ok(serde_json::from_value(legacy.clone()).unwrap_or_default()),
+    }
+}
+
+/// Seals the header values of endpoints written before they were sealed. Run at start.
+pub async fn seal_legacy_headers(db: &PgPool, key: &SecretKey) -> anyhow::Result<u64> {
+    let rows: Vec<(Uuid, Value)> =
+        sqlx::query_as("SELECT id, headers FROM endpoints WHERE headers_sealed IS NULL AND headers <> '{}'::jsonb")
+            .fetch_all(db)
+            .await?;
+    for (id, headers) in &rows {
+        let map: BTreeMap<String, String> = serde_json::from_value(headers.clone()).unwrap_or_default();
+        let sealed = seal_headers(key, *id, &map).map_err(|e| anyhow::anyhow!("{e}"))?;
+        sqlx::query("UPDATE endpoints SET headers = $2, headers_sealed = $3 WHERE id = $1 AND headers_sealed IS NULL")
+            .bind(id)
+            .bind(names_only(&map))
+            .bind(sealed)
+            .execute(db)
+            .await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 const COLUMNS: &str = "id, owner, url, description, event_types, enabled, disabled_at, disabled_reason, rate_limit, \
@@ -113,7 +176,7 @@ struct Valid {
     event_types: Vec<String>,
     description: String,
     rate_limit: Option<i32>,
-    headers: Value,
+    headers: BTreeMap<String, String>,
     retry_schedule: Option<String>,
 }
 
@@ -191,10 +254,7 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, A
     let retry_schedule = match e.retry_schedule.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => {
-            let parsed = RetrySchedule::parse(s).map_err(|m| bad(format!("retry_schedule: {m}")))?;
-            if parsed.max_attempts() > 21 {
-                return Err(bad("retry_schedule may list at most 20 delays"));
-            }
+            RetrySchedule::parse(s).map_err(ApiError::InvalidRetrySchedule)?;
             Some(s.to_owned())
         }
     };
@@ -203,28 +263,42 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, A
         event_types,
         description: e.description,
         rate_limit: e.rate_limit,
-        headers: serde_json::to_value(&e.headers).map_err(anyhow::Error::from)?,
+        headers: e.headers,
         retry_schedule,
     })
 }
 
 /// Creates an endpoint owned by the caller, with a fresh signing secret. Returns the
 /// endpoint and the secret (the only time it is part of a response besides `GET .../secret`).
+/// An owner may have at most `max_per_owner` endpoints.
 pub async fn create(
     db: &PgPool,
     key: &SecretKey,
     guard: &Guard,
     who: &Principal,
     e: NewEndpoint,
+    max_per_owner: i64,
 ) -> Result<(Endpoint, String), ApiError> {
     let enabled = e.enabled;
     let v = validate(db, guard, e).await?;
     let id = Uuid::now_v7();
     let secret = secrets::generate_secret();
     let mut tx = db.begin().await?;
+    // One owner's creations queue here, so the count below cannot be raced past.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(&who.owner).execute(&mut *tx).await?;
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE owner = $1")
+        .bind(&who.owner)
+        .fetch_one(&mut *tx)
+        .await?;
+    if have >= max_per_owner {
+        return Err(ApiError::LimitExceeded(format!(
+            "an owner may have at most {max_per_owner} endpoints (HERALD_MAX_ENDPOINTS_PER_OWNER); delete one first"
+        )));
+    }
     let ep: Endpoint = sqlx::query_as(&format!(
-        "INSERT INTO endpoints (id, owner, url, description, event_types, enabled, rate_limit, headers, retry_schedule, admin)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+        "INSERT INTO endpoints (id, owner, url, description, event_types, enabled, rate_limit, headers, retry_schedule, admin,
+                                headers_sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&who.owner)
@@ -233,9 +307,10 @@ pub async fn create(
     .bind(&v.event_types)
     .bind(enabled)
     .bind(v.rate_limit)
-    .bind(&v.headers)
+    .bind(names_only(&v.headers))
     .bind(&v.retry_schedule)
     .bind(who.is_admin())
+    .bind(seal_headers(key, id, &v.headers)?)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, generation, sealed) VALUES ($1, 1, $2)")
@@ -270,36 +345,79 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<Endpoint, Api
         .ok_or(ApiError::NotFound)
 }
 
-pub async fn update(db: &PgPool, guard: &Guard, who: &Principal, id: Uuid, p: EndpointPatch) -> Result<Endpoint, ApiError> {
-    let cur = get(db, who, id).await?;
-    let headers: BTreeMap<String, String> = serde_json::from_value(cur.headers.clone()).unwrap_or_default();
+/// Changes an endpoint. The row is locked from read to write, so concurrent PATCHes
+/// apply one after the other and none silently undoes another's change.
+pub async fn update(
+    db: &PgPool,
+    key: &SecretKey,
+    guard: &Guard,
+    who: &Principal,
+    id: Uuid,
+    p: EndpointPatch,
+) -> Result<Endpoint, ApiError> {
+    let mut tx = db.begin().await?;
+    let cur: Endpoint =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR UPDATE"))
+            .bind(id)
+            .bind(&who.owner)
+            .bind(who.is_admin())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT headers_sealed FROM endpoints WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+    let current = open_headers(key, id, sealed.as_deref(), &cur.headers).map_err(|m| anyhow::anyhow!(m))?;
+    // A value sent back as the mask keeps the stored one.
+    let headers = match p.headers {
+        None => current,
+        Some(new) => new
+            .into_iter()
+            .map(|(k, v)| {
+                let kept = if v == MASK { current.get(&k).cloned().unwrap_or(v) } else { v };
+                (k, kept)
+            })
+            .collect(),
+    };
     let merged = NewEndpoint {
         url: p.url.unwrap_or(cur.url),
         event_types: p.event_types.unwrap_or(cur.event_types),
         description: p.description.unwrap_or(cur.description),
         rate_limit: p.rate_limit.unwrap_or(cur.rate_limit),
-        headers: p.headers.unwrap_or(headers),
+        headers,
         retry_schedule: p.retry_schedule.unwrap_or(cur.retry_schedule),
         enabled: cur.enabled,
     };
     let v = validate(db, guard, merged).await?;
-    sqlx::query_as(&format!(
-        "UPDATE endpoints SET url = $3, event_types = $4, description = $5, rate_limit = $6, headers = $7,
-                retry_schedule = $8, updated_at = now()
-         WHERE id = $1 AND (owner = $2 OR $9) RETURNING {COLUMNS}"
+    let ep = sqlx::query_as(&format!(
+        "UPDATE endpoints SET url = $2, event_types = $3, description = $4, rate_limit = $5, headers = $6,
+                retry_schedule = $7, headers_sealed = $8, updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
-    .bind(&who.owner)
     .bind(&v.url)
     .bind(&v.event_types)
     .bind(&v.description)
     .bind(v.rate_limit)
-    .bind(&v.headers)
+    .bind(names_only(&v.headers))
     .bind(&v.retry_schedule)
-    .bind(who.is_admin())
-    .fetch_optional(db)
-    .await?
-    .ok_or(ApiError::NotFound)
+    .bind(seal_headers(key, id, &v.headers)?)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ep)
+}
+
+/// An endpoint's custom headers with their values (a write-level read, like the secret).
+pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<BTreeMap<String, String>, ApiError> {
+    let (legacy, sealed): (Value, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)")
+            .bind(id)
+            .bind(&who.owner)
+            .bind(who.is_admin())
+            .fetch_optional(db)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+    Ok(open_headers(key, id, sealed.as_deref(), &legacy).map_err(|m| anyhow::anyhow!(m))?)
 }
 
 pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<(), ApiError> {
@@ -474,11 +592,14 @@ pub async fn resend_where(conn: &mut PgConnection, which: ResendFilter<'_>) -> R
             "d.channel = 'webhook' AND d.target = $1 AND d.status = 'failed' AND d.created_at >= $2"
         }
     };
+    // Bounded: at most RESEND_PAGE deliveries per statement (the caller asks again).
     let sql = format!(
         "UPDATE deliveries d SET status = 'retrying', round_start = d.attempts, next_attempt_at = now(),
-                lease_until = NULL, updated_at = now()
-         WHERE d.status IN ('succeeded', 'failed', 'cancelled') AND {filter}
-         RETURNING d.id, d.channel, d.target, d.attempts"
+                lease_until = NULL, updated_at = now(), unrecorded_starts = 0
+         WHERE d.id IN (SELECT d.id FROM deliveries d
+                        WHERE d.status IN ('succeeded', 'failed', 'cancelled') AND {filter}
+                        ORDER BY d.created_at, d.id LIMIT {RESEND_PAGE} FOR UPDATE SKIP LOCKED)
+         RETURNING d.id, d.channel, herald_ordering_key(d.channel, d.target), d.attempts"
     );
     let q = sqlx::query_as::<_, (Uuid, String, String, i32)>(&sql);
     let q = match which {
@@ -489,15 +610,17 @@ pub async fn resend_where(conn: &mut PgConnection, which: ResendFilter<'_>) -> R
     let rows = q.fetch_all(&mut *conn).await?;
     let msgs: Vec<BusMessage> = rows
         .iter()
-        .map(|(id, channel, target, attempts)| {
+        .map(|(id, channel, key, attempts)| {
             let topic = Topic::parse(channel).unwrap_or(Topic::Webhook);
-            let key = if topic == Topic::Email { target.to_lowercase() } else { target.clone() };
-            BusMessage::delivery(topic, key, *id, attempts + 1)
+            BusMessage::delivery(topic, key.clone(), *id, attempts + 1)
         })
         .collect();
     bus::enqueue(conn, &msgs).await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
+
+/// The most deliveries one resend, recover or replay call starts again.
+pub const RESEND_PAGE: usize = 1000;
 
 /// Which finished deliveries to resend.
 pub enum ResendFilter<'a> {

@@ -77,7 +77,28 @@ pub fn ssrf_refused() {
     metrics::counter!("herald_webhook_ssrf_refused_total").increment(1);
 }
 
+/// Attempts whose outcome could not be recorded (their messages are handed back; after
+/// `HERALD_BUS_MAX_REDELIVERIES` starts the delivery fails and the message is dead-lettered).
+pub fn unrecorded(topic: &str, n: u64) {
+    metrics::counter!("herald_attempts_unrecorded_total", "topic" => topic.to_owned()).increment(n);
+}
+
 /// Webhook attempts handed back to the bus unmade (endpoint timing out, rate limit).
 pub fn webhook_deferred(n: u64) {
     metrics::counter!("herald_webhook_deferred_total").increment(n);
+}
+
+/// A supervised background task ended or panicked and was restarted.
+pub fn task_restarted(task: &'static str) {
+    metrics::counter!("herald_task_restarts_total", "task" => task).increment(1);
+}
+
+/// Rows removed by retention, per table.
+pub fn pruned(table: &'static str, n: u64) {
+    metrics::counter!("herald_retention_pruned_total", "table" => table).increment(n);
+}
+
+/// API requests refused by a key's rate limit.
+pub fn rate_limited() {
+    metrics::counter!("herald_api_rate_limited_total").increment(1);
 }

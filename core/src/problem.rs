@@ -32,6 +32,14 @@ pub enum ApiError {
     SchemaViolation { event_type: String, errors: Vec<FieldError> },
     #[error("event type '{0}' is emitted by Herald itself and cannot be posted")]
     ReservedEventType(String),
+    #[error("the field '{0}' contains a NUL character (\\u0000), which Herald does not store")]
+    NulCharacter(String),
+    #[error("retry_schedule: {0}")]
+    InvalidRetrySchedule(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("too many requests for this API key; retry after {0} s")]
+    TooManyRequests(u64),
     #[error("{0}")]
     RefusedTarget(String),
     #[error("{0}")]
@@ -72,6 +80,12 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "schema-violation", "Payload does not match the event type's schema")
             }
             ReservedEventType(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reserved-event-type", "Reserved event type"),
+            NulCharacter(_) => (StatusCode::BAD_REQUEST, "nul-character", "NUL character in the request"),
+            InvalidRetrySchedule(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-retry-schedule", "Retry schedule out of bounds")
+            }
+            LimitExceeded(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit-exceeded", "Limit exceeded"),
+            TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
             RefusedTarget(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused-target", "Webhook target refused"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             TemplateRender(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template-render-failed", "Template rendering failed"),
@@ -111,9 +125,15 @@ impl IntoResponse for ApiError {
         if let ApiError::SchemaViolation { errors, .. } = &self {
             body["errors"] = json!(errors);
         }
+        if let ApiError::NulCharacter(pointer) = &self {
+            body["errors"] = json!([FieldError { pointer: pointer.clone(), message: "contains a NUL character".into() }]);
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let ApiError::TooManyRequests(secs) = &self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

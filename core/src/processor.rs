@@ -64,6 +64,7 @@ type SchemaCache = RwLock<HashMap<String, (DateTime<Utc>, Arc<jsonschema::Valida
 pub struct Processor {
     db: PgPool,
     schemas: SchemaCache,
+    max_recipients: usize,
 }
 
 /// The status of a notification, derived from its deliveries' statuses.
@@ -95,7 +96,9 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |cur, seg| cur.get(seg))
 }
 
-/// A recipient, parsed: the address is the ordering key, the mailbox the target.
+/// A recipient, parsed: the address is the ordering key, the mailbox the target. The
+/// database computes the same key from the target (`herald_ordering_key`) when it
+/// re-enqueues a delivery, so every message of a recipient stays on one partition.
 fn parse_recipient(raw: &str) -> Result<(String, String), ApiError> {
     let mailbox: lettre::message::Mailbox = raw
         .trim()
@@ -110,7 +113,13 @@ pub fn request_hash(body: &[u8]) -> Vec<u8> {
 
 impl Processor {
     pub fn new(db: PgPool) -> Self {
-        Self { db, schemas: RwLock::new(HashMap::new()) }
+        Self { db, schemas: RwLock::new(HashMap::new()), max_recipients: 100 }
+    }
+
+    /// At most this many recipients per notification (`HERALD_MAX_RECIPIENTS`).
+    pub fn with_max_recipients(mut self, n: usize) -> Self {
+        self.max_recipients = n;
+        self
     }
 
     fn validator(&self, name: &str, updated_at: DateTime<Utc>, schema: &Value) -> Result<Arc<jsonschema::Validator>, ApiError> {
@@ -246,8 +255,11 @@ impl Processor {
             },
             _ => vec![],
         };
-        if raw.len() > 100 {
-            return Err(ApiError::InvalidRequest("at most 100 recipients per notification".into()));
+        if raw.len() > self.max_recipients {
+            return Err(ApiError::LimitExceeded(format!(
+                "at most {} recipients per notification (HERALD_MAX_RECIPIENTS)",
+                self.max_recipients
+            )));
         }
         let mut recipients: Vec<(String, String)> = Vec::with_capacity(raw.len());
         for r in &raw {

@@ -2,7 +2,21 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
+
+/// The longest single delay a schedule may hold.
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 86400);
+/// The longest a whole schedule may last.
+pub const MAX_TOTAL: Duration = Duration::from_secs(30 * 86400);
+/// The most delays a schedule may list.
+pub const MAX_DELAYS: usize = 20;
+
+/// `now + d`, or `None` when that is not a representable time (checked arithmetic:
+/// every place a delay becomes a timestamp goes through here).
+pub fn after(d: Duration) -> Option<DateTime<Utc>> {
+    Utc::now().checked_add_signed(chrono::Duration::from_std(d).ok()?)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySchedule {
@@ -23,12 +37,24 @@ impl RetrySchedule {
     }
 
     /// Parses `5s,1m,10m` (humantime durations, comma-separated). Empty = no retries.
+    /// At most [`MAX_DELAYS`] delays, each at most 7 days, 30 days in all.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut delays = Vec::new();
+        let mut total = Duration::ZERO;
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let d = humantime::parse_duration(part)
                 .map_err(|_| format!("'{part}' is not a duration; use a list such as 5s,1m,10m,1h"))?;
+            if d > MAX_DELAY {
+                return Err(format!("'{part}' is longer than the longest allowed delay, 7d"));
+            }
+            total += d;
+            if total > MAX_TOTAL {
+                return Err("the delays add up to more than 30d, the longest a delivery may keep retrying".into());
+            }
             delays.push(d);
+            if delays.len() > MAX_DELAYS {
+                return Err(format!("at most {MAX_DELAYS} delays"));
+            }
         }
         Ok(Self { delays })
     }
@@ -64,5 +90,16 @@ mod tests {
         assert_eq!(s.next_delay(0), None);
         assert!(RetrySchedule::parse("5s,later").is_err());
         assert_eq!(RetrySchedule::parse("").unwrap().max_attempts(), 1);
+    }
+
+    #[test]
+    fn absurd_schedules_are_refused_and_times_are_checked() {
+        assert!(RetrySchedule::parse("100000000000000s").unwrap_err().contains("7d"));
+        assert!(RetrySchedule::parse("8d").is_err());
+        assert!(RetrySchedule::parse("7d,7d,7d,7d,7d").unwrap_err().contains("30d"));
+        assert!(RetrySchedule::parse(&vec!["1s"; 21].join(",")).is_err());
+        assert!(RetrySchedule::parse("7d,7d,7d,7d").is_ok());
+        assert_eq!(after(Duration::from_secs(u64::MAX)), None);
+        assert!(after(Duration::from_secs(60)).is_some());
     }
 }

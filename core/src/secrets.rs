@@ -58,11 +58,25 @@ impl SecretKey {
 
     /// Encrypts a signing secret for endpoint `endpoint`.
     pub fn seal(&self, endpoint: Uuid, secret: &str) -> Vec<u8> {
+        self.seal_aad(endpoint.as_bytes(), secret)
+    }
+
+    /// Encrypts an endpoint's custom headers (JSON). The associated data differs from a
+    /// secret's, so neither can pass for the other.
+    pub fn seal_headers(&self, endpoint: Uuid, json: &str) -> Vec<u8> {
+        self.seal_aad(&headers_aad(endpoint), json)
+    }
+
+    pub fn open_headers(&self, endpoint: Uuid, sealed: &[u8]) -> Result<String, String> {
+        self.open_aad(&headers_aad(endpoint), sealed)
+    }
+
+    fn seal_aad(&self, aad: &[u8], secret: &str) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_BYTES];
         rand::thread_rng().fill_bytes(&mut nonce);
         let ct = self
             .cipher()
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret.as_bytes(), aad: endpoint.as_bytes() })
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret.as_bytes(), aad })
             .expect("XChaCha20-Poly1305 encryption cannot fail for small inputs");
         let mut out = nonce.to_vec();
         out.extend(ct);
@@ -72,16 +86,26 @@ impl SecretKey {
     /// Decrypts a sealed secret. Fails if the key is wrong, the data was tampered with,
     /// or it belongs to another endpoint.
     pub fn open(&self, endpoint: Uuid, sealed: &[u8]) -> Result<String, String> {
+        self.open_aad(endpoint.as_bytes(), sealed)
+    }
+
+    fn open_aad(&self, aad: &[u8], sealed: &[u8]) -> Result<String, String> {
         if sealed.len() <= NONCE_BYTES {
             return Err("sealed secret is too short".into());
         }
         let (nonce, ct) = sealed.split_at(NONCE_BYTES);
         let plain = self
             .cipher()
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: endpoint.as_bytes() })
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
             .map_err(|_| "cannot decrypt a signing secret: HERALD_SECRET_KEY differs from the one that sealed it".to_owned())?;
         String::from_utf8(plain).map_err(|_| "decrypted secret is not text".into())
     }
+}
+
+fn headers_aad(endpoint: Uuid) -> Vec<u8> {
+    let mut aad = endpoint.as_bytes().to_vec();
+    aad.extend_from_slice(b"/headers");
+    aad
 }
 
 /// A new signing secret: `whsec_` + base64 of 32 random bytes.

@@ -1,6 +1,7 @@
 //! `herald`: the one binary. `serve` runs the API, the console and the dispatchers;
 //! `migrate` applies migrations; `api-key` manages API keys.
 
+mod http;
 mod serve;
 
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ enum ApiKeyCommand {
         /// webhook endpoints.
         #[arg(long)]
         owner_email: Option<String>,
+        /// Requests per second this key may make (default HERALD_API_RATE_LIMIT; 0: no limit).
+        #[arg(long)]
+        rate_limit: Option<u32>,
     },
     /// List keys (never their secrets).
     List,
@@ -101,8 +105,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;
             match cmd {
-                ApiKeyCommand::Create { name, scopes, owner, owner_email } => {
-                    let k = apikeys::create(&pool, &name, &scopes, owner.as_deref(), owner_email.as_deref()).await?;
+                ApiKeyCommand::Create { name, scopes, owner, owner_email, rate_limit } => {
+                    let k = apikeys::create(&pool, &name, &scopes, owner.as_deref(), owner_email.as_deref(), rate_limit)
+                        .await?;
                     println!("created API key {} ({}) with scopes {} for owner {}", k.info.id, k.info.name, k.info.scopes.join(","), k.info.owner);
                     println!("store it now; it is not shown again:");
                     println!("{}", k.secret);

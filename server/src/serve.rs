@@ -16,11 +16,11 @@ use herald_core::dispatch::{sweeper, Dispatcher};
 use herald_core::dispatch::webhook::WebhookDispatcher;
 use herald_core::ssrf::Guard;
 use herald_core::processor::Processor;
-use herald_core::{db, metrics};
+use herald_core::supervise::Supervisor;
+use herald_core::{db, metrics, retention};
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -68,35 +68,43 @@ async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
     }
 }
 
-/// Runs a dispatcher on the configured bus: the outbox table, or a Kafka consumer group
-/// (`<prefix><topic>-dispatchers`) once the topics exist.
-async fn spawn_dispatcher<D: Dispatcher>(
-    tasks: &mut JoinSet<()>,
-    config: &Config,
-    pool: &sqlx::PgPool,
+/// Runs a dispatcher, supervised, on the configured bus: the outbox table, or a Kafka
+/// consumer group (`<prefix><topic>-dispatchers`) once the topics exist. `make` builds a
+/// fresh dispatcher for every (re)start.
+fn spawn_dispatcher<D, M>(
+    sup: &mut Supervisor,
+    name: &'static str,
+    config: Arc<Config>,
+    pool: sqlx::PgPool,
     topic: Topic,
     stop: watch::Receiver<bool>,
-    dispatcher: D,
-) -> anyhow::Result<()> {
-    match &config.kafka {
-        None => {
-            let consumer = PgConsumer::new(pool.clone(), Some(topic), config.bus_claim_timeout, config.bus_poll_interval).await?;
-            tasks.spawn(dispatcher.run(consumer, stop));
-        }
-        Some(k) => {
-            let k = k.clone();
-            tasks.spawn(async move {
-                if !topics_ready(&k, &stop).await {
-                    return;
+    make: M,
+) where
+    D: Dispatcher,
+    M: Fn() -> anyhow::Result<D> + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    sup.spawn(name, stop.clone(), move || {
+        let (config, pool, stop, make) = (config.clone(), pool.clone(), stop.clone(), make.clone());
+        async move {
+            let dispatcher = make()?;
+            match &config.kafka {
+                None => {
+                    let consumer =
+                        PgConsumer::new(pool, Some(topic), config.bus_claim_timeout, config.bus_poll_interval).await?;
+                    dispatcher.run(consumer, stop).await;
                 }
-                match KafkaConsumer::new(&k, topic, &k.topic(&format!("{}-dispatchers", topic.as_str()))) {
-                    Ok(consumer) => dispatcher.run(consumer, stop).await,
-                    Err(e) => tracing::error!(error = %e, topic = topic.as_str(), "kafka: cannot create the consumer"),
+                Some(k) => {
+                    if !topics_ready(k, &stop).await {
+                        return Ok(());
+                    }
+                    let consumer = KafkaConsumer::new(k, topic, &k.topic(&format!("{}-dispatchers", topic.as_str())))?;
+                    dispatcher.run(consumer, stop).await;
                 }
-            });
+            }
+            Ok(())
         }
-    }
-    Ok(())
+    });
 }
 
 pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<()> {
@@ -108,10 +116,14 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
     let prometheus = metrics::install();
     let pool = db::connect(&config.database_url, config.db_max_connections).await?;
     db::migrate(&pool).await?;
+    let sealed = herald_core::endpoints::seal_legacy_headers(&pool, &config.secret_key).await?;
+    if sealed > 0 {
+        tracing::info!(endpoints = sealed, "sealed the custom header values of endpoints stored before sealing");
+    }
     let smtp = email::transport(&config)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let mut sup = Supervisor::new();
     let probe = match &config.kafka {
         Some(k) => BusProbe::Kafka(k.producer()?),
         None => BusProbe::Postgres,
@@ -119,27 +131,42 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
 
     if config.roles.relay {
         if let Some(k) = config.kafka.clone() {
-            let outbox = PgConsumer::new(pool.clone(), None, config.bus_claim_timeout, config.bus_poll_interval).await?;
-            let relay = Relay { outbox, producer: k.producer()?, settings: k.clone(), batch_size: config.bus_batch_size };
-            let stop = stop_rx.clone();
-            tasks.spawn(async move {
-                if topics_ready(&relay.settings, &stop).await {
-                    relay.run(stop).await;
+            let (pool, config) = (pool.clone(), config.clone());
+            sup.spawn("relay", stop_rx.clone(), {
+                let stop = stop_rx.clone();
+                move || {
+                    let (pool, config, k, stop) = (pool.clone(), config.clone(), k.clone(), stop.clone());
+                    async move {
+                        let outbox =
+                            PgConsumer::new(pool, None, config.bus_claim_timeout, config.bus_poll_interval).await?;
+                        let relay = Relay { outbox, producer: k.producer()?, settings: k.clone(), batch_size: config.bus_batch_size };
+                        if topics_ready(&k, &stop).await {
+                            relay.run(stop).await;
+                        }
+                        Ok(())
+                    }
                 }
             });
         }
     }
-    let processor = Arc::new(Processor::new(pool.clone()));
+    let processor = Arc::new(Processor::new(pool.clone()).with_max_recipients(config.max_recipients));
     if config.roles.email {
-        let dispatcher = EmailDispatcher::from_config(&config, pool.clone(), smtp.clone());
-        spawn_dispatcher(&mut tasks, &config, &pool, Topic::Email, stop_rx.clone(), dispatcher).await?;
+        let (c, p, smtp) = (config.clone(), pool.clone(), smtp.clone());
+        spawn_dispatcher(&mut sup, "email dispatcher", config.clone(), pool.clone(), Topic::Email, stop_rx.clone(), move || {
+            Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone()))
+        });
     }
     if config.roles.webhook {
-        let dispatcher = WebhookDispatcher::from_config(&config, pool.clone(), processor.clone())?;
-        spawn_dispatcher(&mut tasks, &config, &pool, Topic::Webhook, stop_rx.clone(), dispatcher).await?;
+        let (c, p, proc_) = (config.clone(), pool.clone(), processor.clone());
+        spawn_dispatcher(&mut sup, "webhook dispatcher", config.clone(), pool.clone(), Topic::Webhook, stop_rx.clone(), move || {
+            WebhookDispatcher::from_config(&c, p.clone(), proc_.clone())
+        });
     }
     if config.roles.email || config.roles.webhook {
-        tasks.spawn(sweeper::run(pool.clone(), config.sweep_after, stop_rx.clone()));
+        let (p, grace, stop) = (pool.clone(), config.sweep_after, stop_rx.clone());
+        sup.spawn("sweeper", stop_rx.clone(), move || sweeper::run(p.clone(), grace, stop.clone()));
+        let (p, keep, stop) = (pool.clone(), config.retention, stop_rx.clone());
+        sup.spawn("retention", stop_rx.clone(), move || retention::run(p.clone(), keep, stop.clone()));
     }
     tracing::info!(
         bus = if config.bus == BusKind::Kafka { "kafka" } else { "postgres" },
@@ -155,29 +182,56 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
         bus: probe,
         metrics: prometheus,
         guard: Guard::new(config.webhook.allow_cidrs.clone()),
+        limiter: Default::default(),
+        tasks: sup.states(),
+        ready_cache: Default::default(),
     };
-    // Every process answers /healthz, /readyz and /metrics; only `api` ones take notifications.
-    let mut app = api::operations_router(state.clone());
+    // Every process answers /healthz, /readyz and /metrics (on HERALD_ADMIN_LISTEN_ADDR
+    // when that is set); only `api` ones take notifications.
+    let mut app = match config.admin_listen_addr {
+        None => api::operations_router(state.clone()),
+        Some(_) => Router::new().route("/healthz", axum::routing::get(api::health::healthz)),
+    };
     if config.roles.api {
-        app = app.merge(api::router(state)).merge(console(&config));
+        app = app.merge(api::router(state.clone())).merge(console(&config));
     }
-    let app = app.layer(
-        tower::ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30))),
-    );
+    let layers = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)));
+    let app = app.layer(layers.clone());
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .map_err(|e| anyhow::anyhow!("HERALD_LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, public_url = %config.public_url, "herald is serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let admin = match config.admin_listen_addr {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("HERALD_ADMIN_LISTEN_ADDR: cannot listen on {addr}: {e}"))?,
+        ),
+    };
+    let (http_stop_tx, http_stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = http_stop_tx.send(true);
+    });
+    tracing::info!(addr = %config.listen_addr, admin_addr = ?config.admin_listen_addr, public_url = %config.public_url, "herald is serving");
+    let main = crate::http::serve(listener, app, config.http_header_timeout, config.http_max_connections, http_stop.clone());
+    match admin {
+        None => main.await,
+        Some(admin) => {
+            let ops = api::operations_router(state).layer(layers);
+            let admin = crate::http::serve(admin, ops, config.http_header_timeout, 64, http_stop.clone());
+            tokio::join!(main, admin);
+        }
+    }
     let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
+    sup.join().await;
     pool.close().await;
     tracing::info!("herald stopped");
     Ok(())

@@ -54,6 +54,11 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
         let principal = apikeys::verify(&state.db, token)
             .await?
             .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?;
+        let limit = principal.rate_limit.unwrap_or(state.config.api_rate_limit);
+        if let Err(wait) = state.limiter.check(principal.key_id, limit) {
+            crate::metrics::rate_limited();
+            return Err(ApiError::TooManyRequests(wait));
+        }
         if !principal.has(S::SCOPE) && !principal.is_admin() {
             return Err(ApiError::Forbidden(S::SCOPE.as_str()));
         }

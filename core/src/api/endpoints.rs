@@ -34,7 +34,8 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let new: NewEndpoint = json_body(body, s.config.max_body_bytes)?;
-    let (endpoint, secret) = endpoints::create(&s.db, &s.config.secret_key, &s.guard, &who, new).await?;
+    let (endpoint, secret) =
+        endpoints::create(&s.db, &s.config.secret_key, &s.guard, &who, new, s.config.max_endpoints_per_owner).await?;
     tracing::info!(endpoint_id = %endpoint.id, "webhook endpoint created");
     Ok((StatusCode::CREATED, Json(Created { endpoint, secret })))
 }
@@ -46,6 +47,8 @@ pub struct Page {
     after: Option<Uuid>,
     status: Option<String>,
 }
+
+const STATUSES: [&str; 6] = ["pending", "in_flight", "retrying", "succeeded", "failed", "cancelled"];
 
 fn default_limit() -> i64 {
     50
@@ -88,7 +91,7 @@ pub async fn update(
 ) -> Result<Json<Endpoint>, ApiError> {
     let id = id(&raw)?;
     let patch: EndpointPatch = json_body(body, s.config.max_body_bytes)?;
-    Ok(Json(endpoints::update(&s.db, &s.guard, &who, id, patch).await?))
+    Ok(Json(endpoints::update(&s.db, &s.config.secret_key, &s.guard, &who, id, patch).await?))
 }
 
 pub async fn delete(
@@ -116,13 +119,24 @@ pub async fn disable(
     Ok(Json(endpoints::set_enabled(&s.db, &who, id(&raw)?, false).await?))
 }
 
+/// Revealing a signing secret is a write-level act: a read-only key cannot.
 pub async fn secret(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsRead>,
+    Auth(who, ..): Auth<EndpointsWrite>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let key = endpoints::secret(&s.db, &s.config.secret_key, &who, id(&raw)?).await?;
     Ok(Json(json!({ "key": key })))
+}
+
+/// `GET /api/v1/endpoints/{id}/headers`: the custom headers with their values.
+pub async fn headers(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<EndpointsWrite>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let h = endpoints::headers(&s.db, &s.config.secret_key, &who, id(&raw)?).await?;
+    Ok(Json(json!({ "headers": h })))
 }
 
 #[derive(Deserialize, Default)]
@@ -180,7 +194,8 @@ pub async fn recover(
     let id = id(&raw)?;
     let req: Recover = json_body(body, s.config.max_body_bytes)?;
     let ids = endpoints::recover(&s.db, &who, id, req.since).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids }))))
+    let more = ids.len() >= endpoints::RESEND_PAGE;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids, "more": more }))))
 }
 
 pub async fn deliveries(
@@ -190,6 +205,11 @@ pub async fn deliveries(
     Query(page): Query<Page>,
 ) -> Result<Json<Vec<EndpointDelivery>>, ApiError> {
     let limit = page.limit()?;
+    if let Some(st) = page.status.as_deref() {
+        if !STATUSES.contains(&st) {
+            return Err(ApiError::InvalidRequest(format!("status must be one of {}", STATUSES.join(", "))));
+        }
+    }
     Ok(Json(endpoints::deliveries(&s.db, &who, id(&raw)?, page.status.as_deref(), limit).await?))
 }
 
@@ -221,5 +241,6 @@ pub async fn replay(
     Path(raw): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ids = endpoints::replay_notification(&s.db, &who, id(&raw)?).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids }))))
+    let more = ids.len() >= endpoints::RESEND_PAGE;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids, "more": more }))))
 }

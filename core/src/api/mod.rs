@@ -4,6 +4,7 @@ pub mod auth;
 pub mod endpoints;
 pub mod health;
 pub mod notifications;
+pub mod ratelimit;
 
 use std::sync::Arc;
 
@@ -40,6 +41,11 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Checks webhook URLs with literal hosts at registration.
     pub guard: Guard,
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    /// The state of every background task, for `/readyz`.
+    pub tasks: crate::supervise::TaskStates,
+    /// `/readyz` answers from this for a second, so it is cheap to call in a loop.
+    pub ready_cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, (StatusCode, serde_json::Value))>>>,
 }
 
 /// Reads a JSON request body, turning every failure into a problem: too large (413),
@@ -52,6 +58,14 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesReject
             ApiError::InvalidRequest(r.body_text())
         }
     })?;
+    // PostgreSQL cannot store U+0000 in text or jsonb: refuse it up front, naming the field.
+    if body.windows(6).any(|w| w == b"\\u0000") {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if let Some(pointer) = find_nul(&v, String::new()) {
+                return Err(ApiError::NulCharacter(pointer));
+            }
+        }
+    }
     serde_json::from_slice(&body).map_err(|e| {
         if e.is_data() {
             ApiError::InvalidRequest(e.to_string())
@@ -59,6 +73,21 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesReject
             ApiError::MalformedJson(e.to_string())
         }
     })
+}
+
+/// The JSON pointer of the first string (or object key) holding a NUL character.
+pub fn find_nul(v: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+    match v {
+        Value::String(s) if s.contains('\0') => Some(if at.is_empty() { "/".into() } else { at }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| find_nul(x, format!("{at}/{i}"))),
+        Value::Object(map) => map.iter().find_map(|(k, x)| {
+            let here = format!("{at}/{}", escape(k));
+            if k.contains('\0') { Some(here) } else { find_nul(x, here) }
+        }),
+        _ => None,
+    }
 }
 
 /// The notification API (processes with the `api` role).
@@ -76,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/endpoints/{id}/enable", post(endpoints::enable))
         .route("/api/v1/endpoints/{id}/disable", post(endpoints::disable))
         .route("/api/v1/endpoints/{id}/secret", get(endpoints::secret))
+        .route("/api/v1/endpoints/{id}/headers", get(endpoints::headers))
         .route("/api/v1/endpoints/{id}/secret/rotate", post(endpoints::rotate))
         .route("/api/v1/endpoints/{id}/test", post(endpoints::test))
         .route("/api/v1/endpoints/{id}/recover", post(endpoints::recover))

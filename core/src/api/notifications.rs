@@ -136,9 +136,14 @@ pub async fn get(
         };
         n.deliveries.iter().filter(|d| d.channel == "webhook" && !own.contains(&d.target)).map(|d| d.id).collect()
     };
+    for d in n.deliveries.iter_mut().filter(|d| foreign.contains(&d.id)) {
+        d.last_error = None;
+    }
     for mut a in attempts {
+        // What another owner's server answered (or why it could not be reached) is theirs.
         if foreign.contains(&a.delivery_id) {
             a.response_excerpt = None;
+            a.error = None;
         }
         if let Some(d) = n.deliveries.iter_mut().find(|d| d.id == a.delivery_id) {
             d.attempts.push(a);

@@ -160,7 +160,7 @@ impl super::BatchHandler<PgConsumer> for Publisher {
             crate::metrics::published(t, n);
         }
         // Delete only what the broker acknowledged.
-        outbox.ack(&done).await?;
+        outbox.ack_published(&done).await?;
         if let Some(e) = first_error {
             outbox.redeliver(&failed).await?;
             anyhow::bail!("{} of {} messages not acknowledged by Kafka: {e}", failed.len(), batch.len());
@@ -207,8 +207,83 @@ impl ConsumerContext for LagContext {
     }
 }
 
+/// Per partition: which received messages are unfinished, so the stored offset never
+/// passes one of them. Messages of one partition finish out of order (different
+/// endpoints or recipients share a partition), so "the highest acked offset" is not safe:
+/// the offset stored is always the lowest unfinished one.
+#[derive(Debug, Default)]
+pub struct Watermarks {
+    parts: HashMap<i32, PartitionMarks>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionMarks {
+    /// Received and not finished (a count: a rewound message may be received twice).
+    open: std::collections::BTreeMap<i64, u32>,
+    /// Rewound to here by `redeliver`: nothing at or past it is finished until it is
+    /// received again.
+    floor: Option<i64>,
+    /// The highest finished offset.
+    finished: Option<i64>,
+    /// The next offset to consume that was last stored.
+    stored: Option<i64>,
+}
+
+impl Watermarks {
+    pub fn received(&mut self, partition: i32, offset: i64) {
+        let p = self.parts.entry(partition).or_default();
+        *p.open.entry(offset).or_default() += 1;
+        if p.floor.is_some_and(|f| offset <= f) {
+            p.floor = None;
+        }
+    }
+
+    fn close(&mut self, partition: i32, offset: i64) -> &mut PartitionMarks {
+        let p = self.parts.entry(partition).or_default();
+        if let Some(n) = p.open.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                p.open.remove(&offset);
+            }
+        }
+        p
+    }
+
+    /// The message is done (recorded, stale or dead-lettered).
+    pub fn finished(&mut self, partition: i32, offset: i64) {
+        let p = self.close(partition, offset);
+        p.finished = Some(p.finished.map_or(offset, |f| f.max(offset)));
+    }
+
+    /// The message will be consumed again from `offset` (a seek back).
+    pub fn rewound(&mut self, partition: i32, offset: i64) {
+        let p = self.close(partition, offset);
+        p.floor = Some(p.floor.map_or(offset, |f| f.min(offset)));
+    }
+
+    /// The next offset to consume that may be committed for `partition`, if it moved
+    /// forward since last asked: the lowest unfinished or rewound offset, or one past the
+    /// highest finished when nothing is open.
+    pub fn advance(&mut self, partition: i32) -> Option<i64> {
+        let p = self.parts.get_mut(&partition)?;
+        let lowest_open = p.open.keys().next().copied();
+        let next = match (lowest_open, p.floor) {
+            (Some(o), Some(f)) => o.min(f),
+            (Some(o), None) => o,
+            (None, Some(f)) => f,
+            (None, None) => p.finished? + 1,
+        };
+        if p.stored.is_some_and(|s| s >= next) || next <= 0 {
+            return None;
+        }
+        p.stored = Some(next);
+        Some(next)
+    }
+}
+
 /// A dispatcher's view of its Kafka topic, in a consumer group.
 pub struct KafkaConsumer {
+    marks: Watermarks,
     consumer: Arc<StreamConsumer<LagContext>>,
     /// Messages received by `keep_alive` during a batch, served by the next `poll`.
     buffered: std::collections::VecDeque<Received>,
@@ -237,14 +312,16 @@ impl KafkaConsumer {
         Ok(Self {
             consumer: Arc::new(consumer),
             buffered: Default::default(),
+            marks: Watermarks::default(),
             settings: settings.clone(),
             topic: name,
             dead_letters: settings.producer()?,
         })
     }
 
-    fn to_received(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+    fn to_received(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
         let raw = m.payload().unwrap_or_default().to_vec();
+        self.marks.received(m.partition(), m.offset());
         Received {
             topic: self.settings.logical(m.topic()).to_owned(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
@@ -254,13 +331,25 @@ impl KafkaConsumer {
         }
     }
 
-    fn store(&self, msgs: &[Received]) -> anyhow::Result<()> {
+    /// Marks messages finished and stores, per partition, the offset below which every
+    /// received message is finished (never past an unfinished or rewound one).
+    fn store(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        let mut touched = Vec::new();
         for m in msgs {
             if let Receipt::Kafka { partition, offset } = m.receipt {
+                self.marks.finished(partition, offset);
+                if !touched.contains(&partition) {
+                    touched.push(partition);
+                }
+            }
+        }
+        for partition in touched {
+            if let Some(next) = self.marks.advance(partition) {
+                // rd_kafka_offset_store commits offset + 1: "everything up to here is done".
                 // Fails for a partition a rebalance just took away; its new owner gets the
                 // message again and finds the attempt already recorded.
-                if let Err(e) = self.consumer.store_offset(&self.topic, partition, offset) {
-                    tracing::debug!(partition, offset, error = %e, "kafka: offset not stored (partition revoked?)");
+                if let Err(e) = self.consumer.store_offset(&self.topic, partition, next - 1) {
+                    tracing::debug!(partition, next, error = %e, "kafka: offset not stored (partition revoked?)");
                 }
             }
         }
@@ -270,10 +359,11 @@ impl KafkaConsumer {
 
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
+        let consumer = self.consumer.clone();
         let mut out: Vec<Received> = self.buffered.drain(..self.buffered.len().min(max)).collect();
         // Wait up to a second for the first message, then take what is already buffered.
         if out.is_empty() {
-            match tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
                 Err(_) => return Ok(out),
                 Ok(Ok(first)) => out.push(self.to_received(&first)),
                 Ok(Err(e)) => {
@@ -285,7 +375,7 @@ impl Consumer for KafkaConsumer {
             }
         }
         while out.len() < max {
-            match tokio::time::timeout(Duration::from_millis(2), self.consumer.recv()).await {
+            match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
                 Ok(Ok(m)) => out.push(self.to_received(&m)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer error");
@@ -305,7 +395,8 @@ impl Consumer for KafkaConsumer {
 
     async fn keep_alive(&mut self) {
         // Polling resets librdkafka's max.poll.interval.ms clock.
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
+        let consumer = self.consumer.clone();
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
             let r = self.to_received(&m);
             self.buffered.push_back(r);
         }
@@ -332,6 +423,7 @@ impl Consumer for KafkaConsumer {
         let mut earliest: HashMap<i32, i64> = HashMap::new();
         for m in msgs {
             if let Receipt::Kafka { partition, offset } = m.receipt {
+                self.marks.rewound(partition, offset);
                 let e = earliest.entry(partition).or_insert(offset);
                 *e = (*e).min(offset);
             }
@@ -343,5 +435,48 @@ impl Consumer for KafkaConsumer {
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || consumer.seek_partitions(tpl, Duration::from_secs(5))).await??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Watermarks;
+
+    #[test]
+    fn offsets_never_pass_an_unfinished_message() {
+        let mut w = Watermarks::default();
+        for o in 10..15 {
+            w.received(0, o);
+        }
+        // 12 and 14 finish first: nothing below 10 is unfinished, but 10 is.
+        w.finished(0, 12);
+        w.finished(0, 14);
+        assert_eq!(w.advance(0), Some(10));
+        w.finished(0, 10);
+        assert_eq!(w.advance(0), Some(11), "11 is still open");
+        w.finished(0, 11);
+        assert_eq!(w.advance(0), Some(13));
+        w.finished(0, 13);
+        assert_eq!(w.advance(0), Some(15), "everything received is done");
+        assert_eq!(w.advance(0), None, "no change, nothing to store");
+    }
+
+    #[test]
+    fn a_rewound_message_holds_the_mark_until_received_again() {
+        let mut w = Watermarks::default();
+        for o in 0..3 {
+            w.received(1, o);
+        }
+        w.rewound(1, 1);
+        w.finished(1, 0);
+        w.finished(1, 2);
+        assert_eq!(w.advance(1), Some(1), "1 was handed back: the mark stays at it");
+        w.received(1, 1);
+        w.received(1, 2); // the seek redelivers 2 as well
+        w.finished(1, 1);
+        assert_eq!(w.advance(1), Some(2));
+        w.finished(1, 2);
+        assert_eq!(w.advance(1), Some(3));
+        assert_eq!(w.advance(7), None, "an unknown partition");
     }
 }

@@ -23,6 +23,8 @@ pub struct PgConsumer {
     poll_interval: Duration,
     listener: Option<PgListener>,
     token: Uuid,
+    /// The rows of the current claim, for `keep_alive`.
+    claimed: Vec<i64>,
 }
 
 impl PgConsumer {
@@ -32,7 +34,7 @@ impl PgConsumer {
         claim_timeout: Duration,
         poll_interval: Duration,
     ) -> anyhow::Result<Self> {
-        let mut c = Self { db, topic, claim_timeout, poll_interval, listener: None, token: Uuid::new_v4() };
+        let mut c = Self { db, topic, claim_timeout, poll_interval, listener: None, token: Uuid::new_v4(), claimed: Vec::new() };
         c.connect_listener().await;
         Ok(c)
     }
@@ -83,6 +85,7 @@ impl PgConsumer {
             })
             .collect();
         out.sort_by_key(|r| row_id(r));
+        self.claimed = out.iter().map(row_id).collect();
         Ok(out)
     }
 
@@ -132,6 +135,30 @@ fn row_id(m: &Received) -> i64 {
     }
 }
 
+impl PgConsumer {
+    /// Acks messages the Kafka relay published, and records on each delivery that its
+    /// current message is in the broker (the sweeper leaves such deliveries alone).
+    pub async fn ack_published(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "WITH gone AS (DELETE FROM outbox WHERE id = ANY($1) AND claim_token = $2 RETURNING payload->>'delivery_id' AS d)
+             UPDATE deliveries SET published_at = now()
+             FROM gone
+             WHERE gone.d ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+               AND deliveries.id = (CASE WHEN gone.d ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                                         THEN gone.d END)::uuid",
+        )
+        .bind(&ids)
+        .bind(self.token)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+}
+
 impl Consumer for PgConsumer {
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
         let batch = self.claim(max).await?;
@@ -171,6 +198,25 @@ impl Consumer for PgConsumer {
         .await?;
         crate::metrics::dead_lettered(&msg.topic);
         Ok(())
+    }
+
+    async fn keep_alive(&mut self) {
+        // A long batch keeps its claim: other workers must not take these rows (and find
+        // them busy, again and again) while this one is still working on them.
+        if self.claimed.is_empty() {
+            return;
+        }
+        let r = sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(&self.claimed)
+        .bind(self.token)
+        .bind(self.claim_timeout.as_secs_f64())
+        .execute(&self.db)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "outbox: cannot extend the claim");
+        }
     }
 
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {

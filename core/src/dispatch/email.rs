@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use futures::stream::{self, StreamExt};
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
@@ -41,6 +40,8 @@ pub struct EmailDispatcher {
     pub lease: Duration,
     pub concurrency: usize,
     pub batch_size: usize,
+    /// `HERALD_BUS_MAX_REDELIVERIES` (see [`record::start_attempts`]).
+    pub max_starts: i32,
 }
 
 const REPLY_CAP: usize = 1000;
@@ -67,6 +68,7 @@ impl EmailDispatcher {
             lease: config.bus_claim_timeout,
             concurrency: config.email_concurrency,
             batch_size: config.bus_batch_size,
+            max_starts: config.bus_max_redeliveries,
         }
     }
 
@@ -84,52 +86,38 @@ impl EmailDispatcher {
             consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
         }
         let clock = Instant::now();
-        let (owned, stale, busy) = record::start_attempts(&self.db, "email", &jobs, self.lease).await?;
+        let claimed = record::start_attempts(&self.db, "email", &jobs, self.lease, self.max_starts).await?;
         let started_ms = clock.elapsed().as_millis();
 
-        // Per recipient in order; different recipients concurrently.
-        let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
-        for (idx, s) in owned {
-            groups.entry(batch[idx].key.clone()).or_default().push((idx, s));
-        }
-        let owned_ids: Vec<uuid::Uuid> = groups.values().flatten().map(|(_, s)| s.id).collect();
-        let work = stream::iter(groups)
-            .map(|(key, items)| {
-                let this = self.clone();
-                async move {
-                    let mut out = Vec::with_capacity(items.len());
-                    for (idx, s) in items {
-                        out.push((idx, this.attempt(&key, s).await));
+        // Per recipient in order; different recipients concurrently; each recipient's
+        // outcomes recorded as soon as they are known.
+        let groups = |owned: Vec<(usize, Started)>| {
+            let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
+            for (idx, s) in owned {
+                groups.entry(batch[idx].key.clone()).or_default().push((idx, s));
+            }
+            let this = self.clone();
+            stream::iter(groups)
+                .map(move |(key, items)| {
+                    let this = this.clone();
+                    async move {
+                        let mut out = Vec::with_capacity(items.len());
+                        for (idx, s) in items {
+                            out.push((idx, record::Step::Made(this.attempt(&key, s).await, ())));
+                        }
+                        out
                     }
-                    out
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .collect::<Vec<Vec<(usize, AttemptRecord)>>>();
-        let results = record::with_heartbeat(&self.db, &owned_ids, self.lease, consumer, work).await;
-        let mut done: Vec<usize> = Vec::with_capacity(batch.len());
-        let records: Vec<AttemptRecord> = results
-            .into_iter()
-            .flatten()
-            .map(|(idx, r)| {
-                done.push(idx);
-                r
-            })
-            .collect();
-        let sent_ms = clock.elapsed().as_millis();
-        record::record(&self.db, Topic::Email, &records).await?;
-        let recorded_ms = clock.elapsed().as_millis();
-        for r in &records {
+                })
+                .buffer_unordered(self.concurrency)
+        };
+        let made = record::drive(&self.db, consumer, Topic::Email, batch, claimed, self.lease, groups).await?;
+        for (r, ()) in &made {
             tracing::info!(
                 delivery_id = %r.delivery_id, attempt = r.attempt, outcome = r.outcome.as_str(),
                 smtp_code = r.smtp_code, duration_ms = r.duration_ms, "email attempt recorded"
             );
         }
-        record::settle(consumer, batch, done, stale, busy).await?;
-        tracing::debug!(
-            batch = batch.len(), started_ms, sent_ms, recorded_ms, acked_ms = clock.elapsed().as_millis() as u64,
-            "email batch done"
-        );
+        tracing::debug!(batch = batch.len(), started_ms, done_ms = clock.elapsed().as_millis() as u64, "email batch done");
         Ok(())
     }
 
@@ -179,7 +167,7 @@ impl EmailDispatcher {
             rec.retry_at = self
                 .schedule
                 .next_delay(s.round_attempts())
-                .map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+                .and_then(crate::retry::after);
         }
         rec
     }

@@ -28,23 +28,43 @@ impl Started {
     }
 }
 
-/// Takes ownership of the deliveries the jobs refer to, in one statement. Returns the
-/// started attempts (with the job's index), the stale jobs (already done or superseded:
-/// ack without work) and the busy ones (another live worker holds the delivery: leave
-/// unacked so the message comes back after its lease).
+/// What [`start_attempts`] made of a batch's jobs (indexes into the batch).
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Attempts this worker now makes.
+    pub owned: Vec<(usize, Started)>,
+    /// Already done or superseded: ack without work.
+    pub stale: Vec<usize>,
+    /// Another live worker holds the delivery: hand back, it comes again after its lease.
+    pub busy: Vec<usize>,
+    /// Started `max_starts` times without an outcome ever being recorded: the delivery
+    /// was failed; dead-letter the message with [`POISONED`].
+    pub poisoned: Vec<usize>,
+}
+
+/// Why a delivery was failed and its message dead-lettered by [`start_attempts`].
+pub const POISONED: &str =
+    "the attempt's outcome could not be recorded after repeated deliveries of this message; the delivery was failed";
+
+/// Takes ownership of the deliveries the jobs refer to, in one statement (see
+/// [`Claimed`]). Every start counts in `unrecorded_starts` until an outcome is recorded;
+/// a delivery that reached `max_starts` is not started again but failed, so one message
+/// whose outcome cannot be recorded is never re-sent forever.
 pub async fn start_attempts(
     db: &PgPool,
     channel: &str,
     jobs: &[(usize, DeliveryJob)],
     lease: Duration,
-) -> sqlx::Result<(Vec<(usize, Started)>, Vec<usize>, Vec<usize>)> {
+    max_starts: i32,
+) -> sqlx::Result<Claimed> {
     let ids: Vec<Uuid> = jobs.iter().map(|(_, j)| j.delivery_id).collect();
     let attempts: Vec<i32> = jobs.iter().map(|(_, j)| j.attempt).collect();
     let started: Vec<Started> = sqlx::query_as(
         "UPDATE deliveries d
-         SET status = 'in_flight', lease_until = now() + make_interval(secs => $4), updated_at = now()
+         SET status = 'in_flight', lease_until = now() + make_interval(secs => $4), updated_at = now(),
+             unrecorded_starts = d.unrecorded_starts + 1
          FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempt)
-         WHERE d.id = j.id AND d.channel = $3 AND d.attempts = j.attempt - 1
+         WHERE d.id = j.id AND d.channel = $3 AND d.attempts = j.attempt - 1 AND d.unrecorded_starts < $5
            AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
          RETURNING d.id, d.target, d.content, j.attempt, d.round_start",
     )
@@ -52,37 +72,55 @@ pub async fn start_attempts(
     .bind(&attempts)
     .bind(channel)
     .bind(lease.as_secs_f64())
+    .bind(max_starts)
     .fetch_all(db)
     .await?;
 
-    let mut owned = Vec::with_capacity(started.len());
+    let mut claimed = Claimed::default();
     let mut rest: Vec<&(usize, DeliveryJob)> = Vec::new();
     let mut started = started;
     for job in jobs {
         if let Some(pos) = started.iter().position(|s| s.id == job.1.delivery_id && s.attempt == job.1.attempt) {
-            owned.push((job.0, started.swap_remove(pos)));
+            claimed.owned.push((job.0, started.swap_remove(pos)));
         } else {
             rest.push(job);
         }
     }
-    let (mut stale, mut busy) = (Vec::new(), Vec::new());
     if !rest.is_empty() {
         let ids: Vec<Uuid> = rest.iter().map(|(_, j)| j.delivery_id).collect();
-        let live: Vec<(Uuid, i32)> = sqlx::query_as(
-            "SELECT id, attempts FROM deliveries WHERE id = ANY($1) AND status = 'in_flight' AND lease_until >= now()",
+        let attempts: Vec<i32> = rest.iter().map(|(_, j)| j.attempt).collect();
+        // One statement: fail the poisoned ones, and report which are held by a live worker.
+        let rows: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+            "WITH j AS (SELECT * FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempt)),
+             poisoned AS (
+                UPDATE deliveries d SET status = 'failed', lease_until = NULL, next_attempt_at = NULL,
+                       last_error = $3, updated_at = now()
+                FROM j
+                WHERE d.id = j.id AND d.attempts = j.attempt - 1 AND d.unrecorded_starts >= $4
+                  AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
+                RETURNING d.id, j.attempt
+             )
+             SELECT id, attempt, true FROM poisoned
+             UNION ALL
+             SELECT d.id, d.attempts + 1, false FROM deliveries d
+             WHERE d.id = ANY($1) AND d.status = 'in_flight' AND d.lease_until >= now()",
         )
         .bind(&ids)
+        .bind(&attempts)
+        .bind(POISONED)
+        .bind(max_starts)
         .fetch_all(db)
         .await?;
         for (idx, job) in rest {
-            if live.iter().any(|(id, made)| *id == job.delivery_id && *made == job.attempt - 1) {
-                busy.push(*idx);
-            } else {
-                stale.push(*idx);
+            let hit = rows.iter().find(|(id, attempt, _)| *id == job.delivery_id && *attempt == job.attempt);
+            match hit {
+                Some((_, _, true)) => claimed.poisoned.push(*idx),
+                Some((_, _, false)) => claimed.busy.push(*idx),
+                None => claimed.stale.push(*idx),
             }
         }
     }
-    Ok((owned, stale, busy))
+    Ok(claimed)
 }
 
 /// Pushes back the lease of deliveries this worker is still attempting.
@@ -175,11 +213,15 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
     let statuses: Vec<&str> = records.iter().map(|r| r.new_status()).collect();
     let retry_at: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.retry_at.filter(|_| r.new_status() == "retrying")).collect();
-    let errors = col(|r| r.error.clone().or_else(|| r.smtp_reply.clone().filter(|_| r.outcome != Outcome::Succeeded)));
+    let errors: Vec<Option<String>> =
+        col(|r| r.error.clone().or_else(|| r.smtp_reply.clone().filter(|_| r.outcome != Outcome::Succeeded)))
+            .into_iter()
+            .map(|e| e.map(sanitize))
+            .collect();
     let updated: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE deliveries d
          SET status = u.status, attempts = u.attempt, next_attempt_at = u.retry_at, lease_until = NULL,
-             last_error = u.error, updated_at = now()
+             last_error = u.error, updated_at = now(), unrecorded_starts = 0
          FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[]) AS u(id, attempt, status, retry_at, error)
          WHERE d.id = u.id AND d.attempts = u.attempt - 1
          RETURNING d.id",
@@ -195,7 +237,7 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     if kept.len() < records.len() {
         tracing::warn!(dropped = records.len() - kept.len(), "attempt outcomes superseded by another worker");
     }
-    let k = |f: fn(&AttemptRecord) -> Option<String>| kept.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let k = |f: fn(&AttemptRecord) -> Option<String>| kept.iter().map(|r| f(r).map(sanitize)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, outcome, smtp_code, smtp_reply,
                                http_status, response_excerpt, error)
@@ -223,6 +265,50 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     tx.commit().await
 }
 
+/// Text a peer sent (a response excerpt, an SMTP reply, an error quoting either) made
+/// storable: PostgreSQL text cannot hold U+0000, so it becomes U+FFFD.
+pub fn sanitize(text: String) -> String {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text }
+}
+
+/// Records a batch of outcomes so that one bad row never fails the batch: the batch in
+/// one transaction, and if that fails, each outcome on its own. Returns the indexes (into
+/// `records`) that could not be recorded; their leases are released so the redelivered
+/// message can start again at once (each start counts towards the poison limit). Fails
+/// only when the database itself is unreachable.
+pub async fn record_each(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> anyhow::Result<Vec<usize>> {
+    let batch_error = match record(db, topic, records).await {
+        Ok(()) => return Ok(Vec::new()),
+        Err(e) => e,
+    };
+    if sqlx::query("SELECT 1").execute(db).await.is_err() {
+        return Err(anyhow::Error::new(batch_error).context("recording a batch of outcomes"));
+    }
+    tracing::warn!(error = %batch_error, records = records.len(), "recording a batch failed; recording its outcomes one by one");
+    let mut failed = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Err(e) = record(db, topic, std::slice::from_ref(r)).await {
+            tracing::error!(delivery_id = %r.delivery_id, attempt = r.attempt, error = %e, "an attempt's outcome cannot be recorded");
+            failed.push(i);
+        }
+    }
+    if !failed.is_empty() {
+        crate::metrics::unrecorded(topic.as_str(), failed.len() as u64);
+        let ids: Vec<Uuid> = failed.iter().map(|i| records[*i].delivery_id).collect();
+        let attempts: Vec<i32> = failed.iter().map(|i| records[*i].attempt).collect();
+        sqlx::query(
+            "UPDATE deliveries d SET lease_until = now()
+             FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempt)
+             WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt - 1",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .execute(db)
+        .await?;
+    }
+    Ok(failed)
+}
+
 /// A started attempt handed back without being made (its endpoint is timing out in this
 /// batch, or its rate limit has no slot soon): it is made later, at `until`.
 #[derive(Debug, Clone)]
@@ -243,7 +329,7 @@ pub async fn defer(db: &PgPool, topic: Topic, items: &[Deferred]) -> sqlx::Resul
     let released: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE deliveries d
          SET status = CASE WHEN d.attempts = 0 THEN 'pending' ELSE 'retrying' END, lease_until = NULL,
-             next_attempt_at = u.until, updated_at = now()
+             next_attempt_at = u.until, updated_at = now(), unrecorded_starts = greatest(d.unrecorded_starts - 1, 0)
          FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[]) AS u(id, attempt, until)
          WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt - 1
          RETURNING d.id",
@@ -275,46 +361,105 @@ pub fn decode(batch: &[Received]) -> (Vec<(usize, DeliveryJob)>, Vec<usize>) {
     (jobs, bad)
 }
 
-/// Runs a batch's attempts while keeping their leases (and the consumer's group
-/// membership) alive, so no other worker takes them over and sends twice.
-pub async fn with_heartbeat<C: Consumer, F: std::future::Future>(
-    db: &PgPool,
-    ids: &[Uuid],
-    lease: Duration,
-    consumer: &mut C,
-    work: F,
-) -> F::Output {
-    tokio::pin!(work);
-    let mut heartbeat = tokio::time::interval(lease / 3);
-    heartbeat.tick().await;
-    loop {
-        tokio::select! {
-            r = &mut work => return r,
-            _ = heartbeat.tick() => {
-                if let Err(e) = extend_leases(db, ids, lease).await {
-                    tracing::warn!(error = %e, "cannot extend attempt leases");
-                }
-                consumer.keep_alive().await;
-            }
-        }
-    }
+/// What became of one started attempt.
+pub enum Step<T> {
+    /// Made: its outcome to record, and what the dispatcher wants back about it.
+    Made(AttemptRecord, T),
+    /// Handed back unmade, for later.
+    Deferred(Deferred),
 }
 
-/// Finishes a batch after its outcomes are recorded: acks the done and stale messages;
-/// busy ones (owned by another live worker) are handed back to come again later, by
-/// which time that worker has recorded them or its lease has ended.
-pub async fn settle<C: Consumer>(
+/// Runs a batch after [`start_attempts`]: hands back the busy messages, dead-letters
+/// the poisoned ones, acks the stale ones, then drives `groups` (one item per ordering
+/// key, finished in any order) and records and acks each group's outcomes as soon as it
+/// completes — a slow endpoint or mailbox holds back only its own messages, never the
+/// batch. Meanwhile the attempts' leases and the consumer's claim or group membership
+/// are kept alive. Messages whose outcome could not be recorded are handed back.
+/// Returns the recorded outcomes with the dispatcher's tags.
+pub async fn drive<C, S, T>(
+    db: &PgPool,
     consumer: &mut C,
+    topic: Topic,
     batch: &[Received],
-    mut done: Vec<usize>,
-    stale: Vec<usize>,
-    busy: Vec<usize>,
-) -> anyhow::Result<()> {
-    done.extend(stale);
+    claimed: Claimed,
+    lease: Duration,
+    groups: impl FnOnce(Vec<(usize, Started)>) -> S,
+) -> anyhow::Result<Vec<(AttemptRecord, T)>>
+where
+    C: Consumer,
+    S: futures::Stream<Item = Vec<(usize, Step<T>)>>,
+{
+    use futures::{FutureExt, StreamExt};
+    let Claimed { owned, stale, busy, poisoned } = claimed;
+    for i in &poisoned {
+        tracing::error!(delivery_id = ?batch[*i].payload.get("delivery_id"), "delivery failed: its outcome could not be recorded");
+        consumer.dead_letter(&batch[*i], POISONED).await?;
+    }
     if !busy.is_empty() {
         let again: Vec<Received> = busy.iter().map(|i| batch[*i].clone()).collect();
         consumer.redeliver(&again).await?;
     }
-    let acks: Vec<Received> = done.into_iter().map(|i| batch[i].clone()).collect();
-    consumer.ack(&acks).await
+    let acks: Vec<Received> = stale.iter().map(|i| batch[*i].clone()).collect();
+    consumer.ack(&acks).await?;
+
+    let owned_ids: Vec<Uuid> = owned.iter().map(|(_, s)| s.id).collect();
+    let groups = groups(owned);
+    tokio::pin!(groups);
+    let mut heartbeat = tokio::time::interval(lease / 3);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    let mut out = Vec::with_capacity(owned_ids.len());
+    loop {
+        let mut ready = tokio::select! {
+            g = groups.next() => match g {
+                Some(g) => g,
+                None => break,
+            },
+            _ = heartbeat.tick() => {
+                if let Err(e) = extend_leases(db, &owned_ids, lease).await {
+                    tracing::warn!(error = %e, "cannot extend attempt leases");
+                }
+                consumer.keep_alive().await;
+                continue;
+            }
+        };
+        // Whatever else has finished meanwhile goes into the same transaction.
+        while let Some(Some(more)) = groups.next().now_or_never() {
+            ready.extend(more);
+        }
+        let mut made = Vec::with_capacity(ready.len());
+        let mut deferred = Vec::new();
+        let mut deferred_idx = Vec::new();
+        for (idx, step) in ready {
+            match step {
+                Step::Made(rec, tag) => made.push((idx, rec, tag)),
+                Step::Deferred(d) => {
+                    deferred.push(d);
+                    deferred_idx.push(idx);
+                }
+            }
+        }
+        let records: Vec<AttemptRecord> = made.iter().map(|(_, r, _)| r.clone()).collect();
+        let failed = record_each(db, topic, &records).await?;
+        defer(db, topic, &deferred).await?;
+        if !deferred.is_empty() && topic == Topic::Webhook {
+            crate::metrics::webhook_deferred(deferred.len() as u64);
+            tracing::info!(deferred = deferred.len(), "webhook attempts deferred (endpoint timing out or rate-limited)");
+        }
+        let mut acks: Vec<Received> = deferred_idx.iter().map(|i| batch[*i].clone()).collect();
+        let mut again = Vec::new();
+        for (n, (idx, rec, tag)) in made.into_iter().enumerate() {
+            if failed.contains(&n) {
+                again.push(batch[idx].clone());
+            } else {
+                acks.push(batch[idx].clone());
+                out.push((rec, tag));
+            }
+        }
+        consumer.ack(&acks).await?;
+        if !again.is_empty() {
+            consumer.redeliver(&again).await?;
+        }
+    }
+    Ok(out)
 }

@@ -2,8 +2,11 @@
 //!
 //! - `in_flight` past its lease by more than the grace period: the worker died
 //!   mid-attempt (and, with Kafka, its message may already be acked).
-//! - `pending`/`retrying` overdue by more than the grace period with no outbox row: the
-//!   bus lost the message (for example a broker that lost its log).
+//! - `pending`/`retrying` overdue by more than the grace period whose current message
+//!   is neither in the outbox nor recorded as published to Kafka (`published_at` at or
+//!   after it became due): the message was lost before reaching the bus. A delivery
+//!   waiting in Kafka consumer lag has been published and is left alone; the rule reads
+//!   what the delivery records, not the outbox alone (the relay empties it on Kafka).
 //!
 //! The new message asks for the next attempt number, so if the original message turns
 //! up after all, only one of the two starts an attempt.
@@ -20,6 +23,7 @@ pub async fn sweep_once(db: &PgPool, grace: Duration) -> sqlx::Result<u64> {
             WHERE (d.status = 'in_flight' AND d.lease_until < now() - make_interval(secs => $1))
                OR (d.status IN ('pending', 'retrying')
                    AND coalesce(d.next_attempt_at, d.created_at) < now() - make_interval(secs => $1)
+                   AND (d.published_at IS NULL OR d.published_at < coalesce(d.next_attempt_at, d.created_at))
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.payload->>'delivery_id' = d.id::text))
             ORDER BY d.id LIMIT 1000
             FOR UPDATE SKIP LOCKED
@@ -31,7 +35,7 @@ pub async fn sweep_once(db: &PgPool, grace: Duration) -> sqlx::Result<u64> {
             RETURNING d.id, d.channel, d.target, d.attempts
          )
          INSERT INTO outbox (topic, key, payload)
-         SELECT channel, lower(target), jsonb_build_object('delivery_id', id, 'attempt', attempts + 1) FROM moved",
+         SELECT channel, herald_ordering_key(channel, target), jsonb_build_object('delivery_id', id, 'attempt', attempts + 1) FROM moved",
     )
     .bind(grace.as_secs_f64())
     .execute(db)
@@ -39,7 +43,7 @@ pub async fn sweep_once(db: &PgPool, grace: Duration) -> sqlx::Result<u64> {
     Ok(r.rows_affected())
 }
 
-pub async fn run(db: PgPool, grace: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(db: PgPool, grace: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let every = (grace / 4).max(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -52,4 +56,5 @@ pub async fn run(db: PgPool, grace: Duration, mut shutdown: watch::Receiver<bool
             Err(e) => tracing::warn!(error = %e, "sweeper failed"),
         }
     }
+    Ok(())
 }

@@ -41,11 +41,7 @@ pub const EXCERPT_BYTES: usize = 4096;
 /// slot is taken by handing the attempt back to the bus for that time.
 const MAX_PACE_WAIT: Duration = Duration::from_secs(1);
 
-/// What became of one started attempt.
-enum Step {
-    Made(AttemptRecord, Health),
-    Deferred(Deferred),
-}
+type Step = record::Step<Health>;
 
 /// Builds the HTTP client every webhook goes through: the SSRF guard as its resolver,
 /// no proxies (an ambient proxy would connect somewhere unchecked), no redirects, and
@@ -86,6 +82,7 @@ struct TargetRow {
     retry_schedule: Option<String>,
     failing: bool,
     sealed: Vec<Vec<u8>>,
+    headers_sealed: Option<Vec<u8>>,
 }
 
 /// What an attempt means for its endpoint's health.
@@ -110,6 +107,9 @@ pub struct WebhookDispatcher {
     pub processor: Arc<Processor>,
     pub lease: Duration,
     pub batch_size: usize,
+    /// `HERALD_BUS_MAX_REDELIVERIES`: starts without a recorded outcome before a
+    /// delivery is failed and its message dead-lettered.
+    pub max_starts: i32,
     /// Per-endpoint pacing for rate-limited endpoints: the next free slot.
     slots: Mutex<HashMap<Uuid, Instant>>,
 }
@@ -158,6 +158,17 @@ fn describe(e: reqwest::Error) -> String {
     parts.join(": ")
 }
 
+/// What an owner is told when the SSRF guard refuses their endpoint's address: not the
+/// address (the API must not be a probe of the internal network). Operators get the
+/// detail in the log and `herald_webhook_ssrf_refused_total`.
+pub const REFUSED_BY_POLICY: &str = "refused by the network policy: the endpoint's address is not allowed";
+
+fn refused_by_policy(rec: &mut AttemptRecord, endpoint: &str, refused: &ssrf::Refused) {
+    crate::metrics::ssrf_refused();
+    tracing::warn!(endpoint_id = endpoint, detail = %refused, "webhook attempt refused by the SSRF guard");
+    rec.error = Some(REFUSED_BY_POLICY.to_owned());
+}
+
 /// The response excerpt as text; a character cut by the byte cap is dropped whole.
 fn excerpt(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
@@ -179,6 +190,7 @@ impl WebhookDispatcher {
             processor,
             lease: config.bus_claim_timeout.max(config.webhook.timeout * 2),
             batch_size: config.webhook.batch_size,
+            max_starts: config.bus_max_redeliveries,
             slots: Mutex::new(HashMap::new()),
         })
     }
@@ -191,13 +203,13 @@ impl WebhookDispatcher {
     /// Endpoints of a batch, with their live secrets decrypted, in one query.
     async fn targets(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Target>> {
         let rows: Vec<TargetRow> = sqlx::query_as(
-            "SELECT e.id, e.url, e.enabled, e.headers, e.rate_limit, e.retry_schedule,
+            "SELECT e.id, e.url, e.enabled, e.headers, e.headers_sealed, e.rate_limit, e.retry_schedule,
                     e.failing_since IS NOT NULL AS failing,
                     coalesce(array_agg(s.sealed ORDER BY s.generation DESC) FILTER (WHERE s.sealed IS NOT NULL), '{}') AS sealed
              FROM endpoints e
              LEFT JOIN endpoint_secrets s ON s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())
              WHERE e.id = ANY($1)
-             GROUP BY e.id",
+             GROUP BY e.id, e.headers_sealed",
         )
         .bind(ids)
         .fetch_all(&self.db)
@@ -210,13 +222,11 @@ impl WebhookDispatcher {
                 keys.push(secrets::secret_bytes(&secret).map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?);
             }
             let mut headers = HeaderMap::new();
-            if let Some(map) = r.headers.as_object() {
-                for (k, v) in map {
-                    if let (Ok(name), Some(Ok(value))) =
-                        (HeaderName::from_bytes(k.as_bytes()), v.as_str().map(HeaderValue::from_str))
-                    {
-                        headers.insert(name, value);
-                    }
+            let clear = crate::endpoints::open_headers(&self.key, r.id, r.headers_sealed.as_deref(), &r.headers)
+                .map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?;
+            for (k, v) in &clear {
+                if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                    headers.insert(name, value);
                 }
             }
             out.insert(
@@ -241,87 +251,86 @@ impl WebhookDispatcher {
             tracing::error!("webhook dispatcher: undecodable bus message dead-lettered");
             consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
         }
-        let (owned, stale, busy) = record::start_attempts(&self.db, "webhook", &jobs, self.lease).await?;
-
-        // Per endpoint: attempts start in bus order, up to endpoint_concurrency at once;
-        // endpoints in parallel.
-        let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
-        for (idx, s) in owned {
-            groups.entry(s.target.clone()).or_default().push((idx, s));
-        }
-        let endpoint_ids: Vec<Uuid> = groups.keys().filter_map(|k| k.parse().ok()).collect();
+        let claimed = record::start_attempts(&self.db, "webhook", &jobs, self.lease, self.max_starts).await?;
+        let endpoint_ids: Vec<Uuid> = {
+            let mut ids: Vec<Uuid> = claimed.owned.iter().filter_map(|(_, s)| s.target.parse().ok()).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
         let targets = Arc::new(self.targets(&endpoint_ids).await?);
-        let owned_ids: Vec<Uuid> = groups.values().flatten().map(|(_, s)| s.id).collect();
+        self.prune_slots();
         let per_endpoint = self.cfg.endpoint_concurrency;
-        let work = stream::iter(groups)
-            .map(|(endpoint, items)| {
-                let this = self.clone();
-                let targets = targets.clone();
-                async move {
-                    let id: Option<Uuid> = endpoint.parse().ok();
-                    let target = id.and_then(|id| targets.get(&id));
-                    // Set when an attempt to this endpoint times out or cannot connect:
-                    // its attempts not yet started are deferred instead of holding the
-                    // batch (and every other endpoint's next batch) for a timeout each.
-                    let tripped = AtomicBool::new(false);
-                    let tripped = &tripped;
-                    stream::iter(items)
-                        .map(|(idx, s)| {
-                            let this = this.clone();
-                            let endpoint = endpoint.clone();
-                            async move { (idx, this.attempt(id, target, &endpoint, s, tripped).await) }
-                        })
-                        .buffered(per_endpoint)
-                        .collect::<Vec<_>>()
-                        .await
-                }
-            })
-            .buffer_unordered(self.cfg.concurrency)
-            .collect::<Vec<Vec<(usize, Step)>>>();
-        let results = record::with_heartbeat(&self.db, &owned_ids, self.lease, consumer, work).await;
+        let concurrency = self.cfg.concurrency;
+        // Per endpoint: attempts start in bus order, up to endpoint_concurrency at once;
+        // endpoints in parallel; each endpoint's outcomes are recorded as soon as its
+        // attempts are done.
+        let groups = |owned: Vec<(usize, Started)>| {
+            let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
+            for (idx, s) in owned {
+                groups.entry(s.target.clone()).or_default().push((idx, s));
+            }
+            let this = self.clone();
+            let targets = targets.clone();
+            stream::iter(groups)
+                .map(move |(endpoint, items)| {
+                    let this = this.clone();
+                    let targets = targets.clone();
+                    async move {
+                        let id: Option<Uuid> = endpoint.parse().ok();
+                        let target = id.and_then(|id| targets.get(&id));
+                        // Set when an attempt to this endpoint times out or cannot connect:
+                        // its attempts not yet started are deferred instead of holding the
+                        // endpoint's other messages for a timeout each.
+                        let tripped = AtomicBool::new(false);
+                        let tripped = &tripped;
+                        stream::iter(items)
+                            .map(|(idx, s)| {
+                                let this = this.clone();
+                                let endpoint = endpoint.clone();
+                                async move { (idx, this.attempt(id, target, &endpoint, s, tripped).await) }
+                            })
+                            .buffered(per_endpoint)
+                            .collect::<Vec<_>>()
+                            .await
+                    }
+                })
+                .buffer_unordered(concurrency)
+        };
+        let made = record::drive(&self.db, consumer, Topic::Webhook, batch, claimed, self.lease, groups).await?;
 
-        let mut done = Vec::with_capacity(batch.len());
-        let mut records = Vec::with_capacity(batch.len());
-        let mut deferred = Vec::new();
         // Per endpoint: did anything succeed, did everything fail, did it say 410.
         let mut health: HashMap<Uuid, Health> = HashMap::new();
-        for (idx, step) in results.into_iter().flatten() {
-            done.push(idx);
-            let (rec, h) = match step {
-                Step::Made(rec, h) => (rec, h),
-                Step::Deferred(d) => {
-                    deferred.push(d);
-                    continue;
-                }
-            };
+        for (rec, h) in &made {
+            tracing::info!(
+                delivery_id = %rec.delivery_id, endpoint_id = %rec.key, attempt = rec.attempt, outcome = rec.outcome.as_str(),
+                http_status = rec.http_status, duration_ms = rec.duration_ms, "webhook attempt recorded"
+            );
             if let Ok(id) = rec.key.parse::<Uuid>() {
                 let e = health.entry(id).or_insert(Health::NotTried);
-                *e = match (*e, h) {
+                *e = match (*e, *h) {
                     (Health::Gone, _) | (_, Health::Gone) => Health::Gone,
                     (Health::Ok, _) | (_, Health::Ok) => Health::Ok,
                     (Health::Failed, _) | (_, Health::Failed) => Health::Failed,
                     _ => Health::NotTried,
                 };
             }
-            records.push(rec);
-        }
-        record::record(&self.db, Topic::Webhook, &records).await?;
-        record::defer(&self.db, Topic::Webhook, &deferred).await?;
-        if !deferred.is_empty() {
-            crate::metrics::webhook_deferred(deferred.len() as u64);
-            tracing::info!(deferred = deferred.len(), "webhook attempts deferred (endpoint timing out or rate-limited)");
-        }
-        for r in &records {
-            tracing::info!(
-                delivery_id = %r.delivery_id, endpoint_id = %r.key, attempt = r.attempt, outcome = r.outcome.as_str(),
-                http_status = r.http_status, duration_ms = r.duration_ms, "webhook attempt recorded"
-            );
         }
         if let Err(e) = self.endpoint_health(&health, &targets).await {
             // The attempts are recorded; the next failure re-evaluates the endpoint.
             tracing::warn!(error = %format!("{e:#}"), "cannot update endpoint health");
         }
-        record::settle(consumer, batch, done, stale, busy).await
+        Ok(())
+    }
+
+    /// Forgets pacing slots in the past (an endpoint not sent to for a while), so the
+    /// map holds only endpoints being paced right now.
+    fn prune_slots(&self) {
+        let mut slots = self.slots.lock().expect("slots");
+        if slots.len() > 64 {
+            let now = Instant::now();
+            slots.retain(|_, t| *t > now);
+        }
     }
 
     /// Tracks since when each endpoint has been failing (in PostgreSQL), and disables
@@ -405,10 +414,10 @@ impl WebhookDispatcher {
         tripped: &AtomicBool,
     ) -> Step {
         let defer = |s: &Started, wait: Duration| {
-            Step::Deferred(Deferred {
+            record::Step::Deferred(Deferred {
                 delivery_id: s.id,
                 attempt: s.attempt,
-                until: Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+                until: crate::retry::after(wait.min(crate::retry::MAX_DELAY)).unwrap_or_else(Utc::now),
                 key: key.to_owned(),
             })
         };
@@ -424,7 +433,7 @@ impl WebhookDispatcher {
         if health == Health::Failed && rec.http_status.is_none() && rec.outcome == Outcome::TransientFailure {
             tripped.store(true, Ordering::Relaxed);
         }
-        Step::Made(rec, health)
+        record::Step::Made(rec, health)
     }
 
     /// Makes one attempt: the signed POST, and its classification.
@@ -451,8 +460,7 @@ impl WebhookDispatcher {
             }
         };
         if let Err(refused) = self.guard.check_url(&url) {
-            crate::metrics::ssrf_refused();
-            rec.error = Some(refused.to_string());
+            refused_by_policy(&mut rec, key, &refused);
             return (rec, Health::Failed);
         }
 
@@ -522,8 +530,7 @@ impl WebhookDispatcher {
             }
             Err(e) => {
                 if let Some(refused) = ssrf::refused_in(&e) {
-                    crate::metrics::ssrf_refused();
-                    rec.error = Some(refused.to_string());
+                    refused_by_policy(&mut rec, key, refused);
                 } else if e.is_timeout() {
                     rec.outcome = Outcome::TransientFailure;
                     throttled = true;
@@ -540,7 +547,7 @@ impl WebhookDispatcher {
         if rec.outcome == Outcome::TransientFailure {
             let schedule = t.schedule.as_ref().unwrap_or(&self.cfg.retry_schedule);
             rec.retry_at = next_delay(schedule, s.round_attempts(), throttled, wait_hint, &self.cfg)
-                .map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+                .and_then(crate::retry::after);
         }
         (rec, health)
     }
