@@ -22,6 +22,8 @@ pub enum Respond {
     After(Duration, u16),
     /// This status with a body of this many bytes.
     Big(u16, usize),
+    /// This status with exactly these body bytes (NUL bytes, invalid UTF-8, ...).
+    Body(u16, Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,7 @@ async fn handle(
             (code(c), "late").into_response()
         }
         Respond::Big(c, n) => (code(c), "x".repeat(n)).into_response(),
+        Respond::Body(c, bytes) => (code(c), bytes).into_response(),
     }
 }
 

@@ -262,6 +262,10 @@ impl WebhookDispatcher {
         self.prune_slots();
         let per_endpoint = self.cfg.endpoint_concurrency;
         let concurrency = self.cfg.concurrency;
+        // Each endpoint may start attempts for one request timeout per batch; what it has
+        // not started by then is deferred to the next batch, so a slow endpoint that does
+        // answer cannot stretch a batch (and everyone's next one) to many timeouts.
+        let deadline = Instant::now() + self.cfg.timeout;
         // Per endpoint: attempts start in bus order, up to endpoint_concurrency at once;
         // endpoints in parallel; each endpoint's outcomes are recorded as soon as its
         // attempts are done.
@@ -288,7 +292,7 @@ impl WebhookDispatcher {
                             .map(|(idx, s)| {
                                 let this = this.clone();
                                 let endpoint = endpoint.clone();
-                                async move { (idx, this.attempt(id, target, &endpoint, s, tripped).await) }
+                                async move { (idx, this.attempt(id, target, &endpoint, s, tripped, deadline).await) }
                             })
                             .buffered(per_endpoint)
                             .collect::<Vec<_>>()
@@ -412,6 +416,7 @@ impl WebhookDispatcher {
         key: &str,
         s: Started,
         tripped: &AtomicBool,
+        deadline: Instant,
     ) -> Step {
         let defer = |s: &Started, wait: Duration| {
             record::Step::Deferred(Deferred {
@@ -423,6 +428,9 @@ impl WebhookDispatcher {
         };
         if tripped.load(Ordering::Relaxed) {
             return defer(&s, self.cfg.throttle_floor);
+        }
+        if Instant::now() >= deadline {
+            return defer(&s, Duration::ZERO);
         }
         if let (Some(id), Some(Target { enabled: true, rate_limit: Some(rate), .. })) = (id, target) {
             if let Err(wait) = self.pace(id, *rate).await {

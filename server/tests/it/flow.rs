@@ -41,7 +41,7 @@ async fn welcome_email_flow_end_to_end() {
     assert!(m.data.contains("text/html") && m.data.contains("text/plain"));
     assert_eq!(m.header("Message-ID").unwrap(), format!("<{delivery_id}@127.0.0.1>"));
     // The bus message was consumed.
-    assert_eq!(h.count("outbox").await, 0);
+    h.wait_count("outbox", 0).await;
     h.stop().await;
 }
 
@@ -138,7 +138,7 @@ async fn permanent_smtp_failure_fails_after_one_attempt() {
     // Nothing is left to do: no retry was scheduled.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(sink.data_ends(), 1);
-    assert_eq!(h.count("outbox").await, 0);
+    h.wait_count("outbox", 0).await;
     h.stop().await;
 }
 
@@ -207,7 +207,7 @@ async fn killed_dispatcher_loses_nothing() {
     // The killed attempt left no record; the retried one did.
     assert_eq!(d["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(sink.accepted().len(), 1);
-    assert_eq!(h.count("outbox").await, 0);
+    h.wait_count("outbox", 0).await;
     h.stop().await;
 }
 
@@ -225,7 +225,7 @@ async fn undecodable_bus_messages_are_dead_lettered_and_counted() {
     .await;
     let reason: String = sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_one(&h.db).await.unwrap();
     assert!(reason.contains("undecodable"), "{reason}");
-    assert_eq!(h.count("outbox").await, 0);
+    h.wait_count("outbox", 0).await;
     let metrics = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("herald_bus_dead_lettered_total{topic=\"email\"} 1"), "{metrics}");
     // The pipeline keeps working.

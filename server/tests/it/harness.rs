@@ -197,6 +197,15 @@ impl Herald {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.db).await.unwrap()
     }
 
+    /// Waits until `table` holds `n` rows. Every bus acks after recording, so "the
+    /// attempt is recorded" never means "the message is gone" yet: wait on the condition.
+    pub async fn wait_count(&self, table: &str, n: i64) {
+        eventually(Duration::from_secs(30), &format!("{table} to hold {n} rows"), || async {
+            (self.count(table).await == n).then_some(())
+        })
+        .await
+    }
+
     pub fn kill(&mut self) {
         self.child.start_kill().unwrap();
     }

@@ -98,7 +98,7 @@ async fn welcome_flow_on_kafka() {
     assert!(metric(&h, "herald_bus_published_total{topic=\"webhook\"}").await >= 1.0);
     assert!(metric(&h, "herald_bus_consumed_total{topic=\"webhook\"}").await >= 1.0);
     assert!(metric(&h, "herald_bus_consumed_total{topic=\"email\"}").await >= 1.0);
-    assert_eq!(h.count("outbox").await, 0);
+    h.wait_count("outbox", 0).await;
     let ready = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     h.stop().await;
@@ -280,4 +280,90 @@ async fn slow_smtp_does_not_get_the_consumer_evicted() {
     let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("herald_consumer_lag{"), "{text}");
     h.stop().await;
+}
+
+/// Two webhook messages in one partition: an early one whose endpoint is slow, a later
+/// one that finishes at once. The consumer is killed between: the stored offset must
+/// not have passed the unfinished early message, or it is never delivered.
+#[tokio::test]
+async fn a_killed_consumer_never_commits_past_an_unfinished_message() {
+    use herald_testkit::receiver::{Receiver, Respond};
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let one = with(&env, &[("HERALD_KAFKA_PARTITIONS", "1"), ("HERALD_ROLES", "api,relay,email")]);
+    let api = Herald::start(&db, &sink.url(), &one).await;
+    let key = api.api_key(&["notifications:write", "notifications:read"]).await;
+    let owner = api.api_key(&["endpoints:read", "endpoints:write"]).await;
+    let slow = Receiver::start().await;
+    slow.script(vec![Respond::After(Duration::from_secs(30), 200)]);
+    let fast = Receiver::start().await;
+    let slow_ep = api.create_endpoint(&owner, &serde_json::json!({"url": slow.url("/"), "event_types": ["user.*"]})).await;
+    let fast_ep =
+        api.create_endpoint(&owner, &serde_json::json!({"url": fast.url("/"), "event_types": ["endpoint.disabled"]})).await;
+    let id = api.send_welcome(&key, "Ada", "ada@example.test").await;
+    let (s, _) =
+        api.call(reqwest::Method::POST, &format!("/api/v1/endpoints/{}/test", fast_ep["id"].as_str().unwrap()), &owner, None).await;
+    assert_eq!(s, 202);
+    api.wait_count("outbox", 0).await;
+    // Both messages are in the partition, the slow one first; one worker takes both.
+    let worker_env = with(&env, &[("HERALD_KAFKA_PARTITIONS", "1"), ("HERALD_ROLES", "webhook"), ("HERALD_WEBHOOK_TIMEOUT", "40s")]);
+    let mut worker = Herald::start(&db, &sink.url(), &worker_env).await;
+    eventually(Duration::from_secs(30), "the fast delivery to be recorded", || async {
+        let ok: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE target = $1 AND status = 'succeeded'")
+            .bind(fast_ep["id"].as_str().unwrap())
+            .fetch_one(&api.db)
+            .await
+            .unwrap();
+        (ok == 1).then_some(())
+    })
+    .await;
+    assert_eq!(slow.count(), 1, "the slow endpoint is still answering");
+    // Long enough for the auto-commit timer to write whatever offset was stored.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    worker.kill();
+    worker.child.wait().await.unwrap();
+    // The dead worker's lease on the slow delivery runs out (here: at once).
+    sqlx::query("UPDATE deliveries SET lease_until = now() - interval '1 second' WHERE status = 'in_flight'")
+        .execute(&api.db)
+        .await
+        .unwrap();
+    let worker = Herald::start(&db, &sink.url(), &worker_env).await;
+    let n = api.wait_terminal(&key, &id).await;
+    let d = n["deliveries"].as_array().unwrap().iter().find(|d| d["target"] == slow_ep["id"]).unwrap().clone();
+    assert_eq!(d["status"], "succeeded", "{n}");
+    assert_eq!(slow.count(), 2, "the unfinished message was consumed again after the crash");
+    assert_eq!(fast.count(), 1, "the finished one was not sent again");
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// Deliveries waiting in consumer lag were published: the sweeper leaves them alone.
+#[tokio::test]
+async fn the_sweeper_leaves_published_deliveries_in_consumer_lag_alone() {
+    let broker = Broker::memory().await;
+    let env = kafka_env(&broker.addr());
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    // The sweeper runs with the webhook role; nobody consumes email yet.
+    let api = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "api,relay,webhook"), ("HERALD_SWEEP_AFTER", "1s")])).await;
+    let key = api.api_key(&["notifications:write", "notifications:read"]).await;
+    const N: usize = 5;
+    post_many(&api, &key, 0..N).await;
+    api.wait_count("outbox", 0).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let swept: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE next_attempt_at IS NOT NULL")
+        .fetch_one(&api.db)
+        .await
+        .unwrap();
+    assert_eq!(swept, 0, "published deliveries were re-enqueued by the sweeper");
+    let published: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE published_at IS NOT NULL").fetch_one(&api.db).await.unwrap();
+    assert_eq!(published, N as i64);
+    let email = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
+    wait_all_succeeded(&api, N as i64, Duration::from_secs(60)).await;
+    assert_eq!(assert_none_missing(&sink, N), 0, "each email sent once");
+    email.stop().await;
+    api.stop().await;
 }

@@ -8,5 +8,6 @@ mod bus_contract;
 mod cli;
 mod errors;
 mod flow;
+mod hardening;
 mod kafka_flow;
 mod webhooks;
