@@ -88,15 +88,23 @@ async fn an_outcome_that_cannot_be_recorded_is_dead_lettered_after_the_limit() {
 }
 
 #[tokio::test]
-async fn an_absurd_retry_schedule_is_refused_and_a_stored_one_cannot_stop_the_dispatcher() {
-    // A huge Retry-After is capped by HERALD_WEBHOOK_RETRY_AFTER_MAX (1s here).
-    let (_sink, h, key) = setup(&[], &[("HERALD_WEBHOOK_RETRY_AFTER_MAX", "1s")]).await;
+async fn an_absurd_retry_schedule_is_refused() {
+    let (_sink, h, _key) = setup(&[], &[]).await;
     let owner = h.api_key(ENDPOINT_SCOPES).await;
     let rx = Receiver::start().await;
     let (s, p) = h
         .call(Method::POST, "/api/v1/endpoints", &owner, Some(&json!({"url": rx.url("/"), "retry_schedule": "100000000000000s"})))
         .await;
     assert_eq!((s, p["type"].as_str().unwrap()), (422, "urn:herald:problem:invalid-retry-schedule"), "{p}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_absurd_retry_schedule_cannot_stop_the_dispatcher() {
+    // A huge Retry-After is capped by HERALD_WEBHOOK_RETRY_AFTER_MAX (1s here).
+    let (_sink, h, key) = setup(&[], &[("HERALD_WEBHOOK_RETRY_AFTER_MAX", "1s")]).await;
+    let owner = h.api_key(ENDPOINT_SCOPES).await;
+    let rx = Receiver::start().await;
     // One stored before the bound existed: the dispatcher must survive it.
     let ep = h.create_endpoint(&owner, &json!({"url": rx.url("/"), "event_types": ["user.*"]})).await;
     sqlx::query("UPDATE endpoints SET retry_schedule = '100000000000000s'").execute(&h.db).await.unwrap();

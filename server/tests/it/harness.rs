@@ -10,7 +10,10 @@ use tokio::process::{Child, Command};
 pub use herald_testkit::smtp::{Reply, SmtpSink};
 pub use herald_testkit::{free_port, fresh_database};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
+/// The binary under test: this build's, or `HERALD_TEST_BIN` (to run a test against
+/// another build, for example to see it fail before a fix).
+pub static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| std::env::var("HERALD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald").to_owned()));
 pub const TEST_SECRET_KEY: &str = "6d2f0c3e9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f302112030405";
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
@@ -61,7 +64,7 @@ pub fn base_env(db_url: &str, smtp_url: &str) -> Vec<(String, String)> {
 /// Runs `herald` with the given environment (and nothing inherited that could
 /// configure it) and returns (exit success, stdout, stderr).
 pub async fn run_cli(env: &[(String, String)], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(BIN.as_str())
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -87,7 +90,7 @@ impl Herald {
         env.retain(|(k, _)| k != "HERALD_LISTEN_ADDR");
         env.push(("HERALD_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
         let db_url = env.iter().find(|(k, _)| k == "DATABASE_URL").unwrap().1.clone();
-        let child = Command::new(BIN)
+        let child = Command::new(BIN.as_str())
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
