@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         env.push((k.into(), v.into()));
     }
     let key_out = std::process::Command::new(&args.herald)
-        .args(["api-key", "create", "--name", "bench", "--scope", "admin"])
+        .args(["api-key", "create", "--name", "bench", "--scope", "admin", "--rate-limit", "0"])
         .envs(env.iter().cloned())
         .output()?;
     anyhow::ensure!(key_out.status.success(), "api-key create failed: {}", String::from_utf8_lossy(&key_out.stderr));
