@@ -79,9 +79,16 @@ async fn an_outcome_that_cannot_be_recorded_is_dead_lettered_after_the_limit() {
     assert!(d["last_error"].as_str().unwrap().contains("could not be recorded"), "{d}");
     assert_eq!(poison.count(), 3, "sent once per allowed delivery of the message, then given up");
     assert_eq!(fine.count(), 1);
-    let reason: String = sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_one(&h.db).await.unwrap();
+    // The delivery is failed just before its message is dead-lettered: wait for that.
+    let reason: String = eventually(Duration::from_secs(20), "the dead letter", || async {
+        sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_optional(&h.db).await.unwrap()
+    })
+    .await;
     assert!(reason.contains("could not be recorded"), "{reason}");
-    assert_eq!(metric(&h, "herald_bus_dead_lettered_total").await, 1.0);
+    eventually(Duration::from_secs(10), "the dead-letter metric", || async {
+        (metric(&h, "herald_bus_dead_lettered_total").await == 1.0).then_some(())
+    })
+    .await;
     assert!(metric(&h, "herald_attempts_unrecorded_total").await >= 3.0);
     h.wait_count("outbox", 0).await;
     h.stop().await;
@@ -178,11 +185,11 @@ async fn secrets_and_header_values_need_a_write_key_and_are_sealed_at_rest() {
 
 #[tokio::test]
 async fn a_slow_endpoint_holds_back_only_its_own_deliveries() {
-    let (_sink, h, key) = setup(&[], &[("HERALD_WEBHOOK_TIMEOUT", "10s")]).await;
+    let (_sink, h, key) = setup(&[], &[("HERALD_WEBHOOK_TIMEOUT", "12s")]).await;
     let a = h.api_key(ENDPOINT_SCOPES).await;
     let b = h.api_key(ENDPOINT_SCOPES).await;
     let slow = Receiver::start().await;
-    slow.set_default(Respond::After(Duration::from_secs(5), 200));
+    slow.set_default(Respond::After(Duration::from_secs(8), 200));
     let fast = Receiver::start().await;
     let slow_ep = h.create_endpoint(&a, &json!({"url": slow.url("/"), "event_types": ["user.*"]})).await;
     let fast_ep = h.create_endpoint(&b, &json!({"url": fast.url("/"), "event_types": ["user.*"]})).await;
@@ -230,23 +237,23 @@ async fn limits_rate_endpoints_and_recipients() {
     let (_sink, h, _key) = setup(&[], &[("HERALD_MAX_ENDPOINTS_PER_OWNER", "2"), ("HERALD_MAX_RECIPIENTS", "2")]).await;
     // Per-key request rate: a key made with --rate-limit 3.
     let (ok, out, err) =
-        run_cli(&h.env, &["api-key", "create", "--name", "slow", "--scope", "notifications:read", "--rate-limit", "3"]).await;
+        run_cli(&h.env, &["api-key", "create", "--name", "slow", "--scope", "notifications:read", "--rate-limit", "2"]).await;
     assert!(ok, "{err}");
     let slow = out.lines().last().unwrap().trim().to_owned();
-    let mut statuses = Vec::new();
-    let mut retry_after = None;
-    for _ in 0..6 {
+    let answers = futures::future::join_all((0..10).map(|_| async {
         let r = h.http.get(format!("{}/api/v1/notifications/{}", h.base, uuid::Uuid::nil())).bearer_auth(&slow).send().await.unwrap();
-        statuses.push(r.status().as_u16());
-        if r.status() == 429 {
-            retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-            let p: Value = r.json().await.unwrap();
-            assert_eq!(p["type"], "urn:herald:problem:rate-limited");
-        }
-    }
-    assert_eq!(&statuses[..3], &[404, 404, 404], "{statuses:?}");
-    assert!(statuses[3..].contains(&429), "{statuses:?}");
-    assert_eq!(retry_after.as_deref(), Some("1"));
+        let status = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let p: Value = r.json().await.unwrap_or(Value::Null);
+        (status, retry_after, p)
+    }))
+    .await;
+    let passed = answers.iter().filter(|a| a.0 == 404).count();
+    let limited: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+    assert!(passed >= 2 && !limited.is_empty(), "{answers:?}");
+    assert_eq!(passed + limited.len(), 10, "{answers:?}");
+    assert_eq!(limited[0].1.as_deref(), Some("1"));
+    assert_eq!(limited[0].2["type"], "urn:herald:problem:rate-limited");
 
     let owner = h.api_key(ENDPOINT_SCOPES).await;
     let rx = Receiver::start().await;
