@@ -199,8 +199,16 @@ pub struct WebhookConfig {
     pub secret_grace: Duration,
 }
 
+/// The longest duration any setting takes: ten years (so every duration fits in a
+/// PostgreSQL interval and in checked time arithmetic).
+const MAX_SETTING: Duration = Duration::from_secs(3650 * 86400);
+
 fn duration(v: &str) -> Result<Duration, String> {
-    humantime::parse_duration(v).map_err(|e| format!("'{v}' is not a duration such as 500ms, 30s or 5m ({e})"))
+    let d = humantime::parse_duration(v).map_err(|e| format!("'{v}' is not a duration such as 500ms, 30s or 5m ({e})"))?;
+    if d > MAX_SETTING {
+        return Err(format!("'{v}' is longer than the longest allowed, 3650d"));
+    }
+    Ok(d)
 }
 
 fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, String> {
@@ -430,6 +438,12 @@ mod tests {
         let mut pairs = BASE.to_vec();
         pairs.push(("HERALD_ROLES", "api,pigeon"));
         assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_ROLES");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_BUS_CLAIM_TIMEOUT", "100000000000000s"));
+        assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_BUS_CLAIM_TIMEOUT");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("HERALD_WEBHOOK_RETRY_SCHEDULE", "8d"));
+        assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_WEBHOOK_RETRY_SCHEDULE");
     }
 
     #[test]

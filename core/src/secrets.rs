@@ -153,6 +153,11 @@ mod tests {
         assert_eq!(key.open(a, &sealed).unwrap(), secret);
         assert!(key.open(b, &sealed).is_err(), "bound to its endpoint");
         assert!(SecretKey::from_bytes([8; 32]).open(a, &sealed).is_err(), "wrong key");
+        let headers = key.seal_headers(a, r#"{"Authorization":"Bearer x"}"#);
+        assert_eq!(key.open_headers(a, &headers).unwrap(), r#"{"Authorization":"Bearer x"}"#);
+        assert!(key.open(a, &headers).is_err(), "a sealed header map never opens as a secret");
+        assert!(key.open_headers(a, &sealed).is_err(), "nor a secret as headers");
+        assert!(key.open_headers(b, &headers).is_err(), "bound to its endpoint");
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(key.open(a, &tampered).is_err());

@@ -463,3 +463,14 @@ where
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn peer_text_is_made_storable() {
+        assert_eq!(sanitize("ok\0\0end".into()), "ok\u{FFFD}\u{FFFD}end");
+        assert_eq!(sanitize("plain".into()), "plain");
+    }
+}

@@ -265,7 +265,7 @@ impl WebhookDispatcher {
         // Each endpoint may start attempts for one request timeout per batch; what it has
         // not started by then is deferred to the next batch, so a slow endpoint that does
         // answer cannot stretch a batch (and everyone's next one) to many timeouts.
-        let deadline = Instant::now() + self.cfg.timeout;
+        let deadline = Instant::now() + self.cfg.timeout.max(Duration::from_secs(1));
         // Per endpoint: attempts start in bus order, up to endpoint_concurrency at once;
         // endpoints in parallel; each endpoint's outcomes are recorded as soon as its
         // attempts are done.
