@@ -361,6 +361,9 @@ pub fn decode(batch: &[Received]) -> (Vec<(usize, DeliveryJob)>, Vec<usize>) {
     (jobs, bad)
 }
 
+/// How long [`drive`] waits for more groups to finish before recording what has.
+pub const COALESCE: Duration = Duration::from_millis(50);
+
 /// What became of one started attempt.
 pub enum Step<T> {
     /// Made: its outcome to record, and what the dispatcher wants back about it.
@@ -389,7 +392,7 @@ where
     C: Consumer,
     S: futures::Stream<Item = Vec<(usize, Step<T>)>>,
 {
-    use futures::{FutureExt, StreamExt};
+    use futures::StreamExt;
     let Claimed { owned, stale, busy, poisoned } = claimed;
     for i in &poisoned {
         tracing::error!(delivery_id = ?batch[*i].payload.get("delivery_id"), "delivery failed: its outcome could not be recorded");
@@ -423,9 +426,20 @@ where
                 continue;
             }
         };
-        // Whatever else has finished meanwhile goes into the same transaction.
-        while let Some(Some(more)) = groups.next().now_or_never() {
-            ready.extend(more);
+        // Whatever else finishes within a short window goes into the same transaction:
+        // one slow group holds the others back by at most COALESCE, and a batch of many
+        // quick groups (recipients) is still recorded in a few transactions, not one each.
+        let window = tokio::time::Instant::now() + COALESCE;
+        let mut ended = false;
+        loop {
+            match tokio::time::timeout_at(window, groups.next()).await {
+                Ok(Some(more)) => ready.extend(more),
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         let mut made = Vec::with_capacity(ready.len());
         let mut deferred = Vec::new();
@@ -459,6 +473,9 @@ where
         consumer.ack(&acks).await?;
         if !again.is_empty() {
             consumer.redeliver(&again).await?;
+        }
+        if ended {
+            break;
         }
     }
     Ok(out)
