@@ -14,64 +14,52 @@ use tokio::sync::watch;
 /// Rows deleted per statement: short transactions, short locks.
 pub const BATCH: i64 = 500;
 
+/// Runs one `DELETE` (binding `$1` = seconds kept, `$2` = [`BATCH`]) until it removes
+/// fewer than a batch. Returns the rows removed.
+async fn drain(db: &PgPool, sql: &str, secs: f64) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(sql).bind(secs).bind(BATCH).execute(db).await?.rows_affected();
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 /// One pass: deletes everything older than `keep`, `BATCH` rows at a time. Returns the
 /// rows removed per table (notifications, idempotency keys, dead letters).
 pub async fn prune_once(db: &PgPool, keep: Duration) -> sqlx::Result<(u64, u64, u64)> {
     let secs = keep.as_secs_f64();
-    let mut totals = (0, 0, 0);
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM notifications WHERE id IN (
-                SELECT n.id FROM notifications n
-                WHERE n.created_at < now() - make_interval(secs => $1)
-                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = n.id
-                                  AND d.status IN ('pending', 'in_flight', 'retrying'))
-                ORDER BY n.created_at LIMIT $2
-                FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(secs)
-        .bind(BATCH)
-        .execute(db)
-        .await?
-        .rows_affected();
-        totals.0 += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE ctid IN (
-                SELECT ctid FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)
-                ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(secs)
-        .bind(BATCH)
-        .execute(db)
-        .await?
-        .rows_affected();
-        totals.1 += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM dead_letters WHERE id IN (
-                SELECT id FROM dead_letters WHERE created_at < now() - make_interval(secs => $1)
-                ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(secs)
-        .bind(BATCH)
-        .execute(db)
-        .await?
-        .rows_affected();
-        totals.2 += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
-    Ok(totals)
+    let notifications = drain(
+        db,
+        "DELETE FROM notifications WHERE id IN (
+            SELECT n.id FROM notifications n
+            WHERE n.created_at < now() - make_interval(secs => $1)
+              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = n.id
+                              AND d.status IN ('pending', 'in_flight', 'retrying'))
+            ORDER BY n.created_at LIMIT $2
+            FOR UPDATE SKIP LOCKED)",
+        secs,
+    )
+    .await?;
+    let keys = drain(
+        db,
+        "DELETE FROM idempotency_keys WHERE ctid IN (
+            SELECT ctid FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)
+            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        secs,
+    )
+    .await?;
+    let dead = drain(
+        db,
+        "DELETE FROM dead_letters WHERE id IN (
+            SELECT id FROM dead_letters WHERE created_at < now() - make_interval(secs => $1)
+            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        secs,
+    )
+    .await?;
+    Ok((notifications, keys, dead))
 }
 
 /// How often retention runs: a tenth of the retention period, between 1 s and 5 min.
