@@ -172,6 +172,8 @@ impl super::BatchHandler<PgConsumer> for Publisher {
 /// Reports consumer lag per partition from librdkafka's statistics.
 pub struct LagContext {
     prefix: String,
+    /// Partitions taken away by a rebalance, for the consumer to forget their marks.
+    revoked: Arc<std::sync::Mutex<Vec<i32>>>,
 }
 
 impl ClientContext for LagContext {
@@ -202,6 +204,8 @@ impl ConsumerContext for LagContext {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
             if tpl.count() > 0 {
                 crate::metrics::revoked(tpl.count() as u64);
+                let mut revoked = self.revoked.lock().expect("revoked partitions");
+                revoked.extend(tpl.elements().iter().map(|e| e.partition()));
             }
         }
     }
@@ -249,6 +253,11 @@ impl Watermarks {
         p
     }
 
+    /// Drops what is known of a partition (it was revoked).
+    pub fn forget(&mut self, partition: i32) {
+        self.parts.remove(&partition);
+    }
+
     /// The message is done (recorded, stale or dead-lettered).
     pub fn finished(&mut self, partition: i32, offset: i64) {
         let p = self.close(partition, offset);
@@ -284,6 +293,7 @@ impl Watermarks {
 /// A dispatcher's view of its Kafka topic, in a consumer group.
 pub struct KafkaConsumer {
     marks: Watermarks,
+    revoked: Arc<std::sync::Mutex<Vec<i32>>>,
     consumer: Arc<StreamConsumer<LagContext>>,
     /// Messages received by `keep_alive` during a batch, served by the next `poll`.
     buffered: std::collections::VecDeque<Received>,
@@ -294,6 +304,7 @@ pub struct KafkaConsumer {
 
 impl KafkaConsumer {
     pub fn new(settings: &KafkaSettings, topic: Topic, group: &str) -> anyhow::Result<Self> {
+        let revoked = Arc::new(std::sync::Mutex::new(Vec::new()));
         // A dead member is noticed after the session timeout; keep it short so its
         // partitions move to the living quickly.
         let consumer: StreamConsumer<LagContext> = settings
@@ -306,13 +317,14 @@ impl KafkaConsumer {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create_with_context(LagContext { prefix: settings.topic_prefix.clone() })?;
+            .create_with_context(LagContext { prefix: settings.topic_prefix.clone(), revoked: revoked.clone() })?;
         let name = settings.topic(topic.as_str());
         consumer.subscribe(&[&name])?;
         Ok(Self {
             consumer: Arc::new(consumer),
             buffered: Default::default(),
             marks: Watermarks::default(),
+            revoked,
             settings: settings.clone(),
             topic: name,
             dead_letters: settings.producer()?,
@@ -360,6 +372,20 @@ impl KafkaConsumer {
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
         let consumer = self.consumer.clone();
+        // A partition that left us starts afresh if it comes back: its new position is the
+        // group's committed offset. (A batch still finishing on it only closes offsets
+        // whose outcome it recorded, so forgetting can never pass unrecorded work.)
+        for p in std::mem::take(&mut *self.revoked.lock().expect("revoked partitions")) {
+            self.marks.forget(p);
+            // Messages already buffered for it are still to be processed: open again.
+            for m in &self.buffered {
+                if let Receipt::Kafka { partition, offset } = m.receipt {
+                    if partition == p {
+                        self.marks.received(partition, offset);
+                    }
+                }
+            }
+        }
         let mut out: Vec<Received> = self.buffered.drain(..self.buffered.len().min(max)).collect();
         // Wait up to a second for the first message, then take what is already buffered.
         if out.is_empty() {
