@@ -258,6 +258,13 @@ async fn main() -> anyhow::Result<()> {
         args.notifications as i64 - notifications,
         statuses.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", ")
     );
+    let last_normal = normal
+        .iter()
+        .flat_map(|rx| rx.requests().into_iter().map(|r| r.at))
+        .max()
+        .map(|at| at.duration_since(t0).as_secs_f64())
+        .unwrap_or_default();
+    println!("normal:   the normal endpoints had every event {last_normal:.1} s after the first request");
     for (i, rx) in normal.iter().enumerate() {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for r in rx.requests() {
