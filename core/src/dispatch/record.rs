@@ -362,7 +362,7 @@ pub fn decode(batch: &[Received]) -> (Vec<(usize, DeliveryJob)>, Vec<usize>) {
 }
 
 /// How long [`drive`] waits for more groups to finish before recording what has.
-pub const COALESCE: Duration = Duration::from_millis(50);
+pub const COALESCE: Duration = Duration::from_millis(250);
 
 /// What became of one started attempt.
 pub enum Step<T> {

@@ -72,10 +72,17 @@ async fn main() -> anyhow::Result<()> {
         let (k, v) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE"))?;
         env.push((k.into(), v.into()));
     }
-    let key_out = std::process::Command::new(&args.herald)
+    // No request rate limit for the benchmark's key (builds before --rate-limit: none).
+    let mut key_out = std::process::Command::new(&args.herald)
         .args(["api-key", "create", "--name", "bench", "--scope", "admin", "--rate-limit", "0"])
         .envs(env.iter().cloned())
         .output()?;
+    if !key_out.status.success() {
+        key_out = std::process::Command::new(&args.herald)
+            .args(["api-key", "create", "--name", "bench", "--scope", "admin"])
+            .envs(env.iter().cloned())
+            .output()?;
+    }
     anyhow::ensure!(key_out.status.success(), "api-key create failed: {}", String::from_utf8_lossy(&key_out.stderr));
     let key = String::from_utf8(key_out.stdout)?.lines().last().unwrap_or_default().trim().to_owned();
 
