@@ -58,6 +58,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("not found")]
     NotFound,
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
+    #[error("the request took longer than {0} s and was abandoned")]
+    Timeout(u64),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -97,6 +101,8 @@ impl ApiError {
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout", "Request timeout"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
         }
     }

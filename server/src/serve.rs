@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use axum::Router;
 use herald_core::api::{self, AppState, BusProbe};
 use herald_core::bus::kafka::{self, KafkaConsumer, KafkaSettings, Relay};
@@ -22,8 +21,10 @@ use leptos::prelude::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+
+/// The longest a request may run before it is answered 408.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn console(config: &Config) -> Router {
     let options = LeptosOptions::builder()
@@ -202,7 +203,11 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)));
+        // A request running longer than 30 s is abandoned with a problem+json 408.
+        .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
+            herald_core::problem::ApiError::Timeout(REQUEST_TIMEOUT.as_secs())
+        }))
+        .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT));
     let app = app.layer(layers.clone());
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await

@@ -2,7 +2,7 @@
 //! reaches every owner's). Another owner's endpoint answers 404, never 403.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -67,8 +67,9 @@ impl Page {
 pub async fn list(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsRead>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(page) = page.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
     let limit = page.limit()?;
     let items = endpoints::list(&s.db, &who, limit, page.after).await?;
     let next = if items.len() as i64 == limit { items.last().map(|e| e.id) } else { None };
@@ -202,8 +203,9 @@ pub async fn deliveries(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsRead>,
     Path(raw): Path<String>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Vec<EndpointDelivery>>, ApiError> {
+    let Query(page) = page.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
     let limit = page.limit()?;
     if let Some(st) = page.status.as_deref() {
         if !STATUSES.contains(&st) {

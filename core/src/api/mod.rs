@@ -112,8 +112,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/endpoints/{id}/deliveries", get(endpoints::deliveries))
         .route("/api/v1/endpoints/{id}/deliveries/{delivery_id}", get(endpoints::delivery))
         .route("/api/v1/endpoints/{id}/deliveries/{delivery_id}/resend", post(endpoints::resend))
+        // Every /api answer is problem+json: unknown paths and methods too.
+        .route("/api", axum::routing::any(not_found))
+        .route("/api/{*rest}", axum::routing::any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, served by every process whatever its roles.

@@ -140,3 +140,19 @@ async fn notifications_are_visible_only_to_their_owner() {
     problem(r, 404, "not-found").await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn unknown_paths_methods_and_query_strings_under_api_are_problem_json() {
+    let sink = SmtpSink::start().await;
+    let h = Herald::start(&fresh_database().await, &sink.url(), &[]).await;
+    let key = h.api_key(&["endpoints:read", "endpoints:write"]).await;
+    problem(h.http.get(format!("{}/api/v1/no-such-thing", h.base)).send().await.unwrap(), 404, "not-found").await;
+    problem(h.http.get(format!("{}/api", h.base)).send().await.unwrap(), 404, "not-found").await;
+    problem(h.http.put(format!("{}/api/v1/notifications", h.base)).send().await.unwrap(), 405, "method-not-allowed").await;
+    let r = h.http.get(format!("{}/api/v1/endpoints?limit=lots", h.base)).bearer_auth(&key).send().await.unwrap();
+    let p = problem(r, 400, "invalid-request").await;
+    assert!(p["detail"].as_str().unwrap().contains("query string"), "{p}");
+    // The console still answers its own pages.
+    assert_eq!(h.http.get(format!("{}/", h.base)).send().await.unwrap().status(), 200);
+    h.stop().await;
+}
