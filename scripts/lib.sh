@@ -25,6 +25,10 @@ apt_install() {
 
 ensure_rust() {
   command -v cargo >/dev/null || die "cargo is missing: install Rust 1.95+ with rustup first"
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    log "adding the rustfmt and clippy components"
+    rustup component add rustfmt clippy
+  fi
   if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     log "adding the wasm32-unknown-unknown target"
     rustup target add wasm32-unknown-unknown

@@ -16,6 +16,10 @@ for db in $(psql "$PG_ADMIN_URL/postgres" -Atc "SELECT datname FROM pg_database 
   psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
 done
 
+log "format and lint (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --all --check || die "the tree is not formatted: run cargo fmt --all"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
 build_release
 
 log "unit and integration tests"

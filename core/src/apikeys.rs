@@ -21,8 +21,13 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] =
-        [Scope::NotificationsWrite, Scope::NotificationsRead, Scope::EndpointsRead, Scope::EndpointsWrite, Scope::Admin];
+    pub const ALL: [Scope; 5] = [
+        Scope::NotificationsWrite,
+        Scope::NotificationsRead,
+        Scope::EndpointsRead,
+        Scope::EndpointsWrite,
+        Scope::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -33,9 +33,8 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut map = HashMap::new();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new("HERALD_CONFIG_FILE", format!("cannot read {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new("HERALD_CONFIG_FILE", format!("cannot read {}: {e}", path.display())))?;
             let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                 ConfigError::new("HERALD_CONFIG_FILE", format!("{} is not valid TOML: {}", path.display(), e.message()))
             })?;
@@ -49,9 +48,7 @@ impl Settings {
                         .map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string()))
                         .collect::<Vec<_>>()
                         .join(","),
-                    other => {
-                        return Err(ConfigError::new(&k, format!("unsupported value {other} in the config file")))
-                    }
+                    other => return Err(ConfigError::new(&k, format!("unsupported value {other} in the config file"))),
                 };
                 map.insert(k, value);
             }
@@ -69,9 +66,7 @@ impl Settings {
     }
 
     fn required(&self, var: &str, hint: &str) -> Result<String, ConfigError> {
-        self.get(var)
-            .map(str::to_owned)
-            .ok_or_else(|| ConfigError::new(var, format!("is not set; {hint}")))
+        self.get(var).map(str::to_owned).ok_or_else(|| ConfigError::new(var, format!("is not set; {hint}")))
     }
 
     fn parsed<T>(&self, var: &str, default: T, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
@@ -82,7 +77,8 @@ impl Settings {
     }
 
     pub fn database_url(&self) -> Result<String, ConfigError> {
-        let url = self.required("DATABASE_URL", "set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1/herald")?;
+        let url =
+            self.required("DATABASE_URL", "set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1/herald")?;
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::new("DATABASE_URL", "must start with postgres:// or postgresql://"));
         }
@@ -204,7 +200,8 @@ pub struct WebhookConfig {
 const MAX_SETTING: Duration = Duration::from_secs(3650 * 86400);
 
 fn duration(v: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(v).map_err(|e| format!("'{v}' is not a duration such as 500ms, 30s or 5m ({e})"))?;
+    let d =
+        humantime::parse_duration(v).map_err(|e| format!("'{v}' is not a duration such as 500ms, 30s or 5m ({e})"))?;
     if d > MAX_SETTING {
         return Err(format!("'{v}' is longer than the longest allowed, 3650d"));
     }
@@ -280,11 +277,10 @@ impl Config {
         }
         lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&smtp_url)
             .map_err(|e| ConfigError::new("HERALD_SMTP_URL", format!("is not a usable SMTP URL: {e}")))?;
-        let email_from = s.parsed(
-            "HERALD_EMAIL_FROM",
-            "Herald <herald@localhost>".parse().expect("valid default sender"),
-            |v| v.parse().map_err(|_| format!("'{v}' is not an address such as Herald <noreply@example.com>")),
-        )?;
+        let email_from =
+            s.parsed("HERALD_EMAIL_FROM", "Herald <herald@localhost>".parse().expect("valid default sender"), |v| {
+                v.parse().map_err(|_| format!("'{v}' is not an address such as Herald <noreply@example.com>"))
+            })?;
         let bus = s.parsed("HERALD_BUS", BusKind::Postgres, |v| match v {
             "postgres" => Ok(BusKind::Postgres),
             "kafka" => Ok(BusKind::Kafka),
@@ -366,7 +362,11 @@ impl Config {
     pub fn public_host(&self) -> &str {
         let rest = self.public_url.split("://").nth(1).unwrap_or("localhost");
         let host = rest.split(['/', ':']).next().unwrap_or("localhost");
-        if host.is_empty() { "localhost" } else { host }
+        if host.is_empty() {
+            "localhost"
+        } else {
+            host
+        }
     }
 }
 
@@ -463,7 +463,10 @@ mod tests {
         assert_eq!(k.topic("email"), "herald.email");
         assert_eq!(
             k.properties,
-            vec![("sasl.mechanism".to_owned(), "PLAIN".to_owned()), ("security.protocol".to_owned(), "SASL_SSL".to_owned())]
+            vec![
+                ("sasl.mechanism".to_owned(), "PLAIN".to_owned()),
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned())
+            ]
         );
         assert_eq!(k.consumer_properties, vec![("max.poll.interval.ms".to_owned(), "600000".to_owned())]);
         assert!(k.producer_properties.is_empty());

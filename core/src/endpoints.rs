@@ -191,11 +191,8 @@ fn valid_filter(f: &str) -> bool {
 }
 
 async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, ApiError> {
-    let url: reqwest::Url = e
-        .url
-        .trim()
-        .parse()
-        .map_err(|err| bad(format!("url '{}' is not a valid URL: {err}", e.url.trim())))?;
+    let url: reqwest::Url =
+        e.url.trim().parse().map_err(|err| bad(format!("url '{}' is not a valid URL: {err}", e.url.trim())))?;
     if url.as_str().len() > 2048 {
         return Err(bad("url must be at most 2048 characters"));
     }
@@ -211,7 +208,9 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, A
     event_types.sort();
     event_types.dedup();
     if event_types.is_empty() || event_types.len() > 50 {
-        return Err(bad("event_types must list 1 to 50 filters, such as [\"user.registered\"], [\"user.*\"] or [\"*\"]"));
+        return Err(bad(
+            "event_types must list 1 to 50 filters, such as [\"user.registered\"], [\"user.*\"] or [\"*\"]",
+        ));
     }
     if let Some(f) = event_types.iter().find(|f| !valid_filter(f)) {
         return Err(bad(format!(
@@ -220,10 +219,8 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, A
     }
     let exact: Vec<&String> = event_types.iter().filter(|f| *f != "*" && !f.ends_with(".*")).collect();
     if !exact.is_empty() {
-        let known: Vec<String> = sqlx::query_scalar("SELECT name FROM event_types WHERE name = ANY($1)")
-            .bind(&exact)
-            .fetch_all(db)
-            .await?;
+        let known: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM event_types WHERE name = ANY($1)").bind(&exact).fetch_all(db).await?;
         if let Some(unknown) = exact.iter().find(|f| !known.contains(f)) {
             return Err(ApiError::UnknownEventType((*unknown).clone()));
         }
@@ -408,7 +405,12 @@ pub async fn update(
 }
 
 /// An endpoint's custom headers with their values (a write-level read, like the secret).
-pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<BTreeMap<String, String>, ApiError> {
+pub async fn headers(
+    db: &PgPool,
+    key: &SecretKey,
+    who: &Principal,
+    id: Uuid,
+) -> Result<BTreeMap<String, String>, ApiError> {
     let (legacy, sealed): (Value, Option<Vec<u8>>) =
         sqlx::query_as("SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)")
             .bind(id)
@@ -564,11 +566,11 @@ pub async fn delivery(
     get(db, who, endpoint).await?;
     let d: EndpointDelivery =
         sqlx::query_as(&format!("{DELIVERY_SELECT} WHERE d.id = $1 AND d.channel = 'webhook' AND d.target = $2"))
-    .bind(delivery)
-    .bind(endpoint.to_string())
-    .fetch_optional(db)
-    .await?
-    .ok_or(ApiError::NotFound)?;
+            .bind(delivery)
+            .bind(endpoint.to_string())
+            .fetch_optional(db)
+            .await?
+            .ok_or(ApiError::NotFound)?;
     let attempts = sqlx::query_as(
         "SELECT delivery_id, attempt_no AS attempt, started_at, duration_ms, outcome, smtp_code, smtp_reply,
                 http_status, response_excerpt, error
@@ -646,7 +648,9 @@ pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid
                 .await?;
         return Err(match exists {
             None => ApiError::NotFound,
-            Some(status) => ApiError::Conflict(format!("the delivery is still {status}; resend it once it has finished")),
+            Some(status) => {
+                ApiError::Conflict(format!("the delivery is still {status}; resend it once it has finished"))
+            }
         });
     }
     tx.commit().await?;
@@ -654,7 +658,12 @@ pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid
 }
 
 /// Resends every failed delivery of an endpoint created since `since`.
-pub async fn recover(db: &PgPool, who: &Principal, endpoint: Uuid, since: DateTime<Utc>) -> Result<Vec<Uuid>, ApiError> {
+pub async fn recover(
+    db: &PgPool,
+    who: &Principal,
+    endpoint: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Vec<Uuid>, ApiError> {
     get(db, who, endpoint).await?;
     let mut tx = db.begin().await?;
     let ids = resend_where(&mut tx, ResendFilter::Endpoint { endpoint, since: &since }).await?;

@@ -92,7 +92,9 @@ impl ApiError {
             TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
             RefusedTarget(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused-target", "Webhook target refused"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            TemplateRender(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template-render-failed", "Template rendering failed"),
+            TemplateRender(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "template-render-failed", "Template rendering failed")
+            }
             NoRecipient(_) => (StatusCode::UNPROCESSABLE_ENTITY, "no-recipient", "No recipient"),
             InvalidRecipient(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-recipient", "Invalid recipient"),
             IdempotencyKeyReused => {
@@ -132,11 +134,11 @@ impl IntoResponse for ApiError {
             body["errors"] = json!(errors);
         }
         if let ApiError::NulCharacter(pointer) = &self {
-            body["errors"] = json!([FieldError { pointer: pointer.clone(), message: "contains a NUL character".into() }]);
+            body["errors"] =
+                json!([FieldError { pointer: pointer.clone(), message: "contains a NUL character".into() }]);
         }
         let mut resp = (status, axum::Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let ApiError::TooManyRequests(secs) = &self {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }

@@ -100,10 +100,8 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 /// database computes the same key from the target (`herald_ordering_key`) when it
 /// re-enqueues a delivery, so every message of a recipient stays on one partition.
 fn parse_recipient(raw: &str) -> Result<(String, String), ApiError> {
-    let mailbox: lettre::message::Mailbox = raw
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::InvalidRecipient(format!("'{raw}' is not a valid email address")))?;
+    let mailbox: lettre::message::Mailbox =
+        raw.trim().parse().map_err(|_| ApiError::InvalidRecipient(format!("'{raw}' is not a valid email address")))?;
     Ok((mailbox.email.to_string().to_lowercase(), mailbox.to_string()))
 }
 
@@ -122,7 +120,12 @@ impl Processor {
         self
     }
 
-    fn validator(&self, name: &str, updated_at: DateTime<Utc>, schema: &Value) -> Result<Arc<jsonschema::Validator>, ApiError> {
+    fn validator(
+        &self,
+        name: &str,
+        updated_at: DateTime<Utc>,
+        schema: &Value,
+    ) -> Result<Arc<jsonschema::Validator>, ApiError> {
         if let Some((at, v)) = self.schemas.read().expect("schema cache").get(name) {
             if *at == updated_at {
                 return Ok(v.clone());
@@ -196,7 +199,10 @@ impl Processor {
             == 1;
         if !fresh {
             tx.rollback().await?;
-            return self.replay(&who.owner, key, hash).await?.ok_or_else(|| anyhow::anyhow!("idempotency row vanished").into());
+            return self
+                .replay(&who.owner, key, hash)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("idempotency row vanished").into());
         }
         let id = prepared.id;
         let accepted = insert(&mut tx, prepared).await?;
@@ -372,10 +378,8 @@ impl Prepared {
 /// event type.
 pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accepted, ApiError> {
     let deliveries: Vec<(Uuid, &(String, String))> = p.recipients.iter().map(|r| (Uuid::now_v7(), r)).collect();
-    let messages: Vec<BusMessage> = deliveries
-        .iter()
-        .map(|(did, (addr, _))| BusMessage::delivery(Topic::Email, addr.clone(), *did, 1))
-        .collect();
+    let messages: Vec<BusMessage> =
+        deliveries.iter().map(|(did, (addr, _))| BusMessage::delivery(Topic::Email, addr.clone(), *did, 1)).collect();
     let recipient_list: Vec<String> = p.recipients.iter().map(|(_, t)| t.clone()).collect();
     let ids: Vec<Uuid> = deliveries.iter().map(|(d, _)| *d).collect();
     let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();

@@ -76,7 +76,12 @@ pub async fn run(db: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>
                 crate::metrics::pruned("idempotency_keys", i);
                 crate::metrics::pruned("dead_letters", d);
                 if n + i + d > 0 {
-                    tracing::info!(notifications = n, idempotency_keys = i, dead_letters = d, "retention pruned old rows");
+                    tracing::info!(
+                        notifications = n,
+                        idempotency_keys = i,
+                        dead_letters = d,
+                        "retention pruned old rows"
+                    );
                 }
             }
             Err(e) => tracing::warn!(error = %e, "retention pass failed; trying again later"),

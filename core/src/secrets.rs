@@ -94,10 +94,9 @@ impl SecretKey {
             return Err("sealed secret is too short".into());
         }
         let (nonce, ct) = sealed.split_at(NONCE_BYTES);
-        let plain = self
-            .cipher()
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| "cannot decrypt a signing secret: HERALD_SECRET_KEY differs from the one that sealed it".to_owned())?;
+        let plain = self.cipher().decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| {
+            "cannot decrypt a signing secret: HERALD_SECRET_KEY differs from the one that sealed it".to_owned()
+        })?;
         String::from_utf8(plain).map_err(|_| "decrypted secret is not text".into())
     }
 }

@@ -110,7 +110,9 @@ impl Guard {
         }
         if let IpAddr::V6(v6) = ip {
             if let Some(v4) = embedded_v4(&v6) {
-                return self.check(IpAddr::V4(v4)).map_err(|r| Refused(format!("{ip} embeds an IPv4 address: {}", r.0)));
+                return self
+                    .check(IpAddr::V4(v4))
+                    .map_err(|r| Refused(format!("{ip} embeds an IPv4 address: {}", r.0)));
             }
             // Only 2000::/3 is global unicast.
             if v6.segments()[0] & 0xe000 != 0x2000 {
@@ -184,11 +186,35 @@ mod tests {
     fn the_table_refuses_every_non_global_form() {
         let g = Guard::default();
         for bad in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "169.254.1.1", "100.64.0.1",
-            "0.0.0.0", "0.1.2.3", "224.0.0.1", "255.255.255.255", "240.0.0.1", "192.0.2.1", "198.51.100.7",
-            "203.0.113.9", "198.18.0.1", "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "ff02::1",
-            "2001:db8::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1",
-            "2002:c0a8:0101::1", "::127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2002:c0a8:0101::1",
+            "::127.0.0.1",
         ] {
             let ip: IpAddr = bad.parse().unwrap();
             assert!(g.check(ip).is_err(), "{bad} must be refused");
@@ -213,8 +239,13 @@ mod tests {
     fn urls_are_checked_for_scheme_and_literal_hosts() {
         let g = Guard::default();
         for bad in [
-            "ftp://example.com/", "http://127.0.0.1/", "http://[::1]/", "http://[::ffff:127.0.0.1]:8080/",
-            "http://2130706433/", "http://0x7f.1/", "https://169.254.169.254/latest/meta-data/",
+            "ftp://example.com/",
+            "http://127.0.0.1/",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]:8080/",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "https://169.254.169.254/latest/meta-data/",
         ] {
             assert!(g.check_url(&bad.parse().unwrap()).is_err(), "{bad}");
         }

@@ -62,8 +62,11 @@ mod tests {
 
     #[test]
     fn renders_and_escapes_html_only() {
-        let r = render_email(&tmpl("Hi {{ user.name }}\r\nBcc: x", "<b>{{ user.name }}</b>"), &json!({"user": {"name": "A&B"}}))
-            .unwrap();
+        let r = render_email(
+            &tmpl("Hi {{ user.name }}\r\nBcc: x", "<b>{{ user.name }}</b>"),
+            &json!({"user": {"name": "A&B"}}),
+        )
+        .unwrap();
         assert_eq!(r.subject, "Hi A&B Bcc: x");
         assert_eq!(r.html, "<b>A&amp;B</b>");
         assert_eq!(r.text, "Hi A&B");

@@ -106,14 +106,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             match cmd {
                 ApiKeyCommand::Create { name, scopes, owner, owner_email, rate_limit } => {
-                    let k = apikeys::create(&pool, &name, &scopes, owner.as_deref(), owner_email.as_deref(), rate_limit)
-                        .await?;
-                    println!("created API key {} ({}) with scopes {} for owner {}", k.info.id, k.info.name, k.info.scopes.join(","), k.info.owner);
+                    let k =
+                        apikeys::create(&pool, &name, &scopes, owner.as_deref(), owner_email.as_deref(), rate_limit)
+                            .await?;
+                    println!(
+                        "created API key {} ({}) with scopes {} for owner {}",
+                        k.info.id,
+                        k.info.name,
+                        k.info.scopes.join(","),
+                        k.info.owner
+                    );
                     println!("store it now; it is not shown again:");
                     println!("{}", k.secret);
                 }
                 ApiKeyCommand::List => {
-                    println!("{:<36}  {:<20}  {:<12}  {:<8}  {:<30}  SCOPES", "ID", "NAME", "PREFIX", "STATE", "LAST USED");
+                    println!(
+                        "{:<36}  {:<20}  {:<12}  {:<8}  {:<30}  SCOPES",
+                        "ID", "NAME", "PREFIX", "STATE", "LAST USED"
+                    );
                     for k in apikeys::list(&pool).await? {
                         println!(
                             "{:<36}  {:<20}  {:<12}  {:<8}  {:<30}  {}",
@@ -127,7 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 ApiKeyCommand::Revoke { id } => {
-                    let id: uuid::Uuid = id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not an API key id (a UUID)"))?;
+                    let id: uuid::Uuid =
+                        id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not an API key id (a UUID)"))?;
                     anyhow::ensure!(apikeys::revoke(&pool, id).await?, "no API key with id {id}");
                     println!("revoked API key {id}");
                 }

@@ -11,10 +11,10 @@ use herald_core::bus::postgres::PgConsumer;
 use herald_core::bus::Topic;
 use herald_core::config::{BusKind, Config, Roles, Settings};
 use herald_core::dispatch::email::{self, EmailDispatcher};
-use herald_core::dispatch::{sweeper, Dispatcher};
 use herald_core::dispatch::webhook::WebhookDispatcher;
-use herald_core::ssrf::Guard;
+use herald_core::dispatch::{sweeper, Dispatcher};
 use herald_core::processor::Processor;
+use herald_core::ssrf::Guard;
 use herald_core::supervise::Supervisor;
 use herald_core::{db, metrics, retention};
 use leptos::prelude::LeptosOptions;
@@ -140,7 +140,12 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
                     async move {
                         let outbox =
                             PgConsumer::new(pool, None, config.bus_claim_timeout, config.bus_poll_interval).await?;
-                        let relay = Relay { outbox, producer: k.producer()?, settings: k.clone(), batch_size: config.bus_batch_size };
+                        let relay = Relay {
+                            outbox,
+                            producer: k.producer()?,
+                            settings: k.clone(),
+                            batch_size: config.bus_batch_size,
+                        };
                         if topics_ready(&k, &stop).await {
                             relay.run(stop).await;
                         }
@@ -153,15 +158,27 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
     let processor = Arc::new(Processor::new(pool.clone()).with_max_recipients(config.max_recipients));
     if config.roles.email {
         let (c, p, smtp) = (config.clone(), pool.clone(), smtp.clone());
-        spawn_dispatcher(&mut sup, "email dispatcher", config.clone(), pool.clone(), Topic::Email, stop_rx.clone(), move || {
-            Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone()))
-        });
+        spawn_dispatcher(
+            &mut sup,
+            "email dispatcher",
+            config.clone(),
+            pool.clone(),
+            Topic::Email,
+            stop_rx.clone(),
+            move || Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone())),
+        );
     }
     if config.roles.webhook {
         let (c, p, proc_) = (config.clone(), pool.clone(), processor.clone());
-        spawn_dispatcher(&mut sup, "webhook dispatcher", config.clone(), pool.clone(), Topic::Webhook, stop_rx.clone(), move || {
-            WebhookDispatcher::from_config(&c, p.clone(), proc_.clone())
-        });
+        spawn_dispatcher(
+            &mut sup,
+            "webhook dispatcher",
+            config.clone(),
+            pool.clone(),
+            Topic::Webhook,
+            stop_rx.clone(),
+            move || WebhookDispatcher::from_config(&c, p.clone(), proc_.clone()),
+        );
     }
     if config.roles.email || config.roles.webhook {
         let (p, grace, stop) = (pool.clone(), config.sweep_after, stop_rx.clone());
@@ -171,7 +188,10 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
     }
     tracing::info!(
         bus = if config.bus == BusKind::Kafka { "kafka" } else { "postgres" },
-        api = config.roles.api, relay = config.roles.relay, email = config.roles.email, webhook = config.roles.webhook,
+        api = config.roles.api,
+        relay = config.roles.relay,
+        email = config.roles.email,
+        webhook = config.roles.webhook,
         "roles"
     );
 
@@ -226,7 +246,8 @@ pub async fn serve(settings: &Settings, roles: Option<&str>) -> anyhow::Result<(
         let _ = http_stop_tx.send(true);
     });
     tracing::info!(addr = %config.listen_addr, admin_addr = ?config.admin_listen_addr, public_url = %config.public_url, "herald is serving");
-    let main = crate::http::serve(listener, app, config.http_header_timeout, config.http_max_connections, http_stop.clone());
+    let main =
+        crate::http::serve(listener, app, config.http_header_timeout, config.http_max_connections, http_stop.clone());
     match admin {
         None => main.await,
         Some(admin) => {

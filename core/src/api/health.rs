@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 
 use super::{AppState, BusProbe};
 
+/// The last readiness answer and when it was computed.
+pub type Readiness = (Instant, (StatusCode, Value));
+
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -43,9 +46,11 @@ async fn compute(s: &AppState) -> (StatusCode, Value) {
     let bus = check("bus", async {
         match &s.bus {
             // The postgres bus is the outbox table: working means it can be read.
-            BusProbe::Postgres => {
-                sqlx::query("SELECT id FROM outbox LIMIT 1").fetch_optional(&s.db).await.map(|_| ()).map_err(|e| e.to_string())
-            }
+            BusProbe::Postgres => sqlx::query("SELECT id FROM outbox LIMIT 1")
+                .fetch_optional(&s.db)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             BusProbe::Kafka(p) => crate::bus::kafka::check_brokers(p).await.map_err(|e| format!("{e:#}")),
         }
     });
@@ -57,13 +62,8 @@ async fn compute(s: &AppState) -> (StatusCode, Value) {
         }
     });
     let (database, bus, smtp) = tokio::join!(database, bus, smtp);
-    let tasks: serde_json::Map<String, Value> = s
-        .tasks
-        .lock()
-        .expect("task states")
-        .iter()
-        .map(|(name, state)| (name.to_string(), json!(state)))
-        .collect();
+    let tasks: serde_json::Map<String, Value> =
+        s.tasks.lock().expect("task states").iter().map(|(name, state)| (name.to_string(), json!(state))).collect();
     let tasks_ok = tasks.values().all(|v| v == "running");
     let tasks_check = if tasks_ok {
         json!({"status": "ok", "tasks": tasks})
@@ -104,8 +104,9 @@ pub async fn metrics(State(s): State<AppState>) -> ([(axum::http::HeaderName, &'
     };
     if due {
         // Bounded: a huge backlog reads as 100000, and costs no more than that.
-        if let Ok(n) =
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 100000) b").fetch_one(&s.db).await
+        if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 100000) b")
+            .fetch_one(&s.db)
+            .await
         {
             crate::metrics::backlog(n);
         }

@@ -45,12 +45,15 @@ pub struct AppState {
     /// The state of every background task, for `/readyz`.
     pub tasks: crate::supervise::TaskStates,
     /// `/readyz` answers from this for a second, so it is cheap to call in a loop.
-    pub ready_cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, (StatusCode, serde_json::Value))>>>,
+    pub ready_cache: Arc<tokio::sync::Mutex<Option<health::Readiness>>>,
 }
 
 /// Reads a JSON request body, turning every failure into a problem: too large (413),
 /// not JSON (400 malformed-json), JSON of the wrong shape (400 invalid-request).
-pub fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
@@ -84,7 +87,11 @@ pub fn find_nul(v: &serde_json::Value, at: String) -> Option<String> {
         Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| find_nul(x, format!("{at}/{i}"))),
         Value::Object(map) => map.iter().find_map(|(k, x)| {
             let here = format!("{at}/{}", escape(k));
-            if k.contains('\0') { Some(here) } else { find_nul(x, here) }
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(x, here)
+            }
         }),
         _ => None,
     }
@@ -98,10 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/notifications/{id}", get(notifications::get))
         .route("/api/v1/notifications/{id}/replay", post(endpoints::replay))
         .route("/api/v1/endpoints", get(endpoints::list).post(endpoints::create))
-        .route(
-            "/api/v1/endpoints/{id}",
-            get(endpoints::get).patch(endpoints::update).delete(endpoints::delete),
-        )
+        .route("/api/v1/endpoints/{id}", get(endpoints::get).patch(endpoints::update).delete(endpoints::delete))
         .route("/api/v1/endpoints/{id}/enable", post(endpoints::enable))
         .route("/api/v1/endpoints/{id}/disable", post(endpoints::disable))
         .route("/api/v1/endpoints/{id}/secret", get(endpoints::secret))

@@ -17,12 +17,10 @@ use crate::processor::{derive_status, request_hash, Accepted, NotificationReques
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = v
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into()))?;
+    let key =
+        v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+            ApiError::InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })?;
     Ok(Some(key.to_owned()))
 }
 

@@ -20,11 +20,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -105,8 +105,7 @@ pub async fn ensure_topics(s: &KafkaSettings) -> anyhow::Result<()> {
 /// Checks that the brokers answer (for `/readyz`).
 pub async fn check_brokers(producer: &FutureProducer) -> anyhow::Result<()> {
     let p = producer.clone();
-    tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, Duration::from_secs(3)))
-        .await??;
+    tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, Duration::from_secs(3))).await??;
     Ok(())
 }
 
@@ -200,7 +199,11 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
-    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
             if tpl.count() > 0 {
                 crate::metrics::revoked(tpl.count() as u64);
@@ -309,7 +312,11 @@ impl KafkaConsumer {
         // partitions move to the living quickly.
         let consumer: StreamConsumer<LagContext> = settings
             .client_config_with(
-                &[("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "2000"), ("statistics.interval.ms", "5000")],
+                &[
+                    ("session.timeout.ms", "10000"),
+                    ("heartbeat.interval.ms", "2000"),
+                    ("statistics.interval.ms", "5000"),
+                ],
                 &settings.consumer_properties,
             )
             .set("group.id", group)
@@ -331,7 +338,7 @@ impl KafkaConsumer {
         })
     }
 
-    fn to_received(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+    fn receive(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
         let raw = m.payload().unwrap_or_default().to_vec();
         self.marks.received(m.partition(), m.offset());
         Received {
@@ -391,7 +398,7 @@ impl Consumer for KafkaConsumer {
         if out.is_empty() {
             match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
                 Err(_) => return Ok(out),
-                Ok(Ok(first)) => out.push(self.to_received(&first)),
+                Ok(Ok(first)) => out.push(self.receive(&first)),
                 Ok(Err(e)) => {
                     if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded)) {
                         crate::metrics::evicted();
@@ -402,7 +409,7 @@ impl Consumer for KafkaConsumer {
         }
         while out.len() < max {
             match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
-                Ok(Ok(m)) => out.push(self.to_received(&m)),
+                Ok(Ok(m)) => out.push(self.receive(&m)),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer error");
                     break;
@@ -423,7 +430,7 @@ impl Consumer for KafkaConsumer {
         // Polling resets librdkafka's max.poll.interval.ms clock.
         let consumer = self.consumer.clone();
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
-            let r = self.to_received(&m);
+            let r = self.receive(&m);
             self.buffered.push_back(r);
         }
     }
@@ -434,7 +441,10 @@ impl Consumer for KafkaConsumer {
             .insert(Header { key: "herald-reason", value: Some(reason) })
             .insert(Header { key: "herald-topic", value: Some(msg.topic.as_str()) });
         self.dead_letters
-            .send(FutureRecord::to(&topic).key(msg.key.as_bytes()).payload(&msg.raw).headers(headers), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(&topic).key(msg.key.as_bytes()).payload(&msg.raw).headers(headers),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("cannot dead-letter a message: {e}"))?;
         crate::metrics::dead_lettered(&msg.topic);

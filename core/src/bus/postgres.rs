@@ -34,7 +34,15 @@ impl PgConsumer {
         claim_timeout: Duration,
         poll_interval: Duration,
     ) -> anyhow::Result<Self> {
-        let mut c = Self { db, topic, claim_timeout, poll_interval, listener: None, token: Uuid::new_v4(), claimed: Vec::new() };
+        let mut c = Self {
+            db,
+            topic,
+            claim_timeout,
+            poll_interval,
+            listener: None,
+            token: Uuid::new_v4(),
+            claimed: Vec::new(),
+        };
         c.connect_listener().await;
         Ok(c)
     }
@@ -84,7 +92,7 @@ impl PgConsumer {
                 receipt: Receipt::Postgres { id },
             })
             .collect();
-        out.sort_by_key(|r| row_id(r));
+        out.sort_by_key(row_id);
         self.claimed = out.iter().map(row_id).collect();
         Ok(out)
     }
@@ -222,11 +230,13 @@ impl Consumer for PgConsumer {
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
         // Give the claim back after a short pause instead of waiting out the lease.
         let ids: Vec<i64> = msgs.iter().map(row_id).collect();
-        sqlx::query("UPDATE outbox SET claimed_until = now() + interval '1 second' WHERE id = ANY($1) AND claim_token = $2")
-            .bind(&ids)
-            .bind(self.token)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + interval '1 second' WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(&ids)
+        .bind(self.token)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 }

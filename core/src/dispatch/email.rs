@@ -83,7 +83,9 @@ impl EmailDispatcher {
         let (jobs, bad) = record::decode(batch);
         for i in &bad {
             tracing::error!("email dispatcher: undecodable bus message dead-lettered");
-            consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
+            consumer
+                .dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}")
+                .await?;
         }
         let clock = Instant::now();
         let claimed = record::start_attempts(&self.db, "email", &jobs, self.lease, self.max_starts).await?;
@@ -117,7 +119,12 @@ impl EmailDispatcher {
                 smtp_code = r.smtp_code, duration_ms = r.duration_ms, "email attempt recorded"
             );
         }
-        tracing::debug!(batch = batch.len(), started_ms, done_ms = clock.elapsed().as_millis() as u64, "email batch done");
+        tracing::debug!(
+            batch = batch.len(),
+            started_ms,
+            done_ms = clock.elapsed().as_millis() as u64,
+            "email batch done"
+        );
         Ok(())
     }
 
@@ -164,10 +171,7 @@ impl EmailDispatcher {
         rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
         crate::metrics::attempt("email", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
         if rec.outcome == Outcome::TransientFailure {
-            rec.retry_at = self
-                .schedule
-                .next_delay(s.round_attempts())
-                .and_then(crate::retry::after);
+            rec.retry_at = self.schedule.next_delay(s.round_attempts()).and_then(crate::retry::after);
         }
         rec
     }

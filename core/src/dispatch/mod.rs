@@ -10,9 +10,9 @@
 //!   message's `available_at`), never in memory.
 
 pub mod email;
-pub mod webhook;
 pub mod record;
 pub mod sweeper;
+pub mod webhook;
 
 use std::future::Future;
 
@@ -22,17 +22,29 @@ use crate::bus::Consumer;
 
 /// A dispatcher consumes its topic until shutdown (see [`crate::bus::consume`]).
 pub trait Dispatcher: Send + 'static {
-    fn run<C: Consumer + 'static>(self, consumer: C, shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send;
+    fn run<C: Consumer + 'static>(
+        self,
+        consumer: C,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 impl Dispatcher for email::EmailDispatcher {
-    fn run<C: Consumer + 'static>(self, consumer: C, shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send {
+    fn run<C: Consumer + 'static>(
+        self,
+        consumer: C,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send {
         email::EmailDispatcher::run(self, consumer, shutdown)
     }
 }
 
 impl Dispatcher for webhook::WebhookDispatcher {
-    fn run<C: Consumer + 'static>(self, consumer: C, shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> + Send {
+    fn run<C: Consumer + 'static>(
+        self,
+        consumer: C,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send {
         webhook::WebhookDispatcher::run(self, consumer, shutdown)
     }
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use serde::Deserialize;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::bus::{self, BusMessage, Consumer, DeliveryJob, Received, Topic};
@@ -212,7 +212,8 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     let ids: Vec<Uuid> = records.iter().map(|r| r.delivery_id).collect();
     let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
     let statuses: Vec<&str> = records.iter().map(|r| r.new_status()).collect();
-    let retry_at: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.retry_at.filter(|_| r.new_status() == "retrying")).collect();
+    let retry_at: Vec<Option<DateTime<Utc>>> =
+        records.iter().map(|r| r.retry_at.filter(|_| r.new_status() == "retrying")).collect();
     let errors: Vec<Option<String>> =
         col(|r| r.error.clone().or_else(|| r.smtp_reply.clone().filter(|_| r.outcome != Outcome::Succeeded)))
             .into_iter()
@@ -259,7 +260,9 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     let retries: Vec<BusMessage> = kept
         .iter()
         .filter(|r| r.new_status() == "retrying")
-        .map(|r| BusMessage::delivery(topic, r.key.clone(), r.delivery_id, r.attempt + 1).at(r.retry_at.expect("retrying")))
+        .map(|r| {
+            BusMessage::delivery(topic, r.key.clone(), r.delivery_id, r.attempt + 1).at(r.retry_at.expect("retrying"))
+        })
         .collect();
     bus::enqueue(&mut tx, &retries).await?;
     tx.commit().await
@@ -268,7 +271,11 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
 /// Text a peer sent (a response excerpt, an SMTP reply, an error quoting either) made
 /// storable: PostgreSQL text cannot hold U+0000, so it becomes U+FFFD.
 pub fn sanitize(text: String) -> String {
-    if text.contains('\0') { text.replace('\0', "\u{FFFD}") } else { text }
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
 }
 
 /// Records a batch of outcomes so that one bad row never fails the batch: the batch in
@@ -458,7 +465,10 @@ where
         defer(db, topic, &deferred).await?;
         if !deferred.is_empty() && topic == Topic::Webhook {
             crate::metrics::webhook_deferred(deferred.len() as u64);
-            tracing::info!(deferred = deferred.len(), "webhook attempts deferred (endpoint timing out or rate-limited)");
+            tracing::info!(
+                deferred = deferred.len(),
+                "webhook attempts deferred (endpoint timing out or rate-limited)"
+            );
         }
         let mut acks: Vec<Received> = deferred_idx.iter().map(|i| batch[*i].clone()).collect();
         let mut again = Vec::new();

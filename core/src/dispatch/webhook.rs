@@ -249,7 +249,9 @@ impl WebhookDispatcher {
         let (jobs, bad) = record::decode(batch);
         for i in &bad {
             tracing::error!("webhook dispatcher: undecodable bus message dead-lettered");
-            consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
+            consumer
+                .dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}")
+                .await?;
         }
         let claimed = record::start_attempts(&self.db, "webhook", &jobs, self.lease, self.max_starts).await?;
         let endpoint_ids: Vec<Uuid> = {
@@ -339,7 +341,11 @@ impl WebhookDispatcher {
 
     /// Tracks since when each endpoint has been failing (in PostgreSQL), and disables
     /// endpoints that answered 410 or have failed for longer than the window.
-    async fn endpoint_health(&self, health: &HashMap<Uuid, Health>, targets: &HashMap<Uuid, Target>) -> anyhow::Result<()> {
+    async fn endpoint_health(
+        &self,
+        health: &HashMap<Uuid, Health>,
+        targets: &HashMap<Uuid, Target>,
+    ) -> anyhow::Result<()> {
         // Only endpoints whose state changes need a write: a success while failing, or a
         // failure while healthy (as loaded for this batch; the UPDATE re-checks).
         let (ids, ok): (Vec<Uuid>, Vec<bool>) = health
@@ -384,7 +390,8 @@ impl WebhookDispatcher {
             crate::endpoints::disable_and_notify(&self.db, &self.processor, id, &reason).await?;
         }
         for (id, _) in health.iter().filter(|(_, h)| **h == Health::Gone) {
-            crate::endpoints::disable_and_notify(&self.db, &self.processor, *id, "the endpoint answered 410 Gone").await?;
+            crate::endpoints::disable_and_notify(&self.db, &self.processor, *id, "the endpoint answered 410 Gone")
+                .await?;
         }
         Ok(())
     }
@@ -490,7 +497,8 @@ impl WebhookDispatcher {
                 let status = resp.status();
                 rec.http_status = Some(status.as_u16() as i16);
                 wait_hint = retry_after(resp.headers());
-                let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+                let location =
+                    resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
                 let mut buf: Vec<u8> = Vec::new();
                 loop {
                     match resp.chunk().await {
@@ -554,8 +562,8 @@ impl WebhookDispatcher {
         crate::metrics::attempt("webhook", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
         if rec.outcome == Outcome::TransientFailure {
             let schedule = t.schedule.as_ref().unwrap_or(&self.cfg.retry_schedule);
-            rec.retry_at = next_delay(schedule, s.round_attempts(), throttled, wait_hint, &self.cfg)
-                .and_then(crate::retry::after);
+            rec.retry_at =
+                next_delay(schedule, s.round_attempts(), throttled, wait_hint, &self.cfg).and_then(crate::retry::after);
         }
         (rec, health)
     }
@@ -595,7 +603,11 @@ mod tests {
         assert!(d >= Duration::from_millis(800) && d <= Duration::from_millis(1200));
         assert!(next_delay(&s, 1, true, None, &c).unwrap() >= Duration::from_secs(10), "throttle floor");
         assert_eq!(next_delay(&s, 1, false, Some(Duration::from_secs(30)), &c).unwrap(), Duration::from_secs(30));
-        assert_eq!(next_delay(&s, 1, false, Some(Duration::from_secs(3600)), &c).unwrap(), Duration::from_secs(60), "capped");
+        assert_eq!(
+            next_delay(&s, 1, false, Some(Duration::from_secs(3600)), &c).unwrap(),
+            Duration::from_secs(60),
+            "capped"
+        );
         assert_eq!(next_delay(&s, 3, true, Some(Duration::from_secs(5)), &c), None, "spent");
     }
 

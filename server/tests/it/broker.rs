@@ -46,13 +46,23 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let bin = std::env::var("NISSHI").unwrap_or_else(|_| "nisshi".into());
         let child = Command::new(&bin)
-            .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--storage-engine",
+                &self.storage,
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--group-initial-rebalance-delay", "0s"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the Kafka-protocol broker '{bin}' ({e}); run scripts/test.sh, which installs it"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start the Kafka-protocol broker '{bin}' ({e}); run scripts/test.sh, which installs it")
+            });
         self.child = Some(child);
         let addr = self.addr();
         eventually(Duration::from_secs(30), "the broker to listen", || {

@@ -86,7 +86,9 @@ impl Fixture {
         ensure_topics(&settings).await.unwrap();
         let (stop, stop_rx) = watch::channel(false);
         let relay = Relay {
-            outbox: PgConsumer::new(db.clone(), None, Duration::from_secs(5), Duration::from_millis(100)).await.unwrap(),
+            outbox: PgConsumer::new(db.clone(), None, Duration::from_secs(5), Duration::from_millis(100))
+                .await
+                .unwrap(),
             producer: settings.producer().unwrap(),
             settings: settings.clone(),
             batch_size: 100,
@@ -104,11 +106,18 @@ impl Fixture {
     async fn consumer(&self) -> AnyConsumer {
         match &self.kafka {
             None => AnyConsumer::Pg(
-                PgConsumer::new(self.db.clone(), Some(Topic::Email), Duration::from_secs(1), Duration::from_millis(100))
-                    .await
-                    .unwrap(),
+                PgConsumer::new(
+                    self.db.clone(),
+                    Some(Topic::Email),
+                    Duration::from_secs(1),
+                    Duration::from_millis(100),
+                )
+                .await
+                .unwrap(),
             ),
-            Some((_, s, _)) => AnyConsumer::Kafka(KafkaConsumer::new(s, Topic::Email, &s.topic("email-dispatchers")).unwrap()),
+            Some((_, s, _)) => {
+                AnyConsumer::Kafka(KafkaConsumer::new(s, Topic::Email, &s.topic("email-dispatchers")).unwrap())
+            }
         }
     }
 }
@@ -192,12 +201,8 @@ async fn dead_lettering(use_kafka: bool) {
             assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&f.db).await.unwrap(), 0);
         }
         Some((_, s, _)) => {
-            let dlq: StreamConsumer = s
-                .client_config()
-                .set("group.id", "dlq-reader")
-                .set("auto.offset.reset", "earliest")
-                .create()
-                .unwrap();
+            let dlq: StreamConsumer =
+                s.client_config().set("group.id", "dlq-reader").set("auto.offset.reset", "earliest").create().unwrap();
             dlq.subscribe(&[&s.dead_letter_topic()]).unwrap();
             let m = tokio::time::timeout(Duration::from_secs(30), dlq.recv()).await.unwrap().unwrap();
             let reason = m

@@ -39,7 +39,10 @@ async fn bad_configuration_names_the_variable_and_exits_non_zero() {
     let (ok, _, err) = run_cli(&env, &["serve"]).await;
     assert!(!ok);
     let last = err.trim().lines().last().unwrap();
-    assert!(last.starts_with("herald: HERALD_SECRET_KEY: is not set") && last.contains("openssl rand -hex 32"), "{err}");
+    assert!(
+        last.starts_with("herald: HERALD_SECRET_KEY: is not set") && last.contains("openssl rand -hex 32"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -36,7 +36,8 @@ async fn refusals_are_problem_json_and_write_nothing() {
     problem(raw("{\"payload\": {}}").await.unwrap(), 400, "invalid-request").await;
 
     // Unknown event type.
-    let p = problem(h.post(&key, &json!({"event_type": "nope.never", "payload": {}})).await, 422, "unknown-event-type").await;
+    let p = problem(h.post(&key, &json!({"event_type": "nope.never", "payload": {}})).await, 422, "unknown-event-type")
+        .await;
     assert!(p["detail"].as_str().unwrap().contains("nope.never"));
 
     // Payload failing the schema: the field is named.
@@ -148,7 +149,8 @@ async fn unknown_paths_methods_and_query_strings_under_api_are_problem_json() {
     let key = h.api_key(&["endpoints:read", "endpoints:write"]).await;
     problem(h.http.get(format!("{}/api/v1/no-such-thing", h.base)).send().await.unwrap(), 404, "not-found").await;
     problem(h.http.get(format!("{}/api", h.base)).send().await.unwrap(), 404, "not-found").await;
-    problem(h.http.put(format!("{}/api/v1/notifications", h.base)).send().await.unwrap(), 405, "method-not-allowed").await;
+    problem(h.http.put(format!("{}/api/v1/notifications", h.base)).send().await.unwrap(), 405, "method-not-allowed")
+        .await;
     let r = h.http.get(format!("{}/api/v1/endpoints?limit=lots", h.base)).bearer_auth(&key).send().await.unwrap();
     let p = problem(r, 400, "invalid-request").await;
     assert!(p["detail"].as_str().unwrap().contains("query string"), "{p}");

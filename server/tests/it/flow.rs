@@ -144,7 +144,11 @@ async fn permanent_smtp_failure_fails_after_one_attempt() {
 
 #[tokio::test]
 async fn exhausted_retries_fail_the_delivery() {
-    let (_sink, h, key) = setup(&[Reply::Code(421), Reply::Code(450), Reply::Code(451), Reply::Code(452)], &[("HERALD_EMAIL_RETRY_SCHEDULE", "100ms,100ms")]).await;
+    let (_sink, h, key) = setup(
+        &[Reply::Code(421), Reply::Code(450), Reply::Code(451), Reply::Code(452)],
+        &[("HERALD_EMAIL_RETRY_SCHEDULE", "100ms,100ms")],
+    )
+    .await;
     let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
     let n = h.wait_terminal(&key, &id).await;
     let d = &n["deliveries"][0];
@@ -158,7 +162,12 @@ async fn smtp_server_down_is_transient() {
     // Nothing listens on this port at first: connection refused.
     let port = free_port();
     let db = fresh_database().await;
-    let h = Herald::start(&db, &format!("smtp://127.0.0.1:{port}"), &[("HERALD_EMAIL_RETRY_SCHEDULE", "300ms,300ms,300ms,300ms,300ms")]).await;
+    let h = Herald::start(
+        &db,
+        &format!("smtp://127.0.0.1:{port}"),
+        &[("HERALD_EMAIL_RETRY_SCHEDULE", "300ms,300ms,300ms,300ms,300ms")],
+    )
+    .await;
     let key = h.api_key(&["notifications:write", "notifications:read"]).await;
     let a: serde_json::Value = h.post(&key, &welcome("Ada", "ada@example.test")).await.json().await.unwrap();
     let id = a["id"].as_str().unwrap().to_owned();
@@ -188,10 +197,8 @@ async fn killed_dispatcher_loses_nothing() {
         (sink.data_ends() == 1).then_some(())
     })
     .await;
-    let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE claimed_until > now()")
-        .fetch_one(&h.db)
-        .await
-        .unwrap();
+    let claimed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE claimed_until > now()").fetch_one(&h.db).await.unwrap();
     assert_eq!(claimed, 1);
     let status: String = sqlx::query_scalar("SELECT status FROM deliveries").fetch_one(&h.db).await.unwrap();
     assert_eq!(status, "in_flight");

@@ -15,7 +15,12 @@ use crate::webhooks::owner_view;
 const ENDPOINT_SCOPES: &[&str] = &["endpoints:read", "endpoints:write"];
 
 fn delivery_to<'a>(n: &'a Value, endpoint: &Value) -> &'a Value {
-    n["deliveries"].as_array().unwrap().iter().find(|d| d["target"] == endpoint["id"]).expect("a delivery to the endpoint")
+    n["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == endpoint["id"])
+        .expect("a delivery to the endpoint")
 }
 
 async fn metric(h: &Herald, name: &str) -> f64 {
@@ -100,7 +105,12 @@ async fn an_absurd_retry_schedule_is_refused() {
     let owner = h.api_key(ENDPOINT_SCOPES).await;
     let rx = Receiver::start().await;
     let (s, p) = h
-        .call(Method::POST, "/api/v1/endpoints", &owner, Some(&json!({"url": rx.url("/"), "retry_schedule": "100000000000000s"})))
+        .call(
+            Method::POST,
+            "/api/v1/endpoints",
+            &owner,
+            Some(&json!({"url": rx.url("/"), "retry_schedule": "100000000000000s"})),
+        )
         .await;
     assert_eq!((s, p["type"].as_str().unwrap()), (422, "urn:herald:problem:invalid-retry-schedule"), "{p}");
     h.stop().await;
@@ -115,7 +125,10 @@ async fn a_stored_absurd_retry_schedule_cannot_stop_the_dispatcher() {
     // One stored before the bound existed: the dispatcher must survive it.
     let ep = h.create_endpoint(&owner, &json!({"url": rx.url("/"), "event_types": ["user.*"]})).await;
     sqlx::query("UPDATE endpoints SET retry_schedule = '100000000000000s'").execute(&h.db).await.unwrap();
-    rx.script(vec![Respond::Status(500), Respond::WithHeaders(503, vec![("retry-after", "18446744073709551615".into())])]);
+    rx.script(vec![
+        Respond::Status(500),
+        Respond::WithHeaders(503, vec![("retry-after", "18446744073709551615".into())]),
+    ]);
     let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
     let n = h.wait_terminal(&key, &id).await;
     assert_eq!(delivery_to(&n, &ep)["status"], "succeeded", "{n}");
@@ -128,7 +141,12 @@ async fn a_stored_absurd_retry_schedule_cannot_stop_the_dispatcher() {
 #[tokio::test]
 async fn nul_characters_are_refused_naming_the_field_and_nothing_is_written() {
     let (_sink, h, key) = setup(&[], &[]).await;
-    let r = h.post(&key, &json!({"event_type": "user.registered", "payload": {"user": {"name": "A\u{0}da", "email": "a@b.test"}}})).await;
+    let r = h
+        .post(
+            &key,
+            &json!({"event_type": "user.registered", "payload": {"user": {"name": "A\u{0}da", "email": "a@b.test"}}}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let p: Value = r.json().await.unwrap();
@@ -137,13 +155,25 @@ async fn nul_characters_are_refused_naming_the_field_and_nothing_is_written() {
     let r = h.post(&key, &json!({"event_type": "user.registered", "payload": {"us\u{0}er": 1}})).await;
     assert_eq!(r.status(), 400);
     // An escaped backslash followed by "u0000" is not a NUL.
-    let r = h.post(&key, &json!({"event_type": "user.registered", "payload": {"user": {"name": "\\u0000", "email": "a@b.test"}}})).await;
+    let r = h
+        .post(
+            &key,
+            &json!({"event_type": "user.registered", "payload": {"user": {"name": "\\u0000", "email": "a@b.test"}}}),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     assert_eq!(h.count("notifications").await, 1);
     let owner = h.api_key(ENDPOINT_SCOPES).await;
     let rx = Receiver::start().await;
     let ep = h.create_endpoint(&owner, &json!({"url": rx.url("/")})).await;
-    let (s, p) = h.call(Method::GET, &format!("/api/v1/endpoints/{}/deliveries?status=%00", ep["id"].as_str().unwrap()), &owner, None).await;
+    let (s, p) = h
+        .call(
+            Method::GET,
+            &format!("/api/v1/endpoints/{}/deliveries?status=%00", ep["id"].as_str().unwrap()),
+            &owner,
+            None,
+        )
+        .await;
     assert_eq!(s, 400, "{p}");
     h.stop().await;
 }
@@ -168,11 +198,17 @@ async fn secrets_and_header_values_need_a_write_key_and_are_sealed_at_rest() {
     assert_eq!((s, &e["headers"]), (200, &json!({"Authorization": "********"})));
     let (s, v) = h.call(Method::GET, &format!("/api/v1/endpoints/{id}/headers"), &writer, None).await;
     assert_eq!((s, &v["headers"]["Authorization"]), (200, &json!("Bearer s3cr3t-value")));
-    let dump: String = sqlx::query_scalar("SELECT row_to_json(e)::text FROM endpoints e").fetch_one(&h.db).await.unwrap();
+    let dump: String =
+        sqlx::query_scalar("SELECT row_to_json(e)::text FROM endpoints e").fetch_one(&h.db).await.unwrap();
     assert!(!dump.contains("s3cr3t"), "stored in clear: {dump}");
     // Sending the mask back keeps the value; a new header is added.
     let (s, _) = h
-        .call(Method::PATCH, &format!("/api/v1/endpoints/{id}"), &writer, Some(&json!({"headers": {"Authorization": "********", "X-Extra": "1"}})))
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/endpoints/{id}"),
+            &writer,
+            Some(&json!({"headers": {"Authorization": "********", "X-Extra": "1"}})),
+        )
         .await;
     assert_eq!(s, 200);
     h.send_welcome(&key, "Ada", "ada@example.test").await;
@@ -224,7 +260,11 @@ async fn concurrent_patches_never_undo_each_other() {
         assert_eq!((s1, s2, s3), (200, 200, 200));
         let (_, e) = h.call(Method::GET, &path, &owner, None).await;
         assert_eq!(
-            (e["description"].as_str().unwrap(), e["rate_limit"].as_i64().unwrap(), e["retry_schedule"].as_str().unwrap()),
+            (
+                e["description"].as_str().unwrap(),
+                e["rate_limit"].as_i64().unwrap(),
+                e["retry_schedule"].as_str().unwrap()
+            ),
             (format!("round {round}").as_str(), round as i64, format!("{round}s").as_str()),
             "a concurrent PATCH lost another's change in round {round}"
         );
@@ -237,11 +277,18 @@ async fn limits_rate_endpoints_and_recipients() {
     let (_sink, h, _key) = setup(&[], &[("HERALD_MAX_ENDPOINTS_PER_OWNER", "2"), ("HERALD_MAX_RECIPIENTS", "2")]).await;
     // Per-key request rate: a key made with --rate-limit 3.
     let (ok, out, err) =
-        run_cli(&h.env, &["api-key", "create", "--name", "slow", "--scope", "notifications:read", "--rate-limit", "2"]).await;
+        run_cli(&h.env, &["api-key", "create", "--name", "slow", "--scope", "notifications:read", "--rate-limit", "2"])
+            .await;
     assert!(ok, "{err}");
     let slow = out.lines().last().unwrap().trim().to_owned();
     let answers = futures::future::join_all((0..10).map(|_| async {
-        let r = h.http.get(format!("{}/api/v1/notifications/{}", h.base, uuid::Uuid::nil())).bearer_auth(&slow).send().await.unwrap();
+        let r = h
+            .http
+            .get(format!("{}/api/v1/notifications/{}", h.base, uuid::Uuid::nil()))
+            .bearer_auth(&slow)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
         let p: Value = r.json().await.unwrap_or(Value::Null);
@@ -317,12 +364,13 @@ async fn retention_prunes_finished_notifications_and_keeps_unfinished_ones() {
     h.wait_count("notifications", 1).await;
     let left: uuid::Uuid = sqlx::query_scalar("SELECT id FROM notifications").fetch_one(&h.db).await.unwrap();
     assert_eq!(left.to_string(), waiting, "the retrying notification is kept");
-    let orphans: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.notification_id::text = $1")
-            .bind(&done)
-            .fetch_one(&h.db)
-            .await
-            .unwrap();
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.notification_id::text = $1",
+    )
+    .bind(&done)
+    .fetch_one(&h.db)
+    .await
+    .unwrap();
     assert_eq!(orphans, 0);
     assert!(metric(&h, "herald_retention_pruned_total{table=\"notifications\"}").await >= 1.0);
     h.stop().await;

@@ -12,8 +12,9 @@ pub use herald_testkit::{free_port, fresh_database};
 
 /// The binary under test: this build's, or `HERALD_TEST_BIN` (to run a test against
 /// another build, for example to see it fail before a fix).
-pub static BIN: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| std::env::var("HERALD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald").to_owned()));
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("HERALD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald").to_owned())
+});
 pub const TEST_SECRET_KEY: &str = "6d2f0c3e9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f302112030405";
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
@@ -137,13 +138,7 @@ impl Herald {
     }
 
     pub async fn post(&self, key: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .post(format!("{}/api/v1/notifications", self.base))
-            .bearer_auth(key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(format!("{}/api/v1/notifications", self.base)).bearer_auth(key).json(body).send().await.unwrap()
     }
 
     pub async fn post_idempotent(&self, key: &str, idempotency_key: &str, body: &Value) -> reqwest::Response {
@@ -158,7 +153,8 @@ impl Herald {
     }
 
     pub async fn get_notification(&self, key: &str, id: &str) -> Value {
-        let r = self.http.get(format!("{}/api/v1/notifications/{id}", self.base)).bearer_auth(key).send().await.unwrap();
+        let r =
+            self.http.get(format!("{}/api/v1/notifications/{id}", self.base)).bearer_auth(key).send().await.unwrap();
         assert_eq!(r.status(), 200, "GET notification");
         r.json().await.unwrap()
     }

@@ -78,7 +78,8 @@ async fn welcome_flow_on_kafka() {
     // The welcome event also reaches a subscribed webhook endpoint, through the broker.
     let owner = h.api_key(&["endpoints:write"]).await;
     let rx = herald_testkit::receiver::Receiver::start().await;
-    let ep = h.create_endpoint(&owner, &serde_json::json!({"url": rx.url("/"), "event_types": ["user.registered"]})).await;
+    let ep =
+        h.create_endpoint(&owner, &serde_json::json!({"url": rx.url("/"), "event_types": ["user.registered"]})).await;
     let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
     let n = h.wait_terminal(&key, &id).await;
     assert_eq!(n["status"], "succeeded");
@@ -239,8 +240,10 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let (sink, h, key) = setup(&[], &with(&env, &[])).await;
     const N: usize = 200;
     post_many(&h, &key, 0..N / 2).await;
-    eventually(Duration::from_secs(60), "some emails to go out", || async { (sink.accepted_count() >= 10).then_some(()) })
-        .await;
+    eventually(Duration::from_secs(60), "some emails to go out", || async {
+        (sink.accepted_count() >= 10).then_some(())
+    })
+    .await;
     broker.stop().await;
     post_many(&h, &key, N / 2..N).await;
     broker.restart().await;
@@ -299,16 +302,25 @@ async fn a_killed_consumer_never_commits_past_an_unfinished_message() {
     let slow = Receiver::start().await;
     slow.script(vec![Respond::After(Duration::from_secs(30), 200)]);
     let fast = Receiver::start().await;
-    let slow_ep = api.create_endpoint(&owner, &serde_json::json!({"url": slow.url("/"), "event_types": ["user.*"]})).await;
-    let fast_ep =
-        api.create_endpoint(&owner, &serde_json::json!({"url": fast.url("/"), "event_types": ["endpoint.disabled"]})).await;
+    let slow_ep =
+        api.create_endpoint(&owner, &serde_json::json!({"url": slow.url("/"), "event_types": ["user.*"]})).await;
+    let fast_ep = api
+        .create_endpoint(&owner, &serde_json::json!({"url": fast.url("/"), "event_types": ["endpoint.disabled"]}))
+        .await;
     let id = api.send_welcome(&key, "Ada", "ada@example.test").await;
-    let (s, _) =
-        api.call(reqwest::Method::POST, &format!("/api/v1/endpoints/{}/test", fast_ep["id"].as_str().unwrap()), &owner, None).await;
+    let (s, _) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/endpoints/{}/test", fast_ep["id"].as_str().unwrap()),
+            &owner,
+            None,
+        )
+        .await;
     assert_eq!(s, 202);
     api.wait_count("outbox", 0).await;
     // Both messages are in the partition, the slow one first; one worker takes both.
-    let worker_env = with(&env, &[("HERALD_KAFKA_PARTITIONS", "1"), ("HERALD_ROLES", "webhook"), ("HERALD_WEBHOOK_TIMEOUT", "40s")]);
+    let worker_env =
+        with(&env, &[("HERALD_KAFKA_PARTITIONS", "1"), ("HERALD_ROLES", "webhook"), ("HERALD_WEBHOOK_TIMEOUT", "40s")]);
     let mut worker = Herald::start(&db, &sink.url(), &worker_env).await;
     eventually(Duration::from_secs(30), "the fast delivery to be recorded", || async {
         let ok: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE target = $1 AND status = 'succeeded'")
@@ -319,7 +331,8 @@ async fn a_killed_consumer_never_commits_past_an_unfinished_message() {
         (ok == 1).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(10), "the slow endpoint's request", || async { (slow.count() == 1).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "the slow endpoint's request", || async { (slow.count() == 1).then_some(()) })
+        .await;
     // Long enough for the auto-commit timer to write whatever offset was stored.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     worker.kill();
@@ -347,7 +360,12 @@ async fn the_sweeper_leaves_published_deliveries_in_consumer_lag_alone() {
     let sink = SmtpSink::start().await;
     let db = fresh_database().await;
     // The sweeper runs with the webhook role; nobody consumes email yet.
-    let api = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "api,relay,webhook"), ("HERALD_SWEEP_AFTER", "1s")])).await;
+    let api = Herald::start(
+        &db,
+        &sink.url(),
+        &with(&env, &[("HERALD_ROLES", "api,relay,webhook"), ("HERALD_SWEEP_AFTER", "1s")]),
+    )
+    .await;
     let key = api.api_key(&["notifications:write", "notifications:read"]).await;
     const N: usize = 5;
     post_many(&api, &key, 0..N).await;
@@ -358,8 +376,10 @@ async fn the_sweeper_leaves_published_deliveries_in_consumer_lag_alone() {
         .await
         .unwrap();
     assert_eq!(swept, 0, "published deliveries were re-enqueued by the sweeper");
-    let published: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE published_at IS NOT NULL").fetch_one(&api.db).await.unwrap();
+    let published: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE published_at IS NOT NULL")
+        .fetch_one(&api.db)
+        .await
+        .unwrap();
     assert_eq!(published, N as i64);
     let email = Herald::start(&db, &sink.url(), &with(&env, &[("HERALD_ROLES", "email")])).await;
     wait_all_succeeded(&api, N as i64, Duration::from_secs(60)).await;

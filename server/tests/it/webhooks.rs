@@ -69,7 +69,8 @@ async fn welcome_reaches_a_subscribed_endpoint_signed_and_retried_with_the_same_
         .await;
     let secret = ep["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_") && secret.len() >= 6 + 32, "{secret}");
-    let (status, got) = h.call(Method::GET, &format!("/api/v1/endpoints/{}/secret", ep["id"].as_str().unwrap()), &owner, None).await;
+    let (status, got) =
+        h.call(Method::GET, &format!("/api/v1/endpoints/{}/secret", ep["id"].as_str().unwrap()), &owner, None).await;
     assert_eq!((status, got["key"].as_str().unwrap()), (200, secret.as_str()));
     // Encrypted at rest: the secret does not appear in the database.
     let sealed: Vec<u8> = sqlx::query_scalar("SELECT sealed FROM endpoint_secrets").fetch_one(&h.db).await.unwrap();
@@ -83,10 +84,18 @@ async fn welcome_reaches_a_subscribed_endpoint_signed_and_retried_with_the_same_
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 4, "3 failures then success: {d}");
     assert_eq!(attempts.iter().map(|a| a["http_status"].as_i64().unwrap()).collect::<Vec<_>>(), [500, 503, 502, 200]);
-    assert!(attempts.iter().all(|a| a["response_excerpt"].is_null()), "another owner's responses are not shown to the sender");
+    assert!(
+        attempts.iter().all(|a| a["response_excerpt"].is_null()),
+        "another owner's responses are not shown to the sender"
+    );
     // The endpoint's owner sees them.
     let (status, d) = h
-        .call(Method::GET, &format!("/api/v1/endpoints/{}/deliveries/{}", ep["id"].as_str().unwrap(), d["id"].as_str().unwrap()), &owner, None)
+        .call(
+            Method::GET,
+            &format!("/api/v1/endpoints/{}/deliveries/{}", ep["id"].as_str().unwrap(), d["id"].as_str().unwrap()),
+            &owner,
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{d}");
     let attempts = d["attempts"].as_array().unwrap();
@@ -120,8 +129,9 @@ async fn rotation_signs_with_both_keys_in_the_grace_period_then_only_the_new_one
     let ep = h.create_endpoint(&owner, &json!({"url": rx.url("/"), "event_types": ["*"]})).await;
     let id = ep["id"].as_str().unwrap();
     let old = ep["secret"].as_str().unwrap().to_owned();
-    let (status, rotated) =
-        h.call(Method::POST, &format!("/api/v1/endpoints/{id}/secret/rotate"), &owner, Some(&json!({"grace": "3s"}))).await;
+    let (status, rotated) = h
+        .call(Method::POST, &format!("/api/v1/endpoints/{id}/secret/rotate"), &owner, Some(&json!({"grace": "3s"})))
+        .await;
     assert_eq!(status, 200, "{rotated}");
     let new = rotated["key"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
@@ -205,7 +215,10 @@ async fn redirects_are_failures_and_never_followed() {
     let n = h.wait_terminal(&key, &id).await;
     let d = webhook_delivery(&n);
     assert_eq!(d["status"], "failed");
-    assert!(d["attempts"][0]["error"].is_null() && d["last_error"].is_null(), "the sender does not see another owner's errors: {d}");
+    assert!(
+        d["attempts"][0]["error"].is_null() && d["last_error"].is_null(),
+        "the sender does not see another owner's errors: {d}"
+    );
     let d = owner_view(&h, &owner, &ep, &d).await;
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "retried on the schedule, then failed");
@@ -250,7 +263,10 @@ async fn retry_after_is_honoured_and_timeouts_are_recorded_and_retried() {
 async fn endpoints_failing_for_the_window_are_disabled_and_the_owner_is_emailed() {
     let (sink, h, key) = setup(
         &[],
-        &[("HERALD_ENDPOINT_DISABLE_AFTER", "2s"), ("HERALD_WEBHOOK_RETRY_SCHEDULE", "400ms,400ms,400ms,400ms,400ms,400ms,400ms,400ms")],
+        &[
+            ("HERALD_ENDPOINT_DISABLE_AFTER", "2s"),
+            ("HERALD_WEBHOOK_RETRY_SCHEDULE", "400ms,400ms,400ms,400ms,400ms,400ms,400ms,400ms"),
+        ],
     )
     .await;
     let owner = h.api_key_for(ENDPOINT_SCOPES, Some("partner-7"), Some("ops@partner.test")).await;
@@ -266,7 +282,11 @@ async fn endpoints_failing_for_the_window_are_disabled_and_the_owner_is_emailed(
     .await;
     assert!(e["disabled_reason"].as_str().unwrap().contains("failed for longer than 2s"), "{e}");
     let failing_since: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT failing_since FROM endpoints WHERE id = $1::uuid").bind(&eid).fetch_one(&h.db).await.unwrap();
+        sqlx::query_scalar("SELECT failing_since FROM endpoints WHERE id = $1::uuid")
+            .bind(&eid)
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
     assert!(failing_since.is_none());
     eventually(Duration::from_secs(20), "the disable email", || async {
         disable_mail_to(&sink, "ops@partner.test").then_some(())
@@ -279,7 +299,10 @@ async fn endpoints_failing_for_the_window_are_disabled_and_the_owner_is_emailed(
 
     // Re-enabling resets the clock.
     let (status, e) = h.call(Method::POST, &format!("/api/v1/endpoints/{eid}/enable"), &owner, None).await;
-    assert_eq!((status, &e["enabled"], &e["failing_since"], &e["disabled_reason"]), (200, &json!(true), &Value::Null, &Value::Null));
+    assert_eq!(
+        (status, &e["enabled"], &e["failing_since"], &e["disabled_reason"]),
+        (200, &json!(true), &Value::Null, &Value::Null)
+    );
     h.stop().await;
 }
 
@@ -290,23 +313,49 @@ async fn the_ssrf_guard_refuses_non_global_targets() {
     let rx = Receiver::start().await;
     let port = rx.addr.port();
     for host in [
-        "127.0.0.1", "127.1.2.3", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "10.0.0.1", "172.16.5.4",
-        "192.168.0.1", "169.254.169.254", "169.254.10.10", "100.64.0.1", "0.0.0.0", "224.0.0.1",
-        "255.255.255.255", "240.0.0.1", "192.0.2.10", "198.51.100.1", "203.0.113.1", "[fc00::1]", "[fd00::5]",
-        "[fe80::1]", "[ff02::1]", "[2001:db8::1]", "[::]", "2130706433", "0x7f.0.0.1", "[64:ff9b::7f00:1]",
+        "127.0.0.1",
+        "127.1.2.3",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.0.1",
+        "169.254.169.254",
+        "169.254.10.10",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "240.0.0.1",
+        "192.0.2.10",
+        "198.51.100.1",
+        "203.0.113.1",
+        "[fc00::1]",
+        "[fd00::5]",
+        "[fe80::1]",
+        "[ff02::1]",
+        "[2001:db8::1]",
+        "[::]",
+        "2130706433",
+        "0x7f.0.0.1",
+        "[64:ff9b::7f00:1]",
     ] {
         let url = format!("http://{host}:{port}/");
         let (status, p) = h.call(Method::POST, "/api/v1/endpoints", &owner, Some(&json!({"url": url}))).await;
         assert_eq!(status, 422, "{url} must be refused: {p}");
         assert_eq!(p["type"], "urn:herald:problem:refused-target", "{url}");
     }
-    let (status, p) =
-        h.call(Method::POST, "/api/v1/endpoints", &owner, Some(&json!({"url": format!("ftp://example.com:{port}/")}))).await;
+    let (status, p) = h
+        .call(Method::POST, "/api/v1/endpoints", &owner, Some(&json!({"url": format!("ftp://example.com:{port}/")})))
+        .await;
     assert_eq!(status, 400, "{p}");
     assert_eq!(h.count("endpoints").await, 0, "nothing was created");
 
     // A hostname is checked when connecting: localhost resolves to loopback.
-    let ep = h.create_endpoint(&owner, &json!({"url": format!("http://localhost:{port}/"), "event_types": ["user.*"]})).await;
+    let ep = h
+        .create_endpoint(&owner, &json!({"url": format!("http://localhost:{port}/"), "event_types": ["user.*"]}))
+        .await;
     let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
     let n = h.wait_terminal(&key, &id).await;
     let d = webhook_delivery(&n);
@@ -395,7 +444,11 @@ async fn endpoint_crud_validates_and_custom_headers_never_override_signatures() 
         (json!({"url": rx.url("/"), "colour": "red"}), 400, "invalid-request"),
     ] {
         let (s, p) = h.call(Method::POST, "/api/v1/endpoints", &owner, Some(&body)).await;
-        assert_eq!((s, p["type"].as_str().unwrap()), (status, format!("urn:herald:problem:{slug}").as_str()), "{body}: {p}");
+        assert_eq!(
+            (s, p["type"].as_str().unwrap()),
+            (status, format!("urn:herald:problem:{slug}").as_str()),
+            "{body}: {p}"
+        );
     }
     assert_eq!(h.count("endpoints").await, 0);
 
@@ -407,11 +460,21 @@ async fn endpoint_crud_validates_and_custom_headers_never_override_signatures() 
         .await;
     let id = ep["id"].as_str().unwrap();
     let (s, e) = h
-        .call(Method::PATCH, &format!("/api/v1/endpoints/{id}"), &owner, Some(&json!({"description": "CRM", "rate_limit": null})))
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/endpoints/{id}"),
+            &owner,
+            Some(&json!({"description": "CRM", "rate_limit": null})),
+        )
         .await;
     assert_eq!(s, 200, "{e}");
-    assert_eq!((e["description"].as_str(), &e["rate_limit"], &e["headers"]), (Some("CRM"), &Value::Null, &json!({"X-Token": "********"})));
-    let (s, _) = h.call(Method::PATCH, &format!("/api/v1/endpoints/{id}"), &owner, Some(&json!({"url": "http://10.0.0.1/"}))).await;
+    assert_eq!(
+        (e["description"].as_str(), &e["rate_limit"], &e["headers"]),
+        (Some("CRM"), &Value::Null, &json!({"X-Token": "********"}))
+    );
+    let (s, _) = h
+        .call(Method::PATCH, &format!("/api/v1/endpoints/{id}"), &owner, Some(&json!({"url": "http://10.0.0.1/"})))
+        .await;
     assert_eq!(s, 422);
     assert_eq!(endpoint(&h, &owner, id).await["url"], rx.url("/x"), "a refused update changes nothing");
 
@@ -460,14 +523,14 @@ async fn resend_recover_replay_and_test_events_make_new_attempts() {
         assert_eq!(d["attempts"].as_array().unwrap().len(), 2);
         failed.push((id, d["id"].as_str().unwrap().to_owned()));
     }
-    let (_, list) = h.call(Method::GET, &format!("/api/v1/endpoints/{eid}/deliveries?status=failed"), &owner, None).await;
+    let (_, list) =
+        h.call(Method::GET, &format!("/api/v1/endpoints/{eid}/deliveries?status=failed"), &owner, None).await;
     assert_eq!(list.as_array().unwrap().len(), 3);
     rx.set_default(Respond::Status(200));
 
     // Resend one delivery: a third attempt, the first two untouched.
-    let (s, _) = h
-        .call(Method::POST, &format!("/api/v1/endpoints/{eid}/deliveries/{}/resend", failed[0].1), &owner, None)
-        .await;
+    let (s, _) =
+        h.call(Method::POST, &format!("/api/v1/endpoints/{eid}/deliveries/{}/resend", failed[0].1), &owner, None).await;
     assert_eq!(s, 202);
     let n = h.wait_terminal(&key, &failed[0].0).await;
     let d = webhook_delivery(&n);
@@ -475,16 +538,28 @@ async fn resend_recover_replay_and_test_events_make_new_attempts() {
     let attempts = d["attempts"].as_array().unwrap();
     assert_eq!(attempts.iter().map(|a| a["http_status"].as_i64().unwrap()).collect::<Vec<_>>(), [500, 500, 200]);
     // Resending something still in progress is a conflict.
-    sqlx::query("UPDATE deliveries SET status = 'retrying' WHERE id = $1::uuid").bind(&failed[1].1).execute(&h.db).await.unwrap();
-    let (s, p) = h
-        .call(Method::POST, &format!("/api/v1/endpoints/{eid}/deliveries/{}/resend", failed[1].1), &owner, None)
-        .await;
+    sqlx::query("UPDATE deliveries SET status = 'retrying' WHERE id = $1::uuid")
+        .bind(&failed[1].1)
+        .execute(&h.db)
+        .await
+        .unwrap();
+    let (s, p) =
+        h.call(Method::POST, &format!("/api/v1/endpoints/{eid}/deliveries/{}/resend", failed[1].1), &owner, None).await;
     assert_eq!(s, 409, "{p}");
-    sqlx::query("UPDATE deliveries SET status = 'failed' WHERE id = $1::uuid").bind(&failed[1].1).execute(&h.db).await.unwrap();
+    sqlx::query("UPDATE deliveries SET status = 'failed' WHERE id = $1::uuid")
+        .bind(&failed[1].1)
+        .execute(&h.db)
+        .await
+        .unwrap();
 
     // Recover every failed delivery since a time.
     let (s, r) = h
-        .call(Method::POST, &format!("/api/v1/endpoints/{eid}/recover"), &owner, Some(&json!({"since": "2020-01-01T00:00:00Z"})))
+        .call(
+            Method::POST,
+            &format!("/api/v1/endpoints/{eid}/recover"),
+            &owner,
+            Some(&json!({"since": "2020-01-01T00:00:00Z"})),
+        )
         .await;
     assert_eq!((s, r["resent"].as_i64()), (202, Some(2)), "{r}");
     for (nid, _) in &failed[1..] {
@@ -502,7 +577,10 @@ async fn resend_recover_replay_and_test_events_make_new_attempts() {
     })
     .await;
     let other = h.api_key(&["notifications:write"]).await;
-    assert_eq!(h.call(Method::POST, &format!("/api/v1/notifications/{}/replay", failed[0].0), &other, None).await.0, 404);
+    assert_eq!(
+        h.call(Method::POST, &format!("/api/v1/notifications/{}/replay", failed[0].0), &other, None).await.0,
+        404
+    );
 
     // A test event reaches the endpoint whatever its filter.
     let before = rx.count();
@@ -524,7 +602,11 @@ async fn an_endpoint_that_times_out_does_not_hold_up_the_others() {
     // batch holds all 30 attempts to the hanging endpoint.
     let (_sink, h, key) = setup(
         &[],
-        &[("HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", "2"), ("HERALD_WEBHOOK_TIMEOUT", "1s"), ("HERALD_ROLES", "api,email")],
+        &[
+            ("HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", "2"),
+            ("HERALD_WEBHOOK_TIMEOUT", "1s"),
+            ("HERALD_ROLES", "api,email"),
+        ],
     )
     .await;
     let owner = h.api_key(ENDPOINT_SCOPES).await;
@@ -544,11 +626,16 @@ async fn an_endpoint_that_times_out_does_not_hold_up_the_others() {
     let worker = Herald::start_with_env(env).await;
     // Wait until the slow endpoint's batch is under way, then ask for a test event.
     wait_requests(&slow, 1).await;
-    let (s, _) = h.call(Method::POST, &format!("/api/v1/endpoints/{}/test", ep["id"].as_str().unwrap()), &owner, None).await;
+    let (s, _) =
+        h.call(Method::POST, &format!("/api/v1/endpoints/{}/test", ep["id"].as_str().unwrap()), &owner, None).await;
     assert_eq!(s, 202);
     let asked = std::time::Instant::now();
     wait_requests(&fast, 1).await;
-    assert!(asked.elapsed() < Duration::from_secs(8), "the test event waited {:?} behind the hanging endpoint", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "the test event waited {:?} behind the hanging endpoint",
+        asked.elapsed()
+    );
     // The hanging endpoint's other attempts were deferred, not made: no attempt rows for them.
     let attempted: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT a.delivery_id) FROM attempts a JOIN deliveries d ON d.id = a.delivery_id

@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let child = tokio::process::Command::new(&args.herald)
         .arg("serve")
         .envs(env.iter().cloned())
-        .envs(args.drain.then(|| ("HERALD_ROLES", "api,relay")))
+        .envs(args.drain.then_some(("HERALD_ROLES", "api,relay")))
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
@@ -124,7 +124,10 @@ async fn main() -> anyhow::Result<()> {
     let event_type = if args.no_email { "bench.webhook" } else { "user.registered" };
     println!(
         "herald-bench: {} notifications ({event_type}), {} concurrent requests, {} email(s) and {} webhook(s) each",
-        args.notifications, args.concurrency, emails / args.notifications.max(1), args.endpoints
+        args.notifications,
+        args.concurrency,
+        emails / args.notifications.max(1),
+        args.endpoints
     );
     let t0 = Instant::now();
     let url = format!("{base}/api/v1/notifications");
@@ -170,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         peak_rss = peak_rss.max(memory_kib(pid, "VmRSS:"));
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "only {n} emails and {w} webhooks delivered after 10 minutes");
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "only {n} emails and {w} webhooks delivered after 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let e2e = t0.elapsed();
@@ -190,7 +196,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let n = args.notifications as f64;
-    println!("accept:   {:>8.0} notifications/s  ({} in {:.2} s)", n / accept_time.as_secs_f64(), args.notifications, accept_time.as_secs_f64());
+    println!(
+        "accept:   {:>8.0} notifications/s  ({} in {:.2} s)",
+        n / accept_time.as_secs_f64(),
+        args.notifications,
+        accept_time.as_secs_f64()
+    );
     println!(
         "latency:  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
@@ -199,7 +210,12 @@ async fn main() -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     if emails > 0 {
-        println!("delivery: {:>8.0} emails/s end to end  (all {} delivered {:.2} s after the first request)", emails as f64 / e2e.as_secs_f64(), sink.accepted_count(), e2e.as_secs_f64());
+        println!(
+            "delivery: {:>8.0} emails/s end to end  (all {} delivered {:.2} s after the first request)",
+            emails as f64 / e2e.as_secs_f64(),
+            sink.accepted_count(),
+            e2e.as_secs_f64()
+        );
     }
     if webhooks > 0 {
         println!("delivery: {:>8.0} webhooks/s end to end  (all {} delivered {:.2} s after the first request, or after the dispatcher started with --drain)", webhooks as f64 / e2e.as_secs_f64(), receiver.count(), e2e.as_secs_f64());
