@@ -393,6 +393,7 @@ async fn owners_only_reach_their_own_endpoints() {
         (Method::PATCH, format!("/api/v1/endpoints/{id}"), Some(json!({"description": "mine now"}))),
         (Method::DELETE, format!("/api/v1/endpoints/{id}"), None),
         (Method::GET, format!("/api/v1/endpoints/{id}/secret"), None),
+        (Method::GET, format!("/api/v1/endpoints/{id}/headers"), None),
         (Method::POST, format!("/api/v1/endpoints/{id}/secret/rotate"), None),
         (Method::POST, format!("/api/v1/endpoints/{id}/disable"), None),
         (Method::POST, format!("/api/v1/endpoints/{id}/enable"), None),
