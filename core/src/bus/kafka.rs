@@ -29,7 +29,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::postgres::PgConsumer;
-use super::{Consumer, Receipt, Received, Topic};
+use super::{Acks, Consumer, Receipt, Received, Topic};
 
 /// Kafka settings from `HERALD_KAFKA_*`.
 #[derive(Debug, Clone)]
@@ -295,7 +295,7 @@ impl Watermarks {
 
 /// A dispatcher's view of its Kafka topic, in a consumer group.
 pub struct KafkaConsumer {
-    marks: Watermarks,
+    marks: Arc<std::sync::Mutex<Watermarks>>,
     revoked: Arc<std::sync::Mutex<Vec<i32>>>,
     consumer: Arc<StreamConsumer<LagContext>>,
     /// Messages received by `keep_alive` during a batch, served by the next `poll`.
@@ -330,7 +330,7 @@ impl KafkaConsumer {
         Ok(Self {
             consumer: Arc::new(consumer),
             buffered: Default::default(),
-            marks: Watermarks::default(),
+            marks: Default::default(),
             revoked,
             settings: settings.clone(),
             topic: name,
@@ -340,7 +340,7 @@ impl KafkaConsumer {
 
     fn receive(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
         let raw = m.payload().unwrap_or_default().to_vec();
-        self.marks.received(m.partition(), m.offset());
+        self.marks.lock().expect("offset marks").received(m.partition(), m.offset());
         Received {
             topic: self.settings.logical(m.topic()).to_owned(),
             key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
@@ -350,20 +350,35 @@ impl KafkaConsumer {
         }
     }
 
+    fn store(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        self.acks().store(msgs)
+    }
+}
+
+/// Settles a Kafka consumer's messages from any task: offset marks are shared with the
+/// consumer, and seeking is thread-safe.
+pub struct KafkaAcks {
+    consumer: Arc<StreamConsumer<LagContext>>,
+    marks: Arc<std::sync::Mutex<Watermarks>>,
+    topic: String,
+}
+
+impl KafkaAcks {
     /// Marks messages finished and stores, per partition, the offset below which every
     /// received message is finished (never past an unfinished or rewound one).
-    fn store(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+    fn store(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        let mut marks = self.marks.lock().expect("offset marks");
         let mut touched = Vec::new();
         for m in msgs {
             if let Receipt::Kafka { partition, offset } = m.receipt {
-                self.marks.finished(partition, offset);
+                marks.finished(partition, offset);
                 if !touched.contains(&partition) {
                     touched.push(partition);
                 }
             }
         }
         for partition in touched {
-            if let Some(next) = self.marks.advance(partition) {
+            if let Some(next) = marks.advance(partition) {
                 // rd_kafka_offset_store commits offset + 1: "everything up to here is done".
                 // Fails for a partition a rebalance just took away; its new owner gets the
                 // message again and finds the attempt already recorded.
@@ -376,19 +391,60 @@ impl KafkaConsumer {
     }
 }
 
+impl Acks for KafkaAcks {
+    async fn ack(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        self.store(msgs)
+    }
+
+    async fn redeliver(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        // A short pause: the usual cause is another worker still holding the delivery.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Rewind each partition to its earliest unfinished message, so later acks in
+        // that partition cannot commit past it.
+        let mut earliest: HashMap<i32, i64> = HashMap::new();
+        {
+            let mut marks = self.marks.lock().expect("offset marks");
+            for m in msgs {
+                if let Receipt::Kafka { partition, offset } = m.receipt {
+                    marks.rewound(partition, offset);
+                    let e = earliest.entry(partition).or_insert(offset);
+                    *e = (*e).min(offset);
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in earliest {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.seek_partitions(tpl, Duration::from_secs(5))).await??;
+        Ok(())
+    }
+
+    /// The consumer itself keeps polling (and so its group membership) meanwhile.
+    async fn keep_alive(&self, _msgs: &[Received]) {}
+}
+
 impl Consumer for KafkaConsumer {
+    type Acks = KafkaAcks;
+
+    fn acks(&self) -> KafkaAcks {
+        KafkaAcks { consumer: self.consumer.clone(), marks: self.marks.clone(), topic: self.topic.clone() }
+    }
+
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
         let consumer = self.consumer.clone();
         // A partition that left us starts afresh if it comes back: its new position is the
         // group's committed offset. (A batch still finishing on it only closes offsets
         // whose outcome it recorded, so forgetting can never pass unrecorded work.)
         for p in std::mem::take(&mut *self.revoked.lock().expect("revoked partitions")) {
-            self.marks.forget(p);
+            let mut marks = self.marks.lock().expect("offset marks");
+            marks.forget(p);
             // Messages already buffered for it are still to be processed: open again.
             for m in &self.buffered {
                 if let Receipt::Kafka { partition, offset } = m.receipt {
                     if partition == p {
-                        self.marks.received(partition, offset);
+                        marks.received(partition, offset);
                     }
                 }
             }
@@ -452,25 +508,7 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
-        // A short pause: the usual cause is another worker still holding the delivery.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // Rewind each partition to its earliest unfinished message, so later acks in
-        // that partition cannot commit past it.
-        let mut earliest: HashMap<i32, i64> = HashMap::new();
-        for m in msgs {
-            if let Receipt::Kafka { partition, offset } = m.receipt {
-                self.marks.rewound(partition, offset);
-                let e = earliest.entry(partition).or_insert(offset);
-                *e = (*e).min(offset);
-            }
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in earliest {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
-        }
-        let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.seek_partitions(tpl, Duration::from_secs(5))).await??;
-        Ok(())
+        self.acks().redeliver(msgs).await
     }
 }
 

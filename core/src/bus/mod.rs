@@ -116,7 +116,23 @@ pub enum Receipt {
     Kafka { partition: i32, offset: i64 },
 }
 
+/// Settles messages of one batch from anywhere, also after the consumer has moved on to
+/// later batches: a slow part of a batch can finish in its own task while the consumer
+/// polls again (see `dispatch::record::drive`). Acking through it is the same as acking
+/// through the consumer.
+pub trait Acks: Send + Sync + 'static {
+    fn ack(&self, msgs: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn redeliver(&self, msgs: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Keeps these messages' claim alive while they are still being worked on.
+    fn keep_alive(&self, msgs: &[Received]) -> impl Future<Output = ()> + Send;
+}
+
 pub trait Consumer: Send {
+    type Acks: Acks;
+
+    /// A handle that settles messages of the batch last returned by `poll`.
+    fn acks(&self) -> Self::Acks;
+
     /// Waits for and returns up to `max` messages, oldest first. Returns an empty batch
     /// after a while without messages so callers can check for shutdown.
     fn poll(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send;

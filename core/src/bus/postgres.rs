@@ -13,7 +13,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Consumer, Receipt, Received, Topic};
+use super::{Acks, Consumer, Receipt, Received, Topic};
 
 pub struct PgConsumer {
     db: PgPool,
@@ -167,17 +167,16 @@ impl PgConsumer {
     }
 }
 
-impl Consumer for PgConsumer {
-    async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        let batch = self.claim(max).await?;
-        if !batch.is_empty() {
-            return Ok(batch);
-        }
-        self.wait().await;
-        Ok(self.claim(max).await?)
-    }
+/// Settles rows of one claim (its token), from any task.
+#[derive(Clone)]
+pub struct PgAcks {
+    db: PgPool,
+    token: Uuid,
+    claim_timeout: Duration,
+}
 
-    async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+impl Acks for PgAcks {
+    async fn ack(&self, msgs: &[Received]) -> anyhow::Result<()> {
         let ids: Vec<i64> = msgs.iter().map(row_id).collect();
         if ids.is_empty() {
             return Ok(());
@@ -190,6 +189,60 @@ impl Consumer for PgConsumer {
             .execute(&self.db)
             .await?;
         Ok(())
+    }
+
+    async fn redeliver(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        // Give the claim back after a short pause instead of waiting out the lease.
+        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+        sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + interval '1 second' WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(&ids)
+        .bind(self.token)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    async fn keep_alive(&self, msgs: &[Received]) {
+        // A long batch keeps its claim: other workers must not take these rows (and find
+        // them busy, again and again) while this one is still working on them.
+        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let r = sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(&ids)
+        .bind(self.token)
+        .bind(self.claim_timeout.as_secs_f64())
+        .execute(&self.db)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "outbox: cannot extend the claim");
+        }
+    }
+}
+
+impl Consumer for PgConsumer {
+    type Acks = PgAcks;
+
+    fn acks(&self) -> PgAcks {
+        PgAcks { db: self.db.clone(), token: self.token, claim_timeout: self.claim_timeout }
+    }
+
+    async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
+        let batch = self.claim(max).await?;
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        self.wait().await;
+        Ok(self.claim(max).await?)
+    }
+
+    async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
+        self.acks().ack(msgs).await
     }
 
     async fn dead_letter(&mut self, msg: &Received, reason: &str) -> anyhow::Result<()> {
@@ -209,8 +262,6 @@ impl Consumer for PgConsumer {
     }
 
     async fn keep_alive(&mut self) {
-        // A long batch keeps its claim: other workers must not take these rows (and find
-        // them busy, again and again) while this one is still working on them.
         if self.claimed.is_empty() {
             return;
         }
@@ -228,15 +279,6 @@ impl Consumer for PgConsumer {
     }
 
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
-        // Give the claim back after a short pause instead of waiting out the lease.
-        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
-        sqlx::query(
-            "UPDATE outbox SET claimed_until = now() + interval '1 second' WHERE id = ANY($1) AND claim_token = $2",
-        )
-        .bind(&ids)
-        .bind(self.token)
-        .execute(&self.db)
-        .await?;
-        Ok(())
+        self.acks().redeliver(msgs).await
     }
 }

@@ -42,6 +42,8 @@ pub struct EmailDispatcher {
     pub batch_size: usize,
     /// `HERALD_BUS_MAX_REDELIVERIES` (see [`record::start_attempts`]).
     pub max_starts: i32,
+    /// Slow batch remainders running in their own tasks.
+    pub detach: record::Detach,
 }
 
 const REPLY_CAP: usize = 1000;
@@ -69,6 +71,7 @@ impl EmailDispatcher {
             concurrency: config.email_concurrency,
             batch_size: config.bus_batch_size,
             max_starts: config.bus_max_redeliveries,
+            detach: record::Detach::new(4),
         }
     }
 
@@ -76,7 +79,9 @@ impl EmailDispatcher {
     /// recorded and acked first.
     pub async fn run<C: Consumer>(self, consumer: C, shutdown: watch::Receiver<bool>) {
         let batch_size = self.batch_size;
+        let detach = self.detach.clone();
         crate::bus::consume(consumer, Arc::new(self), batch_size, shutdown, "email dispatcher").await;
+        detach.drain().await;
     }
 
     async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
@@ -112,13 +117,16 @@ impl EmailDispatcher {
                 })
                 .buffer_unordered(self.concurrency)
         };
-        let made = record::drive(&self.db, consumer, Topic::Email, batch, claimed, self.lease, groups).await?;
-        for (r, ()) in &made {
-            tracing::info!(
-                delivery_id = %r.delivery_id, attempt = r.attempt, outcome = r.outcome.as_str(),
-                smtp_code = r.smtp_code, duration_ms = r.duration_ms, "email attempt recorded"
-            );
-        }
+        let on_recorded = |made: Vec<(AttemptRecord, ())>| async move {
+            for (r, ()) in &made {
+                tracing::info!(
+                    delivery_id = %r.delivery_id, attempt = r.attempt, outcome = r.outcome.as_str(),
+                    smtp_code = r.smtp_code, duration_ms = r.duration_ms, "email attempt recorded"
+                );
+            }
+        };
+        record::drive(&self.db, consumer, Topic::Email, batch, claimed, self.lease, &self.detach, groups, on_recorded)
+            .await?;
         tracing::debug!(
             batch = batch.len(),
             started_ms,

@@ -7,7 +7,10 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::bus::{self, BusMessage, Consumer, DeliveryJob, Received, Topic};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::bus::{self, Acks, BusMessage, Consumer, DeliveryJob, Received, Topic};
 
 /// A delivery this worker now owns for one attempt.
 #[derive(Debug, sqlx::FromRow)]
@@ -379,75 +382,132 @@ pub enum Step<T> {
     Deferred(Deferred),
 }
 
-/// Runs a batch after [`start_attempts`]: hands back the busy messages, dead-letters
-/// the poisoned ones, acks the stale ones, then drives `groups` (one item per ordering
-/// key, finished in any order) and records and acks each group's outcomes as soon as it
-/// completes — a slow endpoint or mailbox holds back only its own messages, never the
-/// batch. Meanwhile the attempts' leases and the consumer's claim or group membership
-/// are kept alive. Messages whose outcome could not be recorded are handed back.
-/// Returns the recorded outcomes with the dispatcher's tags.
-pub async fn drive<C, S, T>(
-    db: &PgPool,
-    consumer: &mut C,
-    topic: Topic,
-    batch: &[Received],
-    claimed: Claimed,
-    lease: Duration,
-    groups: impl FnOnce(Vec<(usize, Started)>) -> S,
-) -> anyhow::Result<Vec<(AttemptRecord, T)>>
-where
-    C: Consumer,
-    S: futures::Stream<Item = Vec<(usize, Step<T>)>>,
-{
-    use futures::StreamExt;
-    let Claimed { owned, stale, busy, poisoned } = claimed;
-    for i in &poisoned {
-        tracing::error!(delivery_id = ?batch[*i].payload.get("delivery_id"), "delivery failed: its outcome could not be recorded");
-        consumer.dead_letter(&batch[*i], POISONED).await?;
-    }
-    if !busy.is_empty() {
-        let again: Vec<Received> = busy.iter().map(|i| batch[*i].clone()).collect();
-        consumer.redeliver(&again).await?;
-    }
-    let acks: Vec<Received> = stale.iter().map(|i| batch[*i].clone()).collect();
-    consumer.ack(&acks).await?;
+/// A batch that has run this long without finishing hands what is left (its slow
+/// groups) to a task of its own, and the consumer polls the next batch.
+pub const DETACH_AFTER: Duration = Duration::from_secs(1);
 
-    let owned_ids: Vec<Uuid> = owned.iter().map(|(_, s)| s.id).collect();
-    let groups = groups(owned);
-    tokio::pin!(groups);
-    let mut heartbeat = tokio::time::interval(lease / 3);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.tick().await;
-    let mut out = Vec::with_capacity(owned_ids.len());
-    loop {
-        let mut ready = tokio::select! {
-            g = groups.next() => match g {
-                Some(g) => g,
-                None => break,
-            },
-            _ = heartbeat.tick() => {
-                if let Err(e) = extend_leases(db, &owned_ids, lease).await {
-                    tracing::warn!(error = %e, "cannot extend attempt leases");
-                }
-                consumer.keep_alive().await;
-                continue;
-            }
-        };
-        // Whatever else finishes within a short window goes into the same transaction:
-        // one slow group holds the others back by at most COALESCE, and a batch of many
-        // quick groups (recipients) is still recorded in a few transactions, not one each.
-        let window = tokio::time::Instant::now() + COALESCE;
-        let mut ended = false;
+/// How many slow batch remainders may run in their own tasks at once (per dispatcher).
+#[derive(Clone)]
+pub struct Detach {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: u32,
+}
+
+impl Detach {
+    pub fn new(max: u32) -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(max as usize)), max }
+    }
+
+    /// Waits until every detached remainder has recorded and settled (at shutdown).
+    pub async fn drain(&self) {
+        let _ = self.permits.acquire_many(self.max).await;
+    }
+}
+
+/// Keeps a consumer's group membership (or claim) alive during a batch.
+trait Pulse: Send {
+    fn pulse(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+struct ConsumerPulse<'a, C>(&'a mut C);
+
+impl<C: Consumer> Pulse for ConsumerPulse<'_, C> {
+    async fn pulse(&mut self) {
+        self.0.keep_alive().await
+    }
+}
+
+/// A detached remainder: the consumer polls on by itself.
+struct NoPulse;
+
+impl Pulse for NoPulse {
+    async fn pulse(&mut self) {}
+}
+
+/// What is left of a batch: its running groups, and the messages not yet settled.
+struct Remainder<S, F> {
+    groups: std::pin::Pin<Box<S>>,
+    pending: HashMap<usize, Received>,
+    ids: Vec<Uuid>,
+    on_recorded: Arc<F>,
+}
+
+impl<S, T, F, Fut> Remainder<S, F>
+where
+    S: futures::Stream<Item = Vec<(usize, Step<T>)>> + Send + 'static,
+    T: Send + 'static,
+    F: Fn(Vec<(AttemptRecord, T)>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    /// Runs the groups, recording and settling each as it finishes, until they are all
+    /// done (`true`) or `until` passes (`false`).
+    async fn run<A: Acks, P: Pulse>(
+        &mut self,
+        db: &PgPool,
+        topic: Topic,
+        lease: Duration,
+        acks: &A,
+        pulse: &mut P,
+        until: Option<tokio::time::Instant>,
+    ) -> anyhow::Result<bool> {
+        use futures::StreamExt;
+        let mut heartbeat = tokio::time::interval(lease / 3);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
         loop {
-            match tokio::time::timeout_at(window, groups.next()).await {
-                Ok(Some(more)) => ready.extend(more),
-                Ok(None) => {
-                    ended = true;
-                    break;
+            let deadline = async {
+                match until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
                 }
-                Err(_) => break,
+            };
+            let mut ready = tokio::select! {
+                g = self.groups.next() => match g {
+                    Some(g) => g,
+                    None => return Ok(true),
+                },
+                _ = heartbeat.tick() => {
+                    if let Err(e) = extend_leases(db, &self.ids, lease).await {
+                        tracing::warn!(error = %e, "cannot extend attempt leases");
+                    }
+                    let pending: Vec<Received> = self.pending.values().cloned().collect();
+                    acks.keep_alive(&pending).await;
+                    pulse.pulse().await;
+                    continue;
+                }
+                _ = deadline => return Ok(false),
+            };
+            // Whatever else finishes within a short window goes into the same transaction:
+            // one slow group holds the others back by at most COALESCE, and a batch of many
+            // quick groups (recipients) is still recorded in a few transactions, not one each.
+            let window = tokio::time::Instant::now() + COALESCE;
+            let mut ended = false;
+            loop {
+                match tokio::time::timeout_at(window, self.groups.next()).await {
+                    Ok(Some(more)) => ready.extend(more),
+                    Ok(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.settle(db, topic, acks, ready).await?;
+            if ended {
+                return Ok(true);
             }
         }
+    }
+
+    /// Records a part's outcomes (one by one if need be), defers what was deferred,
+    /// acks what is recorded and hands back what could not be.
+    async fn settle<A: Acks>(
+        &mut self,
+        db: &PgPool,
+        topic: Topic,
+        acks: &A,
+        ready: Vec<(usize, Step<T>)>,
+    ) -> anyhow::Result<()> {
         let mut made = Vec::with_capacity(ready.len());
         let mut deferred = Vec::new();
         let mut deferred_idx = Vec::new();
@@ -470,25 +530,96 @@ where
                 "webhook attempts deferred (endpoint timing out or rate-limited)"
             );
         }
-        let mut acks: Vec<Received> = deferred_idx.iter().map(|i| batch[*i].clone()).collect();
+        let mut done: Vec<Received> = deferred_idx.iter().filter_map(|i| self.pending.remove(i)).collect();
         let mut again = Vec::new();
+        let mut recorded = Vec::with_capacity(made.len());
         for (n, (idx, rec, tag)) in made.into_iter().enumerate() {
+            let Some(msg) = self.pending.remove(&idx) else { continue };
             if failed.contains(&n) {
-                again.push(batch[idx].clone());
+                again.push(msg);
             } else {
-                acks.push(batch[idx].clone());
-                out.push((rec, tag));
+                done.push(msg);
+                recorded.push((rec, tag));
             }
         }
-        consumer.ack(&acks).await?;
+        acks.ack(&done).await?;
         if !again.is_empty() {
-            consumer.redeliver(&again).await?;
+            acks.redeliver(&again).await?;
         }
-        if ended {
-            break;
+        if !recorded.is_empty() {
+            (self.on_recorded)(recorded).await;
         }
+        Ok(())
     }
-    Ok(out)
+}
+
+/// Runs a batch after [`start_attempts`]: hands back the busy messages, dead-letters
+/// the poisoned ones, acks the stale ones, then drives `groups` (one item per ordering
+/// key, finished in any order), recording and acking each group's outcomes as soon as it
+/// completes and calling `on_recorded` with them. Meanwhile the attempts' leases and the
+/// consumer's claim or group membership are kept alive. A batch still running after
+/// [`DETACH_AFTER`] hands its unfinished groups to a task of its own (if `detach` has
+/// room) and returns, so the consumer polls the next batch: a slow endpoint holds back
+/// only its own deliveries, never the next batch.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive<C, S, T, F, Fut>(
+    db: &PgPool,
+    consumer: &mut C,
+    topic: Topic,
+    batch: &[Received],
+    claimed: Claimed,
+    lease: Duration,
+    detach: &Detach,
+    groups: impl FnOnce(Vec<(usize, Started)>) -> S,
+    on_recorded: F,
+) -> anyhow::Result<()>
+where
+    C: Consumer,
+    S: futures::Stream<Item = Vec<(usize, Step<T>)>> + Send + 'static,
+    T: Send + 'static,
+    F: Fn(Vec<(AttemptRecord, T)>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Claimed { owned, stale, busy, poisoned } = claimed;
+    for i in &poisoned {
+        tracing::error!(delivery_id = ?batch[*i].payload.get("delivery_id"), "delivery failed: its outcome could not be recorded");
+        consumer.dead_letter(&batch[*i], POISONED).await?;
+    }
+    if !busy.is_empty() {
+        let again: Vec<Received> = busy.iter().map(|i| batch[*i].clone()).collect();
+        consumer.redeliver(&again).await?;
+    }
+    let acks: Vec<Received> = stale.iter().map(|i| batch[*i].clone()).collect();
+    consumer.ack(&acks).await?;
+
+    let mut rest = Remainder {
+        pending: owned.iter().map(|(idx, _)| (*idx, batch[*idx].clone())).collect(),
+        ids: owned.iter().map(|(_, s)| s.id).collect(),
+        groups: Box::pin(groups(owned)),
+        on_recorded: Arc::new(on_recorded),
+    };
+    let acks = consumer.acks();
+    let until = tokio::time::Instant::now() + DETACH_AFTER;
+    if rest.run(db, topic, lease, &acks, &mut ConsumerPulse(&mut *consumer), Some(until)).await? {
+        return Ok(());
+    }
+    let Ok(permit) = detach.permits.clone().try_acquire_owned() else {
+        // Enough remainders run already: finish this one here.
+        rest.run(db, topic, lease, &acks, &mut ConsumerPulse(consumer), None).await?;
+        return Ok(());
+    };
+    let db = db.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(e) = rest.run(&db, topic, lease, &acks, &mut NoPulse, None).await {
+            tracing::error!(error = %format!("{e:#}"), "a detached batch remainder failed; its messages will be delivered again");
+            let left: Vec<Received> = rest.pending.values().cloned().collect();
+            if let Err(e) = acks.redeliver(&left).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot hand a detached remainder back");
+            }
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

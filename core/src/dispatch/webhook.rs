@@ -110,8 +110,43 @@ pub struct WebhookDispatcher {
     /// `HERALD_BUS_MAX_REDELIVERIES`: starts without a recorded outcome before a
     /// delivery is failed and its message dead-lettered.
     pub max_starts: i32,
+    /// Slow batch remainders running in their own tasks.
+    detach: record::Detach,
+    /// Attempts in flight per endpoint, across batches (a detached remainder's and the
+    /// next batch's): at most `endpoint_concurrency`.
+    inflight: Mutex<HashMap<Uuid, usize>>,
     /// Per-endpoint pacing for rate-limited endpoints: the next free slot.
     slots: Mutex<HashMap<Uuid, Instant>>,
+}
+
+/// One attempt in flight to an endpoint, counted until dropped.
+struct InFlight<'a> {
+    map: &'a Mutex<HashMap<Uuid, usize>>,
+    id: Uuid,
+}
+
+impl<'a> InFlight<'a> {
+    fn take(map: &'a Mutex<HashMap<Uuid, usize>>, id: Uuid, max: usize) -> Option<Self> {
+        let mut m = map.lock().expect("in-flight counts");
+        let n = m.entry(id).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self { map, id })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().expect("in-flight counts");
+        if let Some(n) = m.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
@@ -191,13 +226,17 @@ impl WebhookDispatcher {
             lease: config.bus_claim_timeout.max(config.webhook.timeout * 2),
             batch_size: config.webhook.batch_size,
             max_starts: config.bus_max_redeliveries,
+            detach: record::Detach::new(4),
+            inflight: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
         })
     }
 
     pub async fn run<C: Consumer>(self, consumer: C, shutdown: watch::Receiver<bool>) {
         let batch_size = self.batch_size;
+        let detach = self.detach.clone();
         crate::bus::consume(consumer, Arc::new(self), batch_size, shutdown, "webhook dispatcher").await;
+        detach.drain().await;
     }
 
     /// Endpoints of a batch, with their live secrets decrypted, in one query.
@@ -303,8 +342,19 @@ impl WebhookDispatcher {
                 })
                 .buffer_unordered(concurrency)
         };
-        let made = record::drive(&self.db, consumer, Topic::Webhook, batch, claimed, self.lease, groups).await?;
+        let on_recorded = {
+            let (this, targets) = (self.clone(), targets.clone());
+            move |made: Vec<(AttemptRecord, Health)>| {
+                let (this, targets) = (this.clone(), targets.clone());
+                async move { this.recorded(made, &targets).await }
+            }
+        };
+        record::drive(&self.db, consumer, Topic::Webhook, batch, claimed, self.lease, &self.detach, groups, on_recorded)
+            .await
+    }
 
+    /// After a part of a batch is recorded: log it, and update its endpoints' health.
+    async fn recorded(&self, made: Vec<(AttemptRecord, Health)>, targets: &HashMap<Uuid, Target>) {
         // Per endpoint: did anything succeed, did everything fail, did it say 410.
         let mut health: HashMap<Uuid, Health> = HashMap::new();
         for (rec, h) in &made {
@@ -322,11 +372,10 @@ impl WebhookDispatcher {
                 };
             }
         }
-        if let Err(e) = self.endpoint_health(&health, &targets).await {
+        if let Err(e) = self.endpoint_health(&health, targets).await {
             // The attempts are recorded; the next failure re-evaluates the endpoint.
             tracing::warn!(error = %format!("{e:#}"), "cannot update endpoint health");
         }
-        Ok(())
     }
 
     /// Forgets pacing slots in the past (an endpoint not sent to for a while), so the
@@ -444,6 +493,15 @@ impl WebhookDispatcher {
                 return defer(&s, wait);
             }
         }
+        // An endpoint still busy with a detached remainder's attempts gets no more than
+        // endpoint_concurrency requests in all.
+        let _slot = match id {
+            Some(id) => match InFlight::take(&self.inflight, id, self.cfg.endpoint_concurrency) {
+                Some(slot) => Some(slot),
+                None => return defer(&s, Duration::from_secs(1)),
+            },
+            None => None,
+        };
         let (rec, health) = self.make(target, key, s).await;
         if health == Health::Failed && rec.http_status.is_none() && rec.outcome == Outcome::TransientFailure {
             tripped.store(true, Ordering::Relaxed);

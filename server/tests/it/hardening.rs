@@ -390,3 +390,34 @@ async fn the_ordering_key_is_the_lowercased_address_everywhere() {
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_hold_back_the_next_batch() {
+    let (_sink, h, key) = setup(&[], &[("HERALD_WEBHOOK_TIMEOUT", "20s")]).await;
+    let a = h.api_key(ENDPOINT_SCOPES).await;
+    let b = h.api_key(ENDPOINT_SCOPES).await;
+    let slow = Receiver::start().await;
+    slow.set_default(Respond::After(Duration::from_secs(12), 200));
+    let fast = Receiver::start().await;
+    let slow_ep = h.create_endpoint(&a, &json!({"url": slow.url("/"), "event_types": ["user.*"]})).await;
+    let fast_ep = h.create_endpoint(&b, &json!({"url": fast.url("/"), "event_types": ["user.*"]})).await;
+    let first = h.send_welcome(&key, "Ada", "ada@example.test").await;
+    eventually(Duration::from_secs(20), "the slow endpoint's first request", || async {
+        (slow.count() == 1).then_some(())
+    })
+    .await;
+    // The first batch is still waiting on the slow endpoint; a later notification's
+    // delivery to the fast endpoint must not wait for it.
+    let second = h.send_welcome(&key, "Bob", "bob@example.test").await;
+    let n = eventually(Duration::from_secs(8), "the second notification's fast delivery", || async {
+        let n = h.get_notification(&key, &second).await;
+        (delivery_to(&n, &fast_ep)["status"] == "succeeded").then_some(n)
+    })
+    .await;
+    assert_ne!(delivery_to(&n, &slow_ep)["status"], "succeeded", "{n}");
+    let first = h.get_notification(&key, &first).await;
+    assert_eq!(delivery_to(&first, &slow_ep)["status"], "in_flight", "the slow one is still waiting: {first}");
+    // And it is recorded in the end: the detached remainder settles it.
+    h.wait_terminal(&key, first["id"].as_str().unwrap()).await;
+    h.stop().await;
+}
