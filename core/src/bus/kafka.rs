@@ -256,9 +256,16 @@ impl Watermarks {
         p
     }
 
-    /// Drops what is known of a partition (it was revoked).
-    pub fn forget(&mut self, partition: i32) {
-        self.parts.remove(&partition);
+    /// A partition was revoked: its next position is the group's committed offset. Drop
+    /// the rewind pin, the progress and the last stored offset; keep the unfinished
+    /// messages, which are still being worked on (a detached batch remainder, or the
+    /// buffer) and close when they finish.
+    pub fn reset(&mut self, partition: i32) {
+        if let Some(p) = self.parts.get_mut(&partition) {
+            p.floor = None;
+            p.finished = None;
+            p.stored = None;
+        }
     }
 
     /// The message is done (recorded, stale or dead-lettered).
@@ -434,20 +441,10 @@ impl Consumer for KafkaConsumer {
 
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
         let consumer = self.consumer.clone();
-        // A partition that left us starts afresh if it comes back: its new position is the
-        // group's committed offset. (A batch still finishing on it only closes offsets
-        // whose outcome it recorded, so forgetting can never pass unrecorded work.)
+        // A partition that left us starts afresh if it comes back (its new position is the
+        // group's committed offset); what is still open on it stays open until finished.
         for p in std::mem::take(&mut *self.revoked.lock().expect("revoked partitions")) {
-            let mut marks = self.marks.lock().expect("offset marks");
-            marks.forget(p);
-            // Messages already buffered for it are still to be processed: open again.
-            for m in &self.buffered {
-                if let Receipt::Kafka { partition, offset } = m.receipt {
-                    if partition == p {
-                        marks.received(partition, offset);
-                    }
-                }
-            }
+            self.marks.lock().expect("offset marks").reset(p);
         }
         let mut out: Vec<Received> = self.buffered.drain(..self.buffered.len().min(max)).collect();
         // Wait up to a second for the first message, then take what is already buffered.
@@ -552,5 +549,19 @@ mod tests {
         w.finished(1, 2);
         assert_eq!(w.advance(1), Some(3));
         assert_eq!(w.advance(7), None, "an unknown partition");
+    }
+
+    #[test]
+    fn a_revoked_partition_keeps_its_open_messages_but_not_its_pin() {
+        let mut w = Watermarks::default();
+        for o in 5..8 {
+            w.received(2, o);
+        }
+        w.rewound(2, 5);
+        w.reset(2); // revoked: another consumer may commit past 5 meanwhile
+        w.finished(2, 7);
+        assert_eq!(w.advance(2), Some(6), "6 is still being worked on (a detached remainder)");
+        w.finished(2, 6);
+        assert_eq!(w.advance(2), Some(8), "the stale pin at 5 is gone");
     }
 }
