@@ -208,6 +208,19 @@ fn duration(v: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration of at least `min` (`at_least(1s)` reads `'…' is too short; use at least 1s`).
+fn at_least(min: Duration) -> impl Fn(&str) -> Result<Duration, String> {
+    move |v| {
+        duration(v).and_then(|d| {
+            if d >= min {
+                Ok(d)
+            } else {
+                Err(format!("'{v}' is too short; use at least {}", humantime::format_duration(min)))
+            }
+        })
+    }
+}
+
 fn positive<T: std::str::FromStr + PartialOrd + Default>(v: &str) -> Result<T, String> {
     match v.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
@@ -307,20 +320,12 @@ impl Config {
             email_retry_schedule: s.parsed("HERALD_EMAIL_RETRY_SCHEDULE", RetrySchedule::email_default(), |v| {
                 RetrySchedule::parse(v)
             })?,
-            bus_claim_timeout: s.parsed("HERALD_BUS_CLAIM_TIMEOUT", Duration::from_secs(60), |v| {
-                duration(v).and_then(|d| {
-                    if d >= Duration::from_secs(1) { Ok(d) } else { Err(format!("'{v}' is too short; use at least 1s")) }
-                })
-            })?,
+            bus_claim_timeout: s.parsed("HERALD_BUS_CLAIM_TIMEOUT", Duration::from_secs(60), at_least(Duration::from_secs(1)))?,
             bus_poll_interval: s.parsed("HERALD_BUS_POLL_INTERVAL", Duration::from_secs(1), duration)?,
             bus_batch_size: s.parsed("HERALD_BUS_BATCH_SIZE", 128, positive)?,
             bus_max_redeliveries: s.parsed("HERALD_BUS_MAX_REDELIVERIES", 5, positive)?,
             max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
-            retention: s.parsed("HERALD_RETENTION", Duration::from_secs(30 * 86400), |v| {
-                duration(v).and_then(|d| {
-                    if d >= Duration::from_secs(1) { Ok(d) } else { Err(format!("'{v}' is too short; use at least 1s")) }
-                })
-            })?,
+            retention: s.parsed("HERALD_RETENTION", Duration::from_secs(30 * 86400), at_least(Duration::from_secs(1)))?,
             api_rate_limit: s.parsed("HERALD_API_RATE_LIMIT", 5000, |v| {
                 v.parse::<u32>().map_err(|_| format!("'{v}' is not a whole number of requests per second (0: no limit)"))
             })?,
@@ -332,7 +337,7 @@ impl Config {
                     ConfigError::new("HERALD_ADMIN_LISTEN_ADDR", format!("'{v}' is not an address such as 127.0.0.1:9090"))
                 })?),
             },
-            http_header_timeout: s.parsed("HERALD_HTTP_HEADER_TIMEOUT", Duration::from_secs(10), duration)?,
+            http_header_timeout: s.parsed("HERALD_HTTP_HEADER_TIMEOUT", Duration::from_secs(10), at_least(Duration::from_millis(100)))?,
             http_max_connections: s.parsed("HERALD_HTTP_MAX_CONNECTIONS", 1024, positive)?,
             site_root: s.parsed("HERALD_SITE_ROOT", "target/site".to_owned(), |v| Ok(v.to_owned()))?,
             secret_key: crate::secrets::SecretKey::parse_hex(&s.required(
