@@ -421,3 +421,23 @@ async fn a_slow_endpoint_does_not_hold_back_the_next_batch() {
     h.wait_terminal(&key, first["id"].as_str().unwrap()).await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_to_be_accepted() {
+    let (_sink, h, _key) =
+        setup(&[], &[("HERALD_HTTP_MAX_CONNECTIONS", "3"), ("HERALD_HTTP_HEADER_TIMEOUT", "30s")]).await;
+    // The harness's own client keeps one pooled connection; two idle sockets take the rest.
+    let addr = h.base.trim_start_matches("http://").to_owned();
+    let idle = vec![
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    let fresh = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let r = fresh.get(format!("{}/healthz", h.base)).send().await;
+    assert!(r.is_err(), "a connection over the cap was served: {r:?}");
+    drop(idle);
+    let fresh = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let r = fresh.get(format!("{}/healthz", h.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "served once a connection closed");
+    h.stop().await;
+}
