@@ -175,6 +175,27 @@ pub struct PgAcks {
     claim_timeout: Duration,
 }
 
+impl PgAcks {
+    /// A long batch keeps its claim: other workers must not take these rows (and find
+    /// them busy, again and again) while this one is still working on them.
+    async fn extend(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let r = sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(ids)
+        .bind(self.token)
+        .bind(self.claim_timeout.as_secs_f64())
+        .execute(&self.db)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "outbox: cannot extend the claim");
+        }
+    }
+}
+
 impl Acks for PgAcks {
     async fn ack(&self, msgs: &[Received]) -> anyhow::Result<()> {
         let ids: Vec<i64> = msgs.iter().map(row_id).collect();
@@ -205,23 +226,8 @@ impl Acks for PgAcks {
     }
 
     async fn keep_alive(&self, msgs: &[Received]) {
-        // A long batch keeps its claim: other workers must not take these rows (and find
-        // them busy, again and again) while this one is still working on them.
         let ids: Vec<i64> = msgs.iter().map(row_id).collect();
-        if ids.is_empty() {
-            return;
-        }
-        let r = sqlx::query(
-            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
-        )
-        .bind(&ids)
-        .bind(self.token)
-        .bind(self.claim_timeout.as_secs_f64())
-        .execute(&self.db)
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "outbox: cannot extend the claim");
-        }
+        self.extend(&ids).await
     }
 }
 
@@ -262,20 +268,7 @@ impl Consumer for PgConsumer {
     }
 
     async fn keep_alive(&mut self) {
-        if self.claimed.is_empty() {
-            return;
-        }
-        let r = sqlx::query(
-            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
-        )
-        .bind(&self.claimed)
-        .bind(self.token)
-        .bind(self.claim_timeout.as_secs_f64())
-        .execute(&self.db)
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "outbox: cannot extend the claim");
-        }
+        self.acks().extend(&self.claimed).await
     }
 
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
