@@ -610,13 +610,21 @@ where
     };
     let db = db.clone();
     tokio::spawn(async move {
+        use futures::FutureExt;
         let _permit = permit;
-        if let Err(e) = rest.run(&db, topic, lease, &acks, &mut NoPulse, None).await {
-            tracing::error!(error = %format!("{e:#}"), "a detached batch remainder failed; its messages will be delivered again");
-            let left: Vec<Received> = rest.pending.values().cloned().collect();
-            if let Err(e) = acks.redeliver(&left).await {
-                tracing::error!(error = %format!("{e:#}"), "cannot hand a detached remainder back");
-            }
+        // A remainder that fails, or panics, hands what it has not settled back, so no
+        // message is left unacked (on Kafka, a partition's offset would stop there).
+        let outcome =
+            std::panic::AssertUnwindSafe(rest.run(&db, topic, lease, &acks, &mut NoPulse, None)).catch_unwind().await;
+        let failure = match outcome {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "it panicked".to_owned(),
+        };
+        tracing::error!(error = %failure, "a detached batch remainder failed; its messages will be delivered again");
+        let left: Vec<Received> = rest.pending.values().cloned().collect();
+        if let Err(e) = acks.redeliver(&left).await {
+            tracing::error!(error = %format!("{e:#}"), "cannot hand a detached remainder back");
         }
     });
     Ok(())
