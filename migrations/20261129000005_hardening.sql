@@ -18,13 +18,10 @@ ALTER TABLE endpoints ADD COLUMN headers_sealed bytea;
 -- Requests per second for this key; NULL: HERALD_API_RATE_LIMIT.
 ALTER TABLE api_keys ADD COLUMN rate_limit integer CHECK (rate_limit IS NULL OR rate_limit >= 0);
 
--- The sweeper asks "is this delivery's message still in the outbox?".
-CREATE INDEX outbox_delivery_idx ON outbox ((payload->>'delivery_id'));
-
--- Retention works through these in small batches.
+-- Retention works through these in small batches (notifications by their time-ordered
+-- UUIDv7 primary key, so accepting one maintains no extra index).
 CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at);
 CREATE INDEX dead_letters_created_idx ON dead_letters (created_at);
-CREATE INDEX notifications_created_idx ON notifications (created_at);
 
 -- The bus ordering key of a delivery: the lowercased address for email (the mailbox's
 -- address when the target has a display name), the endpoint id for webhooks. The

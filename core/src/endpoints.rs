@@ -352,18 +352,23 @@ pub async fn update(
     id: Uuid,
     p: EndpointPatch,
 ) -> Result<Endpoint, ApiError> {
+    #[derive(sqlx::FromRow)]
+    struct Locked {
+        #[sqlx(flatten)]
+        cur: Endpoint,
+        headers_sealed: Option<Vec<u8>>,
+    }
     let mut tx = db.begin().await?;
-    let cur: Endpoint =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR UPDATE"))
-            .bind(id)
-            .bind(&who.owner)
-            .bind(who.is_admin())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-    let sealed: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT headers_sealed FROM endpoints WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
-    let current = open_headers(key, id, sealed.as_deref(), &cur.headers).map_err(|m| anyhow::anyhow!(m))?;
+    let Locked { cur, headers_sealed } = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    let current = open_headers(key, id, headers_sealed.as_deref(), &cur.headers).map_err(|m| anyhow::anyhow!(m))?;
     // A value sent back as the mask keeps the stored one.
     let headers = match p.headers {
         None => current,

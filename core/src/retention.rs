@@ -10,16 +10,20 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 /// Rows deleted per statement: short transactions, short locks.
 pub const BATCH: i64 = 500;
 
-/// Runs one `DELETE` (binding `$1` = seconds kept, `$2` = [`BATCH`]) until it removes
-/// fewer than a batch. Returns the rows removed.
-async fn drain(db: &PgPool, sql: &str, secs: f64) -> sqlx::Result<u64> {
+/// Runs one `DELETE` (binding `$1`, and `$2` = [`BATCH`]) until it removes fewer than a
+/// batch. Returns the rows removed.
+async fn drain<'q, T>(db: &PgPool, sql: &'q str, bound: T) -> sqlx::Result<u64>
+where
+    T: 'q + Clone + Send + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
     let mut total = 0;
     loop {
-        let n = sqlx::query(sql).bind(secs).bind(BATCH).execute(db).await?.rows_affected();
+        let n = sqlx::query(sql).bind(bound.clone()).bind(BATCH).execute(db).await?.rows_affected();
         total += n;
         if n < BATCH as u64 {
             return Ok(total);
@@ -27,38 +31,46 @@ async fn drain(db: &PgPool, sql: &str, secs: f64) -> sqlx::Result<u64> {
     }
 }
 
+/// Deletes rows of `table` whose `created_at` is older than `secs`, oldest first.
+async fn drain_by_age(db: &PgPool, table: &str, secs: f64) -> sqlx::Result<u64> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE ctid IN (
+            SELECT ctid FROM {table} WHERE created_at < now() - make_interval(secs => $1)
+            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    );
+    drain(db, &sql, secs).await
+}
+
+/// The smallest UUIDv7 of the given instant: every notification accepted before it has a
+/// smaller id (its first 48 bits are its creation time in milliseconds).
+fn uuid_v7_floor(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let ms = at.timestamp_millis().max(0) as u128 & ((1 << 48) - 1);
+    Uuid::from_u128(ms << 80)
+}
+
 /// One pass: deletes everything older than `keep`, `BATCH` rows at a time. Returns the
 /// rows removed per table (notifications, idempotency keys, dead letters).
 pub async fn prune_once(db: &PgPool, keep: Duration) -> sqlx::Result<(u64, u64, u64)> {
-    let secs = keep.as_secs_f64();
+    // Settings are at most ten years, so this never leaves chrono's range; be safe anyway.
+    let cutoff = chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|k| chrono::Utc::now().checked_sub_signed(k))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let notifications = drain(
         db,
         "DELETE FROM notifications WHERE id IN (
             SELECT n.id FROM notifications n
-            WHERE n.created_at < now() - make_interval(secs => $1)
+            WHERE n.id < $1
               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = n.id
                               AND d.status IN ('pending', 'in_flight', 'retrying'))
-            ORDER BY n.created_at LIMIT $2
+            ORDER BY n.id LIMIT $2
             FOR UPDATE SKIP LOCKED)",
-        secs,
+        uuid_v7_floor(cutoff),
     )
     .await?;
-    let keys = drain(
-        db,
-        "DELETE FROM idempotency_keys WHERE ctid IN (
-            SELECT ctid FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)
-            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        secs,
-    )
-    .await?;
-    let dead = drain(
-        db,
-        "DELETE FROM dead_letters WHERE id IN (
-            SELECT id FROM dead_letters WHERE created_at < now() - make_interval(secs => $1)
-            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        secs,
-    )
-    .await?;
+    let secs = keep.as_secs_f64();
+    let keys = drain_by_age(db, "idempotency_keys", secs).await?;
+    let dead = drain_by_age(db, "dead_letters", secs).await?;
     Ok((notifications, keys, dead))
 }
 
@@ -90,5 +102,20 @@ pub async fn run(db: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>
             _ = shutdown.changed() => return Ok(()),
             _ = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uuid_floor_orders_with_now_v7_ids() {
+        let before = Uuid::now_v7();
+        let floor = uuid_v7_floor(chrono::Utc::now() + chrono::Duration::milliseconds(2));
+        assert!(before < floor, "an id made before the instant is below it");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(Uuid::now_v7() > floor, "an id made after it is not");
+        assert_eq!(uuid_v7_floor(chrono::DateTime::<chrono::Utc>::MIN_UTC), Uuid::nil(), "before 1970: nothing");
     }
 }

@@ -1,6 +1,7 @@
 //! Real peers for Herald's integration tests and benchmark: an SMTP server that can be
 //! scripted to fail, and fresh PostgreSQL databases. Not part of the product.
 
+pub mod broker;
 pub mod receiver;
 pub mod smtp;
 

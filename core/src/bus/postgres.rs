@@ -23,8 +23,6 @@ pub struct PgConsumer {
     poll_interval: Duration,
     listener: Option<PgListener>,
     token: Uuid,
-    /// The rows of the current claim, for `keep_alive`.
-    claimed: Vec<i64>,
 }
 
 impl PgConsumer {
@@ -34,15 +32,7 @@ impl PgConsumer {
         claim_timeout: Duration,
         poll_interval: Duration,
     ) -> anyhow::Result<Self> {
-        let mut c = Self {
-            db,
-            topic,
-            claim_timeout,
-            poll_interval,
-            listener: None,
-            token: Uuid::new_v4(),
-            claimed: Vec::new(),
-        };
+        let mut c = Self { db, topic, claim_timeout, poll_interval, listener: None, token: Uuid::new_v4() };
         c.connect_listener().await;
         Ok(c)
     }
@@ -93,7 +83,6 @@ impl PgConsumer {
             })
             .collect();
         out.sort_by_key(row_id);
-        self.claimed = out.iter().map(row_id).collect();
         Ok(out)
     }
 
@@ -155,8 +144,8 @@ impl PgConsumer {
             "WITH gone AS (DELETE FROM outbox WHERE id = ANY($1) AND claim_token = $2 RETURNING payload->>'delivery_id' AS d)
              UPDATE deliveries SET published_at = now()
              FROM gone
-             WHERE gone.d ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-               AND deliveries.id = (CASE WHEN gone.d ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+             -- Only delivery jobs name a delivery; the CASE keeps any other payload from the cast.
+             WHERE deliveries.id = (CASE WHEN gone.d ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                                          THEN gone.d END)::uuid",
         )
         .bind(&ids)
@@ -173,27 +162,6 @@ pub struct PgAcks {
     db: PgPool,
     token: Uuid,
     claim_timeout: Duration,
-}
-
-impl PgAcks {
-    /// A long batch keeps its claim: other workers must not take these rows (and find
-    /// them busy, again and again) while this one is still working on them.
-    async fn extend(&self, ids: &[i64]) {
-        if ids.is_empty() {
-            return;
-        }
-        let r = sqlx::query(
-            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
-        )
-        .bind(ids)
-        .bind(self.token)
-        .bind(self.claim_timeout.as_secs_f64())
-        .execute(&self.db)
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "outbox: cannot extend the claim");
-        }
-    }
 }
 
 impl Acks for PgAcks {
@@ -225,9 +193,25 @@ impl Acks for PgAcks {
         Ok(())
     }
 
+    /// A long batch keeps its claim: other workers must not take these rows (and find
+    /// them busy, again and again) while this one is still working on them. (This is the
+    /// only claim extension: the consumer's own `keep_alive` has nothing to add.)
     async fn keep_alive(&self, msgs: &[Received]) {
         let ids: Vec<i64> = msgs.iter().map(row_id).collect();
-        self.extend(&ids).await
+        if ids.is_empty() {
+            return;
+        }
+        let r = sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(&ids)
+        .bind(self.token)
+        .bind(self.claim_timeout.as_secs_f64())
+        .execute(&self.db)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "outbox: cannot extend the claim");
+        }
     }
 }
 
@@ -265,10 +249,6 @@ impl Consumer for PgConsumer {
         .await?;
         crate::metrics::dead_lettered(&msg.topic);
         Ok(())
-    }
-
-    async fn keep_alive(&mut self) {
-        self.acks().extend(&self.claimed).await
     }
 
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {

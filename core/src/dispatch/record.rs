@@ -508,19 +508,22 @@ where
         acks: &A,
         ready: Vec<(usize, Step<T>)>,
     ) -> anyhow::Result<()> {
+        let mut records = Vec::with_capacity(ready.len());
         let mut made = Vec::with_capacity(ready.len());
         let mut deferred = Vec::new();
         let mut deferred_idx = Vec::new();
         for (idx, step) in ready {
             match step {
-                Step::Made(rec, tag) => made.push((idx, rec, tag)),
+                Step::Made(rec, tag) => {
+                    records.push(rec);
+                    made.push((idx, tag));
+                }
                 Step::Deferred(d) => {
                     deferred.push(d);
                     deferred_idx.push(idx);
                 }
             }
         }
-        let records: Vec<AttemptRecord> = made.iter().map(|(_, r, _)| r.clone()).collect();
         let failed = record_each(db, topic, &records).await?;
         defer(db, topic, &deferred).await?;
         if !deferred.is_empty() && topic == Topic::Webhook {
@@ -533,7 +536,7 @@ where
         let mut done: Vec<Received> = deferred_idx.iter().filter_map(|i| self.pending.remove(i)).collect();
         let mut again = Vec::new();
         let mut recorded = Vec::with_capacity(made.len());
-        for (n, (idx, rec, tag)) in made.into_iter().enumerate() {
+        for (n, ((idx, tag), rec)) in made.into_iter().zip(records).enumerate() {
             let Some(msg) = self.pending.remove(&idx) else { continue };
             if failed.contains(&n) {
                 again.push(msg);

@@ -23,11 +23,6 @@ fn delivery_to<'a>(n: &'a Value, endpoint: &Value) -> &'a Value {
         .expect("a delivery to the endpoint")
 }
 
-async fn metric(h: &Herald, name: &str) -> f64 {
-    let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
-    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 #[tokio::test]
 async fn a_nul_byte_in_a_response_does_not_stall_anyone() {
     let (_sink, h, key) = setup(&[], &[]).await;

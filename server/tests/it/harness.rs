@@ -17,6 +17,12 @@ pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 pub const TEST_SECRET_KEY: &str = "6d2f0c3e9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f302112030405";
 
+/// The sum of every `/metrics` sample whose line starts with `name` (all its labels).
+pub async fn metric(h: &Herald, name: &str) -> f64 {
+    let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

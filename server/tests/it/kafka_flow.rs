@@ -22,11 +22,6 @@ fn with<'a>(base: &'a [(&'static str, String)], more: &[(&'static str, &'a str)]
     v
 }
 
-async fn metric(h: &Herald, name: &str) -> f64 {
-    let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
-    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 /// Counts emails per recipient at the SMTP server.
 fn per_recipient(sink: &SmtpSink) -> HashMap<String, usize> {
     let mut m = HashMap::new();

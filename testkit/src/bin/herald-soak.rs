@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::stream::{self, StreamExt};
+use herald_testkit::broker::Broker;
 use herald_testkit::receiver::{Receiver, Respond};
 use herald_testkit::{free_port, fresh_database, smtp::SmtpSink};
 use serde_json::json;
@@ -91,32 +92,10 @@ async fn main() -> anyhow::Result<()> {
         ("HERALD_SWEEP_AFTER".into(), "5s".into()),
     ];
     if args.kafka {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        broker = Some(
-            Command::new(std::env::var("NISSHI").unwrap_or_else(|_| "nisshi".into()))
-                .args([
-                    "broker",
-                    "--storage-engine",
-                    "memory://nisshi/",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--group-initial-rebalance-delay", "0s"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-        let t = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "the broker did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let b = Broker::memory().await;
+        env.push(("HERALD_KAFKA_BROKERS".into(), b.addr()));
+        broker = Some(b);
         env.push(("HERALD_BUS".into(), "kafka".into()));
-        env.push(("HERALD_KAFKA_BROKERS".into(), format!("127.0.0.1:{port}")));
         env.push(("HERALD_KAFKA_TOPIC_PREFIX".into(), format!("soak{}.", uuid::Uuid::new_v4().simple())));
     }
     cli(&args.herald, &env, &["migrate"])?;
@@ -302,9 +281,12 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("memory:   api process RSS start {rss_start} MiB, peak {rss_peak} MiB, end {rss_end} MiB");
     println!("result:   {}", if ok { "OK: nothing lost, every delivery terminal" } else { "FAILED" });
-    for mut c in [api, w1_again, w2].into_iter().chain(broker) {
+    for mut c in [api, w1_again, w2] {
         let _ = c.start_kill();
         let _ = c.wait().await;
+    }
+    if let Some(mut b) = broker {
+        b.stop().await;
     }
     std::process::exit(if ok { 0 } else { 1 });
 }
