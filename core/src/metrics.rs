@@ -4,7 +4,7 @@
 //! `herald_bus_dead_lettered_total{topic}`, `herald_consumer_lag{topic,partition}`,
 //! `herald_attempts_total{channel,outcome}`, `herald_attempt_duration_seconds{channel}`,
 //! `herald_notifications_accepted_total`, `herald_outbox_backlog`,
-//! `herald_consumer_partitions_revoked_total`, `herald_consumer_evictions_total`,
+//! `herald_consumer_partitions_revoked_total`, `herald_consumer_assigned_partitions{topic}`, `herald_consumer_evictions_total`,
 //! `herald_endpoints_disabled_total`, `herald_webhook_ssrf_refused_total`,
 //! `herald_webhook_deferred_total`.
 
@@ -42,6 +42,11 @@ pub fn dead_lettered(topic: &str) {
 pub fn consumer_lag(topic: &str, partition: i32, lag: i64) {
     metrics::gauge!("herald_consumer_lag", "topic" => topic.to_owned(), "partition" => partition.to_string())
         .set(lag as f64);
+}
+
+/// How many partitions of a topic this process's consumer holds.
+pub fn assigned_partitions(topic: &str, n: usize) {
+    metrics::gauge!("herald_consumer_assigned_partitions", "topic" => topic.to_owned()).set(n as f64);
 }
 
 /// Partitions taken away from this process's consumers (rebalances, evictions).

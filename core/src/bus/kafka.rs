@@ -173,6 +173,27 @@ pub struct LagContext {
     prefix: String,
     /// Partitions taken away by a rebalance, for the consumer to forget their marks.
     revoked: Arc<std::sync::Mutex<Vec<i32>>>,
+    /// Partitions this consumer holds, per topic (`herald_consumer_assigned_partitions`).
+    assigned: std::sync::Mutex<HashMap<String, std::collections::BTreeSet<i32>>>,
+}
+
+impl LagContext {
+    /// Adds (`assign`) or removes partitions and publishes the per-topic count.
+    fn track(&self, tpl: &rdkafka::TopicPartitionList, assign: bool) {
+        let mut held = self.assigned.lock().expect("assigned partitions");
+        for e in tpl.elements() {
+            let set = held.entry(e.topic().to_owned()).or_default();
+            if assign {
+                set.insert(e.partition());
+            } else {
+                set.remove(&e.partition());
+            }
+        }
+        for (name, set) in held.iter() {
+            let logical = name.strip_prefix(self.prefix.as_str()).unwrap_or(name);
+            crate::metrics::assigned_partitions(logical, set.len());
+        }
+    }
 }
 
 impl ClientContext for LagContext {
@@ -205,11 +226,22 @@ impl ConsumerContext for LagContext {
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            self.track(tpl, false);
             if tpl.count() > 0 {
                 crate::metrics::revoked(tpl.count() as u64);
                 let mut revoked = self.revoked.lock().expect("revoked partitions");
                 revoked.extend(tpl.elements().iter().map(|e| e.partition()));
             }
+        }
+    }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(tpl) = rebalance {
+            self.track(tpl, true);
         }
     }
 }
@@ -331,7 +363,7 @@ impl KafkaConsumer {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create_with_context(LagContext { prefix: settings.topic_prefix.clone(), revoked: revoked.clone() })?;
+            .create_with_context(LagContext { prefix: settings.topic_prefix.clone(), revoked: revoked.clone(), assigned: Default::default() })?;
         let name = settings.topic(topic.as_str());
         consumer.subscribe(&[&name])?;
         Ok(Self {

@@ -194,6 +194,13 @@ impl Cluster {
 async fn scale_out_two_email_processes() {
     let c = Cluster::start().await;
     let (w1, w2) = (c.email_worker().await, c.email_worker().await);
+    // Work spreads only once the group has given each worker partitions of its own.
+    eventually(Duration::from_secs(60), "both email workers to hold partitions", || async {
+        let a = metric(&w1, "herald_consumer_assigned_partitions{topic=\"email\"}").await;
+        let b = metric(&w2, "herald_consumer_assigned_partitions{topic=\"email\"}").await;
+        (a > 0.0 && b > 0.0).then_some(())
+    })
+    .await;
     const N: usize = 1000;
     post_many(&c.api, &c.key, 0..N).await;
     wait_all_succeeded(&c.api, N as i64, Duration::from_secs(120)).await;
