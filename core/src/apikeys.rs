@@ -49,14 +49,15 @@ impl Scope {
 pub struct Principal {
     pub key_id: Uuid,
     pub owner: String,
-    pub scopes: Vec<String>,
+    /// The key's scopes (a scope this version does not know is dropped).
+    pub scopes: Vec<Scope>,
     /// The key's own requests-per-second limit (`None`: `HERALD_API_RATE_LIMIT`).
     pub rate_limit: Option<u32>,
 }
 
 impl Principal {
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.iter().any(|s| s == scope.as_str())
+        self.scopes.contains(&scope)
     }
     pub fn is_admin(&self) -> bool {
         self.has(Scope::Admin)
@@ -221,7 +222,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
     Ok(Some(Principal {
         key_id: row.id,
         owner: row.owner,
-        scopes: row.scopes,
+        scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         rate_limit: row.rate_limit.map(|r| r.max(0) as u32),
     }))
 }

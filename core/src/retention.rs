@@ -31,6 +31,12 @@ where
     }
 }
 
+/// The tables pruned by age (`created_at`); the SQL check test prepares the statement
+/// of `drain_by_age` for each.
+const AGED_TABLES: [&str; 2] = [AGED_IDEMPOTENCY_KEYS, AGED_DEAD_LETTERS];
+const AGED_IDEMPOTENCY_KEYS: &str = "idempotency_keys";
+const AGED_DEAD_LETTERS: &str = "dead_letters";
+
 /// Deletes rows of `table` whose `created_at` is older than `secs`, oldest first.
 async fn drain_by_age(db: &PgPool, table: &str, secs: f64) -> sqlx::Result<u64> {
     let sql = format!(
@@ -69,8 +75,8 @@ pub async fn prune_once(db: &PgPool, keep: Duration) -> sqlx::Result<(u64, u64, 
     )
     .await?;
     let secs = keep.as_secs_f64();
-    let keys = drain_by_age(db, "idempotency_keys", secs).await?;
-    let dead = drain_by_age(db, "dead_letters", secs).await?;
+    let keys = drain_by_age(db, AGED_TABLES[0], secs).await?;
+    let dead = drain_by_age(db, AGED_TABLES[1], secs).await?;
     Ok((notifications, keys, dead))
 }
 

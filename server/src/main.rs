@@ -1,15 +1,13 @@
 //! `herald`: the one binary. `serve` runs the API, the console and the dispatchers;
 //! `migrate` applies migrations; `api-key` manages API keys.
 
-mod http;
-mod serve;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use herald_core::config::Settings;
+use herald_core::config::{Config, Roles, Settings};
 use herald_core::{apikeys, db};
+use herald_server::{shutdown_signal, Application};
 
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Herald, a self-hosted notification service")]
@@ -94,7 +92,13 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { roles } => serve::serve(&settings, roles.as_deref()).await,
+        Command::Serve { roles } => {
+            let mut config = Config::from_settings(&settings)?;
+            if let Some(r) = roles {
+                config.roles = Roles::parse(&r).map_err(|m| anyhow::anyhow!("--roles: {m}"))?;
+            }
+            Application::build(config).await?.run_until_stopped(shutdown_signal()).await
+        }
         Command::Migrate => {
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;

@@ -13,9 +13,12 @@ use uuid::Uuid;
 
 use super::auth::{Auth, EndpointsRead, EndpointsWrite, NotificationsWrite};
 use super::{json_body, AppState};
-use crate::endpoints::{self, Endpoint, EndpointDelivery, EndpointPatch, NewEndpoint};
+use crate::model::DeliveryStatus;
+use crate::notifications::accept::Accepted;
 use crate::problem::ApiError;
-use crate::processor::Accepted;
+use crate::webhooks::deliveries::{self, EndpointDelivery, RESEND_PAGE};
+use crate::webhooks::endpoints::{self, Endpoint, EndpointPatch, NewEndpoint};
+use crate::webhooks::{lifecycle, signing};
 
 fn id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound)
@@ -47,8 +50,6 @@ pub struct Page {
     after: Option<Uuid>,
     status: Option<String>,
 }
-
-const STATUSES: [&str; 6] = ["pending", "in_flight", "retrying", "succeeded", "failed", "cancelled"];
 
 fn default_limit() -> i64 {
     50
@@ -126,7 +127,7 @@ pub async fn secret(
     Auth(who, ..): Auth<EndpointsWrite>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let key = endpoints::secret(&s.db, &s.config.secret_key, &who, id(&raw)?).await?;
+    let key = signing::secret(&s.db, &s.config.secret_key, &who, id(&raw)?).await?;
     Ok(Json(json!({ "key": key })))
 }
 
@@ -166,7 +167,7 @@ pub async fn rotate(
             .filter(|d| d.as_secs() <= 7 * 86400)
             .ok_or_else(|| ApiError::InvalidRequest(format!("grace '{g}' is not a duration from 0s to 7d")))?,
     };
-    let key = endpoints::rotate(&s.db, &s.config.secret_key, &who, id, grace).await?;
+    let key = signing::rotate(&s.db, &s.config.secret_key, &who, id, grace).await?;
     tracing::info!(endpoint_id = %id, grace_s = grace.as_secs(), "webhook signing secret rotated");
     Ok(Json(json!({ "key": key, "previous_valid_for_seconds": grace.as_secs() })))
 }
@@ -176,7 +177,7 @@ pub async fn test(
     Auth(who, ..): Auth<EndpointsWrite>,
     Path(raw): Path<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let accepted = endpoints::send_test(&s.db, &s.processor, &who, id(&raw)?).await?;
+    let accepted = lifecycle::send_test(&s.db, &s.processor, &who, id(&raw)?).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -194,8 +195,8 @@ pub async fn recover(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = id(&raw)?;
     let req: Recover = json_body(body, s.config.max_body_bytes)?;
-    let ids = endpoints::recover(&s.db, &who, id, req.since).await?;
-    let more = ids.len() >= endpoints::RESEND_PAGE;
+    let ids = deliveries::recover(&s.db, &who, id, req.since).await?;
+    let more = ids.len() >= RESEND_PAGE;
     Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids, "more": more }))))
 }
 
@@ -207,12 +208,11 @@ pub async fn deliveries(
 ) -> Result<Json<Vec<EndpointDelivery>>, ApiError> {
     let Query(page) = page.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
     let limit = page.limit()?;
-    if let Some(st) = page.status.as_deref() {
-        if !STATUSES.contains(&st) {
-            return Err(ApiError::InvalidRequest(format!("status must be one of {}", STATUSES.join(", "))));
-        }
-    }
-    Ok(Json(endpoints::deliveries(&s.db, &who, id(&raw)?, page.status.as_deref(), limit).await?))
+    let status = match page.status.as_deref() {
+        None => None,
+        Some(st) => Some(st.parse::<DeliveryStatus>().map_err(|e| ApiError::InvalidRequest(format!("status: {e}")))?),
+    };
+    Ok(Json(deliveries::deliveries(&s.db, &who, id(&raw)?, status, limit).await?))
 }
 
 pub async fn delivery(
@@ -220,7 +220,7 @@ pub async fn delivery(
     Auth(who, ..): Auth<EndpointsRead>,
     Path((raw, delivery)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (d, attempts) = endpoints::delivery(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
+    let (d, attempts) = deliveries::delivery(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
     let mut v = serde_json::to_value(d).map_err(anyhow::Error::from)?;
     v["attempts"] = serde_json::to_value(attempts).map_err(anyhow::Error::from)?;
     Ok(Json(v))
@@ -231,7 +231,7 @@ pub async fn resend(
     Auth(who, ..): Auth<EndpointsWrite>,
     Path((raw, delivery)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    endpoints::resend(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
+    deliveries::resend(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -242,7 +242,7 @@ pub async fn replay(
     Auth(who, ..): Auth<NotificationsWrite>,
     Path(raw): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let ids = endpoints::replay_notification(&s.db, &who, id(&raw)?).await?;
-    let more = ids.len() >= endpoints::RESEND_PAGE;
+    let ids = deliveries::replay_notification(&s.db, &who, id(&raw)?).await?;
+    let more = ids.len() >= RESEND_PAGE;
     Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids, "more": more }))))
 }

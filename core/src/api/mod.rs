@@ -17,9 +17,10 @@ use axum::Router;
 use sqlx::PgPool;
 
 use crate::config::Config;
-use crate::dispatch::email::Smtp;
+use crate::error::Error;
+use crate::notifications::accept::Processor;
 use crate::problem::ApiError;
-use crate::processor::Processor;
+use crate::smtp::Smtp;
 use crate::ssrf::Guard;
 
 /// How `/readyz` checks the bus.
@@ -36,6 +37,7 @@ pub struct AppState {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub processor: Arc<Processor>,
+    /// For `/readyz` only: the SMTP server must answer.
     pub smtp: Smtp,
     pub bus: BusProbe,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -65,7 +67,7 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
     if body.windows(6).any(|w| w == b"\\u0000") {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
             if let Some(pointer) = find_nul(&v, String::new()) {
-                return Err(ApiError::NulCharacter(pointer));
+                return Err(Error::NulCharacter(pointer).into());
             }
         }
     }

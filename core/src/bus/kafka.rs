@@ -363,7 +363,11 @@ impl KafkaConsumer {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .create_with_context(LagContext { prefix: settings.topic_prefix.clone(), revoked: revoked.clone(), assigned: Default::default() })?;
+            .create_with_context(LagContext {
+                prefix: settings.topic_prefix.clone(),
+                revoked: revoked.clone(),
+                assigned: Default::default(),
+            })?;
         let name = settings.topic(topic.as_str());
         consumer.subscribe(&[&name])?;
         Ok(Self {

@@ -97,6 +97,16 @@ impl Topic {
     }
 }
 
+/// A delivery's messages travel on its channel's topic.
+impl From<crate::model::Channel> for Topic {
+    fn from(c: crate::model::Channel) -> Self {
+        match c {
+            crate::model::Channel::Email => Topic::Email,
+            crate::model::Channel::Webhook => Topic::Webhook,
+        }
+    }
+}
+
 /// One received message. `receipt` is opaque to users of the trait.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -5,31 +5,23 @@
 //! `HERALD_EMAIL_RETRY_SCHEDULE`). Every email carries `Message-ID: <delivery-id@host>`,
 //! the same on every retry, so receivers can deduplicate.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use lettre::message::{header, Mailbox, MultiPart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncTransport, Message};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::record::{self, AttemptRecord, Outcome, Started};
 use crate::bus::{BatchHandler, Consumer, Received, Topic};
 use crate::config::Config;
+use crate::model::Channel;
 use crate::retry::RetrySchedule;
 use crate::templates::RenderedEmail;
 
-pub type Smtp = AsyncSmtpTransport<Tokio1Executor>;
-
-pub fn transport(config: &Config) -> anyhow::Result<Smtp> {
-    Ok(Smtp::from_url(&config.smtp_url)?
-        .pool_config(PoolConfig::new().max_size(config.smtp_pool_size).idle_timeout(Duration::from_secs(30)))
-        .timeout(Some(config.smtp_timeout))
-        .build())
-}
+pub use crate::smtp::{transport, Smtp};
 
 pub struct EmailDispatcher {
     pub db: PgPool,
@@ -85,24 +77,14 @@ impl EmailDispatcher {
     }
 
     async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
-        let (jobs, bad) = record::decode(batch);
-        for i in &bad {
-            tracing::error!("email dispatcher: undecodable bus message dead-lettered");
-            consumer
-                .dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}")
-                .await?;
-        }
         let clock = Instant::now();
-        let claimed = record::start_attempts(&self.db, "email", &jobs, self.lease, self.max_starts).await?;
+        let claimed = record::begin(&self.db, consumer, Channel::Email, batch, self.lease, self.max_starts).await?;
         let started_ms = clock.elapsed().as_millis();
 
         // Per recipient in order; different recipients concurrently; each recipient's
         // outcomes recorded as soon as they are known.
         let groups = |owned: Vec<(usize, Started)>| {
-            let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
-            for (idx, s) in owned {
-                groups.entry(batch[idx].key.clone()).or_default().push((idx, s));
-            }
+            let groups = record::group_by(owned, |idx, _| batch[idx].key.clone());
             let this = self.clone();
             stream::iter(groups)
                 .map(move |(key, items)| {

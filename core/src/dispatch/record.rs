@@ -11,12 +11,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::bus::{self, Acks, BusMessage, Consumer, DeliveryJob, Received, Topic};
+use crate::model::{Channel, DeliveryStatus};
 
 /// A delivery this worker now owns for one attempt.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Started {
     pub id: Uuid,
     pub target: String,
+    /// The endpoint of a webhook delivery (`None` for email, or once it was deleted).
+    pub endpoint_id: Option<Uuid>,
     pub content: serde_json::Value,
     /// The attempt being made (1-based).
     pub attempt: i32,
@@ -55,7 +58,7 @@ pub const POISONED: &str =
 /// whose outcome cannot be recorded is never re-sent forever.
 pub async fn start_attempts(
     db: &PgPool,
-    channel: &str,
+    channel: Channel,
     jobs: &[(usize, DeliveryJob)],
     lease: Duration,
     max_starts: i32,
@@ -69,7 +72,7 @@ pub async fn start_attempts(
          FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempt)
          WHERE d.id = j.id AND d.channel = $3 AND d.attempts = j.attempt - 1 AND d.unrecorded_starts < $5
            AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
-         RETURNING d.id, d.target, d.content, j.attempt, d.round_start",
+         RETURNING d.id, d.target, d.endpoint_id, d.content, j.attempt, d.round_start",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -124,6 +127,37 @@ pub async fn start_attempts(
         }
     }
     Ok(claimed)
+}
+
+/// The start of every dispatcher's batch: decodes its jobs (dead-lettering a message
+/// that is not one) and claims their deliveries with [`start_attempts`].
+pub async fn begin<C: Consumer>(
+    db: &PgPool,
+    consumer: &mut C,
+    channel: Channel,
+    batch: &[Received],
+    lease: Duration,
+    max_starts: i32,
+) -> anyhow::Result<Claimed> {
+    let (jobs, bad) = decode(batch);
+    for i in &bad {
+        tracing::error!(channel = channel.as_str(), "undecodable bus message dead-lettered");
+        consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
+    }
+    Ok(start_attempts(db, channel, &jobs, lease, max_starts).await?)
+}
+
+/// Groups a batch's started attempts by `key` (recipient or endpoint), each group in
+/// bus order: a group's attempts run one after the other, groups run side by side.
+pub fn group_by(
+    owned: Vec<(usize, Started)>,
+    key: impl Fn(usize, &Started) -> String,
+) -> std::collections::BTreeMap<String, Vec<(usize, Started)>> {
+    let mut groups: std::collections::BTreeMap<String, Vec<(usize, Started)>> = Default::default();
+    for (idx, s) in owned {
+        groups.entry(key(idx, &s)).or_default().push((idx, s));
+    }
+    groups
 }
 
 /// Pushes back the lease of deliveries this worker is still attempting.
@@ -194,11 +228,13 @@ impl AttemptRecord {
         }
     }
 
-    fn new_status(&self) -> &'static str {
+    /// The delivery's status after this attempt, and when its next attempt is due
+    /// (only when it is retrying).
+    fn next(&self) -> (DeliveryStatus, Option<DateTime<Utc>>) {
         match (self.outcome, self.retry_at) {
-            (Outcome::Succeeded, _) => "succeeded",
-            (Outcome::TransientFailure, Some(_)) => "retrying",
-            _ => "failed",
+            (Outcome::Succeeded, _) => (DeliveryStatus::Succeeded, None),
+            (Outcome::TransientFailure, Some(at)) => (DeliveryStatus::Retrying, Some(at)),
+            _ => (DeliveryStatus::Failed, None),
         }
     }
 }
@@ -214,9 +250,8 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     let col = |f: fn(&AttemptRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<Uuid> = records.iter().map(|r| r.delivery_id).collect();
     let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
-    let statuses: Vec<&str> = records.iter().map(|r| r.new_status()).collect();
-    let retry_at: Vec<Option<DateTime<Utc>>> =
-        records.iter().map(|r| r.retry_at.filter(|_| r.new_status() == "retrying")).collect();
+    let (statuses, retry_at): (Vec<DeliveryStatus>, Vec<Option<DateTime<Utc>>>) =
+        records.iter().map(AttemptRecord::next).unzip();
     let errors: Vec<Option<String>> =
         col(|r| r.error.clone().or_else(|| r.smtp_reply.clone().filter(|_| r.outcome != Outcome::Succeeded)))
             .into_iter()
@@ -262,9 +297,9 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     .await?;
     let retries: Vec<BusMessage> = kept
         .iter()
-        .filter(|r| r.new_status() == "retrying")
-        .map(|r| {
-            BusMessage::delivery(topic, r.key.clone(), r.delivery_id, r.attempt + 1).at(r.retry_at.expect("retrying"))
+        .filter_map(|r| {
+            let (_, at) = r.next();
+            Some(BusMessage::delivery(topic, r.key.clone(), r.delivery_id, r.attempt + 1).at(at?))
         })
         .collect();
     bus::enqueue(&mut tx, &retries).await?;

@@ -13,7 +13,7 @@
 //! retries), `webhook-timestamp` is this attempt's, and `webhook-signature` carries one
 //! signature per live secret (the current one and rotated-out ones in their grace period).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +29,8 @@ use uuid::Uuid;
 use super::record::{self, AttemptRecord, Deferred, Outcome, Started};
 use crate::bus::{BatchHandler, Consumer, Received, Topic};
 use crate::config::{Config, WebhookConfig};
-use crate::processor::Processor;
+use crate::model::Channel;
+use crate::notifications::accept::Processor;
 use crate::retry::RetrySchedule;
 use crate::secrets::{self, SecretKey};
 use crate::ssrf::{self, Guard};
@@ -261,8 +262,9 @@ impl WebhookDispatcher {
                 keys.push(secrets::secret_bytes(&secret).map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?);
             }
             let mut headers = HeaderMap::new();
-            let clear = crate::endpoints::open_headers(&self.key, r.id, r.headers_sealed.as_deref(), &r.headers)
-                .map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?;
+            let clear =
+                crate::webhooks::endpoints::open_headers(&self.key, r.id, r.headers_sealed.as_deref(), &r.headers)
+                    .map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?;
             for (k, v) in &clear {
                 if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
                     headers.insert(name, value);
@@ -285,16 +287,9 @@ impl WebhookDispatcher {
     }
 
     async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
-        let (jobs, bad) = record::decode(batch);
-        for i in &bad {
-            tracing::error!("webhook dispatcher: undecodable bus message dead-lettered");
-            consumer
-                .dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}")
-                .await?;
-        }
-        let claimed = record::start_attempts(&self.db, "webhook", &jobs, self.lease, self.max_starts).await?;
+        let claimed = record::begin(&self.db, consumer, Channel::Webhook, batch, self.lease, self.max_starts).await?;
         let endpoint_ids: Vec<Uuid> = {
-            let mut ids: Vec<Uuid> = claimed.owned.iter().filter_map(|(_, s)| s.target.parse().ok()).collect();
+            let mut ids: Vec<Uuid> = claimed.owned.iter().filter_map(|(_, s)| s.endpoint_id).collect();
             ids.sort();
             ids.dedup();
             ids
@@ -311,10 +306,7 @@ impl WebhookDispatcher {
         // endpoints in parallel; each endpoint's outcomes are recorded as soon as its
         // attempts are done.
         let groups = |owned: Vec<(usize, Started)>| {
-            let mut groups: BTreeMap<String, Vec<(usize, Started)>> = BTreeMap::new();
-            for (idx, s) in owned {
-                groups.entry(s.target.clone()).or_default().push((idx, s));
-            }
+            let groups = record::group_by(owned, |_, s| s.target.clone());
             let this = self.clone();
             let targets = targets.clone();
             stream::iter(groups)
@@ -322,7 +314,8 @@ impl WebhookDispatcher {
                     let this = this.clone();
                     let targets = targets.clone();
                     async move {
-                        let id: Option<Uuid> = endpoint.parse().ok();
+                        // Every item of the group names the same endpoint (or none: deleted).
+                        let id: Option<Uuid> = items.first().and_then(|(_, s)| s.endpoint_id);
                         let target = id.and_then(|id| targets.get(&id));
                         // Set when an attempt to this endpoint times out or cannot connect:
                         // its attempts not yet started are deferred instead of holding the
@@ -436,11 +429,16 @@ impl WebhookDispatcher {
                 humantime::format_duration(self.cfg.disable_after),
                 since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             );
-            crate::endpoints::disable_and_notify(&self.db, &self.processor, id, &reason).await?;
+            crate::webhooks::lifecycle::disable_and_notify(&self.db, &self.processor, id, &reason).await?;
         }
         for (id, _) in health.iter().filter(|(_, h)| **h == Health::Gone) {
-            crate::endpoints::disable_and_notify(&self.db, &self.processor, *id, "the endpoint answered 410 Gone")
-                .await?;
+            crate::webhooks::lifecycle::disable_and_notify(
+                &self.db,
+                &self.processor,
+                *id,
+                "the endpoint answered 410 Gone",
+            )
+            .await?;
         }
         Ok(())
     }

@@ -9,5 +9,7 @@ mod cli;
 mod errors;
 mod flow;
 mod hardening;
+mod in_process;
 mod kafka_flow;
+mod sql;
 mod webhooks;

@@ -1,28 +1,23 @@
-//! Webhook endpoints: validation, storage, secrets, owner scoping, replay, and
-//! disabling (with the owner's email and the `endpoint.disabled` operational event).
+//! Webhook endpoints: validation, storage (custom headers sealed at rest) and owner
+//! scoping. Secrets are in `signing`, deliveries in `deliveries`, test events and
+//! disabling in `lifecycle`.
 //!
 //! Owner scoping: every query takes the caller's owner and whether it is an admin, and
 //! filters with `owner = $owner OR $admin`. Another owner's endpoint is "not found".
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{json, Value};
-use sqlx::{PgConnection, PgPool};
+use serde_json::Value;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apikeys::Principal;
-use crate::bus::{self, BusMessage, Topic};
-use crate::problem::ApiError;
-use crate::processor::{self, Processor, Submission};
+use crate::error::{Error, Result};
 use crate::retry::RetrySchedule;
 use crate::secrets::{self, SecretKey};
 use crate::ssrf::Guard;
-
-/// At most this many rotated-out secrets keep signing.
-pub const MAX_OLD_SECRETS: i64 = 10;
 const MAX_HEADERS: usize = 20;
 
 /// Headers Herald sets itself; an endpoint's custom headers cannot set them.
@@ -122,11 +117,11 @@ fn names_only(headers: &BTreeMap<String, String>) -> Value {
 }
 
 /// Seals a header map for the `headers_sealed` column (`None` when empty).
-fn seal_headers(key: &SecretKey, id: Uuid, headers: &BTreeMap<String, String>) -> Result<Option<Vec<u8>>, ApiError> {
+fn seal_headers(key: &SecretKey, id: Uuid, headers: &BTreeMap<String, String>) -> Result<Option<Vec<u8>>> {
     if headers.is_empty() {
         return Ok(None);
     }
-    let json = serde_json::to_string(headers).map_err(anyhow::Error::from)?;
+    let json = serde_json::to_string(headers)?;
     Ok(Some(key.seal_headers(id, &json)))
 }
 
@@ -166,8 +161,8 @@ pub async fn seal_legacy_headers(db: &PgPool, key: &SecretKey) -> anyhow::Result
 const COLUMNS: &str = "id, owner, url, description, event_types, enabled, disabled_at, disabled_reason, rate_limit, \
                        headers, retry_schedule, failing_since, created_at, updated_at";
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::InvalidRequest(msg.into())
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Invalid(msg.into())
 }
 
 /// A validated endpoint definition.
@@ -190,7 +185,7 @@ fn valid_filter(f: &str) -> bool {
         && name.split('.').all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
-async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, ApiError> {
+async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid> {
     let url: reqwest::Url =
         e.url.trim().parse().map_err(|err| bad(format!("url '{}' is not a valid URL: {err}", e.url.trim())))?;
     if url.as_str().len() > 2048 {
@@ -202,7 +197,7 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, A
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("url must not contain credentials; send them in a custom header instead"));
     }
-    guard.check_url(&url).map_err(|r| ApiError::RefusedTarget(format!("url {}: {r}", url)))?;
+    guard.check_url(&url).map_err(|r| Error::RefusedTarget(format!("url {}: {r}", url)))?;
 
     let mut event_types: Vec<String> = e.event_types.iter().map(|f| f.trim().to_owned()).collect();
     event_types.sort();
@@ -222,7 +217,7 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, A
         let known: Vec<String> =
             sqlx::query_scalar("SELECT name FROM event_types WHERE name = ANY($1)").bind(&exact).fetch_all(db).await?;
         if let Some(unknown) = exact.iter().find(|f| !known.contains(f)) {
-            return Err(ApiError::UnknownEventType((*unknown).clone()));
+            return Err(Error::UnknownEventType((*unknown).clone()));
         }
     }
     if e.description.len() > 1000 {
@@ -251,7 +246,7 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid, A
     let retry_schedule = match e.retry_schedule.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => {
-            RetrySchedule::parse(s).map_err(ApiError::InvalidRetrySchedule)?;
+            RetrySchedule::parse(s).map_err(Error::InvalidRetrySchedule)?;
             Some(s.to_owned())
         }
     };
@@ -275,7 +270,7 @@ pub async fn create(
     who: &Principal,
     e: NewEndpoint,
     max_per_owner: i64,
-) -> Result<(Endpoint, String), ApiError> {
+) -> Result<(Endpoint, String)> {
     let enabled = e.enabled;
     let v = validate(db, guard, e).await?;
     let id = Uuid::now_v7();
@@ -288,7 +283,7 @@ pub async fn create(
         .fetch_one(&mut *tx)
         .await?;
     if have >= max_per_owner {
-        return Err(ApiError::LimitExceeded(format!(
+        return Err(Error::LimitExceeded(format!(
             "an owner may have at most {max_per_owner} endpoints (HERALD_MAX_ENDPOINTS_PER_OWNER); delete one first"
         )));
     }
@@ -319,7 +314,7 @@ pub async fn create(
     Ok((ep, secret))
 }
 
-pub async fn list(db: &PgPool, who: &Principal, limit: i64, after: Option<Uuid>) -> Result<Vec<Endpoint>, ApiError> {
+pub async fn list(db: &PgPool, who: &Principal, limit: i64, after: Option<Uuid>) -> Result<Vec<Endpoint>> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM endpoints WHERE (owner = $1 OR $2) AND ($3::uuid IS NULL OR id > $3)
          ORDER BY id LIMIT $4"
@@ -332,14 +327,14 @@ pub async fn list(db: &PgPool, who: &Principal, limit: i64, after: Option<Uuid>)
     .await?)
 }
 
-pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<Endpoint, ApiError> {
+pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<Endpoint> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)"))
         .bind(id)
         .bind(&who.owner)
         .bind(who.is_admin())
         .fetch_optional(db)
         .await?
-        .ok_or(ApiError::NotFound)
+        .ok_or(Error::NotFound)
 }
 
 /// Changes an endpoint. The row is locked from read to write, so concurrent PATCHes
@@ -351,7 +346,7 @@ pub async fn update(
     who: &Principal,
     id: Uuid,
     p: EndpointPatch,
-) -> Result<Endpoint, ApiError> {
+) -> Result<Endpoint> {
     #[derive(sqlx::FromRow)]
     struct Locked {
         #[sqlx(flatten)]
@@ -367,7 +362,7 @@ pub async fn update(
     .bind(who.is_admin())
     .fetch_optional(&mut *tx)
     .await?
-    .ok_or(ApiError::NotFound)?;
+    .ok_or(Error::NotFound)?;
     let current = open_headers(key, id, headers_sealed.as_deref(), &cur.headers).map_err(|m| anyhow::anyhow!(m))?;
     // A value sent back as the mask keeps the stored one.
     let headers = match p.headers {
@@ -410,12 +405,7 @@ pub async fn update(
 }
 
 /// An endpoint's custom headers with their values (a write-level read, like the secret).
-pub async fn headers(
-    db: &PgPool,
-    key: &SecretKey,
-    who: &Principal,
-    id: Uuid,
-) -> Result<BTreeMap<String, String>, ApiError> {
+pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<BTreeMap<String, String>> {
     let (legacy, sealed): (Value, Option<Vec<u8>>) =
         sqlx::query_as("SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)")
             .bind(id)
@@ -423,11 +413,11 @@ pub async fn headers(
             .bind(who.is_admin())
             .fetch_optional(db)
             .await?
-            .ok_or(ApiError::NotFound)?;
+            .ok_or(Error::NotFound)?;
     Ok(open_headers(key, id, sealed.as_deref(), &legacy).map_err(|m| anyhow::anyhow!(m))?)
 }
 
-pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<(), ApiError> {
+pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
     let r = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)")
         .bind(id)
         .bind(&who.owner)
@@ -435,13 +425,13 @@ pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<(), ApiErr
         .execute(db)
         .await?;
     if r.rows_affected() == 0 {
-        return Err(ApiError::NotFound);
+        return Err(Error::NotFound);
     }
     Ok(())
 }
 
 /// Enables (and resets the auto-disable clock) or disables an endpoint on request.
-pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) -> Result<Endpoint, ApiError> {
+pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) -> Result<Endpoint> {
     sqlx::query_as(&format!(
         "UPDATE endpoints SET enabled = $4,
                 disabled_at = CASE WHEN $4 THEN NULL WHEN enabled THEN now() ELSE disabled_at END,
@@ -455,319 +445,5 @@ pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) 
     .bind(enabled)
     .fetch_optional(db)
     .await?
-    .ok_or(ApiError::NotFound)
-}
-
-/// The current signing secret.
-pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<String, ApiError> {
-    let sealed: Vec<u8> = sqlx::query_scalar(
-        "SELECT s.sealed FROM endpoint_secrets s JOIN endpoints e ON e.id = s.endpoint_id
-         WHERE e.id = $1 AND (e.owner = $2 OR $3) AND s.expires_at IS NULL",
-    )
-    .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
-    .fetch_optional(db)
-    .await?
-    .ok_or(ApiError::NotFound)?;
-    key.open(id, &sealed).map_err(|m| ApiError::Internal(anyhow::anyhow!(m)))
-}
-
-/// Makes a new current secret; the old one keeps signing for `grace`. At most
-/// [`MAX_OLD_SECRETS`] old secrets are kept; expired ones are dropped.
-pub async fn rotate(
-    db: &PgPool,
-    key: &SecretKey,
-    who: &Principal,
-    id: Uuid,
-    grace: Duration,
-) -> Result<String, ApiError> {
-    let mut tx = db.begin().await?;
-    let found: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR UPDATE")
-            .bind(id)
-            .bind(&who.owner)
-            .bind(who.is_admin())
-            .fetch_optional(&mut *tx)
-            .await?;
-    if found.is_none() {
-        return Err(ApiError::NotFound);
-    }
-    let secret = secrets::generate_secret();
-    sqlx::query(
-        "UPDATE endpoint_secrets SET expires_at = now() + make_interval(secs => $2)
-         WHERE endpoint_id = $1 AND expires_at IS NULL",
-    )
-    .bind(id)
-    .bind(grace.as_secs_f64())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO endpoint_secrets (endpoint_id, generation, sealed)
-         SELECT $1, coalesce(max(generation), 0) + 1, $2 FROM endpoint_secrets WHERE endpoint_id = $1",
-    )
-    .bind(id)
-    .bind(key.seal(id, &secret))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL
-           AND (expires_at <= now() OR generation NOT IN (
-                SELECT generation FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at IS NOT NULL
-                ORDER BY generation DESC LIMIT $2))",
-    )
-    .bind(id)
-    .bind(MAX_OLD_SECRETS)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(secret)
-}
-
-/// One webhook delivery, as an endpoint's owner sees it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub struct EndpointDelivery {
-    pub id: Uuid,
-    pub notification_id: Uuid,
-    pub event_type: String,
-    pub status: String,
-    pub attempt_count: i32,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-const DELIVERY_SELECT: &str = "SELECT d.id, d.notification_id, n.event_type, d.status, d.attempts AS attempt_count,
-        d.next_attempt_at, d.last_error, d.created_at, d.updated_at
- FROM deliveries d JOIN notifications n ON n.id = d.notification_id";
-
-pub async fn deliveries(
-    db: &PgPool,
-    who: &Principal,
-    id: Uuid,
-    status: Option<&str>,
-    limit: i64,
-) -> Result<Vec<EndpointDelivery>, ApiError> {
-    get(db, who, id).await?;
-    Ok(sqlx::query_as(&format!(
-        "{DELIVERY_SELECT} WHERE d.channel = 'webhook' AND d.target = $1 AND ($2::text IS NULL OR d.status = $2)
-         ORDER BY d.created_at DESC, d.id DESC LIMIT $3"
-    ))
-    .bind(id.to_string())
-    .bind(status)
-    .bind(limit)
-    .fetch_all(db)
-    .await?)
-}
-
-/// One delivery of an endpoint with every attempt (status, duration, error, response excerpt).
-pub async fn delivery(
-    db: &PgPool,
-    who: &Principal,
-    endpoint: Uuid,
-    delivery: Uuid,
-) -> Result<(EndpointDelivery, Vec<crate::api::notifications::AttemptView>), ApiError> {
-    get(db, who, endpoint).await?;
-    let d: EndpointDelivery =
-        sqlx::query_as(&format!("{DELIVERY_SELECT} WHERE d.id = $1 AND d.channel = 'webhook' AND d.target = $2"))
-            .bind(delivery)
-            .bind(endpoint.to_string())
-            .fetch_optional(db)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-    let attempts = sqlx::query_as(
-        "SELECT delivery_id, attempt_no AS attempt, started_at, duration_ms, outcome, smtp_code, smtp_reply,
-                http_status, response_excerpt, error
-         FROM attempts WHERE delivery_id = $1 ORDER BY attempt_no",
-    )
-    .bind(delivery)
-    .fetch_all(db)
-    .await?;
-    Ok((d, attempts))
-}
-
-/// Starts a new round of attempts for finished deliveries (never touching their past
-/// attempts): status `retrying`, a fresh retry schedule from the next attempt, and a bus
-/// message for attempt `attempts + 1`. Deliveries still in progress are left alone.
-/// Returns the ids resent.
-pub async fn resend_where(conn: &mut PgConnection, which: ResendFilter<'_>) -> Result<Vec<Uuid>, ApiError> {
-    let filter = match which {
-        ResendFilter::Delivery { .. } => "d.id = $1 AND d.channel = 'webhook' AND d.target = $2",
-        ResendFilter::Notification(_) => "d.notification_id = $1 AND d.channel = 'webhook'",
-        ResendFilter::Endpoint { .. } => {
-            "d.channel = 'webhook' AND d.target = $1 AND d.status = 'failed' AND d.created_at >= $2"
-        }
-    };
-    // Bounded: at most RESEND_PAGE deliveries per statement (the caller asks again).
-    let sql = format!(
-        "UPDATE deliveries d SET status = 'retrying', round_start = d.attempts, next_attempt_at = now(),
-                lease_until = NULL, updated_at = now(), unrecorded_starts = 0
-         WHERE d.id IN (SELECT d.id FROM deliveries d
-                        WHERE d.status IN ('succeeded', 'failed', 'cancelled') AND {filter}
-                        ORDER BY d.created_at, d.id LIMIT {RESEND_PAGE} FOR UPDATE SKIP LOCKED)
-         RETURNING d.id, d.channel, herald_ordering_key(d.channel, d.target), d.attempts"
-    );
-    let q = sqlx::query_as::<_, (Uuid, String, String, i32)>(&sql);
-    let q = match which {
-        ResendFilter::Delivery { delivery, endpoint } => q.bind(delivery).bind(endpoint.to_string()),
-        ResendFilter::Notification(n) => q.bind(n),
-        ResendFilter::Endpoint { endpoint, since } => q.bind(endpoint.to_string()).bind(since),
-    };
-    let rows = q.fetch_all(&mut *conn).await?;
-    let msgs: Vec<BusMessage> = rows
-        .iter()
-        .map(|(id, channel, key, attempts)| {
-            let topic = Topic::parse(channel).unwrap_or(Topic::Webhook);
-            BusMessage::delivery(topic, key.clone(), *id, attempts + 1)
-        })
-        .collect();
-    bus::enqueue(conn, &msgs).await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
-}
-
-/// The most deliveries one resend, recover or replay call starts again.
-pub const RESEND_PAGE: usize = 1000;
-
-/// Which finished deliveries to resend.
-pub enum ResendFilter<'a> {
-    /// One webhook delivery of an endpoint.
-    Delivery { delivery: Uuid, endpoint: Uuid },
-    /// Every webhook delivery of a notification.
-    Notification(Uuid),
-    /// An endpoint's failed deliveries created since a time.
-    Endpoint { endpoint: Uuid, since: &'a DateTime<Utc> },
-}
-
-/// Resends one webhook delivery of an endpoint. 409 if it is still in progress.
-pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid) -> Result<(), ApiError> {
-    get(db, who, endpoint).await?;
-    let mut tx = db.begin().await?;
-    let done = resend_where(&mut tx, ResendFilter::Delivery { delivery, endpoint }).await?;
-    if done.is_empty() {
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1 AND channel = 'webhook' AND target = $2")
-                .bind(delivery)
-                .bind(endpoint.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-        return Err(match exists {
-            None => ApiError::NotFound,
-            Some(status) => {
-                ApiError::Conflict(format!("the delivery is still {status}; resend it once it has finished"))
-            }
-        });
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Resends every failed delivery of an endpoint created since `since`.
-pub async fn recover(
-    db: &PgPool,
-    who: &Principal,
-    endpoint: Uuid,
-    since: DateTime<Utc>,
-) -> Result<Vec<Uuid>, ApiError> {
-    get(db, who, endpoint).await?;
-    let mut tx = db.begin().await?;
-    let ids = resend_where(&mut tx, ResendFilter::Endpoint { endpoint, since: &since }).await?;
-    tx.commit().await?;
-    Ok(ids)
-}
-
-/// Replays a notification to its endpoints: every finished webhook delivery of it is
-/// resent. Visible to the notification's owner (or an admin).
-pub async fn replay_notification(db: &PgPool, who: &Principal, notification: Uuid) -> Result<Vec<Uuid>, ApiError> {
-    let owner: String = sqlx::query_scalar("SELECT owner FROM notifications WHERE id = $1")
-        .bind(notification)
-        .fetch_optional(db)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if owner != who.owner && !who.is_admin() {
-        return Err(ApiError::NotFound);
-    }
-    let mut tx = db.begin().await?;
-    let ids = resend_where(&mut tx, ResendFilter::Notification(notification)).await?;
-    tx.commit().await?;
-    Ok(ids)
-}
-
-/// Sends a `webhook.test` event to one endpoint (whatever its filter). Returns the
-/// notification.
-pub async fn send_test(
-    db: &PgPool,
-    processor: &Processor,
-    who: &Principal,
-    endpoint: Uuid,
-) -> Result<processor::Accepted, ApiError> {
-    let ep = get(db, who, endpoint).await?;
-    if !ep.enabled {
-        return Err(ApiError::Conflict("the endpoint is disabled; enable it before sending a test event".into()));
-    }
-    let prepared = processor
-        .prepare(Submission {
-            event_type: "webhook.test".into(),
-            payload: json!({"endpoint_id": ep.id, "message": "This is a test event from Herald."}),
-            recipients: None,
-            owner: ep.owner.clone(),
-            key_id: Some(who.key_id),
-            operational_owner: Some(ep.owner.clone()),
-        })
-        .await?
-        .only_endpoint(ep.id);
-    let mut conn = db.acquire().await?;
-    processor::insert(&mut conn, prepared).await
-}
-
-/// Disables an endpoint on Herald's own initiative (410 Gone, failing too long): records
-/// the reason and, in the same transaction, emits `endpoint.disabled` — an email to the
-/// owner if their address is known, and a webhook to the endpoints subscribed to it
-/// (the same owner's, and admins'). Returns false if it was already disabled.
-pub async fn disable_and_notify(db: &PgPool, processor: &Processor, id: Uuid, reason: &str) -> anyhow::Result<bool> {
-    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT e.owner, e.url, o.email FROM endpoints e LEFT JOIN owners o ON o.subject = e.owner
-         WHERE e.id = $1 AND e.enabled",
-    )
-    .bind(id)
-    .fetch_optional(db)
-    .await?;
-    let Some((owner, url, email)) = row else { return Ok(false) };
-    let now = Utc::now();
-    let prepared = processor
-        .prepare(Submission {
-            event_type: "endpoint.disabled".into(),
-            payload: json!({
-                "endpoint": {"id": id, "url": url},
-                "reason": reason,
-                "disabled_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            }),
-            recipients: email.map(|e| vec![e]),
-            owner: owner.clone(),
-            key_id: None,
-            operational_owner: Some(owner),
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot prepare the endpoint.disabled event: {e}"))?;
-    let mut tx = db.begin().await?;
-    let changed = sqlx::query(
-        "UPDATE endpoints SET enabled = false, disabled_at = $2, disabled_reason = $3, failing_since = NULL,
-                updated_at = now()
-         WHERE id = $1 AND enabled",
-    )
-    .bind(id)
-    .bind(now)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !changed {
-        return Ok(false);
-    }
-    processor::insert(&mut tx, prepared).await.map_err(|e| anyhow::anyhow!("cannot emit endpoint.disabled: {e}"))?;
-    tx.commit().await?;
-    tracing::warn!(endpoint_id = %id, reason, "webhook endpoint disabled");
-    crate::metrics::endpoint_disabled();
-    Ok(true)
+    .ok_or(Error::NotFound)
 }

@@ -1,4 +1,4 @@
-//! The message processor: validates a notification, renders it, routes it to channels,
+//! Accepting a notification (the seed's message processor): validates it, renders it, routes it to channels,
 //! and persists the notification, its deliveries and their bus messages in one
 //! transaction. Nothing is written unless everything checks out.
 
@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apikeys::Principal;
-use crate::bus::{BusMessage, Topic};
-use crate::problem::{ApiError, FieldError};
+use crate::error::{Error, FieldError, Result};
+use crate::model::{Channel, DeliveryStatus, NotificationStatus};
 use crate::templates::{render_email, EmailTemplate};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,15 +34,15 @@ fn empty_object() -> Value {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeliverySummary {
     pub id: Uuid,
-    pub channel: String,
+    pub channel: Channel,
     pub target: String,
-    pub status: String,
+    pub status: DeliveryStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Accepted {
     pub id: Uuid,
-    pub status: String,
+    pub status: NotificationStatus,
     pub deliveries: Vec<DeliverySummary>,
 }
 
@@ -67,41 +67,16 @@ pub struct Processor {
     max_recipients: usize,
 }
 
-/// The status of a notification, derived from its deliveries' statuses.
-pub fn derive_status<'a>(statuses: impl IntoIterator<Item = &'a str>) -> &'static str {
-    let (mut total, mut pending, mut open, mut ok, mut failed) = (0, 0, 0, 0, 0);
-    for s in statuses {
-        total += 1;
-        match s {
-            "pending" => pending += 1,
-            "in_flight" | "retrying" => open += 1,
-            "succeeded" => ok += 1,
-            "failed" => failed += 1,
-            _ => {}
-        }
-    }
-    match () {
-        _ if total == 0 => "no_deliveries",
-        _ if pending == total => "pending",
-        _ if pending + open > 0 => "in_progress",
-        _ if failed == 0 && ok > 0 => "succeeded",
-        _ if ok == 0 && failed > 0 => "failed",
-        _ if ok > 0 => "partially_failed",
-        _ => "cancelled",
-    }
-}
-
 /// Follows a dotted path (`user.email`) into a JSON value.
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |cur, seg| cur.get(seg))
 }
 
-/// A recipient, parsed: the address is the ordering key, the mailbox the target. The
-/// database computes the same key from the target (`herald_ordering_key`) when it
-/// re-enqueues a delivery, so every message of a recipient stays on one partition.
-fn parse_recipient(raw: &str) -> Result<(String, String), ApiError> {
+/// A recipient, parsed: the lowercased address (who the recipient is, for removing
+/// duplicates) and the mailbox (the delivery's target).
+fn parse_recipient(raw: &str) -> Result<(String, String)> {
     let mailbox: lettre::message::Mailbox =
-        raw.trim().parse().map_err(|_| ApiError::InvalidRecipient(format!("'{raw}' is not a valid email address")))?;
+        raw.trim().parse().map_err(|_| Error::InvalidRecipient(format!("'{raw}' is not a valid email address")))?;
     Ok((mailbox.email.to_string().to_lowercase(), mailbox.to_string()))
 }
 
@@ -120,12 +95,7 @@ impl Processor {
         self
     }
 
-    fn validator(
-        &self,
-        name: &str,
-        updated_at: DateTime<Utc>,
-        schema: &Value,
-    ) -> Result<Arc<jsonschema::Validator>, ApiError> {
+    fn validator(&self, name: &str, updated_at: DateTime<Utc>, schema: &Value) -> Result<Arc<jsonschema::Validator>> {
         if let Some((at, v)) = self.schemas.read().expect("schema cache").get(name) {
             if *at == updated_at {
                 return Ok(v.clone());
@@ -140,7 +110,7 @@ impl Processor {
     }
 
     /// Answers a stored idempotent response, refuses a reused key, or says "go ahead".
-    async fn replay(&self, owner: &str, key: &str, hash: &[u8]) -> Result<Option<Accepted>, ApiError> {
+    async fn replay(&self, owner: &str, key: &str, hash: &[u8]) -> Result<Option<Accepted>> {
         let row: Option<(Vec<u8>, Option<Value>)> =
             sqlx::query_as("SELECT request_hash, response_body FROM idempotency_keys WHERE owner = $1 AND key = $2")
                 .bind(owner)
@@ -149,8 +119,8 @@ impl Processor {
                 .await?;
         match row {
             None => Ok(None),
-            Some((h, _)) if h != hash => Err(ApiError::IdempotencyKeyReused),
-            Some((_, Some(body))) => Ok(Some(serde_json::from_value(body).map_err(anyhow::Error::from)?)),
+            Some((h, _)) if h != hash => Err(Error::IdempotencyKeyReused),
+            Some((_, Some(body))) => Ok(Some(serde_json::from_value(body)?)),
             Some((_, None)) => Err(anyhow::anyhow!("idempotency row without a response").into()),
         }
     }
@@ -162,7 +132,7 @@ impl Processor {
         who: &Principal,
         req: NotificationRequest,
         idempotency: Option<(&str, &[u8])>,
-    ) -> Result<Accepted, ApiError> {
+    ) -> Result<Accepted> {
         if let Some((key, hash)) = idempotency {
             if let Some(previous) = self.replay(&who.owner, key, hash).await? {
                 return Ok(previous);
@@ -213,7 +183,7 @@ impl Processor {
         .bind(&who.owner)
         .bind(key)
         .bind(id)
-        .bind(serde_json::to_value(&accepted).map_err(anyhow::Error::from)?)
+        .bind(serde_json::to_value(&accepted)?)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -222,7 +192,7 @@ impl Processor {
     }
 
     /// Validates and renders a submission; nothing is written.
-    pub async fn prepare(&self, sub: Submission) -> Result<Prepared, ApiError> {
+    pub async fn prepare(&self, sub: Submission) -> Result<Prepared> {
         let et: EventTypeRow = sqlx::query_as(
             "SELECT e.updated_at, e.payload_schema, e.recipient_path, e.operational,
                     v.template_key, v.version AS template_version, v.subject, v.html_body, v.text_body
@@ -234,9 +204,9 @@ impl Processor {
         .bind(&sub.event_type)
         .fetch_optional(&self.db)
         .await?
-        .ok_or_else(|| ApiError::UnknownEventType(sub.event_type.clone()))?;
+        .ok_or_else(|| Error::UnknownEventType(sub.event_type.clone()))?;
         if et.operational && sub.operational_owner.is_none() {
-            return Err(ApiError::ReservedEventType(sub.event_type.clone()));
+            return Err(Error::ReservedEventType(sub.event_type.clone()));
         }
 
         if let Some(schema) = &et.payload_schema {
@@ -247,7 +217,7 @@ impl Processor {
                 .map(|e| FieldError { pointer: e.instance_path.to_string(), message: e.to_string() })
                 .collect();
             if !errors.is_empty() {
-                return Err(ApiError::SchemaViolation { event_type: sub.event_type.clone(), errors });
+                return Err(Error::SchemaViolation { event_type: sub.event_type.clone(), errors });
             }
         }
 
@@ -262,7 +232,7 @@ impl Processor {
             _ => vec![],
         };
         if raw.len() > self.max_recipients {
-            return Err(ApiError::LimitExceeded(format!(
+            return Err(Error::LimitExceeded(format!(
                 "at most {} recipients per notification (HERALD_MAX_RECIPIENTS)",
                 self.max_recipients
             )));
@@ -291,7 +261,7 @@ impl Processor {
         let operational = sub.operational_owner.is_some();
         let email_content = match template {
             None if !operational && sub.recipients.as_ref().is_some_and(|r| !r.is_empty()) => {
-                return Err(ApiError::NoRecipient(format!(
+                return Err(Error::NoRecipient(format!(
                     "event type '{}' has no published email template, so recipients cannot be used",
                     sub.event_type
                 )));
@@ -299,14 +269,14 @@ impl Processor {
             None => None,
             Some(_) if recipients.is_empty() && operational => None,
             Some(_) if recipients.is_empty() => {
-                return Err(ApiError::NoRecipient(match &et.recipient_path {
+                return Err(Error::NoRecipient(match &et.recipient_path {
                     Some(path) => format!("no recipients were given and the payload has no address at '{path}'"),
                     None => "no recipients were given and the event type does not say where to find one".into(),
                 }));
             }
             Some(template) => {
-                let content = render_email(&template, &sub.payload).map_err(ApiError::TemplateRender)?;
-                Some(serde_json::to_value(&content).map_err(anyhow::Error::from)?)
+                let content = render_email(&template, &sub.payload).map_err(Error::TemplateRender)?;
+                Some(serde_json::to_value(&content)?)
             }
         };
         if email_content.is_none() {
@@ -318,8 +288,7 @@ impl Processor {
             r#type: &sub.event_type,
             timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             data: &sub.payload,
-        })
-        .map_err(anyhow::Error::from)?;
+        })?;
         Ok(Prepared {
             id: Uuid::now_v7(),
             sub,
@@ -376,17 +345,12 @@ impl Prepared {
 /// transaction): the notification, its email deliveries and their bus messages, and a
 /// webhook delivery (with its bus message) for every enabled endpoint subscribed to the
 /// event type.
-pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accepted, ApiError> {
-    let deliveries: Vec<(Uuid, &(String, String))> = p.recipients.iter().map(|r| (Uuid::now_v7(), r)).collect();
-    let messages: Vec<BusMessage> =
-        deliveries.iter().map(|(did, (addr, _))| BusMessage::delivery(Topic::Email, addr.clone(), *did, 1)).collect();
+pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accepted> {
+    let ids: Vec<Uuid> = p.recipients.iter().map(|_| Uuid::now_v7()).collect();
     let recipient_list: Vec<String> = p.recipients.iter().map(|(_, t)| t.clone()).collect();
-    let ids: Vec<Uuid> = deliveries.iter().map(|(d, _)| *d).collect();
-    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-    let keys: Vec<&str> = messages.iter().map(|m| m.key.as_str()).collect();
-    let payloads: Vec<Value> = messages.iter().map(|m| m.payload.clone()).collect();
-    // Notification, deliveries and their bus messages in one statement: atomic on
-    // its own, and one round trip on the hot path.
+    // Notification, deliveries and their bus messages in one statement: atomic on its
+    // own, and one round trip on the hot path. Bus keys come from herald_ordering_key,
+    // the one definition of a delivery's ordering key.
     let webhooks: Vec<(Uuid, String)> = sqlx::query_as(
         "WITH n AS (
             INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
@@ -396,19 +360,21 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
             SELECT d, $1, 'email', t, $8 FROM unnest($7::uuid[], $4::text[]) AS x(d, t)
          ), o AS (
             INSERT INTO outbox (topic, key, payload)
-            SELECT t, k, p FROM unnest($9::text[], $10::text[], $11::jsonb[]) AS y(t, k, p)
+            SELECT 'email', herald_ordering_key('email', t), jsonb_build_object('delivery_id', d, 'attempt', 1)
+            FROM unnest($7::uuid[], $4::text[]) AS y(d, t)
          ), e AS (
             SELECT id FROM endpoints
-            WHERE CASE WHEN $15::uuid IS NOT NULL THEN id = $15
-                       ELSE enabled AND herald_filter_matches(event_types, $2, $13)
-                            AND ($14::text IS NULL OR owner = $14 OR admin) END
+            WHERE CASE WHEN $12::uuid IS NOT NULL THEN id = $12
+                       ELSE enabled AND herald_filter_matches(event_types, $2, $10)
+                            AND ($11::text IS NULL OR owner = $11 OR admin) END
          ), w AS (
-            INSERT INTO deliveries (id, notification_id, channel, target, content)
-            SELECT herald_uuid_v7(), $1, 'webhook', e.id::text, $12 FROM e
+            INSERT INTO deliveries (id, notification_id, channel, target, endpoint_id, content)
+            SELECT herald_uuid_v7(), $1, 'webhook', e.id::text, e.id, $9 FROM e
             RETURNING id, target
          ), wo AS (
             INSERT INTO outbox (topic, key, payload)
-            SELECT 'webhook', target, jsonb_build_object('delivery_id', id, 'attempt', 1) FROM w
+            SELECT 'webhook', herald_ordering_key('webhook', target), jsonb_build_object('delivery_id', id, 'attempt', 1)
+            FROM w
          )
          SELECT id, target FROM w ORDER BY target",
     )
@@ -420,9 +386,6 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
     .bind(&p.sub.owner)
     .bind(&ids)
     .bind(p.email_content.as_ref().unwrap_or(&Value::Null))
-    .bind(&topics)
-    .bind(&keys)
-    .bind(&payloads)
     .bind(&p.webhook_content)
     .bind(p.operational)
     .bind(p.sub.operational_owner.as_deref())
@@ -430,39 +393,29 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
     .fetch_all(conn)
     .await?;
 
-    let mut summaries: Vec<DeliverySummary> = deliveries
+    let mut summaries: Vec<DeliverySummary> = ids
         .iter()
-        .map(|(did, (_, target))| DeliverySummary {
-            id: *did,
-            channel: "email".into(),
-            target: target.clone(),
-            status: "pending".into(),
+        .zip(recipient_list)
+        .map(|(id, target)| DeliverySummary {
+            id: *id,
+            channel: Channel::Email,
+            target,
+            status: DeliveryStatus::Pending,
         })
         .collect();
     summaries.extend(webhooks.into_iter().map(|(id, target)| DeliverySummary {
         id,
-        channel: "webhook".into(),
+        channel: Channel::Webhook,
         target,
-        status: "pending".into(),
+        status: DeliveryStatus::Pending,
     }));
-    let status = if summaries.is_empty() { "no_deliveries" } else { "pending" };
-    Ok(Accepted { id: p.id, status: status.into(), deliveries: summaries })
+    let status = NotificationStatus::of(summaries.iter().map(|d| d.status));
+    Ok(Accepted { id: p.id, status, deliveries: summaries })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_derivation() {
-        assert_eq!(derive_status(["pending", "pending"]), "pending");
-        assert_eq!(derive_status(["pending", "succeeded"]), "in_progress");
-        assert_eq!(derive_status(["retrying"]), "in_progress");
-        assert_eq!(derive_status(["succeeded", "succeeded"]), "succeeded");
-        assert_eq!(derive_status(["failed"]), "failed");
-        assert_eq!(derive_status(["failed", "succeeded"]), "partially_failed");
-        assert_eq!(derive_status([]), "no_deliveries");
-    }
 
     #[test]
     fn recipients_parse_and_normalise() {

@@ -1,0 +1,181 @@
+//! Herald's vocabulary as types: what a delivery's status and channel can be, and what
+//! a notification's status is made of. Stored as `text` in PostgreSQL (the
+//! migrations' CHECK constraints list the same words); [`text_enum!`] maps each enum
+//! to and from that text, so no module compares status or channel strings.
+
+use serde::{Deserialize, Serialize};
+
+/// Implements `as_str`, `FromStr`, `Display` and the sqlx text mapping for a fieldless
+/// enum whose variants are stored as the given words.
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($ty::$variant),)+
+                    other => Err(format!(
+                        "'{other}' is not one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl sqlx::Type<sqlx::Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::postgres::PgHasArrayType for $ty {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $ty {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                Ok(s.parse::<$ty>()?)
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+    };
+}
+
+/// How a delivery reaches its target.
+///
+/// A delivery's bus ordering key has one definition, the SQL function
+/// `herald_ordering_key(channel, target)`: every statement that enqueues a delivery's
+/// message (accepting, resending, sweeping) computes the key with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Webhook,
+}
+text_enum!(Channel { Email => "email", Webhook => "webhook" });
+
+/// Where a delivery stands. `Pending`, `InFlight` and `Retrying` are open; the others
+/// are terminal until a resend opens a new round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Pending,
+    InFlight,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+text_enum!(DeliveryStatus {
+    Pending => "pending",
+    InFlight => "in_flight",
+    Retrying => "retrying",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+impl DeliveryStatus {
+    pub fn is_open(self) -> bool {
+        matches!(self, DeliveryStatus::Pending | DeliveryStatus::InFlight | DeliveryStatus::Retrying)
+    }
+}
+
+/// A notification's status, derived from its deliveries' ([`NotificationStatus::of`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationStatus {
+    #[default]
+    NoDeliveries,
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+    PartiallyFailed,
+    Cancelled,
+}
+
+impl NotificationStatus {
+    pub fn of(statuses: impl IntoIterator<Item = DeliveryStatus>) -> Self {
+        use DeliveryStatus as D;
+        let (mut total, mut pending, mut open, mut ok, mut failed) = (0, 0, 0, 0, 0);
+        for s in statuses {
+            total += 1;
+            match s {
+                D::Pending => pending += 1,
+                D::InFlight | D::Retrying => open += 1,
+                D::Succeeded => ok += 1,
+                D::Failed => failed += 1,
+                D::Cancelled => {}
+            }
+        }
+        match () {
+            _ if total == 0 => Self::NoDeliveries,
+            _ if pending == total => Self::Pending,
+            _ if pending + open > 0 => Self::InProgress,
+            _ if failed == 0 && ok > 0 => Self::Succeeded,
+            _ if ok == 0 && failed > 0 => Self::Failed,
+            _ if ok > 0 => Self::PartiallyFailed,
+            _ => Self::Cancelled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_derivation() {
+        use DeliveryStatus as D;
+        use NotificationStatus as N;
+        assert_eq!(N::of([D::Pending, D::Pending]), N::Pending);
+        assert_eq!(N::of([D::Pending, D::Succeeded]), N::InProgress);
+        assert_eq!(N::of([D::Retrying]), N::InProgress);
+        assert_eq!(N::of([D::Succeeded, D::Succeeded]), N::Succeeded);
+        assert_eq!(N::of([D::Failed]), N::Failed);
+        assert_eq!(N::of([D::Failed, D::Succeeded]), N::PartiallyFailed);
+        assert_eq!(N::of([]), N::NoDeliveries);
+        assert_eq!(N::of([D::Cancelled]), N::Cancelled);
+    }
+
+    #[test]
+    fn words_round_trip() {
+        for s in DeliveryStatus::ALL {
+            assert_eq!(s.as_str().parse::<DeliveryStatus>().unwrap(), *s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for c in Channel::ALL {
+            assert_eq!(c.as_str().parse::<Channel>().unwrap(), *c);
+        }
+        assert!("done".parse::<DeliveryStatus>().is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! Startup as a library: [`Application::build`] wires the pipeline, the dispatchers and
+//! the console together according to the configured roles, binds its listeners and
+//! starts its supervised background tasks; [`Application::run_until_stopped`] serves
+//! until a stop future resolves, then shuts down in order (no new requests, in-flight
+//! attempts finished, tasks joined). `herald serve` and in-process tests both use it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use herald_core::api::{self, AppState, BusProbe};
+use herald_core::bus::kafka::{self, KafkaConsumer, KafkaSettings, Relay};
+use herald_core::bus::postgres::PgConsumer;
+use herald_core::bus::Topic;
+use herald_core::config::{BusKind, Config};
+use herald_core::dispatch::email::{self, EmailDispatcher};
+use herald_core::dispatch::webhook::WebhookDispatcher;
+use herald_core::dispatch::{sweeper, Dispatcher};
+use herald_core::notifications::accept::Processor;
+use herald_core::ssrf::Guard;
+use herald_core::supervise::Supervisor;
+use herald_core::{db, metrics, retention};
+use leptos::prelude::LeptosOptions;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// The longest a request may run before it is answered 408.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn console(config: &Config) -> Router {
+    let options = LeptosOptions::builder()
+        .output_name("herald")
+        .site_root(config.site_root.as_str())
+        .site_pkg_dir("pkg")
+        .site_addr(config.listen_addr)
+        .build();
+    let routes = generate_route_list(app::App);
+    Router::new()
+        .leptos_routes(&options, routes, {
+            let options = options.clone();
+            move || app::shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler(app::shell))
+        .with_state(options)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Creates the topics, retrying until the brokers answer or shutdown.
+async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match kafka::ensure_topics(k).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "kafka: topics not ready; retrying"),
+        }
+        if *stop.borrow() {
+            return false;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs a dispatcher, supervised, on the configured bus: the outbox table, or a Kafka
+/// consumer group (`<prefix><topic>-dispatchers`) once the topics exist. `make` builds a
+/// fresh dispatcher for every (re)start.
+fn spawn_dispatcher<D, M>(
+    sup: &mut Supervisor,
+    name: &'static str,
+    config: Arc<Config>,
+    pool: sqlx::PgPool,
+    topic: Topic,
+    stop: watch::Receiver<bool>,
+    make: M,
+) where
+    D: Dispatcher,
+    M: Fn() -> anyhow::Result<D> + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    sup.spawn(name, stop.clone(), move || {
+        let (config, pool, stop, make) = (config.clone(), pool.clone(), stop.clone(), make.clone());
+        async move {
+            let dispatcher = make()?;
+            match &config.kafka {
+                None => {
+                    let consumer =
+                        PgConsumer::new(pool, Some(topic), config.bus_claim_timeout, config.bus_poll_interval).await?;
+                    dispatcher.run(consumer, stop).await;
+                }
+                Some(k) => {
+                    if !topics_ready(k, &stop).await {
+                        return Ok(());
+                    }
+                    let consumer = KafkaConsumer::new(k, topic, &k.topic(&format!("{}-dispatchers", topic.as_str())))?;
+                    dispatcher.run(consumer, stop).await;
+                }
+            }
+            Ok(())
+        }
+    });
+}
+
+/// A built Herald: listeners bound, background tasks running, not yet serving HTTP.
+pub struct Application {
+    config: Arc<Config>,
+    pool: sqlx::PgPool,
+    sup: Supervisor,
+    stop_tx: watch::Sender<bool>,
+    listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    app: Router,
+    ops: Option<Router>,
+    addr: std::net::SocketAddr,
+    admin_addr: Option<std::net::SocketAddr>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let prometheus = metrics::install();
+        let pool = db::connect(&config.database_url, config.db_max_connections).await?;
+        db::migrate(&pool).await?;
+        let sealed = herald_core::webhooks::endpoints::seal_legacy_headers(&pool, &config.secret_key).await?;
+        if sealed > 0 {
+            tracing::info!(endpoints = sealed, "sealed the custom header values of endpoints stored before sealing");
+        }
+        let smtp = email::transport(&config)?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut sup = Supervisor::new();
+        let probe = match &config.kafka {
+            Some(k) => BusProbe::Kafka(k.producer()?),
+            None => BusProbe::Postgres,
+        };
+
+        if config.roles.relay {
+            if let Some(k) = config.kafka.clone() {
+                let (pool, config) = (pool.clone(), config.clone());
+                sup.spawn("relay", stop_rx.clone(), {
+                    let stop = stop_rx.clone();
+                    move || {
+                        let (pool, config, k, stop) = (pool.clone(), config.clone(), k.clone(), stop.clone());
+                        async move {
+                            let outbox =
+                                PgConsumer::new(pool, None, config.bus_claim_timeout, config.bus_poll_interval).await?;
+                            let relay = Relay {
+                                outbox,
+                                producer: k.producer()?,
+                                settings: k.clone(),
+                                batch_size: config.bus_batch_size,
+                            };
+                            if topics_ready(&k, &stop).await {
+                                relay.run(stop).await;
+                            }
+                            Ok(())
+                        }
+                    }
+                });
+            }
+        }
+        let processor = Arc::new(Processor::new(pool.clone()).with_max_recipients(config.max_recipients));
+        if config.roles.email {
+            let (c, p, smtp) = (config.clone(), pool.clone(), smtp.clone());
+            spawn_dispatcher(
+                &mut sup,
+                "email dispatcher",
+                config.clone(),
+                pool.clone(),
+                Topic::Email,
+                stop_rx.clone(),
+                move || Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone())),
+            );
+        }
+        if config.roles.webhook {
+            let (c, p, proc_) = (config.clone(), pool.clone(), processor.clone());
+            spawn_dispatcher(
+                &mut sup,
+                "webhook dispatcher",
+                config.clone(),
+                pool.clone(),
+                Topic::Webhook,
+                stop_rx.clone(),
+                move || WebhookDispatcher::from_config(&c, p.clone(), proc_.clone()),
+            );
+        }
+        if config.roles.email || config.roles.webhook {
+            let (p, grace, stop) = (pool.clone(), config.sweep_after, stop_rx.clone());
+            sup.spawn("sweeper", stop_rx.clone(), move || sweeper::run(p.clone(), grace, stop.clone()));
+            let (p, keep, stop) = (pool.clone(), config.retention, stop_rx.clone());
+            sup.spawn("retention", stop_rx.clone(), move || retention::run(p.clone(), keep, stop.clone()));
+        }
+        tracing::info!(
+            bus = if config.bus == BusKind::Kafka { "kafka" } else { "postgres" },
+            api = config.roles.api,
+            relay = config.roles.relay,
+            email = config.roles.email,
+            webhook = config.roles.webhook,
+            "roles"
+        );
+
+        let state = AppState {
+            db: pool.clone(),
+            config: config.clone(),
+            processor,
+            smtp,
+            bus: probe,
+            metrics: prometheus,
+            guard: Guard::new(config.webhook.allow_cidrs.clone()),
+            limiter: Default::default(),
+            tasks: sup.states(),
+            ready_cache: Default::default(),
+        };
+        // Every process answers /healthz, /readyz and /metrics (on HERALD_ADMIN_LISTEN_ADDR
+        // when that is set); only `api` ones take notifications.
+        let mut app = match config.admin_listen_addr {
+            None => api::operations_router(state.clone()),
+            Some(_) => Router::new().route("/healthz", axum::routing::get(api::health::healthz)),
+        };
+        if config.roles.api {
+            app = app.merge(api::router(state.clone())).merge(console(&config));
+        }
+        let layers = tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            // A request running longer than 30 s is abandoned with a problem+json 408.
+            .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
+                herald_core::problem::ApiError::Timeout(REQUEST_TIMEOUT.as_secs())
+            }))
+            .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT));
+        let app = app.layer(layers.clone());
+        let listener = tokio::net::TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("HERALD_LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr))?;
+        let admin = match config.admin_listen_addr {
+            None => None,
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("HERALD_ADMIN_LISTEN_ADDR: cannot listen on {addr}: {e}"))?,
+            ),
+        };
+        let addr = listener.local_addr()?;
+        let admin_addr = match &admin {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let ops = admin.as_ref().map(|_| api::operations_router(state).layer(layers));
+        Ok(Self { config, pool, sup, stop_tx, listener, admin, app, ops, addr, admin_addr })
+    }
+
+    /// The address the API and console listen on (useful with port 0).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The address of `/healthz`, `/readyz` and `/metrics` when `HERALD_ADMIN_LISTEN_ADDR` is set.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Serves until `stop` resolves; then stops taking requests, lets the in-flight ones
+    /// and the dispatchers' attempts finish, joins the background tasks and closes the pool.
+    pub async fn run_until_stopped(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self { config, pool, sup, stop_tx, listener, admin, app, ops, addr, admin_addr } = self;
+        let (http_stop_tx, http_stop) = watch::channel(false);
+        tokio::spawn(async move {
+            stop.await;
+            tracing::info!("shutdown requested: no new requests; finishing in-flight attempts");
+            let _ = http_stop_tx.send(true);
+        });
+        tracing::info!(addr = %addr, admin_addr = ?admin_addr, public_url = %config.public_url, "herald is serving");
+        let main = crate::http::serve(
+            listener,
+            app,
+            config.http_header_timeout,
+            config.http_max_connections,
+            http_stop.clone(),
+        );
+        match (admin, ops) {
+            (Some(admin), Some(ops)) => {
+                let admin = crate::http::serve(admin, ops, config.http_header_timeout, 64, http_stop.clone());
+                tokio::join!(main, admin);
+            }
+            _ => main.await,
+        }
+        let _ = stop_tx.send(true);
+        sup.join().await;
+        pool.close().await;
+        tracing::info!("herald stopped");
+        Ok(())
+    }
+}
