@@ -355,7 +355,7 @@ pub async fn update(
     }
     let mut tx = db.begin().await?;
     let Locked { cur, headers_sealed } = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR UPDATE"
+        "SELECT {COLUMNS}, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR NO KEY UPDATE"
     ))
     .bind(id)
     .bind(&who.owner)

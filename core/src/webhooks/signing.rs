@@ -33,7 +33,7 @@ pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> 
 pub async fn rotate(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid, grace: Duration) -> Result<String> {
     let mut tx = db.begin().await?;
     let found: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR UPDATE")
+        sqlx::query_scalar("SELECT id FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR NO KEY UPDATE")
             .bind(id)
             .bind(&who.owner)
             .bind(who.is_admin())
