@@ -72,3 +72,18 @@ impl Error {
         Error::Internal(anyhow::anyhow!("{msg}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_keeps_its_cause_chain_for_the_log() {
+        let cause = anyhow::anyhow!("connection refused").context("cannot disable endpoint 42");
+        let e = Error::Internal(cause);
+        assert_eq!(e.to_string(), "internal error: cannot disable endpoint 42: connection refused");
+        // Wrapped once more (as the dispatcher does), the chain is still whole.
+        let wrapped = anyhow::Error::new(e).context("endpoint health");
+        assert!(format!("{wrapped:#}").ends_with("cannot disable endpoint 42: connection refused"));
+    }
+}
