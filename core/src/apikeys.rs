@@ -10,6 +10,8 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::audit::{self, Actor, ActorKind, Target};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     NotificationsWrite,
@@ -53,6 +55,9 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// The key's own requests-per-second limit (`None`: `HERALD_API_RATE_LIMIT`).
     pub rate_limit: Option<u32>,
+    /// The request's id (`x-request-id`) and peer address, for the audit log.
+    pub request_id: Option<String>,
+    pub source: Option<String>,
 }
 
 impl Principal {
@@ -61,6 +66,17 @@ impl Principal {
     }
     pub fn is_admin(&self) -> bool {
         self.has(Scope::Admin)
+    }
+
+    /// This caller as the actor of an audited change.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            kind: ActorKind::ApiKey,
+            id: self.key_id.to_string(),
+            owner: Some(self.owner.clone()),
+            request_id: self.request_id.clone(),
+            source: self.source.clone(),
+        }
     }
 }
 
@@ -90,6 +106,7 @@ fn hash(key: &str) -> Vec<u8> {
 /// it disables one of their endpoints).
 pub async fn create(
     db: &PgPool,
+    actor: &Actor,
     name: &str,
     scopes: &[String],
     owner: Option<&str>,
@@ -133,6 +150,7 @@ pub async fn create(
     let mut scopes = scopes.to_vec();
     scopes.sort();
     scopes.dedup();
+    let mut tx = db.begin().await?;
     let info = sqlx::query_as::<_, ApiKeyInfo>(
         "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, owner, rate_limit)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -145,7 +163,7 @@ pub async fn create(
     .bind(&scopes)
     .bind(&owner)
     .bind(rate_limit.map(|r| r.min(i32::MAX as u32) as i32))
-    .fetch_one(db)
+    .fetch_one(&mut *tx)
     .await?;
     if let Some(email) = owner_email {
         sqlx::query(
@@ -154,9 +172,19 @@ pub async fn create(
         )
         .bind(&info.owner)
         .bind(email)
-        .execute(db)
+        .execute(&mut *tx)
         .await?;
     }
+    audit::record(
+        &mut tx,
+        actor,
+        "api_key.created",
+        Target { kind: "api_key", id: info.id.to_string() },
+        None,
+        Some(serde_json::to_value(&info)?),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(CreatedKey { info, secret: key })
 }
 
@@ -169,12 +197,24 @@ pub async fn list(db: &PgPool) -> anyhow::Result<Vec<ApiKeyInfo>> {
 }
 
 /// Revokes a key. Returns false when no such key exists; revoking twice is harmless.
-pub async fn revoke(db: &PgPool, id: Uuid) -> anyhow::Result<bool> {
-    let r = sqlx::query("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1")
-        .bind(id)
-        .execute(db)
-        .await?;
-    Ok(r.rows_affected() == 1)
+pub async fn revoke(db: &PgPool, actor: &Actor, id: Uuid) -> anyhow::Result<bool> {
+    let mut tx = db.begin().await?;
+    let revoked: Option<bool> = sqlx::query_scalar(
+        "UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now())
+         FROM api_keys old WHERE k.id = $1 AND old.id = k.id
+         RETURNING old.revoked_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(newly) = revoked else { return Ok(false) };
+    // Revoking twice changes nothing, and is not recorded twice.
+    if newly {
+        audit::record(&mut tx, actor, "api_key.revoked", Target { kind: "api_key", id: id.to_string() }, None, None)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 #[derive(sqlx::FromRow)]
@@ -224,5 +264,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
         owner: row.owner,
         scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         rate_limit: row.rate_limit.map(|r| r.max(0) as u32),
+        request_id: None,
+        source: None,
     }))
 }

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod apikeys;
+pub mod audit;
 pub mod bus;
 pub mod config;
 pub mod db;

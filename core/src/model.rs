@@ -69,6 +69,8 @@ macro_rules! text_enum {
     };
 }
 
+pub(crate) use text_enum;
+
 /// How a delivery reaches its target.
 ///
 /// A delivery's bus ordering key has one definition, the SQL function

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules of `herald-core`, by layer (lowest first).
 const BASE: &[&str] =
-    &["bus", "config", "db", "error", "metrics", "model", "retry", "secrets", "smtp", "ssrf", "supervise"];
+    &["audit", "bus", "config", "db", "error", "metrics", "model", "retry", "secrets", "smtp", "ssrf", "supervise"];
 const DOMAIN: &[&str] = &["apikeys", "notifications", "templates", "webhooks"];
 const EDGE: &[&str] = &["api", "dispatch", "problem", "retention"];
 

@@ -33,6 +33,16 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain: prints OK with the entry count and head hash, or the first
+    /// broken entry (exit status 1).
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +86,16 @@ fn init_logging() {
     }
 }
 
+fn hex_encode(bytes: Vec<u8>) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The CLI as the actor of audited changes: the OS user running it.
+fn cli_actor() -> herald_core::audit::Actor {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    herald_core::audit::Actor::cli(&user)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -105,14 +125,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Audit(AuditCommand::Verify) => {
+            let pool = db::connect(&settings.database_url()?, 2).await?;
+            db::migrate(&pool).await?;
+            match herald_core::audit::verify(&pool).await? {
+                herald_core::audit::Verdict::Intact { count, head } => {
+                    let head = head.map(hex_encode).unwrap_or_else(|| "none".into());
+                    println!("OK: {count} entries, head {head}");
+                    Ok(())
+                }
+                herald_core::audit::Verdict::Broken { seq, reason } => {
+                    anyhow::bail!("the audit log is broken at entry {seq}: {reason}")
+                }
+            }
+        }
         Command::ApiKey(cmd) => {
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;
             match cmd {
                 ApiKeyCommand::Create { name, scopes, owner, owner_email, rate_limit } => {
-                    let k =
-                        apikeys::create(&pool, &name, &scopes, owner.as_deref(), owner_email.as_deref(), rate_limit)
-                            .await?;
+                    let k = apikeys::create(
+                        &pool,
+                        &cli_actor(),
+                        &name,
+                        &scopes,
+                        owner.as_deref(),
+                        owner_email.as_deref(),
+                        rate_limit,
+                    )
+                    .await?;
                     println!(
                         "created API key {} ({}) with scopes {} for owner {}",
                         k.info.id,
@@ -143,7 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ApiKeyCommand::Revoke { id } => {
                     let id: uuid::Uuid =
                         id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not an API key id (a UUID)"))?;
-                    anyhow::ensure!(apikeys::revoke(&pool, id).await?, "no API key with id {id}");
+                    anyhow::ensure!(apikeys::revoke(&pool, &cli_actor(), id).await?, "no API key with id {id}");
                     println!("revoked API key {id}");
                 }
             }

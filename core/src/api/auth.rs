@@ -35,6 +35,12 @@ impl RequiredScope for EndpointsWrite {
     const SCOPE: Scope = Scope::EndpointsWrite;
 }
 
+/// Admin-only operations (the audit log).
+pub struct Admin;
+impl RequiredScope for Admin {
+    const SCOPE: Scope = Scope::Admin;
+}
+
 pub struct Auth<S: RequiredScope>(pub Principal, pub PhantomData<S>);
 
 impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
@@ -51,9 +57,12 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized("the Authorization header must be 'Bearer <key>'"))?;
-        let principal = apikeys::verify(&state.db, token)
+        let mut principal = apikeys::verify(&state.db, token)
             .await?
             .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?;
+        principal.request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        principal.source =
+            parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
         let limit = principal.rate_limit.unwrap_or(state.config.api_rate_limit);
         if let Err(wait) = state.limiter.check(principal.key_id, limit) {
             crate::metrics::rate_limited();

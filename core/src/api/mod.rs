@@ -1,5 +1,6 @@
 //! The HTTP API (`/api/v1/...`) and the health endpoints, as a library `Router`.
 
+pub mod audit;
 pub mod auth;
 pub mod endpoints;
 pub mod health;
@@ -106,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/notifications", post(notifications::create))
         .route("/api/v1/notifications/{id}", get(notifications::get))
         .route("/api/v1/notifications/{id}/replay", post(endpoints::replay))
+        .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/endpoints", get(endpoints::list).post(endpoints::create))
         .route("/api/v1/endpoints/{id}", get(endpoints::get).patch(endpoints::update).delete(endpoints::delete))
         .route("/api/v1/endpoints/{id}/enable", post(endpoints::enable))

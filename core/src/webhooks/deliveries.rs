@@ -3,11 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::endpoints::get;
 use crate::apikeys::Principal;
+use crate::audit::{self, Target};
 use crate::bus::{self, BusMessage, Topic};
 use crate::error::{Error, Result};
 use crate::model::{Channel, DeliveryStatus};
@@ -142,6 +144,8 @@ pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid
             Some(status) => Error::Conflict(format!("the delivery is still {status}; resend it once it has finished")),
         });
     }
+    let t = Target { kind: "delivery", id: delivery.to_string() };
+    audit::record(&mut tx, &who.actor(), "delivery.resent", t, None, Some(json!({ "endpoint_id": endpoint }))).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -151,6 +155,9 @@ pub async fn recover(db: &PgPool, who: &Principal, endpoint: Uuid, since: DateTi
     get(db, who, endpoint).await?;
     let mut tx = db.begin().await?;
     let ids = resend_where(&mut tx, ResendFilter::Endpoint { endpoint, since: &since }).await?;
+    let after = json!({ "since": since, "resent": ids.len() });
+    audit::record(&mut tx, &who.actor(), "endpoint.recovered", super::endpoints::target(endpoint), None, Some(after))
+        .await?;
     tx.commit().await?;
     Ok(ids)
 }
@@ -168,6 +175,9 @@ pub async fn replay_notification(db: &PgPool, who: &Principal, notification: Uui
     }
     let mut tx = db.begin().await?;
     let ids = resend_where(&mut tx, ResendFilter::Notification(notification)).await?;
+    let t = Target { kind: "notification", id: notification.to_string() };
+    audit::record(&mut tx, &who.actor(), "notification.replayed", t, None, Some(json!({ "resent": ids.len() })))
+        .await?;
     tx.commit().await?;
     Ok(ids)
 }

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apikeys::Principal;
+use crate::audit::{self, Target};
 use crate::error::{Error, Result};
 use crate::retry::RetrySchedule;
 use crate::secrets::{self, SecretKey};
@@ -156,6 +157,16 @@ pub async fn seal_legacy_headers(db: &PgPool, key: &SecretKey) -> anyhow::Result
             .await?;
     }
     Ok(rows.len() as u64)
+}
+
+/// The audit target of an endpoint.
+pub(crate) fn target(id: Uuid) -> Target<'static> {
+    Target { kind: "endpoint", id: id.to_string() }
+}
+
+/// An endpoint as the audit log records it (header values masked, as the API shows them).
+pub(crate) fn snapshot(ep: &Endpoint) -> Option<Value> {
+    serde_json::to_value(ep).ok()
 }
 
 const COLUMNS: &str = "id, owner, url, description, event_types, enabled, disabled_at, disabled_reason, rate_limit, \
@@ -310,6 +321,7 @@ pub async fn create(
         .bind(key.seal(id, &secret))
         .execute(&mut *tx)
         .await?;
+    audit::record(&mut tx, &who.actor(), "endpoint.created", target(id), None, snapshot(&ep)).await?;
     tx.commit().await?;
     Ok((ep, secret))
 }
@@ -363,6 +375,7 @@ pub async fn update(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::NotFound)?;
+    let before = snapshot(&cur);
     let current = open_headers(key, id, headers_sealed.as_deref(), &cur.headers).map_err(|m| anyhow::anyhow!(m))?;
     // A value sent back as the mask keeps the stored one.
     let headers = match p.headers {
@@ -400,6 +413,7 @@ pub async fn update(
     .bind(seal_headers(key, id, &v.headers)?)
     .fetch_one(&mut *tx)
     .await?;
+    audit::record(&mut tx, &who.actor(), "endpoint.updated", target(id), before, snapshot(&ep)).await?;
     tx.commit().await?;
     Ok(ep)
 }
@@ -414,25 +428,30 @@ pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) ->
             .fetch_optional(db)
             .await?
             .ok_or(Error::NotFound)?;
-    Ok(open_headers(key, id, sealed.as_deref(), &legacy).map_err(|m| anyhow::anyhow!(m))?)
+    let headers = open_headers(key, id, sealed.as_deref(), &legacy).map_err(|m| anyhow::anyhow!(m))?;
+    audit::record_alone(db, &who.actor(), "endpoint.headers.revealed", target(id), None).await?;
+    Ok(headers)
 }
 
 pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
-    let r = sqlx::query("DELETE FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)")
-        .bind(id)
-        .bind(&who.owner)
-        .bind(who.is_admin())
-        .execute(db)
-        .await?;
-    if r.rows_affected() == 0 {
-        return Err(Error::NotFound);
-    }
+    let mut tx = db.begin().await?;
+    let gone: Endpoint =
+        sqlx::query_as(&format!("DELETE FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) RETURNING {COLUMNS}"))
+            .bind(id)
+            .bind(&who.owner)
+            .bind(who.is_admin())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(Error::NotFound)?;
+    audit::record(&mut tx, &who.actor(), "endpoint.deleted", target(id), snapshot(&gone), None).await?;
+    tx.commit().await?;
     Ok(())
 }
 
 /// Enables (and resets the auto-disable clock) or disables an endpoint on request.
 pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) -> Result<Endpoint> {
-    sqlx::query_as(&format!(
+    let mut tx = db.begin().await?;
+    let ep: Endpoint = sqlx::query_as(&format!(
         "UPDATE endpoints SET enabled = $4,
                 disabled_at = CASE WHEN $4 THEN NULL WHEN enabled THEN now() ELSE disabled_at END,
                 disabled_reason = CASE WHEN $4 THEN NULL WHEN enabled THEN 'disabled on request' ELSE disabled_reason END,
@@ -443,7 +462,11 @@ pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) 
     .bind(&who.owner)
     .bind(who.is_admin())
     .bind(enabled)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?
-    .ok_or(Error::NotFound)
+    .ok_or(Error::NotFound)?;
+    let action = if enabled { "endpoint.enabled" } else { "endpoint.disabled" };
+    audit::record(&mut tx, &who.actor(), action, target(id), None, snapshot(&ep)).await?;
+    tx.commit().await?;
+    Ok(ep)
 }

@@ -7,7 +7,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::endpoints::get;
+use super::endpoints::target;
 use crate::apikeys::Principal;
+use crate::audit::{self, Actor};
 use crate::error::{Error, Result};
 use crate::notifications::accept::{self, Accepted, Processor, Submission};
 
@@ -29,8 +31,12 @@ pub async fn send_test(db: &PgPool, processor: &Processor, who: &Principal, endp
         })
         .await?
         .only_endpoint(ep.id);
-    let mut conn = db.acquire().await?;
-    accept::insert(&mut conn, prepared).await
+    let mut tx = db.begin().await?;
+    let accepted = accept::insert(&mut tx, prepared).await?;
+    let after = json!({ "notification_id": accepted.id });
+    audit::record(&mut tx, &who.actor(), "endpoint.tested", target(ep.id), None, Some(after)).await?;
+    tx.commit().await?;
+    Ok(accepted)
 }
 
 /// Disables an endpoint on Herald's own initiative (410 Gone, failing too long): records
@@ -81,6 +87,8 @@ pub async fn disable_and_notify(db: &PgPool, processor: &Processor, id: Uuid, re
     accept::insert(&mut tx, prepared)
         .await
         .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot emit endpoint.disabled")))?;
+    let after = json!({ "enabled": false, "disabled_reason": reason });
+    audit::record(&mut tx, &Actor::system(), "endpoint.disabled", target(id), None, Some(after)).await?;
     tx.commit().await?;
     tracing::warn!(endpoint_id = %id, reason, "webhook endpoint disabled");
     crate::metrics::endpoint_disabled();

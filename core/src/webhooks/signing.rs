@@ -6,7 +6,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::endpoints::target;
 use crate::apikeys::Principal;
+use crate::audit;
 use crate::error::{Error, Result};
 use crate::secrets::{self, SecretKey};
 
@@ -25,7 +27,9 @@ pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> 
     .fetch_optional(db)
     .await?
     .ok_or(Error::NotFound)?;
-    key.open(id, &sealed).map_err(Error::internal)
+    let secret = key.open(id, &sealed).map_err(Error::internal)?;
+    audit::record_alone(db, &who.actor(), "endpoint.secret.revealed", target(id), None).await?;
+    Ok(secret)
 }
 
 /// Makes a new current secret; the old one keeps signing for `grace`. At most
@@ -68,6 +72,15 @@ pub async fn rotate(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid, gra
     .bind(id)
     .bind(MAX_OLD_SECRETS)
     .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        &who.actor(),
+        "endpoint.secret.rotated",
+        target(id),
+        None,
+        Some(serde_json::json!({ "previous_valid_for_seconds": grace.as_secs() })),
+    )
     .await?;
     tx.commit().await?;
     Ok(secret)

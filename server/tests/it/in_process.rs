@@ -26,7 +26,18 @@ async fn application_builds_serves_and_stops_in_process() {
 
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     let scopes = ["notifications:write".to_owned(), "notifications:read".to_owned()];
-    let key = herald_core::apikeys::create(&pool, "in-process", &scopes, None, None, None).await.unwrap().secret;
+    let key = herald_core::apikeys::create(
+        &pool,
+        &herald_core::audit::Actor::cli("test"),
+        "in-process",
+        &scopes,
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap()
+    .secret;
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{base}/api/v1/notifications"))

@@ -4,6 +4,7 @@
 mod broker;
 mod harness;
 
+mod audit;
 mod bus_contract;
 mod cli;
 mod errors;

@@ -1,0 +1,43 @@
+//! `GET /api/v1/audit`: the audit log, newest first, for admins.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{Admin, Auth};
+use super::AppState;
+use crate::audit::{self, Filter};
+use crate::problem::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    /// Entries before this sequence number (the previous page's `next_before`).
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(_, ..): Auth<Admin>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::InvalidRequest("limit must be between 1 and 500".into()));
+    }
+    let filter =
+        Filter { actor: q.actor, action: q.action, target: q.target, since: q.since, until: q.until, before: q.before };
+    let entries = audit::list(&s.db, &filter, limit).await?;
+    let next = if entries.len() as i64 == limit { entries.last().map(|e| e.seq) } else { None };
+    Ok(Json(json!({ "data": entries, "next_before": next })))
+}
