@@ -46,10 +46,15 @@ impl Scope {
     }
 }
 
-/// An authenticated API key, as the handlers see it.
+/// An authenticated caller as the domain layer sees it: an API key, a logged-in user,
+/// or an API client holding the identity provider's token.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub key_id: Uuid,
+    pub kind: ActorKind,
+    /// The API key id, the user's subject, or the client id.
+    pub id: String,
+    /// Set for API keys (notifications record the key they came with).
+    pub key_id: Option<Uuid>,
     pub owner: String,
     /// The key's scopes (a scope this version does not know is dropped).
     pub scopes: Vec<Scope>,
@@ -68,11 +73,17 @@ impl Principal {
         self.has(Scope::Admin)
     }
 
+    /// The rate limiter's key for this caller.
+    pub fn rate_key(&self) -> Uuid {
+        self.key_id
+            .unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("{:?}:{}", self.kind, self.id).as_bytes()))
+    }
+
     /// This caller as the actor of an audited change.
     pub fn actor(&self) -> Actor {
         Actor {
-            kind: ActorKind::ApiKey,
-            id: self.key_id.to_string(),
+            kind: self.kind,
+            id: self.id.clone(),
             owner: Some(self.owner.clone()),
             request_id: self.request_id.clone(),
             source: self.source.clone(),
@@ -260,7 +271,9 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
         });
     }
     Ok(Some(Principal {
-        key_id: row.id,
+        kind: ActorKind::ApiKey,
+        id: row.id.to_string(),
+        key_id: Some(row.id),
         owner: row.owner,
         scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         rate_limit: row.rate_limit.map(|r| r.max(0) as u32),

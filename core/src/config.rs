@@ -126,6 +126,8 @@ pub enum BusKind {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// OIDC login and IdP-issued API tokens (`HERALD_OIDC_*`); `None` when no issuer is set.
+    pub oidc: Option<OidcConfig>,
     pub database_url: String,
     pub db_max_connections: u32,
     pub listen_addr: SocketAddr,
@@ -193,6 +195,64 @@ pub struct WebhookConfig {
     pub disable_after: Duration,
     /// How long a rotated-out secret keeps signing.
     pub secret_grace: Duration,
+}
+
+/// The identity provider (`HERALD_OIDC_*`).
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    /// `None`: a public client, which authenticates with PKCE alone.
+    pub client_secret: Option<String>,
+    pub scopes: Vec<String>,
+    /// A user is an admin when this claim (a string or a list of strings) holds one of
+    /// `admin_values`.
+    pub admin_claim: String,
+    pub admin_values: Vec<String>,
+    /// Users whose token has this claim share endpoints as the owner it names.
+    pub team_claim: Option<String>,
+    /// The audience of access tokens accepted on the API; `None`: only API keys.
+    pub audience: Option<String>,
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after login, however busy.
+    pub session_max: Duration,
+}
+
+fn list(v: &str) -> Result<Vec<String>, String> {
+    Ok(v.split([',', ' ']).map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect())
+}
+
+fn oidc_settings(s: &Settings) -> Result<Option<OidcConfig>, ConfigError> {
+    let Some(issuer) = s.get("HERALD_OIDC_ISSUER") else { return Ok(None) };
+    let issuer = issuer.trim().trim_end_matches('/').to_owned();
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        return Err(ConfigError::new("HERALD_OIDC_ISSUER", format!("'{issuer}' is not an http(s) URL")));
+    }
+    let mut scopes = s.parsed("HERALD_OIDC_SCOPES", vec!["openid".into(), "email".into(), "profile".into()], list)?;
+    if !scopes.iter().any(|x| x == "openid") {
+        scopes.insert(0, "openid".into());
+    }
+    Ok(Some(OidcConfig {
+        issuer,
+        client_id: s.required("HERALD_OIDC_CLIENT_ID", "set it to Herald's client id at the identity provider")?,
+        client_secret: s.get("HERALD_OIDC_CLIENT_SECRET").map(|v| v.trim().to_owned()),
+        scopes,
+        admin_claim: s.parsed("HERALD_OIDC_ADMIN_CLAIM", "groups".to_owned(), |v| Ok(v.to_owned()))?,
+        admin_values: s.parsed("HERALD_OIDC_ADMIN_VALUES", vec!["herald-admins".into()], list)?,
+        team_claim: s.get("HERALD_OIDC_TEAM_CLAIM").map(|v| v.trim().to_owned()),
+        audience: s.get("HERALD_OIDC_AUDIENCE").map(|v| v.trim().to_owned()),
+        session_idle: s.parsed(
+            "HERALD_SESSION_IDLE",
+            Duration::from_secs(8 * 3600),
+            at_least(Duration::from_secs(60)),
+        )?,
+        session_max: s.parsed(
+            "HERALD_SESSION_MAX",
+            Duration::from_secs(24 * 3600),
+            at_least(Duration::from_secs(60)),
+        )?,
+    }))
 }
 
 /// The longest duration any setting takes: ten years (so every duration fits in a
@@ -304,6 +364,7 @@ impl Config {
             BusKind::Kafka => Some(kafka_settings(s)?),
         };
         Ok(Self {
+            oidc: oidc_settings(s)?,
             database_url,
             db_max_connections: s.parsed("HERALD_DB_MAX_CONNECTIONS", 20, positive)?,
             listen_addr,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod dispatch;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod notifications;

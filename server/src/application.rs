@@ -16,6 +16,8 @@ use herald_core::config::{BusKind, Config};
 use herald_core::dispatch::email::{self, EmailDispatcher};
 use herald_core::dispatch::webhook::WebhookDispatcher;
 use herald_core::dispatch::{sweeper, Dispatcher};
+use herald_core::identity::oidc::Oidc;
+use herald_core::identity::tokens::TokenVerifier;
 use herald_core::notifications::accept::Processor;
 use herald_core::ssrf::Guard;
 use herald_core::supervise::Supervisor;
@@ -25,6 +27,9 @@ use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use tower_sessions::cookie::{time, SameSite};
+use tower_sessions::{ExpiredDeletion, Expiry, SessionManagerLayer};
+use tower_sessions_sqlx_store::PostgresStore;
 
 /// The longest a request may run before it is answered 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -136,6 +141,20 @@ impl Application {
             tracing::info!(endpoints = sealed, "sealed the custom header values of endpoints stored before sealing");
         }
         let smtp = email::transport(&config)?;
+        // The identity provider: discovered at start (an error names the issuer).
+        let oidc = match &config.oidc {
+            None => None,
+            Some(c) => Some(Arc::new(Oidc::discover(c, &config.public_url).await?)),
+        };
+        let tokens = match (&config.oidc, &oidc) {
+            (Some(c), Some(o)) => c
+                .audience
+                .as_ref()
+                .map(|aud| Arc::new(TokenVerifier::new(&c.issuer, aud, o.jwks_uri(), o.http().clone()))),
+            _ => None,
+        };
+        let sessions = PostgresStore::new(pool.clone());
+        sessions.migrate().await?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sup = Supervisor::new();
@@ -220,6 +239,8 @@ impl Application {
             limiter: Default::default(),
             tasks: sup.states(),
             ready_cache: Default::default(),
+            oidc: oidc.clone(),
+            tokens,
         };
         // Every process answers /healthz, /readyz and /metrics (on HERALD_ADMIN_LISTEN_ADDR
         // when that is set); only `api` ones take notifications.
@@ -228,7 +249,32 @@ impl Application {
             Some(_) => Router::new().route("/healthz", axum::routing::get(api::health::healthz)),
         };
         if config.roles.api {
-            app = app.merge(api::router(state.clone())).merge(console(&config));
+            let https = config.public_url.starts_with("https://");
+            let idle = config.oidc.as_ref().map(|o| o.session_idle).unwrap_or(Duration::from_secs(8 * 3600));
+            let session_layer = SessionManagerLayer::new(sessions.clone())
+                .with_name(if https { "__Host-herald" } else { "herald_session" })
+                .with_path("/")
+                .with_http_only(true)
+                .with_same_site(SameSite::Lax)
+                .with_secure(https)
+                .with_expiry(Expiry::OnInactivity(time::Duration::seconds(idle.as_secs() as i64)));
+            let origin = Arc::new(
+                url::Url::parse(&config.public_url).map(|u| u.origin().ascii_serialization()).unwrap_or_default(),
+            );
+            let browser = console(&config)
+                .merge(api::login::router(state.clone()))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), api::login::require_login))
+                .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))
+                .layer(session_layer);
+            app = app.merge(api::router(state.clone())).merge(browser);
+            let store = sessions.clone();
+            sup.spawn("session cleanup", stop_rx.clone(), move || {
+                let store = store.clone();
+                async move {
+                    store.continuously_delete_expired(tokio::time::Duration::from_secs(600)).await?;
+                    Ok(())
+                }
+            });
         }
         let layers = tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

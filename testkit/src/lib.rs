@@ -2,6 +2,7 @@
 //! scripted to fail, and fresh PostgreSQL databases. Not part of the product.
 
 pub mod broker;
+pub mod oidc;
 pub mod receiver;
 pub mod smtp;
 

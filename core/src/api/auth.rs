@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use crate::apikeys::{self, Principal, Scope};
+use crate::identity::{self, tokens::TokenVerifier};
 use crate::problem::ApiError;
 
 pub trait RequiredScope {
@@ -57,14 +58,23 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized("the Authorization header must be 'Bearer <key>'"))?;
-        let mut principal = apikeys::verify(&state.db, token)
-            .await?
-            .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?;
+        let mut principal = match &state.tokens {
+            Some(tokens) if TokenVerifier::looks_like_jwt(token) => {
+                let claims = tokens.verify(token).await.map_err(|why| {
+                    tracing::info!(reason = %why, "access token refused");
+                    ApiError::Unauthorized("the access token is invalid, expired or not for Herald")
+                })?;
+                identity::client_principal(&claims).ok_or(ApiError::Unauthorized("the access token names no client"))?
+            }
+            _ => apikeys::verify(&state.db, token)
+                .await?
+                .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?,
+        };
         principal.request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
         principal.source =
             parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
         let limit = principal.rate_limit.unwrap_or(state.config.api_rate_limit);
-        if let Err(wait) = state.limiter.check(principal.key_id, limit) {
+        if let Err(wait) = state.limiter.check(principal.rate_key(), limit) {
             crate::metrics::rate_limited();
             return Err(ApiError::TooManyRequests(wait));
         }

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod endpoints;
 pub mod health;
+pub mod login;
 pub mod notifications;
 pub mod ratelimit;
 
@@ -47,6 +48,10 @@ pub struct AppState {
     pub limiter: Arc<ratelimit::RateLimiter>,
     /// The state of every background task, for `/readyz`.
     pub tasks: crate::supervise::TaskStates,
+    /// OIDC login (`None` without `HERALD_OIDC_ISSUER`).
+    pub oidc: Option<Arc<crate::identity::oidc::Oidc>>,
+    /// IdP access tokens on the API (`None` without `HERALD_OIDC_AUDIENCE`).
+    pub tokens: Option<Arc<crate::identity::tokens::TokenVerifier>>,
     /// `/readyz` answers from this for a second, so it is cheap to call in a loop.
     pub ready_cache: Arc<tokio::sync::Mutex<Option<health::Readiness>>>,
 }

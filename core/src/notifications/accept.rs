@@ -144,7 +144,7 @@ impl Processor {
                 payload: req.payload,
                 recipients: req.recipients,
                 owner: who.owner.clone(),
-                key_id: Some(who.key_id),
+                key_id: who.key_id,
                 operational_owner: None,
             })
             .await?;

@@ -26,7 +26,7 @@ pub async fn send_test(db: &PgPool, processor: &Processor, who: &Principal, endp
             payload: json!({"endpoint_id": ep.id, "message": "This is a test event from Herald."}),
             recipients: None,
             owner: ep.owner.clone(),
-            key_id: Some(who.key_id),
+            key_id: who.key_id,
             operational_owner: Some(ep.owner.clone()),
         })
         .await?

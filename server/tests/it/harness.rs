@@ -93,7 +93,11 @@ impl Herald {
     }
 
     pub async fn start_with_env(mut env: Vec<(String, String)>) -> Herald {
-        let port = free_port();
+        // A test that must know the address first (an OIDC redirect URI) gives it.
+        let port = match env.iter().find(|(k, _)| k == "HERALD_LISTEN_ADDR") {
+            Some((_, v)) => v.rsplit(':').next().unwrap().parse().unwrap(),
+            None => free_port(),
+        };
         env.retain(|(k, _)| k != "HERALD_LISTEN_ADDR");
         env.push(("HERALD_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
         let db_url = env.iter().find(|(k, _)| k == "DATABASE_URL").unwrap().1.clone();

@@ -12,5 +12,6 @@ mod flow;
 mod hardening;
 mod in_process;
 mod kafka_flow;
+mod oidc;
 mod sql;
 mod webhooks;

@@ -1,0 +1,299 @@
+//! Login with a real OpenID Connect provider (tools/oidc/provider.mjs), server-side
+//! sessions, CSRF, and the provider's access tokens on the API.
+
+use herald_testkit::oidc::Provider;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+const AUDIENCE: &str = "urn:herald:api";
+
+struct Idp {
+    h: Herald,
+    idp: Provider,
+    _sink: SmtpSink,
+}
+
+/// Herald with login configured against a fresh provider (team claim on; access tokens
+/// for `token_audience` accepted when Herald expects `AUDIENCE`).
+async fn start(provider_audience: &str) -> Idp {
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let idp = Provider::start(&public, provider_audience).await;
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let listen = format!("127.0.0.1:{port}");
+    let settings = [
+        ("HERALD_LISTEN_ADDR", listen.as_str()),
+        ("HERALD_OIDC_ISSUER", idp.issuer.as_str()),
+        ("HERALD_OIDC_CLIENT_ID", "herald"),
+        ("HERALD_OIDC_CLIENT_SECRET", "herald-dev-secret"),
+        ("HERALD_OIDC_SCOPES", "openid email profile groups"),
+        ("HERALD_OIDC_TEAM_CLAIM", "team"),
+        ("HERALD_OIDC_AUDIENCE", AUDIENCE),
+    ];
+    let h = Herald::start(&db, &sink.url(), &settings).await;
+    Idp { h, idp, _sink: sink }
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    let l = r.headers().get("location").unwrap_or_else(|| panic!("no Location on {} {}", r.status(), r.url()));
+    let l = l.to_str().unwrap();
+    r.url().join(l).unwrap().to_string()
+}
+
+fn session_cookie(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("herald_session="))
+        .map(|c| c.split(';').next().unwrap().trim_start_matches("herald_session=").to_owned())
+}
+
+/// Logs `user` in through the provider's real login form. Returns the browser, the
+/// session cookie before and after login, and the callback URL the provider sent.
+async fn log_in(b: &reqwest::Client, base: &str, user: &str) -> (Option<String>, String, String) {
+    let r = b.get(format!("{base}/auth/login?next=/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let before = session_cookie(&r);
+    let r = b.get(location(&r)).send().await.unwrap();
+    let interaction = location(&r);
+    assert!(interaction.contains("/interaction/"), "{interaction}");
+    let page = b.get(&interaction).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("name=\"login\""), "the provider's login form: {page}");
+    let r =
+        b.post(&interaction).form(&[("prompt", "login"), ("login", user), ("password", "any")]).send().await.unwrap();
+    let mut next = location(&r);
+    // The provider resumes the authorization, then sends the browser back to Herald.
+    while !next.starts_with(base) {
+        let r = b.get(&next).send().await.unwrap();
+        next = location(&r);
+    }
+    assert!(next.starts_with(&format!("{base}/auth/callback?")), "{next}");
+    let r = b.get(&next).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(location(&r), format!("{base}/"));
+    let after = session_cookie(&r).expect("a session cookie at login");
+    (before, after, next)
+}
+
+async fn me(b: &reqwest::Client, base: &str) -> (StatusCode, Value) {
+    let r = b.get(format!("{base}/auth/me")).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn audit(h: &Herald, action: &str) -> Vec<Value> {
+    let admin = h.api_key(&["admin"]).await;
+    let (_, v) = h.call(Method::GET, &format!("/api/v1/audit?action={action}"), &admin, None).await;
+    v["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn an_admin_and_an_owner_log_in_and_out() {
+    let Idp { h, idp, .. } = start(AUDIENCE).await;
+    let base = h.base.clone();
+
+    // The console sends a stranger to the provider, and back to the page asked for.
+    let b = browser();
+    let r = b.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&r), format!("{base}/auth/login?next=%2F"));
+    assert_eq!(me(&b, &base).await.0, StatusCode::UNAUTHORIZED);
+
+    let (before, after, _) = log_in(&b, &base, "admin").await;
+    assert_ne!(before.as_deref(), Some(after.as_str()), "the session id changes at login");
+    let (status, v) = me(&b, &base).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["name"], "Ada Admin");
+    assert_eq!(v["email"], "admin@herald.test");
+    assert_eq!(v["role"], "admin");
+    let r = b.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the console opens once logged in");
+
+    let owner = browser();
+    log_in(&owner, &base, "alice").await;
+    let (_, v) = me(&owner, &base).await;
+    assert_eq!(v["role"], "owner");
+    assert_eq!(v["owner"], "acme", "the team claim names the owner");
+    let email: String =
+        sqlx::query_scalar("SELECT email FROM owners WHERE subject = 'acme'").fetch_one(&h.db).await.unwrap();
+    assert_eq!(email, "alice@acme.test", "Herald writes to the owner at the provider's address");
+    let roles: Vec<String> =
+        sqlx::query_scalar("SELECT roles[1] FROM users ORDER BY subject").fetch_all(&h.db).await.unwrap();
+    assert_eq!(roles, ["admin", "owner"]);
+
+    // Logout: a same-origin POST ends the session on the server, then the provider's.
+    let r = b.post(format!("{base}/auth/logout")).header("origin", &base).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(location(&r).starts_with(&format!("{}/session/end?", idp.issuer)), "{}", location(&r));
+    assert_eq!(me(&b, &base).await.0, StatusCode::UNAUTHORIZED);
+    // Replaying the old cookie does not bring the session back.
+    let replay = reqwest::Client::new()
+        .get(format!("{base}/auth/me"))
+        .header("cookie", format!("herald_session={after}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(me(&owner, &base).await.0, 200, "another user's session is untouched");
+
+    let logins = audit(&h, "user.login").await;
+    assert_eq!(logins.len(), 2, "each login recorded once");
+    assert!(logins.iter().all(|e| e["actor_kind"] == "user" && e["source"] == "127.0.0.1"));
+    let logouts = audit(&h, "user.logout").await;
+    assert_eq!(logouts.len(), 1);
+    assert_eq!(logouts[0]["actor"], "admin");
+    h.stop().await;
+    idp.stop().await;
+}
+
+#[tokio::test]
+async fn tampered_and_replayed_logins_are_refused() {
+    let Idp { h, idp, .. } = start(AUDIENCE).await;
+    let base = h.base.clone();
+    let b = browser();
+    let (_, _, callback) = log_in(&b, &base, "bob").await;
+    // The same callback again: the login it belonged to is over.
+    let r = b.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("no login is in progress"));
+
+    // A state that is not the one Herald issued.
+    let fresh = browser();
+    let r = fresh.get(format!("{base}/auth/login")).send().await.unwrap();
+    let auth_url = location(&r);
+    let state: String = url::Url::parse(&auth_url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let forged = format!("{base}/auth/callback?code=abc&state={}x", state);
+    let r = fresh.get(&forged).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("state does not match"));
+    assert_eq!(me(&fresh, &base).await.0, StatusCode::UNAUTHORIZED);
+
+    // The provider's error is shown, not followed.
+    let r =
+        browser().get(format!("{base}/auth/callback?error=access_denied&error_description=no")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(audit(&h, "user.login_failed").await.len(), 3);
+    // An open redirect is not possible through `next`.
+    let r = browser().get(format!("{base}/auth/login?next=//evil.test/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    h.stop().await;
+    idp.stop().await;
+}
+
+#[tokio::test]
+async fn cross_site_posts_are_refused() {
+    let Idp { h, idp, .. } = start(AUDIENCE).await;
+    let base = h.base.clone();
+    let b = browser();
+    log_in(&b, &base, "admin").await;
+    for (name, value) in [("sec-fetch-site", "cross-site"), ("origin", "http://evil.test"), ("x-none", "1")] {
+        let r = b.post(format!("{base}/auth/logout")).header(name, value).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{name}: {value}");
+    }
+    assert_eq!(me(&b, &base).await.0, 200, "still logged in");
+    let r = b.post(format!("{base}/auth/logout")).header("sec-fetch-site", "same-origin").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(me(&b, &base).await.0, StatusCode::UNAUTHORIZED);
+    h.stop().await;
+    idp.stop().await;
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn provider_access_tokens_on_the_api() {
+    let Idp { h, idp, .. } = start(AUDIENCE).await;
+    let token = idp.client_token("notifications:write notifications:read").await;
+    let r = h.post(&token, &welcome("Ada", "ada@example.test")).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let id: Value = h.post(&token, &welcome("Bob", "bob@example.test")).await.json().await.unwrap();
+    let n = h.get_notification(&token, id["id"].as_str().unwrap()).await;
+    assert_eq!(n["event_type"], "user.registered");
+    // The client is the owner: an API key of another owner cannot see it.
+    let other = h.api_key(&["notifications:read"]).await;
+    let (status, _) =
+        h.call(Method::GET, &format!("/api/v1/notifications/{}", id["id"].as_str().unwrap()), &other, None).await;
+    assert_eq!(status, 404);
+    // Scopes come from the token: no endpoints, no audit log.
+    let (status, _) = h.call(Method::GET, "/api/v1/endpoints", &token, None).await;
+    assert_eq!(status, 403);
+    let (status, _) = h.call(Method::GET, "/api/v1/audit", &token, None).await;
+    assert_eq!(status, 403);
+
+    // Forged tokens: unsigned, HMAC-signed with the provider's public key material, a
+    // key the provider does not have, a tampered payload.
+    let parts: Vec<&str> = token.split('.').collect();
+    let claims: Value = {
+        use base64::Engine as _;
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()
+    };
+    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), parts[1]);
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            kid: Some("keystore-CHANGE-ME".into()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        },
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"keystore-CHANGE-ME"),
+    )
+    .unwrap();
+    let mut admin_claims = claims.clone();
+    admin_claims["scope"] = json!("admin");
+    let tampered = format!("{}.{}.{}", parts[0], b64(&admin_claims), parts[2]);
+    let unknown_kid = format!("{}.{}.{}", b64(&json!({"alg": "RS256", "kid": "not-a-key"})), parts[1], parts[2]);
+    for (what, t) in [("alg none", none), ("HS256", hs), ("tampered", tampered), ("unknown key", unknown_kid)] {
+        let (status, v) = h.call(Method::GET, "/api/v1/audit", &t, None).await;
+        assert_eq!(status, 401, "{what}: {v}");
+        assert_eq!(v["type"], "urn:herald:problem:unauthorized");
+    }
+    h.stop().await;
+    idp.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_for_another_audience_or_issuer_are_refused() {
+    // The provider issues tokens for another API; Herald expects its own audience.
+    let Idp { h, idp, .. } = start("urn:another:api").await;
+    let token = idp.client_token("notifications:write").await;
+    let r = h.post(&token, &welcome("Ada", "ada@example.test")).await;
+    assert_eq!(r.status(), 401);
+    // A second provider signs with the same development key but is another issuer.
+    let stranger = Provider::start(&h.base, AUDIENCE).await;
+    let token = stranger.client_token("notifications:write").await;
+    let r = h.post(&token, &welcome("Ada", "ada@example.test")).await;
+    assert_eq!(r.status(), 401);
+    h.stop().await;
+    idp.stop().await;
+    stranger.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_issuer_stops_startup_with_its_name() {
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let issuer = format!("http://127.0.0.1:{}", free_port());
+    let mut env = base_env(&db, &sink.url());
+    env.push(("HERALD_OIDC_ISSUER".into(), issuer.clone()));
+    env.push(("HERALD_OIDC_CLIENT_ID".into(), "herald".into()));
+    env.push(("HERALD_LISTEN_ADDR".into(), format!("127.0.0.1:{}", free_port())));
+    let out = tokio::process::Command::new(BIN.as_str()).arg("serve").env_clear().envs(env).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("OpenID Connect discovery at {issuer} failed")), "{err}");
+}
