@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sets up and starts Herald for the demo: PostgreSQL database `herald`, the maildev SMTP
-# server with its web inbox (http://127.0.0.1:1080), a demo API key, and `herald serve`
-# on http://127.0.0.1:3000. Ctrl-C stops Herald and maildev.
+# server with its web inbox (http://127.0.0.1:1080), a development OpenID Connect
+# provider for console login (http://127.0.0.1:3001; users admin, alice, bob, any
+# password), a demo API key, and `herald serve` on http://127.0.0.1:3000. Ctrl-C stops
+# Herald, maildev and the provider. With HERALD_OIDC_ISSUER set, no provider is started
+# and Herald uses yours.
 # `./scripts/demo.sh --kafka` runs the same demo on the Kafka bus, with a local
 # Kafka-protocol broker (nisshi) on 127.0.0.1:9092 keeping its log in PostgreSQL.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -44,6 +47,16 @@ if ! curl -fsS -o /dev/null http://127.0.0.1:1080/api/healthz 2>/dev/null; then
   wait_http http://127.0.0.1:1080/api/healthz 30 || die "maildev did not start; see $STATE/maildev.log"
 fi
 
+if [ -z "${HERALD_OIDC_ISSUER:-}" ]; then
+  if ! curl -fsS -o /dev/null http://127.0.0.1:3001/.well-known/openid-configuration 2>/dev/null; then
+    log "starting the development OIDC provider (http://127.0.0.1:3001; users admin, alice, bob)"
+    start_oidc_provider 3001 http://127.0.0.1:3000 "$STATE/oidc.log"
+    PIDS+=($OIDC_PID)
+  fi
+  export HERALD_OIDC_ISSUER=http://127.0.0.1:3001 HERALD_OIDC_CLIENT_ID=herald HERALD_OIDC_CLIENT_SECRET=herald-dev-secret
+  export HERALD_OIDC_SCOPES="openid email profile groups" HERALD_OIDC_TEAM_CLAIM=team HERALD_OIDC_AUDIENCE=urn:herald:api
+fi
+
 if [ $USE_KAFKA = 1 ]; then
   if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
     log "starting nisshi (Kafka protocol on 127.0.0.1:9092, log in database herald_broker)"
@@ -66,6 +79,7 @@ KEY="$(cat "$STATE/demo-api-key")"
 cat <<MSG
 
   Herald is starting on http://127.0.0.1:3000 (console), inbox at http://127.0.0.1:1080
+  Console login (development provider): admin (an admin), alice or bob (webhook owners), any password
   Demo API key (also in .herald/demo-api-key): $KEY
 
   Send the welcome email:

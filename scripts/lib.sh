@@ -90,6 +90,12 @@ build_release() {
   (cd "$ROOT" && cargo leptos build --release)
 }
 
+start_oidc_provider() { # start_oidc_provider PORT HERALD_PUBLIC_URL LOGFILE: the dev/test OIDC provider, in the background
+  OIDC_PORT="$1" HERALD_PUBLIC_URL="$2" node "$ROOT/tools/oidc/provider.mjs" >"$3" 2>&1 &
+  OIDC_PID=$!
+  wait_http "http://127.0.0.1:$1/.well-known/openid-configuration" 30 || die "the OIDC provider did not start; see $3"
+}
+
 wait_http() { # wait_http URL SECONDS
   for _ in $(seq 1 "$2"); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 1; done
   return 1

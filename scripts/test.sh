@@ -28,12 +28,17 @@ cargo test -p herald-core -p herald-server
 log "browser tests (headless Chromium)"
 E2E_DB="herald_e2e_$$"
 psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $E2E_DB" && psql "$PG_ADMIN_URL/postgres" -qc "CREATE DATABASE $E2E_DB"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+OIDC_PORT=$(free_port)
+start_oidc_provider "$OIDC_PORT" "http://127.0.0.1:$PORT" "$ROOT/target/e2e-oidc.log"
 HERALD_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
 DATABASE_URL="$PG_ADMIN_URL/$E2E_DB" HERALD_SMTP_URL="smtp://127.0.0.1:1" HERALD_LISTEN_ADDR="127.0.0.1:$PORT" \
+  HERALD_OIDC_ISSUER="http://127.0.0.1:$OIDC_PORT" HERALD_OIDC_CLIENT_ID=herald HERALD_OIDC_CLIENT_SECRET=herald-dev-secret \
+  HERALD_OIDC_SCOPES="openid email profile groups" HERALD_OIDC_TEAM_CLAIM=team \
   HERALD_SITE_ROOT="$ROOT/target/site" "$ROOT/target/release/herald" serve &
 HERALD_PID=$!
-trap 'kill $HERALD_PID 2>/dev/null || true; psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $E2E_DB" >/dev/null 2>&1 || true' EXIT
+trap 'kill $HERALD_PID $OIDC_PID 2>/dev/null || true; psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $E2E_DB" >/dev/null 2>&1 || true' EXIT
 wait_http "http://127.0.0.1:$PORT/healthz" 60 || die "herald did not start for the browser tests"
 (cd end2end && HERALD_E2E_URL="http://127.0.0.1:$PORT" npm test)
 

@@ -8,6 +8,56 @@ use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes};
 use leptos_router::StaticSegment;
+use serde::{Deserialize, Serialize};
+
+/// Who is logged in, as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    pub name: String,
+    pub email: Option<String>,
+    pub role: String,
+}
+
+/// The logged-in user (`None` when login is not configured). The server's login gate
+/// put the session's user on the request; nothing here trusts the browser.
+#[server(prefix = "/console/fn", endpoint = "me")]
+pub async fn current_user() -> Result<Option<Me>, ServerFnError> {
+    use herald_core::identity::SessionUser;
+    let user = use_context::<http::request::Parts>().and_then(|p| p.extensions.get::<SessionUser>().cloned());
+    Ok(user.map(|u| Me {
+        name: u.name.clone().or_else(|| u.email.clone()).unwrap_or_else(|| u.subject.clone()),
+        email: u.email.clone(),
+        role: u.role().to_owned(),
+    }))
+}
+
+/// The signed-in user and the logout button, in the top bar.
+#[component]
+fn UserBox() -> impl IntoView {
+    let me = OnceResource::new(current_user());
+    view! {
+        <Suspense fallback=|| ()>
+            {move || {
+                me.get()
+                    .map(|r| match r {
+                        Ok(Some(m)) => {
+                            view! {
+                                <span class="user">
+                                    <span data-testid="user-name">{m.name}</span>
+                                    <span class="role" data-testid="user-role">{m.role}</span>
+                                    <form method="post" action="/auth/logout">
+                                        <button data-testid="logout" type="submit">"Log out"</button>
+                                    </form>
+                                </span>
+                            }
+                                .into_any()
+                        }
+                        _ => ().into_any(),
+                    })
+            }}
+        </Suspense>
+    }
+}
 
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     view! {
@@ -36,6 +86,7 @@ pub fn App() -> impl IntoView {
             <header class="topbar">
                 <span class="brand">"Herald"</span>
                 <span class="tagline">"notification service"</span>
+                <UserBox/>
             </header>
             <main>
                 <Routes fallback=|| view! { <p class="notice">"Page not found."</p> }>

@@ -1,5 +1,6 @@
-// The console in a real browser: the server-rendered page hydrates, and an
-// interactive element reacts only once the WASM bundle has loaded.
+// The console in a real browser (headless Chromium): login through the identity
+// provider's real form (tools/oidc/provider.mjs, started by scripts/test.sh), the
+// server-rendered page hydrating, the signed-in user and role, and logout.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
@@ -17,29 +18,60 @@ before(async () => {
 });
 after(async () => { await browser?.close(); });
 
-test('console shell hydrates and reacts to clicks', async () => {
-  const page = await browser.newPage();
+// Opens `path` in a fresh browser context and logs in as `user` on the provider's form.
+async function loggedIn(user, path = '/') {
+  const context = await browser.newContext();
+  const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
-  const wasm = page.waitForResponse((r) => r.url().endsWith('.wasm') && r.status() === 200);
-  const response = await page.goto(`${base}/`);
-  assert.equal(response.status(), 200);
+  await page.goto(`${base}${path}`);
+  // The console sent the stranger to the provider's login page.
+  assert.ok(!page.url().startsWith(base), `expected the provider's login page, got ${page.url()}`);
+  await page.fill('input[name="login"]', user);
+  await page.fill('input[name="password"]', 'any password');
+  await Promise.all([
+    page.waitForURL((u) => u.toString().startsWith(base), { timeout: 15000 }),
+    page.click('button[type="submit"]'),
+  ]);
+  return { page, errors, context };
+}
+
+test('an admin logs in, sees the hydrated console with name and role, and logs out', async () => {
+  const { page, errors, context } = await loggedIn('admin');
+  assert.equal(page.url(), `${base}/`);
   assert.equal(await page.title(), 'Herald');
-  await wasm;
+  await page.getByTestId('user-name').filter({ hasText: 'Ada Admin' }).waitFor({ timeout: 15000 });
+  assert.equal(await page.getByTestId('user-role').textContent(), 'admin');
   // Rendered on the server as "Loading console…"; hydration flips it.
   await page.getByTestId('hydration-status').filter({ hasText: 'Console is interactive.' }).waitFor({ timeout: 15000 });
-  assert.equal(await page.getByTestId('ping-count').textContent(), '0 ping(s)');
   await page.getByTestId('ping').click();
   await page.getByTestId('ping').click();
   await page.getByTestId('ping-count').filter({ hasText: '2 ping(s)' }).waitFor({ timeout: 5000 });
   const css = await page.evaluate(() => getComputedStyle(document.querySelector('.topbar')).display);
   assert.equal(css, 'flex', 'the stylesheet was served');
+
+  // Logout ends Herald's session, then the provider asks to end its own.
+  await Promise.all([page.waitForURL((u) => !u.toString().startsWith(base)), page.getByTestId('logout').click()]);
+  const me = await page.request.get(`${base}/auth/me`);
+  assert.equal(me.status(), 401, 'the session is over on the server');
+  await page.click('button[name="logout"][value="yes"]');
+  // Back at Herald, which sends the browser to log in again.
+  await page.locator('input[name="login"]').waitFor({ timeout: 15000 });
+  assert.ok(!page.url().startsWith(base), page.url());
   assert.deepEqual(errors, []);
+  await context.close();
 });
 
-test('unknown pages render the not-found view', async () => {
-  const page = await browser.newPage();
-  const response = await page.goto(`${base}/no/such/page`);
-  assert.equal(response.status(), 404);
+test('an owner logs in and is shown as an owner', async () => {
+  const { page, context } = await loggedIn('alice');
+  await page.getByTestId('user-name').filter({ hasText: 'Alice Owner' }).waitFor({ timeout: 15000 });
+  assert.equal(await page.getByTestId('user-role').textContent(), 'owner');
+  await context.close();
+});
+
+test('unknown pages render the not-found view after login', async () => {
+  const { page, context } = await loggedIn('bob', '/no/such/page');
+  assert.equal(page.url(), `${base}/no/such/page`);
   assert.match(await page.textContent('main'), /Page not found/);
+  await context.close();
 });
