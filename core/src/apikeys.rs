@@ -149,11 +149,13 @@ pub async fn create(
                 .to_string(),
         ),
     };
-    let mut rng = rand::thread_rng();
     let mut prefix = [0u8; 6];
     let mut secret = [0u8; 32];
-    rng.fill_bytes(&mut prefix);
-    rng.fill_bytes(&mut secret);
+    {
+        let mut rng = rand::thread_rng();
+        rng.fill_bytes(&mut prefix);
+        rng.fill_bytes(&mut secret);
+    }
     let prefix = hex::encode(prefix);
     let key = format!("hk_{prefix}_{}", hex::encode(secret));
     let id = Uuid::now_v7();
@@ -280,4 +282,81 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
         request_id: None,
         source: None,
     }))
+}
+
+/// The most keys one owner may hold through [`create_own`].
+pub const MAX_KEYS_PER_OWNER: i64 = 100;
+
+/// What [`create_own`] takes.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Only an admin may name another owner.
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+}
+
+/// Creates an API key for the caller: an owner only for themselves and with at most
+/// their own scopes; an admin for any owner. Audited.
+pub async fn create_own(db: &PgPool, who: &Principal, new: NewKey) -> crate::error::Result<CreatedKey> {
+    use crate::error::Error;
+    let mut scopes = Vec::with_capacity(new.scopes.len());
+    for s in &new.scopes {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            Error::Invalid(format!("unknown scope '{s}'; known scopes: {}", Scope::ALL.map(Scope::as_str).join(", ")))
+        })?;
+        if !who.is_admin() && !who.has(scope) {
+            return Err(Error::Forbidden(format!("you cannot give a key the scope '{s}', which you do not hold")));
+        }
+        scopes.push(scope.as_str().to_owned());
+    }
+    let owner = match new.owner {
+        Some(o) if who.is_admin() => o,
+        Some(o) if o == who.owner => o,
+        Some(_) => return Err(Error::Forbidden("only an admin may create keys for another owner".into())),
+        None => who.owner.clone(),
+    };
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE owner = $1 AND revoked_at IS NULL")
+        .bind(&owner)
+        .fetch_one(db)
+        .await?;
+    if have >= MAX_KEYS_PER_OWNER {
+        return Err(Error::LimitExceeded(format!("an owner may hold at most {MAX_KEYS_PER_OWNER} active API keys")));
+    }
+    create(db, &who.actor(), &new.name, &scopes, Some(&owner), None, new.rate_limit).await.map_err(|e| {
+        // `create` explains input problems in its message; anything else is internal.
+        match e.downcast::<sqlx::Error>() {
+            Ok(db) => Error::from(db),
+            Err(e) => Error::Invalid(e.to_string()),
+        }
+    })
+}
+
+/// The caller's keys (an admin: every key), never their secrets.
+pub async fn list_own(db: &PgPool, who: &Principal) -> crate::error::Result<Vec<ApiKeyInfo>> {
+    Ok(sqlx::query_as::<_, ApiKeyInfo>(
+        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at FROM api_keys
+         WHERE owner = $1 OR $2 ORDER BY id",
+    )
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .fetch_all(db)
+    .await?)
+}
+
+/// Revokes one of the caller's keys (an admin: any). Another owner's key is "not found".
+pub async fn revoke_own(db: &PgPool, who: &Principal, id: Uuid) -> crate::error::Result<()> {
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM api_keys WHERE id = $1").bind(id).fetch_optional(db).await?;
+    match owner {
+        Some(o) if o == who.owner || who.is_admin() => {
+            revoke(db, &who.actor(), id).await.map_err(crate::error::Error::Internal)?;
+            Ok(())
+        }
+        _ => Err(crate::error::Error::NotFound),
+    }
 }

@@ -43,6 +43,9 @@ pub enum Error {
     InvalidRecipient(String),
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
+    /// The caller may not do this (beyond its scope).
+    #[error("{0}")]
+    Forbidden(String),
     /// Absent, or not the caller's to see (another owner's resource is "not found").
     #[error("not found")]
     NotFound,

@@ -75,6 +75,7 @@ fn domain_parts(e: &Error) -> (StatusCode, &'static str, &'static str) {
         IdempotencyKeyReused => {
             (StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency key reused with another body")
         }
+        Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
         NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
         Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
     }

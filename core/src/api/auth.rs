@@ -13,33 +13,40 @@ use crate::identity::{self, tokens::TokenVerifier};
 use crate::problem::ApiError;
 
 pub trait RequiredScope {
-    const SCOPE: Scope;
+    /// `None`: any authenticated caller (the operation checks what it may do).
+    const SCOPE: Option<Scope>;
+}
+
+/// Any authenticated caller.
+pub struct Any;
+impl RequiredScope for Any {
+    const SCOPE: Option<Scope> = None;
 }
 
 pub struct NotificationsWrite;
 impl RequiredScope for NotificationsWrite {
-    const SCOPE: Scope = Scope::NotificationsWrite;
+    const SCOPE: Option<Scope> = Some(Scope::NotificationsWrite);
 }
 
 pub struct NotificationsRead;
 impl RequiredScope for NotificationsRead {
-    const SCOPE: Scope = Scope::NotificationsRead;
+    const SCOPE: Option<Scope> = Some(Scope::NotificationsRead);
 }
 
 pub struct EndpointsRead;
 impl RequiredScope for EndpointsRead {
-    const SCOPE: Scope = Scope::EndpointsRead;
+    const SCOPE: Option<Scope> = Some(Scope::EndpointsRead);
 }
 
 pub struct EndpointsWrite;
 impl RequiredScope for EndpointsWrite {
-    const SCOPE: Scope = Scope::EndpointsWrite;
+    const SCOPE: Option<Scope> = Some(Scope::EndpointsWrite);
 }
 
 /// Admin-only operations (the audit log).
 pub struct Admin;
 impl RequiredScope for Admin {
-    const SCOPE: Scope = Scope::Admin;
+    const SCOPE: Option<Scope> = Some(Scope::Admin);
 }
 
 pub struct Auth<S: RequiredScope>(pub Principal, pub PhantomData<S>);
@@ -78,8 +85,10 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
             crate::metrics::rate_limited();
             return Err(ApiError::TooManyRequests(wait));
         }
-        if !principal.has(S::SCOPE) && !principal.is_admin() {
-            return Err(ApiError::Forbidden(S::SCOPE.as_str()));
+        if let Some(scope) = S::SCOPE {
+            if !principal.has(scope) && !principal.is_admin() {
+                return Err(ApiError::Forbidden(scope.as_str()));
+            }
         }
         Ok(Auth(principal, PhantomData))
     }

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod auth;
 pub mod endpoints;
 pub mod health;
+pub mod keys;
 pub mod login;
 pub mod notifications;
 pub mod ratelimit;
@@ -113,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/notifications/{id}", get(notifications::get))
         .route("/api/v1/notifications/{id}/replay", post(endpoints::replay))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/api-keys", get(keys::list).post(keys::create))
+        .route("/api/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/api/v1/endpoints", get(endpoints::list).post(endpoints::create))
         .route("/api/v1/endpoints/{id}", get(endpoints::get).patch(endpoints::update).delete(endpoints::delete))
         .route("/api/v1/endpoints/{id}/enable", post(endpoints::enable))

@@ -12,6 +12,7 @@ mod flow;
 mod hardening;
 mod in_process;
 mod kafka_flow;
+mod keys;
 mod oidc;
 mod sql;
 mod webhooks;

@@ -1,0 +1,41 @@
+//! `/api/v1/api-keys`: callers manage their own API keys (an owner for themselves with
+//! at most their own scopes; an admin for anyone). The console calls the same
+//! operations.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::auth::{Any, Auth};
+use super::{json_body, AppState};
+use crate::apikeys::{self, NewKey};
+use crate::problem::ApiError;
+
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<Any>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let new: NewKey = json_body(body, s.config.max_body_bytes)?;
+    let k = apikeys::create_own(&s.db, &who, new).await?;
+    let mut v = serde_json::to_value(&k.info).map_err(anyhow::Error::from)?;
+    v["key"] = json!(k.secret);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+pub async fn list(State(s): State<AppState>, Auth(who, ..): Auth<Any>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "data": apikeys::list_own(&s.db, &who).await? })))
+}
+
+pub async fn revoke(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<Any>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = raw.parse().map_err(|_| ApiError::NotFound)?;
+    apikeys::revoke_own(&s.db, &who, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
