@@ -267,11 +267,14 @@ impl Application {
                 .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))
                 .layer(session_layer);
             app = app.merge(api::router(state.clone())).merge(browser);
-            let store = sessions.clone();
+            let (store, stop) = (sessions.clone(), stop_rx.clone());
             sup.spawn("session cleanup", stop_rx.clone(), move || {
-                let store = store.clone();
+                let (store, mut stop) = (store.clone(), stop.clone());
                 async move {
-                    store.continuously_delete_expired(tokio::time::Duration::from_secs(600)).await?;
+                    tokio::select! {
+                        r = store.continuously_delete_expired(tokio::time::Duration::from_secs(600)) => r?,
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
                     Ok(())
                 }
             });

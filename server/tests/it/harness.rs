@@ -98,14 +98,16 @@ impl Herald {
             Some((_, v)) => v.rsplit(':').next().unwrap().parse().unwrap(),
             None => free_port(),
         };
+        // The address is this process's own: `env` (kept for more processes and the CLI)
+        // does not carry it.
         env.retain(|(k, _)| k != "HERALD_LISTEN_ADDR");
-        env.push(("HERALD_LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
         let db_url = env.iter().find(|(k, _)| k == "DATABASE_URL").unwrap().1.clone();
         let child = Command::new(BIN.as_str())
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().cloned())
+            .env("HERALD_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
