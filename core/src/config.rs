@@ -213,6 +213,8 @@ pub struct OidcConfig {
     pub team_claim: Option<String>,
     /// The audience of access tokens accepted on the API; `None`: only API keys.
     pub audience: Option<String>,
+    /// Clock skew tolerated on access tokens' `exp` and `nbf`.
+    pub clock_skew: Duration,
     /// A session unused this long ends.
     pub session_idle: Duration,
     /// A session ends this long after login, however busy.
@@ -242,6 +244,15 @@ fn oidc_settings(s: &Settings) -> Result<Option<OidcConfig>, ConfigError> {
         admin_values: s.parsed("HERALD_OIDC_ADMIN_VALUES", vec!["herald-admins".into()], list)?,
         team_claim: s.get("HERALD_OIDC_TEAM_CLAIM").map(|v| v.trim().to_owned()),
         audience: s.get("HERALD_OIDC_AUDIENCE").map(|v| v.trim().to_owned()),
+        clock_skew: s.parsed("HERALD_OIDC_CLOCK_SKEW", Duration::from_secs(30), |v| {
+            duration(v).and_then(|d| {
+                if d <= Duration::from_secs(300) {
+                    Ok(d)
+                } else {
+                    Err(format!("'{v}' is more than the most allowed, 5m"))
+                }
+            })
+        })?,
         session_idle: s.parsed(
             "HERALD_SESSION_IDLE",
             Duration::from_secs(8 * 3600),

@@ -150,7 +150,7 @@ impl Application {
             (Some(c), Some(o)) => c
                 .audience
                 .as_ref()
-                .map(|aud| Arc::new(TokenVerifier::new(&c.issuer, aud, o.jwks_uri(), o.http().clone()))),
+                .map(|aud| Arc::new(TokenVerifier::new(&c.issuer, aud, c.clock_skew, o.jwks_uri(), o.http().clone()))),
             _ => None,
         };
         let sessions = PostgresStore::new(pool.clone());

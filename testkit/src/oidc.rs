@@ -19,6 +19,11 @@ impl Provider {
     /// Starts the provider for a Herald whose public URL is `herald_url`, issuing API
     /// access tokens for `audience`.
     pub async fn start(herald_url: &str, audience: &str) -> Provider {
+        Self::start_with_ttl(herald_url, audience, 3600).await
+    }
+
+    /// The same, with access tokens living `ttl_seconds`.
+    pub async fn start_with_ttl(herald_url: &str, audience: &str, ttl_seconds: u64) -> Provider {
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/oidc/provider.mjs");
         let mut child = Command::new("node")
@@ -26,6 +31,7 @@ impl Provider {
             .env("OIDC_PORT", port.to_string())
             .env("HERALD_PUBLIC_URL", herald_url)
             .env("OIDC_AUDIENCE", audience)
+            .env("OIDC_ACCESS_TOKEN_TTL", ttl_seconds.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -9,6 +9,7 @@
 //                      redirect URI (default http://127.0.0.1:3000)
 //   OIDC_AUDIENCE      the audience of access tokens for Herald's API
 //                      (default urn:herald:api)
+//   OIDC_ACCESS_TOKEN_TTL  lifetime of those access tokens in seconds (default 3600)
 //
 // Users: `admin` (group herald-admins), `alice` (team acme), `bob` (team globex); any
 // other name logs in as an owner without a team. Clients:
@@ -23,6 +24,8 @@ const port = Number(process.env.OIDC_PORT || 3001);
 const issuer = `http://127.0.0.1:${port}`;
 const herald = (process.env.HERALD_PUBLIC_URL || 'http://127.0.0.1:3000').replace(/\/$/, '');
 const audience = process.env.OIDC_AUDIENCE || 'urn:herald:api';
+// Lifetime of API access tokens in seconds (tests make short-lived ones).
+const accessTokenTTL = Number(process.env.OIDC_ACCESS_TOKEN_TTL || 3600);
 const apiScopes = 'notifications:write notifications:read endpoints:read endpoints:write';
 
 const users = {
@@ -99,7 +102,7 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: () => ({
         scope: apiScopes,
         audience,
-        accessTokenTTL: 3600,
+        accessTokenTTL,
         accessTokenFormat: 'jwt',
         jwt: { sign: { alg: 'RS256' } },
       }),

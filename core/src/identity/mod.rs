@@ -172,6 +172,7 @@ mod tests {
             admin_values: vec!["herald-admins".into()],
             team_claim: team.map(str::to_owned),
             audience: None,
+            clock_skew: std::time::Duration::from_secs(30),
             session_idle: std::time::Duration::from_secs(60),
             session_max: std::time::Duration::from_secs(60),
         }

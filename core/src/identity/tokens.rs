@@ -1,7 +1,7 @@
 //! Access tokens from the identity provider on the API (`Authorization: Bearer <JWT>`):
 //! the signature against the provider's JWKS (keys cached by `kid`; an unknown `kid`
 //! fetches the set again, at most every [`REFETCH_EVERY`]), the issuer, the audience
-//! (`HERALD_OIDC_AUDIENCE`), `exp` and `nbf` with [`LEEWAY`], and an allow-list of
+//! (`HERALD_OIDC_AUDIENCE`), `exp` and `nbf` with `HERALD_OIDC_CLOCK_SKEW` of leeway, and an allow-list of
 //! asymmetric algorithms (never `none`, never an HMAC, so a public key can never be
 //! used as a shared secret).
 
@@ -15,8 +15,6 @@ use tokio::sync::Mutex;
 
 /// The JWKS is fetched again for an unknown key at most this often.
 pub const REFETCH_EVERY: Duration = Duration::from_secs(5);
-/// Clock skew allowed on `exp` and `nbf`, in seconds.
-pub const LEEWAY: u64 = 30;
 
 const ALLOWED: [Algorithm; 9] = [
     Algorithm::RS256,
@@ -73,11 +71,19 @@ pub struct TokenVerifier {
     jwks_uri: String,
     http: openidconnect::reqwest::Client,
     keys: Mutex<Keys>,
+    leeway: u64,
 }
 
 impl TokenVerifier {
-    pub fn new(issuer: &str, audience: &str, jwks_uri: String, http: openidconnect::reqwest::Client) -> Self {
+    pub fn new(
+        issuer: &str,
+        audience: &str,
+        leeway: std::time::Duration,
+        jwks_uri: String,
+        http: openidconnect::reqwest::Client,
+    ) -> Self {
         Self {
+            leeway: leeway.as_secs(),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             jwks_uri,
@@ -151,7 +157,7 @@ impl TokenVerifier {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        v.leeway = LEEWAY;
+        v.leeway = self.leeway;
         v.validate_nbf = true;
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &v).map_err(|e| format!("{e}"))?;
         Ok(data.claims)

@@ -297,3 +297,31 @@ async fn an_unreachable_issuer_stops_startup_with_its_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("OpenID Connect discovery at {issuer} failed")), "{err}");
 }
+
+#[tokio::test]
+async fn an_expired_access_token_is_refused() {
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let idp = Provider::start_with_ttl(&public, AUDIENCE, 1).await;
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let listen = format!("127.0.0.1:{port}");
+    let settings = [
+        ("HERALD_LISTEN_ADDR", listen.as_str()),
+        ("HERALD_OIDC_ISSUER", idp.issuer.as_str()),
+        ("HERALD_OIDC_CLIENT_ID", "herald"),
+        ("HERALD_OIDC_AUDIENCE", AUDIENCE),
+        ("HERALD_OIDC_CLOCK_SKEW", "1s"),
+    ];
+    let h = Herald::start(&db, &sink.url(), &settings).await;
+    let token = idp.client_token("notifications:read").await;
+    let (status, _) =
+        h.call(Method::GET, "/api/v1/notifications/01a22744-19b7-7256-bd86-9cd8bd231748", &token, None).await;
+    assert_eq!(status, 404, "accepted while fresh");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (status, v) =
+        h.call(Method::GET, "/api/v1/notifications/01a22744-19b7-7256-bd86-9cd8bd231748", &token, None).await;
+    assert_eq!(status, 401, "refused once expired: {v}");
+    h.stop().await;
+    idp.stop().await;
+}
