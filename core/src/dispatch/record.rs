@@ -65,12 +65,17 @@ pub async fn start_attempts(
 ) -> sqlx::Result<Claimed> {
     let ids: Vec<Uuid> = jobs.iter().map(|(_, j)| j.delivery_id).collect();
     let attempts: Vec<i32> = jobs.iter().map(|(_, j)| j.attempt).collect();
+    // `d.id = ANY($1)` beside the join: the planner then always reaches the batch's rows
+    // by primary key. Without it, statistics taken while the table was small can make it
+    // scan every open delivery and join each against the whole batch (seen: 0.5 s per
+    // batch of 512 instead of a few ms).
     let started: Vec<Started> = sqlx::query_as(
         "UPDATE deliveries d
          SET status = 'in_flight', lease_until = now() + make_interval(secs => $4), updated_at = now(),
              unrecorded_starts = d.unrecorded_starts + 1
          FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempt)
-         WHERE d.id = j.id AND d.channel = $3 AND d.attempts = j.attempt - 1 AND d.unrecorded_starts < $5
+         WHERE d.id = ANY($1) AND d.id = j.id AND d.channel = $3 AND d.attempts = j.attempt - 1
+           AND d.unrecorded_starts < $5
            AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
          RETURNING d.id, d.target, d.endpoint_id, d.content, j.attempt, d.round_start",
     )
@@ -102,7 +107,7 @@ pub async fn start_attempts(
                 UPDATE deliveries d SET status = 'failed', lease_until = NULL, next_attempt_at = NULL,
                        last_error = $3, updated_at = now()
                 FROM j
-                WHERE d.id = j.id AND d.attempts = j.attempt - 1 AND d.unrecorded_starts >= $4
+                WHERE d.id = ANY($1) AND d.id = j.id AND d.attempts = j.attempt - 1 AND d.unrecorded_starts >= $4
                   AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
                 RETURNING d.id, j.attempt
              )
