@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-apt_install chromium curl postgresql-client
+apt_install chromium curl openssl postgresql-client
 ensure_rust
 ensure_nisshi
 npm_ci "$ROOT/tools"

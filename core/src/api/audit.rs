@@ -27,7 +27,7 @@ pub struct AuditQuery {
 
 pub async fn list(
     State(s): State<AppState>,
-    Auth(_, ..): Auth<Admin>,
+    _: Auth<Admin>,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;

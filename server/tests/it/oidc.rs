@@ -325,3 +325,201 @@ async fn an_expired_access_token_is_refused() {
     h.stop().await;
     idp.stop().await;
 }
+
+/// A provider that forges what it is told to, for the refusals a real provider cannot
+/// be made to produce: ID tokens with the wrong nonce, issuer, audience or expiry, or
+/// signed with a key it does not publish. (The real provider above covers the good
+/// path; this one proves Herald's checks on the bad ones.)
+mod forging {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Query, State};
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use serde_json::{json, Value};
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum Forgery {
+        None,
+        WrongNonce,
+        OtherIssuer,
+        OtherAudience,
+        Expired,
+        UnknownKey,
+    }
+
+    struct Inner {
+        base: String,
+        forgery: Mutex<Forgery>,
+        nonce: Mutex<String>,
+        pem: Vec<u8>,
+        other_pem: Vec<u8>,
+        n: String,
+    }
+
+    #[derive(Clone)]
+    pub struct Forger(Arc<Inner>);
+
+    fn rsa_key() -> (Vec<u8>, String) {
+        let pem = std::process::Command::new("openssl").args(["genrsa", "2048"]).output().expect("openssl").stdout;
+        let path = std::env::temp_dir().join(format!("herald-forge-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, &pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["rsa", "-noout", "-modulus", "-in"])
+            .arg(&path)
+            .output()
+            .unwrap()
+            .stdout;
+        // PKCS#1 DER, which jsonwebtoken takes without its PEM feature.
+        let der = std::process::Command::new("openssl")
+            .args(["rsa", "-outform", "DER", "-traditional", "-in"])
+            .arg(&path)
+            .output()
+            .unwrap()
+            .stdout;
+        let _ = std::fs::remove_file(&path);
+        let hex = String::from_utf8(out).unwrap().trim().trim_start_matches("Modulus=").to_owned();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        use base64::Engine as _;
+        let _ = pem;
+        (der, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    impl Forger {
+        pub async fn start() -> Forger {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let (pem, n) = rsa_key();
+            let (other_pem, _) = rsa_key();
+            let f = Forger(Arc::new(Inner {
+                base,
+                forgery: Mutex::new(Forgery::None),
+                nonce: Mutex::new(String::new()),
+                pem,
+                other_pem,
+                n,
+            }));
+            let app = Router::new()
+                .route("/.well-known/openid-configuration", get(discovery))
+                .route("/jwks", get(jwks))
+                .route("/authorize", get(authorize))
+                .route("/token", post(token))
+                .with_state(f.clone());
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            f
+        }
+
+        pub fn issuer(&self) -> String {
+            self.0.base.clone()
+        }
+
+        pub fn forge(&self, what: Forgery) {
+            *self.0.forgery.lock().unwrap() = what;
+        }
+    }
+
+    async fn discovery(State(f): State<Forger>) -> Json<Value> {
+        let b = &f.0.base;
+        Json(json!({
+            "issuer": b,
+            "authorization_endpoint": format!("{b}/authorize"),
+            "token_endpoint": format!("{b}/token"),
+            "jwks_uri": format!("{b}/jwks"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }))
+    }
+
+    async fn jwks(State(f): State<Forger>) -> Json<Value> {
+        Json(json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "n": f.0.n, "e": "AQAB"}]}))
+    }
+
+    async fn authorize(
+        State(f): State<Forger>,
+        Query(q): Query<std::collections::HashMap<String, String>>,
+    ) -> impl IntoResponse {
+        *f.0.nonce.lock().unwrap() = q.get("nonce").cloned().unwrap_or_default();
+        let url = format!("{}?code=forged-code&state={}", q["redirect_uri"], q["state"]);
+        Redirect::to(&url)
+    }
+
+    async fn token(State(f): State<Forger>) -> Json<Value> {
+        let forgery = *f.0.forgery.lock().unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = json!({
+            "iss": f.0.base,
+            "sub": "mallory",
+            "aud": "herald",
+            "iat": now,
+            "exp": now + 300,
+            "nonce": *f.0.nonce.lock().unwrap(),
+            "email": "mallory@example.test",
+            "groups": ["herald-admins"],
+        });
+        match forgery {
+            Forgery::WrongNonce => claims["nonce"] = json!("not-the-nonce"),
+            Forgery::OtherIssuer => claims["iss"] = json!("http://another-issuer.test"),
+            Forgery::OtherAudience => claims["aud"] = json!("another-client"),
+            Forgery::Expired => {
+                claims["iat"] = json!(now - 7200);
+                claims["exp"] = json!(now - 3600);
+            }
+            Forgery::None | Forgery::UnknownKey => {}
+        }
+        let pem = if forgery == Forgery::UnknownKey { &f.0.other_pem } else { &f.0.pem };
+        let header = jsonwebtoken::Header {
+            kid: Some("k1".into()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256)
+        };
+        let id_token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_der(pem)).unwrap();
+        Json(json!({"access_token": "forged-access", "token_type": "Bearer", "expires_in": 300, "id_token": id_token}))
+    }
+}
+
+#[tokio::test]
+async fn forged_id_tokens_are_refused_at_login() {
+    use forging::{Forger, Forgery};
+    let forger = Forger::start().await;
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let issuer = forger.issuer();
+    let settings = [
+        ("HERALD_OIDC_ISSUER", issuer.as_str()),
+        ("HERALD_OIDC_CLIENT_ID", "herald"),
+        ("HERALD_OIDC_CLIENT_SECRET", "s"),
+    ];
+    let h = Herald::start(&db, &sink.url(), &settings).await;
+    let base = h.base.clone();
+    let attempt = |what: Forgery| {
+        let (forger, base) = (forger.clone(), base.clone());
+        async move {
+            forger.forge(what);
+            let b = browser();
+            let r = b.get(format!("{base}/auth/login")).send().await.unwrap();
+            let r = b.get(location(&r)).send().await.unwrap();
+            let callback = location(&r);
+            assert!(callback.starts_with(&format!("{base}/auth/callback?")), "{callback}");
+            let r = b.get(&callback).send().await.unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            (status, text, me(&b, &base).await.0)
+        }
+    };
+    // The forger works: an honest token logs in (so the refusals below are Herald's).
+    let (status, text, me_status) = attempt(Forgery::None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{text}");
+    assert_eq!(me_status, 200);
+    for what in
+        [Forgery::WrongNonce, Forgery::OtherIssuer, Forgery::OtherAudience, Forgery::Expired, Forgery::UnknownKey]
+    {
+        let (status, text, me_status) = attempt(what).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what:?}: {text}");
+        assert!(text.contains("the ID token was not accepted"), "{what:?}: {text}");
+        assert_eq!(me_status, StatusCode::UNAUTHORIZED, "{what:?}");
+    }
+    assert_eq!(audit(&h, "user.login_failed").await.len(), 5);
+    h.stop().await;
+}
