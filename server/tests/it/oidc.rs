@@ -347,6 +347,8 @@ mod forging {
         OtherAudience,
         Expired,
         UnknownKey,
+        /// The provider rotated its keys: it publishes and signs with a new one.
+        Rotated,
     }
 
     struct Inner {
@@ -356,6 +358,7 @@ mod forging {
         pem: Vec<u8>,
         other_pem: Vec<u8>,
         n: String,
+        other_n: String,
     }
 
     #[derive(Clone)]
@@ -392,7 +395,7 @@ mod forging {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let (pem, n) = rsa_key();
-            let (other_pem, _) = rsa_key();
+            let (other_pem, other_n) = rsa_key();
             let f = Forger(Arc::new(Inner {
                 base,
                 forgery: Mutex::new(Forgery::None),
@@ -400,6 +403,7 @@ mod forging {
                 pem,
                 other_pem,
                 n,
+                other_n,
             }));
             let app = Router::new()
                 .route("/.well-known/openid-configuration", get(discovery))
@@ -434,7 +438,11 @@ mod forging {
     }
 
     async fn jwks(State(f): State<Forger>) -> Json<Value> {
-        Json(json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "n": f.0.n, "e": "AQAB"}]}))
+        let (kid, n) = match *f.0.forgery.lock().unwrap() {
+            Forgery::Rotated => ("k2", &f.0.other_n),
+            _ => ("k1", &f.0.n),
+        };
+        Json(json!({"keys": [{"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}]}))
     }
 
     async fn authorize(
@@ -467,11 +475,11 @@ mod forging {
                 claims["iat"] = json!(now - 7200);
                 claims["exp"] = json!(now - 3600);
             }
-            Forgery::None | Forgery::UnknownKey => {}
+            Forgery::None | Forgery::UnknownKey | Forgery::Rotated => {}
         }
-        let pem = if forgery == Forgery::UnknownKey { &f.0.other_pem } else { &f.0.pem };
+        let pem = if matches!(forgery, Forgery::UnknownKey | Forgery::Rotated) { &f.0.other_pem } else { &f.0.pem };
         let header = jsonwebtoken::Header {
-            kid: Some("k1".into()),
+            kid: Some(if forgery == Forgery::Rotated { "k2" } else { "k1" }.into()),
             ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256)
         };
         let id_token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_der(pem)).unwrap();
@@ -521,5 +529,12 @@ async fn forged_id_tokens_are_refused_at_login() {
         assert_eq!(me_status, StatusCode::UNAUTHORIZED, "{what:?}");
     }
     assert_eq!(audit(&h, "user.login_failed").await.len(), 5);
+
+    // The provider rotates its keys: Herald fetches them again (at most every 10 s) and
+    // the login goes through.
+    tokio::time::sleep(herald_core::identity::oidc::REFRESH_EVERY).await;
+    let (status, text, me_status) = attempt(Forgery::Rotated).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{text}");
+    assert_eq!(me_status, 200);
     h.stop().await;
 }
