@@ -30,12 +30,17 @@ pub fn render_email(t: &EmailTemplate, context: &serde_json::Value) -> Result<Re
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|name| if name == "html" { AutoEscape::Html } else { AutoEscape::None });
     let ctx = minijinja::Value::from_serialize(context);
+    // "html of template 'welcome' v3, line 2: undefined value (user.nickname)": the part,
+    // the line and what went wrong, for a person fixing the template.
+    let describe = |part: &str, e: minijinja::Error| {
+        let version = if t.version > 0 { format!("v{}", t.version) } else { "(unsaved)".to_owned() };
+        let line = e.line().map(|l| format!(", line {l}")).unwrap_or_default();
+        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        format!("{part} of template '{}' {version}{line}: {}{detail}", t.key, e.kind())
+    };
     let mut render = |part: &'static str, source: &str| -> Result<String, String> {
-        env.add_template_owned(part, source.to_owned())
-            .map_err(|e| format!("{part} of template '{}' v{}: {e}", t.key, t.version))?;
-        env.get_template(part)
-            .and_then(|tmpl| tmpl.render(&ctx))
-            .map_err(|e| format!("{part} of template '{}' v{}: {e}", t.key, t.version))
+        env.add_template_owned(part, source.to_owned()).map_err(|e| describe(part, e))?;
+        env.get_template(part).and_then(|tmpl| tmpl.render(&ctx)).map_err(|e| describe(part, e))
     };
     let subject = render("subject", &t.subject)?;
     let html = render("html", &t.html_body)?;
@@ -77,5 +82,7 @@ mod tests {
         let e = render_email(&tmpl("{{ user.nickname }}", ""), &json!({"user": {"name": "A"}})).unwrap_err();
         assert!(e.contains("subject"), "{e}");
         assert!(e.contains("undefined"), "{e}");
+        let e = render_email(&tmpl("Hi", "<p>\n{{ user.nickname }}</p>"), &json!({"user": {}})).unwrap_err();
+        assert!(e.starts_with("html of template") && e.contains("line 2: undefined value"), "{e}");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod endpoints;
 pub mod health;
 pub mod keys;
@@ -114,6 +115,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/notifications/{id}", get(notifications::get))
         .route("/api/v1/notifications/{id}/replay", post(endpoints::replay))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/event-types", get(catalog::list_event_types).post(catalog::create_event_type))
+        .route("/api/v1/event-types/{name}", get(catalog::get_event_type).patch(catalog::update_event_type))
+        .route("/api/v1/templates", get(catalog::list_templates).post(catalog::create_template))
+        .route("/api/v1/templates/{key}", get(catalog::get_template))
+        .route("/api/v1/templates/{key}/versions", post(catalog::add_version))
+        .route("/api/v1/templates/{key}/publish", post(catalog::publish))
+        .route("/api/v1/templates/{key}/preview", post(catalog::preview))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
         .route("/api/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/api/v1/endpoints", get(endpoints::list).post(endpoints::create))

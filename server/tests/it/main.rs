@@ -6,6 +6,7 @@ mod harness;
 
 mod audit;
 mod bus_contract;
+mod catalog;
 mod cli;
 mod errors;
 mod flow;
