@@ -69,6 +69,27 @@ test('an owner logs in and is shown as an owner', async () => {
   await context.close();
 });
 
+test('an admin reads the audit log and its verified chain; an owner gets nothing of it', async () => {
+  const admin = await loggedIn('admin', '/audit');
+  assert.equal(admin.page.url(), `${base}/audit`);
+  assert.equal(await admin.page.title(), 'Audit log — Herald');
+  await admin.page.getByTestId('audit-chain').filter({ hasText: 'Chain verified' }).waitFor({ timeout: 15000 });
+  const actions = await admin.page.getByTestId('audit-row').locator('td:nth-child(4)').allTextContents();
+  assert.ok(actions.includes('user.login'), `the login is on record: ${actions}`);
+  await admin.page.getByTestId('nav-audit').waitFor();
+  await admin.context.close();
+
+  const owner = await loggedIn('alice', '/audit');
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  assert.equal(await owner.page.getByTestId('audit-row').count(), 0);
+  assert.equal(await owner.page.getByTestId('nav-audit').count(), 0);
+  const direct = await owner.page.request.post(`${base}/console/fn/audit`, {
+    headers: { 'content-type': 'application/x-www-form-urlencoded' }, data: '',
+  });
+  assert.ok(!(await direct.text()).includes('user.login'), 'the server function refuses an owner too');
+  await owner.context.close();
+});
+
 test('unknown pages render the not-found view after login', async () => {
   const { page, context } = await loggedIn('bob', '/no/such/page');
   assert.equal(page.url(), `${base}/no/such/page`);

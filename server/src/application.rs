@@ -34,7 +34,7 @@ use tower_sessions_sqlx_store::PostgresStore;
 /// The longest a request may run before it is answered 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn console(config: &Config) -> Router {
+fn console(config: &Config, pool: sqlx::PgPool) -> Router {
     let options = LeptosOptions::builder()
         .output_name("herald")
         .site_root(config.site_root.as_str())
@@ -43,7 +43,7 @@ fn console(config: &Config) -> Router {
         .build();
     let routes = generate_route_list(app::App);
     Router::new()
-        .leptos_routes(&options, routes, {
+        .leptos_routes_with_context(&options, routes, move || leptos::prelude::provide_context(pool.clone()), {
             let options = options.clone();
             move || app::shell(options.clone())
         })
@@ -261,7 +261,7 @@ impl Application {
             let origin = Arc::new(
                 url::Url::parse(&config.public_url).map(|u| u.origin().ascii_serialization()).unwrap_or_default(),
             );
-            let browser = console(&config)
+            let browser = console(&config, pool.clone())
                 .merge(api::login::router(state.clone()))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), api::login::require_login))
                 .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))
