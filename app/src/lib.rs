@@ -137,6 +137,199 @@ fn AuditPage() -> impl IntoView {
     }
 }
 
+/// An API key as the console lists it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub scopes: String,
+    pub state: String,
+    pub last_used: String,
+}
+
+/// The caller as the domain layer's `Principal`, from the gate's session user.
+#[cfg(feature = "ssr")]
+fn principal() -> Result<herald_core::apikeys::Principal, ServerFnError> {
+    use herald_core::identity::SessionUser;
+    let parts = use_context::<http::request::Parts>();
+    let user = parts.as_ref().and_then(|p| p.extensions.get::<SessionUser>().cloned());
+    let user = user.ok_or_else(|| ServerFnError::new("log in first"))?;
+    let request_id = parts.as_ref().and_then(|p| p.headers.get("x-request-id")).and_then(|v| v.to_str().ok());
+    let source = parts
+        .as_ref()
+        .and_then(|p| p.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>())
+        .map(|c| c.0.ip().to_string());
+    Ok(user.principal(request_id.map(str::to_owned), source))
+}
+
+/// A domain error as a person reads it (internal causes stay in the log).
+#[cfg(feature = "ssr")]
+fn readable(e: herald_core::error::Error) -> ServerFnError {
+    match e {
+        herald_core::error::Error::Internal(cause) => {
+            leptos::logging::error!("internal error in the console: {cause:#}");
+            ServerFnError::new("something went wrong on the server; it has been logged")
+        }
+        other => ServerFnError::new(other.to_string()),
+    }
+}
+
+/// The caller's API keys (an admin: everyone's).
+#[server(prefix = "/console/fn", endpoint = "keys/list")]
+pub async fn list_keys() -> Result<Vec<KeyRow>, ServerFnError> {
+    let who = principal()?;
+    let db = use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))?;
+    let keys = herald_core::apikeys::list_own(&db, &who).await.map_err(readable)?;
+    Ok(keys
+        .into_iter()
+        .map(|k| KeyRow {
+            id: k.id.to_string(),
+            name: k.name,
+            owner: k.owner,
+            scopes: k.scopes.join(", "),
+            state: if k.revoked_at.is_some() { "revoked".into() } else { "active".into() },
+            last_used: k
+                .last_used_at
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_else(|| "never".into()),
+        })
+        .collect())
+}
+
+/// Creates a key (an owner: for themselves, within their scopes). Returns the secret,
+/// shown once.
+#[server(prefix = "/console/fn", endpoint = "keys/create")]
+pub async fn create_key(name: String, scopes: String, owner: String) -> Result<String, ServerFnError> {
+    let who = principal()?;
+    let db = use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))?;
+    let scopes: Vec<String> =
+        scopes.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let owner = Some(owner.trim().to_owned()).filter(|o| !o.is_empty());
+    let new = herald_core::apikeys::NewKey { name, scopes, owner, rate_limit: None };
+    let created = herald_core::apikeys::create_own(&db, &who, new).await.map_err(readable)?;
+    Ok(created.secret)
+}
+
+/// Revokes one of the caller's keys (an admin: any).
+#[server(prefix = "/console/fn", endpoint = "keys/revoke")]
+pub async fn revoke_key(id: String) -> Result<(), ServerFnError> {
+    let who = principal()?;
+    let db = use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))?;
+    let id = id.parse().map_err(|_| ServerFnError::new("no such key"))?;
+    herald_core::apikeys::revoke_own(&db, &who, id).await.map_err(readable)
+}
+
+/// API keys: the caller's (an admin: everyone's), create one, revoke one.
+#[component]
+fn KeysPage() -> impl IntoView {
+    let create = ServerAction::<CreateKey>::new();
+    let revoke = ServerAction::<RevokeKey>::new();
+    let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_keys());
+    // Effects run only in the browser: the marker says the page is interactive.
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| hydrated.set(true));
+    view! {
+        <Title text="API keys — Herald"/>
+        <section class="card">
+            <h1>"API keys"</h1>
+            {move || hydrated.get().then(|| view! { <span data-testid="keys-ready" hidden=true></span> })}
+            <ActionForm action=create>
+                <div class="form">
+                    <label>"Name" <input type="text" name="name" required data-testid="key-name"/></label>
+                    <label>
+                        "Scopes (comma-separated)"
+                        <input type="text" name="scopes" value="notifications:write, notifications:read" data-testid="key-scopes"/>
+                    </label>
+                    <label>"Owner (admins only; empty: yours)" <input type="text" name="owner" data-testid="key-owner"/></label>
+                    <button type="submit" data-testid="key-create">"Create key"</button>
+                </div>
+            </ActionForm>
+            {move || {
+                create
+                    .value()
+                    .get()
+                    .map(|r| match r {
+                        Ok(secret) => {
+                            view! {
+                                <p class="secret">
+                                    "Store this key now; it is not shown again: "
+                                    <code data-testid="new-key">{secret}</code>
+                                </p>
+                            }
+                                .into_any()
+                        }
+                        Err(e) => view! { <p class="error" role="alert" data-testid="key-error">{clean(e)}</p> }.into_any(),
+                    })
+            }}
+        </section>
+        <section class="card">
+            <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
+                {move || {
+                    keys.get()
+                        .map(|r| match r {
+                            Ok(rows) => {
+                                view! {
+                                    <table class="audit">
+                                        <thead>
+                                            <tr>
+                                                <th scope="col">"Name"</th>
+                                                <th scope="col">"Owner"</th>
+                                                <th scope="col">"Scopes"</th>
+                                                <th scope="col">"State"</th>
+                                                <th scope="col">"Last used"</th>
+                                                <th scope="col"></th>
+                                            </tr>
+                                        </thead>
+                                        <tbody>
+                                            {rows
+                                                .into_iter()
+                                                .map(|k| {
+                                                    let active = k.state == "active";
+                                                    let id = k.id.clone();
+                                                    view! {
+                                                        <tr data-testid="key-row">
+                                                            <td>{k.name}</td>
+                                                            <td>{k.owner}</td>
+                                                            <td>{k.scopes}</td>
+                                                            <td data-testid="key-state">{k.state}</td>
+                                                            <td>{k.last_used}</td>
+                                                            <td>
+                                                                {active
+                                                                    .then(|| {
+                                                                        view! {
+                                                                            <ActionForm action=revoke>
+                                                                                <input type="hidden" name="id" value=id/>
+                                                                                <button type="submit" data-testid="key-revoke">
+                                                                                    "Revoke"
+                                                                                </button>
+                                                                            </ActionForm>
+                                                                        }
+                                                                    })}
+                                                            </td>
+                                                        </tr>
+                                                    }
+                                                })
+                                                .collect_view()}
+                                        </tbody>
+                                    </table>
+                                }
+                                    .into_any()
+                            }
+                            Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+                        })
+                }}
+            </Suspense>
+        </section>
+    }
+}
+
+/// A server function's error without its framework prefix.
+fn clean(e: ServerFnError) -> String {
+    let s = e.to_string();
+    s.split_once(": ").map(|(_, rest)| rest.to_owned()).unwrap_or(s)
+}
+
 /// The signed-in user and the logout button, in the top bar.
 #[component]
 fn UserBox() -> impl IntoView {
@@ -150,6 +343,7 @@ fn UserBox() -> impl IntoView {
                             let admin = m.role == "admin";
                             view! {
                                 <span class="user">
+                                    <a class="nav" href="/keys" data-testid="nav-keys">"API keys"</a>
                                     <Show when=move || admin>
                                         <a class="nav" href="/audit" data-testid="nav-audit">"Audit log"</a>
                                     </Show>
@@ -202,6 +396,7 @@ pub fn App() -> impl IntoView {
                 <Routes fallback=|| view! { <p class="notice">"Page not found."</p> }>
                     <Route path=StaticSegment("") view=HomePage/>
                     <Route path=StaticSegment("audit") view=AuditPage/>
+                    <Route path=StaticSegment("keys") view=KeysPage/>
                 </Routes>
             </main>
         </Router>

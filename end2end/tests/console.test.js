@@ -92,6 +92,46 @@ test('an admin reads the audit log and its verified chain; an owner gets nothing
   await owner.context.close();
 });
 
+test('API keys: an admin creates one (shown once) and revokes it; an owner cannot exceed their scopes', async () => {
+  const { page, context } = await loggedIn('admin', '/keys');
+  assert.equal(await page.title(), 'API keys — Herald');
+  await page.getByTestId('keys-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('key-name').fill('ci-pipeline');
+  await page.getByTestId('key-scopes').fill('notifications:write');
+  await page.getByTestId('key-owner').fill('acme');
+  await page.getByTestId('key-create').click();
+  const secret = await page.getByTestId('new-key').textContent({ timeout: 15000 });
+  assert.match(secret, /^hk_[0-9a-f]{12}_[0-9a-f]{64}$/);
+  const row = page.getByTestId('key-row').filter({ hasText: 'ci-pipeline' });
+  await row.waitFor({ timeout: 15000 });
+  assert.match(await row.textContent(), /acme/);
+  // The key works on the API.
+  const ok = await page.request.post(`${base}/api/v1/notifications`, {
+    headers: { authorization: `Bearer ${secret}` },
+    data: { event_type: 'user.registered', payload: { user: { name: 'Ada', email: 'ada@example.test' } } },
+  });
+  assert.equal(ok.status(), 202);
+  await row.getByTestId('key-revoke').click();
+  await row.getByTestId('key-state').filter({ hasText: 'revoked' }).waitFor({ timeout: 15000 });
+  const refused = await page.request.post(`${base}/api/v1/notifications`, {
+    headers: { authorization: `Bearer ${secret}` },
+    data: { event_type: 'user.registered', payload: { user: { name: 'Ada', email: 'ada@example.test' } } },
+  });
+  assert.equal(refused.status(), 401, 'a revoked key stops working');
+  await context.close();
+
+  const owner = await loggedIn('bob', '/keys');
+  await owner.page.getByTestId('keys-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await owner.page.getByTestId('key-name').fill('too-much');
+  await owner.page.getByTestId('key-scopes').fill('admin');
+  await owner.page.getByTestId('key-create').click();
+  const error = await owner.page.getByTestId('key-error').textContent({ timeout: 15000 });
+  assert.match(error, /cannot give a key the scope 'admin'/);
+  assert.equal(await owner.page.getByTestId('key-row').filter({ hasText: 'ci-pipeline' }).count(), 0,
+    'an owner sees only their own keys');
+  await owner.context.close();
+});
+
 test('unknown pages render the not-found view after login', async () => {
   const { page, context } = await loggedIn('bob', '/no/such/page');
   assert.equal(page.url(), `${base}/no/such/page`);
