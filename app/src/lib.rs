@@ -22,9 +22,7 @@ pub struct Me {
 /// put the session's user on the request; nothing here trusts the browser.
 #[server(prefix = "/console/fn", endpoint = "me")]
 pub async fn current_user() -> Result<Option<Me>, ServerFnError> {
-    use herald_core::identity::SessionUser;
-    let user = use_context::<http::request::Parts>().and_then(|p| p.extensions.get::<SessionUser>().cloned());
-    Ok(user.map(|u| Me {
+    Ok(session_user().map(|u| Me {
         name: u.name.clone().or_else(|| u.email.clone()).unwrap_or_else(|| u.subject.clone()),
         email: u.email.clone(),
         role: u.role().to_owned(),
@@ -54,12 +52,10 @@ pub struct AuditView {
 #[server(prefix = "/console/fn", endpoint = "audit")]
 pub async fn audit_log() -> Result<Option<AuditView>, ServerFnError> {
     use herald_core::audit::{self, Filter, Verdict};
-    use herald_core::identity::SessionUser;
-    let user = use_context::<http::request::Parts>().and_then(|p| p.extensions.get::<SessionUser>().cloned());
-    if !user.is_some_and(|u| u.admin) {
+    if !session_user().is_some_and(|u| u.admin) {
         return Ok(None);
     }
-    let db = use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))?;
+    let db = db()?;
     let unreadable = |_| ServerFnError::new("the audit log could not be read; see Herald's log");
     let entries = audit::list(&db, &Filter::default(), 100).await.map_err(unreadable)?;
     let chain = match audit::verify(&db).await.map_err(unreadable)? {
@@ -148,13 +144,24 @@ pub struct KeyRow {
     pub last_used: String,
 }
 
+/// The session's user, put on the request by the server's login gate (never anything
+/// the browser says).
+#[cfg(feature = "ssr")]
+fn session_user() -> Option<herald_core::identity::SessionUser> {
+    use_context::<http::request::Parts>()?.extensions.get::<herald_core::identity::SessionUser>().cloned()
+}
+
+/// The console's database pool (provided by the server with the routes).
+#[cfg(feature = "ssr")]
+fn db() -> Result<sqlx::PgPool, ServerFnError> {
+    use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))
+}
+
 /// The caller as the domain layer's `Principal`, from the gate's session user.
 #[cfg(feature = "ssr")]
 fn principal() -> Result<herald_core::apikeys::Principal, ServerFnError> {
-    use herald_core::identity::SessionUser;
     let parts = use_context::<http::request::Parts>();
-    let user = parts.as_ref().and_then(|p| p.extensions.get::<SessionUser>().cloned());
-    let user = user.ok_or_else(|| ServerFnError::new("log in first"))?;
+    let user = session_user().ok_or_else(|| ServerFnError::new("log in first"))?;
     let request_id = parts.as_ref().and_then(|p| p.headers.get("x-request-id")).and_then(|v| v.to_str().ok());
     let source = parts
         .as_ref()
@@ -179,7 +186,7 @@ fn readable(e: herald_core::error::Error) -> ServerFnError {
 #[server(prefix = "/console/fn", endpoint = "keys/list")]
 pub async fn list_keys() -> Result<Vec<KeyRow>, ServerFnError> {
     let who = principal()?;
-    let db = use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))?;
+    let db = db()?;
     let keys = herald_core::apikeys::list_own(&db, &who).await.map_err(readable)?;
     Ok(keys
         .into_iter()
@@ -202,7 +209,7 @@ pub async fn list_keys() -> Result<Vec<KeyRow>, ServerFnError> {
 #[server(prefix = "/console/fn", endpoint = "keys/create")]
 pub async fn create_key(name: String, scopes: String, owner: String) -> Result<String, ServerFnError> {
     let who = principal()?;
-    let db = use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))?;
+    let db = db()?;
     let scopes: Vec<String> =
         scopes.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let owner = Some(owner.trim().to_owned()).filter(|o| !o.is_empty());
@@ -215,7 +222,7 @@ pub async fn create_key(name: String, scopes: String, owner: String) -> Result<S
 #[server(prefix = "/console/fn", endpoint = "keys/revoke")]
 pub async fn revoke_key(id: String) -> Result<(), ServerFnError> {
     let who = principal()?;
-    let db = use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))?;
+    let db = db()?;
     let id = id.parse().map_err(|_| ServerFnError::new("no such key"))?;
     herald_core::apikeys::revoke_own(&db, &who, id).await.map_err(readable)
 }

@@ -109,6 +109,19 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
+/// Where Herald writes to an owner (for example when it disables one of their endpoints).
+pub(crate) async fn set_owner_email(conn: &mut sqlx::PgConnection, owner: &str, email: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO owners (subject, email) VALUES ($1, $2)
+         ON CONFLICT (subject) DO UPDATE SET email = excluded.email, updated_at = now()",
+    )
+    .bind(owner)
+    .bind(email)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 fn hash(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
@@ -179,14 +192,7 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await?;
     if let Some(email) = owner_email {
-        sqlx::query(
-            "INSERT INTO owners (subject, email) VALUES ($1, $2)
-             ON CONFLICT (subject) DO UPDATE SET email = excluded.email, updated_at = now()",
-        )
-        .bind(&info.owner)
-        .bind(email)
-        .execute(&mut *tx)
-        .await?;
+        set_owner_email(&mut tx, &info.owner, &email).await?;
     }
     audit::record(
         &mut tx,

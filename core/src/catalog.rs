@@ -4,18 +4,15 @@
 //! the API or the console.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::apikeys::Principal;
 use crate::audit::{self, Target};
 use crate::error::{Error, FieldError, Result};
+use crate::model::lookup;
 use crate::templates::{render_email, EmailTemplate, RenderedEmail};
-
-fn double<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> std::result::Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
 
 fn admin_only(who: &Principal) -> Result<()> {
     if who.is_admin() {
@@ -64,13 +61,13 @@ pub struct NewEventType {
 #[serde(deny_unknown_fields)]
 pub struct EventTypePatch {
     pub description: Option<String>,
-    #[serde(default, deserialize_with = "double")]
+    #[serde(default, deserialize_with = "crate::model::nullable")]
     pub payload_schema: Option<Option<Value>>,
-    #[serde(default, deserialize_with = "double")]
+    #[serde(default, deserialize_with = "crate::model::nullable")]
     pub sample_payload: Option<Option<Value>>,
-    #[serde(default, deserialize_with = "double")]
+    #[serde(default, deserialize_with = "crate::model::nullable")]
     pub email_template: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double")]
+    #[serde(default, deserialize_with = "crate::model::nullable")]
     pub recipient_path: Option<Option<String>>,
 }
 
@@ -78,10 +75,6 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
         && name.split('.').all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-}
-
-fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |cur, seg| cur.get(seg))
 }
 
 /// Checks an event type's definition: the schema is a JSON Schema, the sample matches

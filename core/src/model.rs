@@ -151,6 +151,19 @@ impl NotificationStatus {
     }
 }
 
+/// Follows a dotted path (`user.email`) into a JSON value: how routing finds a
+/// notification's recipient, and how the catalog checks a recipient path.
+pub fn lookup<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(v, |cur, seg| cur.get(seg))
+}
+
+/// For PATCH bodies: an absent field stays `None`, `null` becomes `Some(None)`.
+pub(crate) fn nullable<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

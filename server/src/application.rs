@@ -142,9 +142,11 @@ impl Application {
         }
         let smtp = email::transport(&config)?;
         // The identity provider: discovered at start (an error names the issuer).
-        let oidc = match &config.oidc {
-            None => None,
-            Some(c) => Some(Arc::new(Oidc::discover(c, &config.public_url).await?)),
+        // Only processes serving the API and console need it: a dispatcher does not
+        // wait on (or fail with) the identity provider.
+        let oidc = match (&config.oidc, config.roles.api) {
+            (Some(c), true) => Some(Arc::new(Oidc::discover(c, &config.public_url).await?)),
+            _ => None,
         };
         let tokens = match (&config.oidc, &oidc) {
             (Some(c), Some(o)) => c
@@ -153,8 +155,6 @@ impl Application {
                 .map(|aud| Arc::new(TokenVerifier::new(&c.issuer, aud, c.clock_skew, o.jwks_uri(), o.http().clone()))),
             _ => None,
         };
-        let sessions = PostgresStore::new(pool.clone());
-        sessions.migrate().await?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut sup = Supervisor::new();
@@ -251,6 +251,9 @@ impl Application {
         if config.roles.api {
             let https = config.public_url.starts_with("https://");
             let idle = config.oidc.as_ref().map(|o| o.session_idle).unwrap_or(Duration::from_secs(8 * 3600));
+            // Browser sessions exist only where the console is served.
+            let sessions = PostgresStore::new(pool.clone());
+            sessions.migrate().await?;
             let session_layer = SessionManagerLayer::new(sessions.clone())
                 .with_name(if https { "__Host-herald" } else { "herald_session" })
                 .with_path("/")

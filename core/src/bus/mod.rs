@@ -91,12 +91,6 @@ pub async fn enqueue(conn: &mut PgConnection, msgs: &[BusMessage]) -> sqlx::Resu
     Ok(())
 }
 
-impl Topic {
-    pub fn parse(s: &str) -> Option<Topic> {
-        [Topic::Email, Topic::Webhook].into_iter().find(|t| t.as_str() == s)
-    }
-}
-
 /// A delivery's messages travel on its channel's topic.
 impl From<crate::model::Channel> for Topic {
     fn from(c: crate::model::Channel) -> Self {

@@ -133,14 +133,7 @@ pub async fn record_login(db: &PgPool, user: &SessionUser, actor: &Actor) -> sql
     .execute(&mut *tx)
     .await?;
     if let (Some(email), false) = (&user.email, user.admin) {
-        sqlx::query(
-            "INSERT INTO owners (subject, email) VALUES ($1, $2)
-             ON CONFLICT (subject) DO UPDATE SET email = excluded.email, updated_at = now()",
-        )
-        .bind(&user.owner)
-        .bind(email)
-        .execute(&mut *tx)
-        .await?;
+        crate::apikeys::set_owner_email(&mut tx, &user.owner, email).await?;
     }
     let after = serde_json::json!({ "name": user.name, "email": user.email, "role": user.role(), "team": user.team });
     audit::record(&mut tx, actor, "user.login", Target { kind: "user", id: user.subject.clone() }, None, Some(after))

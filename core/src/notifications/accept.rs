@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::apikeys::Principal;
 use crate::error::{Error, FieldError, Result};
-use crate::model::{Channel, DeliveryStatus, NotificationStatus};
+use crate::model::{lookup, Channel, DeliveryStatus, NotificationStatus};
 use crate::templates::{render_email, EmailTemplate};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,11 +65,6 @@ pub struct Processor {
     db: PgPool,
     schemas: SchemaCache,
     max_recipients: usize,
-}
-
-/// Follows a dotted path (`user.email`) into a JSON value.
-fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(v, |cur, seg| cur.get(seg))
 }
 
 /// A recipient, parsed: the lowercased address (who the recipient is, for removing

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -33,10 +33,6 @@ const RESERVED_HEADERS: [&str; 9] = [
     "upgrade",
     "keep-alive",
 ];
-
-fn double<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
 
 /// `POST /api/v1/endpoints` body.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,10 +67,10 @@ pub struct EndpointPatch {
     pub url: Option<String>,
     pub event_types: Option<Vec<String>>,
     pub description: Option<String>,
-    #[serde(default, deserialize_with = "double")]
+    #[serde(default, deserialize_with = "crate::model::nullable")]
     pub rate_limit: Option<Option<i32>>,
     pub headers: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "double")]
+    #[serde(default, deserialize_with = "crate::model::nullable")]
     pub retry_schedule: Option<Option<String>>,
 }
 

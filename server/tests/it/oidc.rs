@@ -59,7 +59,19 @@ fn session_cookie(r: &reqwest::Response) -> Option<String> {
 /// Logs `user` in through the provider's real login form. Returns the browser, the
 /// session cookie before and after login, and the callback URL the provider sent.
 async fn log_in(b: &reqwest::Client, base: &str, user: &str) -> (Option<String>, String, String) {
-    let r = b.get(format!("{base}/auth/login?next=/")).send().await.unwrap();
+    log_in_then(b, base, user, "/", "/").await
+}
+
+/// The same, asking to go to `next` afterwards and expecting to land on `lands`.
+async fn log_in_then(
+    b: &reqwest::Client,
+    base: &str,
+    user: &str,
+    next: &str,
+    lands: &str,
+) -> (Option<String>, String, String) {
+    let next = url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
+    let r = b.get(format!("{base}/auth/login?next={next}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let before = session_cookie(&r);
     let r = b.get(location(&r)).send().await.unwrap();
@@ -78,7 +90,7 @@ async fn log_in(b: &reqwest::Client, base: &str, user: &str) -> (Option<String>,
     assert!(next.starts_with(&format!("{base}/auth/callback?")), "{next}");
     let r = b.get(&next).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap_or_default());
-    assert_eq!(location(&r), format!("{base}/"));
+    assert_eq!(location(&r), format!("{base}{lands}"));
     let after = session_cookie(&r).expect("a session cookie at login");
     (before, after, next)
 }
@@ -186,9 +198,13 @@ async fn tampered_and_replayed_logins_are_refused() {
         browser().get(format!("{base}/auth/callback?error=access_denied&error_description=no")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(audit(&h, "user.login_failed").await.len(), 3);
-    // An open redirect is not possible through `next`.
+    // An open redirect is not possible through `next`: after login the browser lands on
+    // Herald's home, not on another site; a path on Herald is honoured.
     let r = browser().get(format!("{base}/auth/login?next=//evil.test/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    log_in_then(&browser(), &base, "bob", "//evil.test/", "/").await;
+    log_in_then(&browser(), &base, "bob", "https://evil.test/", "/").await;
+    log_in_then(&browser(), &base, "bob", "/no/such/page?x=1", "/no/such/page?x=1").await;
     h.stop().await;
     idp.stop().await;
 }
