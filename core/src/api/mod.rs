@@ -111,7 +111,7 @@ pub fn find_nul(v: &serde_json::Value, at: String) -> Option<String> {
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
-        .route("/api/v1/notifications", post(notifications::create))
+        .route("/api/v1/notifications", get(notifications::list).post(notifications::create))
         .route("/api/v1/notifications/{id}", get(notifications::get))
         .route("/api/v1/notifications/{id}/replay", post(endpoints::replay))
         .route("/api/v1/audit", get(audit::list))

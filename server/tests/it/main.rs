@@ -11,6 +11,7 @@ mod cli;
 mod errors;
 mod flow;
 mod hardening;
+mod history;
 mod in_process;
 mod kafka_flow;
 mod keys;
