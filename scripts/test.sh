@@ -33,7 +33,7 @@ PORT=$(free_port)
 OIDC_PORT=$(free_port)
 start_oidc_provider "$OIDC_PORT" "http://127.0.0.1:$PORT" "$ROOT/target/e2e-oidc.log"
 HERALD_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
-DATABASE_URL="$PG_ADMIN_URL/$E2E_DB" HERALD_SMTP_URL="smtp://127.0.0.1:1" HERALD_LISTEN_ADDR="127.0.0.1:$PORT" \
+DATABASE_URL="$PG_ADMIN_URL/$E2E_DB" HERALD_SMTP_URL="smtp://127.0.0.1:1" HERALD_LISTEN_ADDR="127.0.0.1:$PORT" HERALD_WEBHOOK_ALLOW_CIDRS="127.0.0.1/32" \
   HERALD_OIDC_ISSUER="http://127.0.0.1:$OIDC_PORT" HERALD_OIDC_CLIENT_ID=herald HERALD_OIDC_CLIENT_SECRET=herald-dev-secret \
   HERALD_OIDC_SCOPES="openid email profile groups" HERALD_OIDC_TEAM_CLAIM=team \
   HERALD_SITE_ROOT="$ROOT/target/site" "$ROOT/target/release/herald" serve &

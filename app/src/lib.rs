@@ -7,8 +7,10 @@
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes};
-use leptos_router::StaticSegment;
+use leptos_router::{path, StaticSegment};
 use serde::{Deserialize, Serialize};
+
+mod history;
 
 /// Who is logged in, as the console shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,7 +334,7 @@ fn KeysPage() -> impl IntoView {
 }
 
 /// A server function's error without its framework prefix.
-fn clean(e: ServerFnError) -> String {
+pub(crate) fn clean(e: ServerFnError) -> String {
     let s = e.to_string();
     s.split_once(": ").map(|(_, rest)| rest.to_owned()).unwrap_or(s)
 }
@@ -352,6 +354,7 @@ fn UserBox() -> impl IntoView {
                                 <span class="user">
                                     <a class="nav" href="/keys" data-testid="nav-keys">"API keys"</a>
                                     <Show when=move || admin>
+                                        <a class="nav" href="/notifications" data-testid="nav-notifications">"Notifications"</a>
                                         <a class="nav" href="/audit" data-testid="nav-audit">"Audit log"</a>
                                     </Show>
                                     <span data-testid="user-name">{m.name}</span>
@@ -404,6 +407,8 @@ pub fn App() -> impl IntoView {
                     <Route path=StaticSegment("") view=HomePage/>
                     <Route path=StaticSegment("audit") view=AuditPage/>
                     <Route path=StaticSegment("keys") view=KeysPage/>
+                    <Route path=StaticSegment("notifications") view=history::HistoryPage/>
+                    <Route path=path!("/notifications/:id") view=history::NotificationDetail/>
                 </Routes>
             </main>
         </Router>

@@ -463,3 +463,42 @@ pub async fn preview(db: &PgPool, who: &Principal, key: &str, req: PreviewReques
     };
     render_email(&t, &payload).map_err(Error::TemplateRender)
 }
+
+/// One line of a diff between two versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiffLine {
+    /// The part: subject, html_body or text_body.
+    pub part: &'static str,
+    /// `+` added in the newer, `-` removed from the older, ` ` in both.
+    pub tag: char,
+    pub text: String,
+}
+
+/// The line diff between two versions of a template, part by part.
+pub async fn diff(db: &PgPool, who: &Principal, key: &str, from: i32, to: i32) -> Result<Vec<DiffLine>> {
+    admin_only(who)?;
+    let (_, versions) = get_template(db, key).await?;
+    let find = |v: i32| {
+        versions
+            .iter()
+            .find(|x| x.version == v)
+            .ok_or_else(|| Error::Invalid(format!("template '{key}' has no version {v}")))
+    };
+    let (a, b) = (find(from)?, find(to)?);
+    let mut out = Vec::new();
+    for (part, old, new) in [
+        ("subject", &a.subject, &b.subject),
+        ("html_body", &a.html_body, &b.html_body),
+        ("text_body", &a.text_body, &b.text_body),
+    ] {
+        for change in similar::TextDiff::from_lines(old.as_str(), new.as_str()).iter_all_changes() {
+            let tag = match change.tag() {
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
+                similar::ChangeTag::Equal => ' ',
+            };
+            out.push(DiffLine { part, tag, text: change.value().trim_end_matches(['\r', '\n']).to_owned() });
+        }
+    }
+    Ok(out)
+}

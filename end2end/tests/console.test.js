@@ -4,6 +4,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
 
 const base = process.env.HERALD_E2E_URL;
 if (!base) throw new Error('HERALD_E2E_URL is not set; run the end2end tests through scripts/test.sh');
@@ -17,6 +20,47 @@ before(async () => {
   });
 });
 after(async () => { await browser?.close(); });
+
+// Screenshots of the main pages (the README shows copies from docs/screenshots).
+const shots = process.env.HERALD_E2E_SCREENSHOTS || path.resolve('..', 'target', 'screenshots');
+fs.mkdirSync(shots, { recursive: true });
+async function screenshot(page, name) {
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+}
+
+// Polls `f` until it returns something truthy.
+async function until(what, f, ms = 20000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+// A real HTTP receiver on loopback that answers 200 and keeps what it got.
+async function receiver() {
+  const hits = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => { hits.push({ headers: req.headers, body }); res.writeHead(200); res.end('ok'); });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { hits, url: `http://127.0.0.1:${server.address().port}/hook`, close: () => server.close() };
+}
+
+// Creates an API key on the console's keys page; returns its secret.
+async function createKey(page, name, scopes, owner = '') {
+  await page.goto(`${base}/keys`);
+  await page.getByTestId('keys-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('key-name').fill(name);
+  await page.getByTestId('key-scopes').fill(scopes);
+  await page.getByTestId('key-owner').fill(owner);
+  await page.getByTestId('key-create').click();
+  return (await page.getByTestId('new-key').textContent({ timeout: 15000 })).trim();
+}
 
 // Opens `path` in a fresh browser context and logs in as `user` on the provider's form.
 async function loggedIn(user, path = '/') {
@@ -137,4 +181,62 @@ test('unknown pages render the not-found view after login', async () => {
   assert.equal(page.url(), `${base}/no/such/page`);
   assert.match(await page.textContent('main'), /Page not found/);
   await context.close();
+});
+
+test('history: a notification sent through the API is found by recipient, with its attempts, and resent', async () => {
+  const { page, context, errors } = await loggedIn('admin', '/');
+  const key = await createKey(page, 'history-test', 'admin');
+  const auth = { authorization: `Bearer ${key}` };
+  const hook = await receiver();
+  const ep = await page.request.post(`${base}/api/v1/endpoints`, {
+    headers: auth, data: { url: hook.url, event_types: ['user.registered'], description: 'history test' },
+  });
+  assert.equal(ep.status(), 201, await ep.text());
+  const email = `hedy-${Date.now()}@example.test`;
+  const sent = await page.request.post(`${base}/api/v1/notifications`, {
+    headers: auth, data: { event_type: 'user.registered', payload: { user: { name: 'Hedy', email } } },
+  });
+  assert.equal(sent.status(), 202);
+  const { id } = await sent.json();
+  await until('the webhook', () => hook.hits.some((h) => h.body.includes(email)));
+
+  await page.goto(`${base}/notifications`);
+  assert.equal(await page.title(), 'Notifications — Herald');
+  await page.getByTestId('history-row').first().waitFor({ timeout: 15000 });
+  await screenshot(page, 'notifications');
+  // The filter form is a plain GET form: it works with or without the WASM bundle.
+  await page.getByLabel('Recipient address').fill(email);
+  await Promise.all([page.waitForURL(/recipient=/), page.getByTestId('filter-apply').click()]);
+  await until('one row', async () => (await page.getByTestId('history-row').count()) === 1);
+  await Promise.all([page.waitForURL(`${base}/notifications/${id}`), page.getByTestId('history-row').locator('a').click()]);
+  assert.equal(await page.getByTestId('detail-event-type').textContent(), 'user.registered');
+  assert.match(await page.getByTestId('email-subject').textContent(), /Hedy/);
+  assert.equal(await page.getByTestId('email-html').getAttribute('sandbox'), '', 'the email HTML is sandboxed');
+  const webhook = page.getByTestId('delivery').filter({ hasText: 'webhook to' });
+  // The delivery's outcome is recorded just after the receiver answers: reload until it is.
+  await until('the recorded attempt', async () => {
+    await page.reload();
+    await page.getByTestId('detail-ready').waitFor({ state: 'attached', timeout: 15000 });
+    return (await webhook.getByTestId('attempt-row').count()) === 1;
+  });
+  assert.match(await webhook.getByTestId('attempt-row').textContent(), /HTTP 200/);
+  await screenshot(page, 'notification');
+  const before = hook.hits.length;
+  await webhook.getByTestId('resend').click();
+  await page.getByTestId('action-result').filter({ hasText: 'Queued again.' }).waitFor({ timeout: 15000 });
+  await until('the resent webhook', () => hook.hits.length > before);
+
+  // A bad filter is a readable message next to the form, not a crash.
+  await page.goto(`${base}/notifications?since=yesterday`);
+  assert.match(await page.getByTestId('history-error').textContent({ timeout: 15000 }), /since must be an RFC 3339 time/);
+  assert.deepEqual(errors, []);
+  hook.close();
+  await context.close();
+
+  const owner = await loggedIn('alice', `/notifications/${id}`);
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  assert.ok(!(await owner.page.textContent('main')).includes(email), 'an owner sees nothing of it');
+  await owner.page.goto(`${base}/notifications`);
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  await owner.context.close();
 });

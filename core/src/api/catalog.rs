@@ -2,8 +2,8 @@
 //! calls the same operations).
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -110,4 +110,22 @@ pub async fn preview(
     };
     let r = catalog::preview(&s.db, &who, &key, req).await?;
     Ok(Json(serde_json::to_value(r).map_err(anyhow::Error::from)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    from: i32,
+    to: i32,
+}
+
+/// `GET /api/v1/templates/{key}/diff?from=1&to=2`: the line diff between two versions.
+pub async fn diff(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<Admin>,
+    Path(key): Path<String>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
+    Ok(Json(json!({ "data": catalog::diff(&s.db, &who, &key, q.from, q.to).await? })))
 }

@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/templates/{key}/versions", post(catalog::add_version))
         .route("/api/v1/templates/{key}/publish", post(catalog::publish))
         .route("/api/v1/templates/{key}/preview", post(catalog::preview))
+        .route("/api/v1/templates/{key}/diff", get(catalog::diff))
         .route("/api/v1/api-keys", get(keys::list).post(keys::create))
         .route("/api/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/api/v1/endpoints", get(endpoints::list).post(endpoints::create))

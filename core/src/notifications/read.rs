@@ -1,7 +1,7 @@
 //! A notification as its sender reads it: its deliveries and their attempts.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -150,6 +150,63 @@ pub struct HistoryFilter {
     pub until: Option<DateTime<Utc>>,
     /// The page cursor: notifications older than this one (a previous page's last id).
     pub before: Option<Uuid>,
+}
+
+/// The history's filters as words (a query string, a console form): [`HistoryQuery::filter`]
+/// says what is wrong with them. Empty words are no filter.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    pub event_type: Option<String>,
+    pub status: Option<String>,
+    pub channel: Option<String>,
+    pub recipient: Option<String>,
+    pub endpoint: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub before: Option<String>,
+    pub limit: Option<i64>,
+}
+
+fn word(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn time(name: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>> {
+    word(v)
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                // A browser's datetime-local control: no zone, read as UTC.
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
+                .map_err(|_| Error::Invalid(format!("{name} must be an RFC 3339 time, such as 2026-11-29T12:00:00Z")))
+        })
+        .transpose()
+}
+
+fn parsed<T: std::str::FromStr<Err = String>>(name: &str, v: &Option<String>) -> Result<Option<T>> {
+    word(v).map(|v| v.parse().map_err(|e| Error::Invalid(format!("{name}: {e}")))).transpose()
+}
+
+fn id(name: &str, v: &Option<String>) -> Result<Option<Uuid>> {
+    word(v).map(|v| v.parse().map_err(|_| Error::Invalid(format!("{name} must be an id")))).transpose()
+}
+
+impl HistoryQuery {
+    /// The filter and the page size (50 unless given).
+    pub fn filter(&self) -> Result<(HistoryFilter, i64)> {
+        let f = HistoryFilter {
+            event_type: word(&self.event_type).map(str::to_owned),
+            status: parsed("status", &self.status)?,
+            channel: parsed("channel", &self.channel)?,
+            recipient: word(&self.recipient).map(str::to_owned),
+            endpoint: id("endpoint", &self.endpoint)?,
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            before: id("before", &self.before)?,
+        };
+        Ok((f, self.limit.unwrap_or(50)))
+    }
 }
 
 /// A notification as the history lists it.

@@ -149,6 +149,26 @@ async fn admins_define_event_types_and_templates_that_the_processor_uses() {
     assert_eq!(t["versions"].as_array().unwrap().len(), 2, "versions are kept");
     assert_eq!(t["versions"][1]["subject"], "Receipt for {{ invoice.number }}");
 
+    // The diff between two versions, line by line and part by part.
+    let (s, d) = call(Method::GET, "/api/v1/templates/invoice-email/diff?from=1&to=2", None).await;
+    assert_eq!(s, 200, "{d}");
+    let lines: Vec<(String, String, String)> = d["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (l["part"].as_str().unwrap().into(), l["tag"].as_str().unwrap().into(), l["text"].as_str().unwrap().into())
+        })
+        .collect();
+    assert!(lines.contains(&("subject".into(), "-".into(), "Invoice {{ invoice.number }} paid".into())), "{d}");
+    assert!(lines.contains(&("subject".into(), "+".into(), "Receipt for {{ invoice.number }}".into())), "{d}");
+    assert!(lines.contains(&("text_body".into(), "+".into(), "r".into())), "{d}");
+    assert_eq!(call(Method::GET, "/api/v1/templates/invoice-email/diff?from=1&to=9", None).await.0, 400);
+    assert_eq!(call(Method::GET, "/api/v1/templates/invoice-email/diff?from=1", None).await.0, 400);
+    assert_eq!(call(Method::GET, "/api/v1/templates/nope/diff?from=1&to=2", None).await.0, 404);
+    let (s, _) = h.call(Method::GET, "/api/v1/templates/invoice-email/diff?from=1&to=2", &key, None).await;
+    assert_eq!(s, 403, "admins only");
+
     // A schema change applies to the next notification.
     let stricter = json!({"type": "object", "required": ["invoice"], "properties": {"invoice": {"type": "object",
         "required": ["number", "email", "total"]}}});

@@ -130,21 +130,17 @@ async fn main() -> anyhow::Result<()> {
 
     let mut conn = sqlx::PgConnection::connect(&db).await?;
     sqlx::query(V7).execute(&mut conn).await?;
-    sqlx::query("INSERT INTO event_types (name, description) SELECT 'bench.e' || i, 'benchmark' FROM generate_series(0, 9) i")
-        .execute(&mut conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO event_types (name, description) SELECT 'bench.e' || i, 'benchmark' FROM generate_series(0, 9) i",
+    )
+    .execute(&mut conn)
+    .await?;
     let t = Instant::now();
     let chunk = 100_000i64;
     let mut lo = 1;
     while lo <= args.notifications {
         let hi = (lo + chunk - 1).min(args.notifications);
-        sqlx::query(SEED)
-            .bind(lo)
-            .bind(hi)
-            .bind(args.notifications as f64)
-            .bind(&endpoints)
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(SEED).bind(lo).bind(hi).bind(args.notifications as f64).bind(&endpoints).execute(&mut conn).await?;
         eprint!("\rseeded {hi} notifications");
         lo = hi + 1;
     }
@@ -167,11 +163,10 @@ async fn main() -> anyhow::Result<()> {
         .bind(n / 2)
         .fetch_one(&mut conn)
         .await?;
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id::text FROM notifications TABLESAMPLE SYSTEM (1) LIMIT $1")
-            .bind(args.requests as i64)
-            .fetch_all(&mut conn)
-            .await?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM notifications TABLESAMPLE SYSTEM (1) LIMIT $1")
+        .bind(args.requests as i64)
+        .fetch_all(&mut conn)
+        .await?;
     let day = (chrono::Utc::now() - chrono::Duration::days(12)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let day_end = (chrono::Utc::now() - chrono::Duration::days(11)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let queries: Vec<(&str, String)> = vec![
