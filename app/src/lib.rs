@@ -10,7 +10,9 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{path, StaticSegment};
 use serde::{Deserialize, Serialize};
 
+mod event_types;
 mod history;
+mod templates;
 
 /// Who is logged in, as the console shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,6 +357,8 @@ fn UserBox() -> impl IntoView {
                                     <a class="nav" href="/keys" data-testid="nav-keys">"API keys"</a>
                                     <Show when=move || admin>
                                         <a class="nav" href="/notifications" data-testid="nav-notifications">"Notifications"</a>
+                                        <a class="nav" href="/event-types" data-testid="nav-event-types">"Event types"</a>
+                                        <a class="nav" href="/templates" data-testid="nav-templates">"Templates"</a>
                                         <a class="nav" href="/audit" data-testid="nav-audit">"Audit log"</a>
                                     </Show>
                                     <span data-testid="user-name">{m.name}</span>
@@ -409,6 +413,10 @@ pub fn App() -> impl IntoView {
                     <Route path=StaticSegment("keys") view=KeysPage/>
                     <Route path=StaticSegment("notifications") view=history::HistoryPage/>
                     <Route path=path!("/notifications/:id") view=history::NotificationDetail/>
+                    <Route path=StaticSegment("templates") view=templates::TemplatesPage/>
+                    <Route path=path!("/templates/:key") view=templates::TemplateEditor/>
+                    <Route path=StaticSegment("event-types") view=event_types::EventTypesPage/>
+                    <Route path=path!("/event-types/:name") view=event_types::EventTypeEdit/>
                 </Routes>
             </main>
         </Router>

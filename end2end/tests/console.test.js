@@ -240,3 +240,106 @@ test('history: a notification sent through the API is found by recipient, with i
   await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
   await owner.context.close();
 });
+
+test('catalog: an event type with schema and sample, a template previewed as you type, published and used', async () => {
+  const { page, context, errors } = await loggedIn('admin', '/event-types');
+  assert.equal(await page.title(), 'Event types — Herald');
+  const n = Date.now();
+  const et = `order.shipped_${n}`;
+  const tk = `shipped-${n}`;
+  await page.getByTestId('event-type-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('et-name').fill(et);
+  await page.getByTestId('et-description').fill('An order left the warehouse');
+  // Not a schema: the problem shows next to the schema field.
+  await page.getByTestId('et-schema').fill('{"type": 12}');
+  await page.getByTestId('et-save').click();
+  assert.match(await page.getByTestId('error-payload_schema').textContent({ timeout: 15000 }), /not a valid JSON Schema/);
+  const schema = { type: 'object', required: ['order'],
+    properties: { order: { type: 'object', required: ['id', 'email'], properties: { id: { type: 'integer' } } } } };
+  await page.getByTestId('et-schema').fill(JSON.stringify(schema, null, 2));
+  // A sample that does not match it: next to the sample field.
+  await page.getByTestId('et-sample').fill('{"order": {"id": 1}}');
+  await page.getByTestId('et-save').click();
+  assert.match(await page.getByTestId('error-sample_payload').textContent({ timeout: 15000 }), /email/);
+  await page.getByTestId('et-sample').fill('{"order": {"id": 42, "name": "Ada", "email": "ada@example.test"}}');
+  // Routing to a template that does not exist is refused.
+  await page.getByTestId('et-template').fill('no-such-template');
+  await page.getByTestId('et-recipient').fill('order.email');
+  await page.getByTestId('et-save').click();
+  assert.match(await page.getByTestId('error-email_template').textContent({ timeout: 15000 }), /does not exist/);
+  await page.getByTestId('et-template').fill('');
+  await page.getByTestId('et-save').click();
+  await page.getByTestId('et-saved').waitFor({ timeout: 15000 });
+  await page.getByTestId('event-type-row').filter({ hasText: et }).waitFor({ timeout: 15000 });
+
+  // A template, previewed against that sample as it is typed.
+  await page.goto(`${base}/templates`);
+  await page.getByTestId('templates-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('new-template-key').fill(tk);
+  await page.getByTestId('new-template-subject').fill('Order {{ order.id }} shipped');
+  await page.getByTestId('new-template-html').fill('<p>Hi {{ order.name }}</p>');
+  await page.getByTestId('new-template-text').fill('Hi {{ order.name }}');
+  await page.getByTestId('new-template-create').click();
+  await Promise.all([page.waitForURL(`${base}/templates/${tk}`), page.getByTestId('new-template-link').click()]);
+  await page.getByTestId('editor-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('preview-sample').selectOption(et);
+  await page.getByTestId('preview-subject').filter({ hasText: 'Order 42 shipped' }).waitFor({ timeout: 15000 });
+  await page.getByTestId('edit-html').fill('<p>Hi</p>\n<p>{{ order.nickname }}</p>');
+  const problem = await page.getByTestId('preview-error').textContent({ timeout: 15000 });
+  assert.match(problem, /html of template .* line 2: undefined value/);
+  await page.getByTestId('edit-html').fill('<p>Hello {{ order.name }}, it is on its way.</p>');
+  await page.getByTestId('preview-subject').filter({ hasText: 'Order 42 shipped' }).waitFor({ timeout: 15000 });
+  assert.match(await page.getByTestId('preview-html').getAttribute('srcdoc'), /Hello Ada, it is on its way/);
+  await page.getByTestId('save-version').click();
+  await page.getByTestId('save-result').filter({ hasText: 'Saved as v2.' }).waitFor({ timeout: 15000 });
+  await page.getByTestId('publish-v2').click();
+  await page.getByTestId('publish-result').filter({ hasText: 'Version 2 is published.' }).waitFor({ timeout: 15000 });
+  await page.getByTestId('published').filter({ hasText: 'Published: v2' }).waitFor({ timeout: 15000 });
+  const diff = await page.getByTestId('diff').textContent({ timeout: 15000 });
+  assert.match(diff, /- html_body +<p>Hi \{\{ order\.name \}\}<\/p>/);
+  assert.match(diff, /\+ html_body +<p>Hello \{\{ order\.name \}\}, it is on its way\.<\/p>/);
+  await screenshot(page, 'template');
+
+  // Route the event type's email to it, then send one through the API: version 2 is used.
+  await page.goto(`${base}/event-types/${et}`);
+  await page.getByTestId('event-type-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('et-template').fill(tk);
+  await page.getByTestId('et-recipient').fill('order.email');
+  await page.getByTestId('et-save').click();
+  await page.getByTestId('et-saved').waitFor({ timeout: 15000 });
+  await page.goto(`${base}/event-types`);
+  await page.getByTestId('event-type-row').first().waitFor({ timeout: 15000 });
+  await screenshot(page, 'event-types');
+  const key = await createKey(page, 'catalog-test', 'admin');
+  const sent = await page.request.post(`${base}/api/v1/notifications`, {
+    headers: { authorization: `Bearer ${key}` },
+    data: { event_type: et, payload: { order: { id: 7, name: 'Grace', email: 'grace@example.test' } } },
+  });
+  assert.equal(sent.status(), 202, await sent.text());
+  const { id } = await sent.json();
+  const got = await (await page.request.get(`${base}/api/v1/notifications/${id}`, { headers: { authorization: `Bearer ${key}` } })).json();
+  assert.equal(got.deliveries[0].email.version, 2);
+  assert.equal(got.deliveries[0].email.subject, 'Order 7 shipped');
+
+  // All of it is in the audit log.
+  await page.goto(`${base}/audit`);
+  await page.getByTestId('audit-chain').filter({ hasText: 'Chain verified' }).waitFor({ timeout: 15000 });
+  const actions = await page.getByTestId('audit-row').locator('td:nth-child(4)').allTextContents();
+  for (const a of ['event_type.created', 'event_type.updated', 'template.created', 'template.version_added', 'template.published']) {
+    assert.ok(actions.includes(a), `${a} is on record: ${actions}`);
+  }
+  assert.deepEqual(errors, []);
+  await context.close();
+
+  const owner = await loggedIn('alice', '/templates');
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  await owner.page.goto(`${base}/templates/${tk}`);
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  await owner.page.goto(`${base}/event-types`);
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  const direct = await owner.page.request.post(`${base}/console/fn/templates/publish`, {
+    headers: { 'content-type': 'application/x-www-form-urlencoded', origin: base }, data: `key=${tk}&version=1`,
+  });
+  assert.ok((await direct.text()).includes('only admins'), 'the server function refuses an owner');
+  await owner.context.close();
+});
