@@ -100,3 +100,13 @@ wait_http() { # wait_http URL SECONDS
   for _ in $(seq 1 "$2"); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 1; done
   return 1
 }
+
+ensure_python_tools() { # the Python tools the tests use (tools/requirements.txt), in tools/.venv
+  local venv="$ROOT/tools/.venv"
+  if [ ! -x "$venv/bin/openapi-spec-validator" ] || [ "$ROOT/tools/requirements.txt" -nt "$venv/.installed" ]; then
+    log "installing Python tools in tools/.venv"
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements.txt"
+    touch "$venv/.installed"
+  fi
+}

@@ -22,6 +22,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 build_release
 
+ensure_python_tools
 log "unit and integration tests"
 cargo test -p herald-core -p herald-server
 

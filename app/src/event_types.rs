@@ -28,7 +28,9 @@ pub async fn list_event_types() -> Result<Option<Vec<EventTypeRow>>, ServerFnErr
     if !crate::principal()?.is_admin() {
         return Ok(None);
     }
-    let pretty = |v: Option<serde_json::Value>| v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default();
+    let pretty = |v: Option<serde_json::Value>| {
+        v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default()
+    };
     let rows = herald_core::catalog::list_event_types(&crate::db()?).await.map_err(crate::readable)?;
     Ok(Some(
         rows.into_iter()
@@ -101,7 +103,8 @@ pub async fn save_event_type(
 
 /// The field an error message is about (it starts with or names it).
 fn field_of(message: &str) -> &'static str {
-    const FIELDS: [&str; 6] = ["payload_schema", "sample_payload", "email_template", "recipient_path", "description", "name"];
+    const FIELDS: [&str; 6] =
+        ["payload_schema", "sample_payload", "email_template", "recipient_path", "description", "name"];
     FIELDS.into_iter().find(|f| message.contains(f)).unwrap_or("form")
 }
 

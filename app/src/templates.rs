@@ -237,7 +237,8 @@ pub fn TemplateEditor() -> impl IntoView {
     let key = Memo::new(move |_| params.with(|p| p.get("key").unwrap_or_default()));
     let save = ServerAction::<SaveVersion>::new();
     let publish = ServerAction::<PublishVersion>::new();
-    let detail = Resource::new(move || (key.get(), save.version().get(), publish.version().get()), |(k, ..)| template(k));
+    let detail =
+        Resource::new(move || (key.get(), save.version().get(), publish.version().get()), |(k, ..)| template(k));
     view! {
         <Title text="Template — Herald"/>
         <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>

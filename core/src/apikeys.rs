@@ -91,7 +91,7 @@ impl Principal {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
     pub id: Uuid,
     pub name: String,
@@ -294,7 +294,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
 pub const MAX_KEYS_PER_OWNER: i64 = 100;
 
 /// What [`create_own`] takes.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub name: String,

@@ -12,7 +12,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::model::text_enum;
 
 /// Who acts: a person (OIDC), an API key, an IdP client, Herald itself, or the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorKind {
     User,
@@ -109,7 +109,7 @@ pub async fn record_alone(
 }
 
 /// One entry, as `GET /api/v1/audit` shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Entry {
     pub seq: i64,
     pub at: DateTime<Utc>,

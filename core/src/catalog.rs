@@ -23,7 +23,7 @@ fn admin_only(who: &Principal) -> Result<()> {
 }
 
 /// An event type as the catalog shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventType {
     pub name: String,
     pub description: String,
@@ -40,7 +40,7 @@ const EVENT_COLUMNS: &str = "name, description, payload_schema, sample_payload, 
                              operational, created_at, updated_at";
 
 /// `POST /api/v1/event-types`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEventType {
     pub name: String,
@@ -57,7 +57,7 @@ pub struct NewEventType {
 }
 
 /// `PATCH /api/v1/event-types/{name}`: absent fields stay; `null` clears.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTypePatch {
     pub description: Option<String>,
@@ -227,7 +227,7 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
 }
 
 /// A template as the catalog lists it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Template {
     pub key: String,
     pub channel: String,
@@ -237,7 +237,7 @@ pub struct Template {
 }
 
 /// One immutable version.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Version {
     pub version: i32,
     pub subject: String,
@@ -247,7 +247,7 @@ pub struct Version {
 }
 
 /// The content of a new version.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Content {
     pub subject: String,
@@ -256,7 +256,7 @@ pub struct Content {
 }
 
 /// `POST /api/v1/templates`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTemplate {
     pub key: String,
@@ -410,7 +410,7 @@ pub async fn publish(db: &PgPool, who: &Principal, key: &str, version: i32) -> R
 
 /// What a preview renders: a stored version or unsaved content, against a payload or
 /// the sample of an event type.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewRequest {
     #[serde(default)]
@@ -465,7 +465,7 @@ pub async fn preview(db: &PgPool, who: &Principal, key: &str, req: PreviewReques
 }
 
 /// One line of a diff between two versions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DiffLine {
     /// The part: subject, html_body or text_body.
     pub part: &'static str,

@@ -76,7 +76,7 @@ pub(crate) use text_enum;
 /// A delivery's bus ordering key has one definition, the SQL function
 /// `herald_ordering_key(channel, target)`: every statement that enqueues a delivery's
 /// message (accepting, resending, sweeping) computes the key with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     Email,
@@ -86,7 +86,7 @@ text_enum!(Channel { Email => "email", Webhook => "webhook" });
 
 /// Where a delivery stands. `Pending`, `InFlight` and `Retrying` are open; the others
 /// are terminal until a resend opens a new round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     Pending,
@@ -112,7 +112,7 @@ impl DeliveryStatus {
 }
 
 /// A notification's status, derived from its deliveries' ([`NotificationStatus::of`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationStatus {
     #[default]

@@ -14,7 +14,7 @@ pub struct EmailTemplate {
 }
 
 /// What a delivery sends: fixed at acceptance so every retry sends the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RenderedEmail {
     pub template: String,
     pub version: i32,

@@ -12,8 +12,9 @@ use super::AppState;
 use crate::audit::{self, Filter};
 use crate::problem::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     actor: Option<String>,
     action: Option<String>,
@@ -25,6 +26,15 @@ pub struct AuditQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "audit_list",
+    path = "/api/v1/audit",
+    tag = "audit",
+    summary = "The audit log, newest first (admins)",
+    params(AuditQuery),
+    responses((status = 200, description = "One page", body = crate::api::openapi::AuditPage), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn list(
     State(s): State<AppState>,
     _: Auth<Admin>,

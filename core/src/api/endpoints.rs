@@ -24,13 +24,22 @@ fn id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
     #[serde(flatten)]
     endpoint: Endpoint,
     secret: String,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_create",
+    path = "/api/v1/endpoints",
+    tag = "endpoints",
+    summary = "Register a webhook endpoint (its signing secret is in the answer, once)",
+    request_body = crate::webhooks::endpoints::NewEndpoint,
+    responses((status = 201, description = "Registered", body = Created), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -43,7 +52,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(Created { endpoint, secret })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     #[serde(default = "default_limit")]
     limit: i64,
@@ -65,6 +75,15 @@ impl Page {
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_list",
+    path = "/api/v1/endpoints",
+    tag = "endpoints",
+    summary = "The caller's endpoints (an admin: everyone's)",
+    params(Page),
+    responses((status = 200, description = "One page", body = crate::api::openapi::EndpointPage), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsRead>,
@@ -77,6 +96,15 @@ pub async fn list(
     Ok(Json(json!({ "data": items, "next_after": next })))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_get",
+    path = "/api/v1/endpoints/{id}",
+    tag = "endpoints",
+    summary = "One endpoint",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The endpoint", body = crate::webhooks::endpoints::Endpoint), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsRead>,
@@ -85,6 +113,16 @@ pub async fn get(
     Ok(Json(endpoints::get(&s.db, &who, id(&raw)?).await?))
 }
 
+#[utoipa::path(
+    patch,
+    operation_id = "endpoints_update",
+    path = "/api/v1/endpoints/{id}",
+    tag = "endpoints",
+    summary = "Change an endpoint (absent fields stay; null clears)",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    request_body = crate::webhooks::endpoints::EndpointPatch,
+    responses((status = 200, description = "The endpoint", body = crate::webhooks::endpoints::Endpoint), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn update(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -96,6 +134,15 @@ pub async fn update(
     Ok(Json(endpoints::update(&s.db, &s.config.secret_key, &s.guard, &who, id, patch).await?))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "endpoints_delete",
+    path = "/api/v1/endpoints/{id}",
+    tag = "endpoints",
+    summary = "Delete an endpoint",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    responses((status = 204, description = "Deleted"), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -105,6 +152,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_enable",
+    path = "/api/v1/endpoints/{id}/enable",
+    tag = "endpoints",
+    summary = "Enable an endpoint",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The endpoint", body = crate::webhooks::endpoints::Endpoint), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn enable(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -113,6 +169,15 @@ pub async fn enable(
     Ok(Json(endpoints::set_enabled(&s.db, &who, id(&raw)?, true).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_disable",
+    path = "/api/v1/endpoints/{id}/disable",
+    tag = "endpoints",
+    summary = "Disable an endpoint",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The endpoint", body = crate::webhooks::endpoints::Endpoint), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn disable(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -122,6 +187,15 @@ pub async fn disable(
 }
 
 /// Revealing a signing secret is a write-level act: a read-only key cannot.
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_secret",
+    path = "/api/v1/endpoints/{id}/secret",
+    tag = "endpoints",
+    summary = "Reveal the signing secret (endpoints:write)",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The secret", body = crate::api::openapi::Secret), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn secret(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -132,6 +206,15 @@ pub async fn secret(
 }
 
 /// `GET /api/v1/endpoints/{id}/headers`: the custom headers with their values.
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_headers",
+    path = "/api/v1/endpoints/{id}/headers",
+    tag = "endpoints",
+    summary = "Reveal the custom header values (endpoints:write)",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    responses((status = 200, description = "The headers", body = crate::api::openapi::Headers), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn headers(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -141,7 +224,7 @@ pub async fn headers(
     Ok(Json(json!({ "headers": h })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     /// How long the old secret keeps signing, such as `1h` (default
@@ -149,6 +232,16 @@ pub struct Rotate {
     grace: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_rotate",
+    path = "/api/v1/endpoints/{id}/secret/rotate",
+    tag = "endpoints",
+    summary = "Rotate the signing secret; the old one signs too for a grace period",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    request_body = Rotate,
+    responses((status = 200, description = "The new secret", body = crate::api::openapi::Rotated), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn rotate(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -172,6 +265,15 @@ pub async fn rotate(
     Ok(Json(json!({ "key": key, "previous_valid_for_seconds": grace.as_secs() })))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_test",
+    path = "/api/v1/endpoints/{id}/test",
+    tag = "endpoints",
+    summary = "Send a webhook.test event to the endpoint",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    responses((status = 202, description = "Accepted", body = crate::notifications::accept::Accepted), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn test(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -181,12 +283,22 @@ pub async fn test(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Recover {
     since: DateTime<Utc>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_recover",
+    path = "/api/v1/endpoints/{id}/recover",
+    tag = "endpoints",
+    summary = "Resend every failed delivery since a time",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id")),
+    request_body = Recover,
+    responses((status = 202, description = "Queued again", body = crate::api::openapi::Resent), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn recover(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -200,6 +312,15 @@ pub async fn recover(
     Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids, "more": more }))))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_deliveries",
+    path = "/api/v1/endpoints/{id}/deliveries",
+    tag = "endpoints",
+    summary = "The endpoint's recent deliveries",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id"), Page),
+    responses((status = 200, description = "Deliveries", body = Vec<crate::webhooks::deliveries::EndpointDelivery>), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn deliveries(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsRead>,
@@ -215,6 +336,15 @@ pub async fn deliveries(
     Ok(Json(deliveries::deliveries(&s.db, &who, id(&raw)?, status, limit).await?))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "endpoints_delivery",
+    path = "/api/v1/endpoints/{id}/deliveries/{delivery_id}",
+    tag = "endpoints",
+    summary = "One delivery with its attempts",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id"), ("delivery_id" = uuid::Uuid, Path, description = "The delivery's id")),
+    responses((status = 200, description = "The delivery", body = Object), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn delivery(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsRead>,
@@ -226,6 +356,15 @@ pub async fn delivery(
     Ok(Json(v))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_resend",
+    path = "/api/v1/endpoints/{id}/deliveries/{delivery_id}/resend",
+    tag = "endpoints",
+    summary = "Send a finished delivery again",
+    params(("id" = uuid::Uuid, Path, description = "The endpoint's id"), ("delivery_id" = uuid::Uuid, Path, description = "The delivery's id")),
+    responses((status = 202, description = "Queued again"), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn resend(
     State(s): State<AppState>,
     Auth(who, ..): Auth<EndpointsWrite>,
@@ -237,6 +376,15 @@ pub async fn resend(
 
 /// `POST /api/v1/notifications/{id}/replay`: resend the notification's finished webhook
 /// deliveries.
+#[utoipa::path(
+    post,
+    operation_id = "endpoints_replay",
+    path = "/api/v1/notifications/{id}/replay",
+    tag = "notifications",
+    summary = "Resend the notification's finished webhook deliveries",
+    params(("id" = uuid::Uuid, Path, description = "The notification's id")),
+    responses((status = 202, description = "Queued again", body = crate::api::openapi::Resent), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn replay(
     State(s): State<AppState>,
     Auth(who, ..): Auth<NotificationsWrite>,

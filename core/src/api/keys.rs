@@ -14,6 +14,15 @@ use super::{json_body, AppState};
 use crate::apikeys::{self, NewKey};
 use crate::problem::ApiError;
 
+#[utoipa::path(
+    post,
+    operation_id = "keys_create",
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    summary = "Create an API key (the key is in the answer, once)",
+    request_body = crate::apikeys::NewKey,
+    responses((status = 201, description = "Created", body = crate::api::openapi::CreatedKey), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Auth(who, ..): Auth<Any>,
@@ -26,10 +35,27 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "keys_list",
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    summary = "The caller's keys (an admin: everyone's)",
+    responses((status = 200, description = "Keys", body = crate::api::openapi::KeyList), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn list(State(s): State<AppState>, Auth(who, ..): Auth<Any>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "data": apikeys::list_own(&s.db, &who).await? })))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "keys_revoke",
+    path = "/api/v1/api-keys/{id}",
+    tag = "api-keys",
+    summary = "Revoke a key",
+    params(("id" = uuid::Uuid, Path, description = "The key's id")),
+    responses((status = 204, description = "Revoked"), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn revoke(
     State(s): State<AppState>,
     Auth(who, ..): Auth<Any>,

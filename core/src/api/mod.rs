@@ -8,6 +8,7 @@ pub mod health;
 pub mod keys;
 pub mod login;
 pub mod notifications;
+pub mod openapi;
 pub mod ratelimit;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use sqlx::PgPool;
 
@@ -107,42 +108,58 @@ pub fn find_nul(v: &serde_json::Value, at: String) -> Option<String> {
     }
 }
 
-/// The notification API (processes with the `api` role).
+/// The notification API (processes with the `api` role), and its OpenAPI document at
+/// `/api/v1/openapi.json`: each route comes with its handler's `#[utoipa::path]`.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
-        .route("/api/v1/notifications", get(notifications::list).post(notifications::create))
-        .route("/api/v1/notifications/{id}", get(notifications::get))
-        .route("/api/v1/notifications/{id}/replay", post(endpoints::replay))
-        .route("/api/v1/audit", get(audit::list))
-        .route("/api/v1/event-types", get(catalog::list_event_types).post(catalog::create_event_type))
-        .route("/api/v1/event-types/{name}", get(catalog::get_event_type).patch(catalog::update_event_type))
-        .route("/api/v1/templates", get(catalog::list_templates).post(catalog::create_template))
-        .route("/api/v1/templates/{key}", get(catalog::get_template))
-        .route("/api/v1/templates/{key}/versions", post(catalog::add_version))
-        .route("/api/v1/templates/{key}/publish", post(catalog::publish))
-        .route("/api/v1/templates/{key}/preview", post(catalog::preview))
-        .route("/api/v1/templates/{key}/diff", get(catalog::diff))
-        .route("/api/v1/api-keys", get(keys::list).post(keys::create))
-        .route("/api/v1/api-keys/{id}", axum::routing::delete(keys::revoke))
-        .route("/api/v1/endpoints", get(endpoints::list).post(endpoints::create))
-        .route("/api/v1/endpoints/{id}", get(endpoints::get).patch(endpoints::update).delete(endpoints::delete))
-        .route("/api/v1/endpoints/{id}/enable", post(endpoints::enable))
-        .route("/api/v1/endpoints/{id}/disable", post(endpoints::disable))
-        .route("/api/v1/endpoints/{id}/secret", get(endpoints::secret))
-        .route("/api/v1/endpoints/{id}/headers", get(endpoints::headers))
-        .route("/api/v1/endpoints/{id}/secret/rotate", post(endpoints::rotate))
-        .route("/api/v1/endpoints/{id}/test", post(endpoints::test))
-        .route("/api/v1/endpoints/{id}/recover", post(endpoints::recover))
-        .route("/api/v1/endpoints/{id}/deliveries", get(endpoints::deliveries))
-        .route("/api/v1/endpoints/{id}/deliveries/{delivery_id}", get(endpoints::delivery))
-        .route("/api/v1/endpoints/{id}/deliveries/{delivery_id}/resend", post(endpoints::resend))
+    let (router, doc) = documented_routes().split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    router
+        .route("/api/v1/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
         // Every /api answer is problem+json: unknown paths and methods too.
         .route("/api", axum::routing::any(not_found))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Every API operation, each registered with its OpenAPI entry.
+fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(notifications::list, notifications::create))
+        .routes(routes!(notifications::get))
+        .routes(routes!(endpoints::replay))
+        .routes(routes!(audit::list))
+        .routes(routes!(catalog::list_event_types, catalog::create_event_type))
+        .routes(routes!(catalog::get_event_type, catalog::update_event_type))
+        .routes(routes!(catalog::list_templates, catalog::create_template))
+        .routes(routes!(catalog::get_template))
+        .routes(routes!(catalog::add_version))
+        .routes(routes!(catalog::publish))
+        .routes(routes!(catalog::preview))
+        .routes(routes!(catalog::diff))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(endpoints::list, endpoints::create))
+        .routes(routes!(endpoints::get, endpoints::update, endpoints::delete))
+        .routes(routes!(endpoints::enable))
+        .routes(routes!(endpoints::disable))
+        .routes(routes!(endpoints::secret))
+        .routes(routes!(endpoints::headers))
+        .routes(routes!(endpoints::rotate))
+        .routes(routes!(endpoints::test))
+        .routes(routes!(endpoints::recover))
+        .routes(routes!(endpoints::deliveries))
+        .routes(routes!(endpoints::delivery))
+        .routes(routes!(endpoints::resend))
+}
+
+/// The OpenAPI document, as served.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented_routes().into_openapi()
 }
 
 async fn not_found() -> ApiError {

@@ -24,6 +24,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "notifications_create",
+    path = "/api/v1/notifications",
+    tag = "notifications",
+    summary = "Accept a notification (202 once it is durable)",
+    request_body = crate::notifications::accept::NotificationRequest,
+    responses((status = 202, description = "Accepted; deliveries are under way", body = crate::notifications::accept::Accepted), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Auth(who, ..): Auth<NotificationsWrite>,
@@ -38,6 +47,15 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "notifications_get",
+    path = "/api/v1/notifications/{id}",
+    tag = "notifications",
+    summary = "A notification with its deliveries and attempts",
+    params(("id" = uuid::Uuid, Path, description = "The notification's id")),
+    responses((status = 200, description = "The notification", body = crate::notifications::read::NotificationView), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Auth(who, ..): Auth<NotificationsRead>,
@@ -49,6 +67,15 @@ pub async fn get(
 
 /// `GET /api/v1/notifications`: the history, newest first, one page at a time
 /// (`next_before` is the next page's cursor).
+#[utoipa::path(
+    get,
+    operation_id = "notifications_list",
+    path = "/api/v1/notifications",
+    tag = "notifications",
+    summary = "The history: filtered, newest first, keyset pages",
+    params(crate::notifications::read::HistoryQuery),
+    responses((status = 200, description = "One page", body = crate::api::openapi::HistoryPage), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Auth(who, ..): Auth<NotificationsRead>,

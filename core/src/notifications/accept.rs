@@ -17,7 +17,7 @@ use crate::error::{Error, FieldError, Result};
 use crate::model::{lookup, Channel, DeliveryStatus, NotificationStatus};
 use crate::templates::{render_email, EmailTemplate};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationRequest {
     pub event_type: String,
@@ -31,7 +31,7 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DeliverySummary {
     pub id: Uuid,
     pub channel: Channel,
@@ -39,7 +39,7 @@ pub struct DeliverySummary {
     pub status: DeliveryStatus,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Accepted {
     pub id: Uuid,
     pub status: NotificationStatus,

@@ -10,7 +10,7 @@ use crate::apikeys::Principal;
 use crate::error::{Error, Result};
 use crate::model::{Channel, DeliveryStatus, NotificationStatus};
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
@@ -25,7 +25,7 @@ pub struct AttemptView {
     pub delivery_id: Uuid,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: Uuid,
     pub channel: Channel,
@@ -46,7 +46,7 @@ pub struct DeliveryView {
     pub attempts: Vec<AttemptView>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct NotificationView {
     pub id: Uuid,
     pub event_type: String,
@@ -154,8 +154,9 @@ pub struct HistoryFilter {
 
 /// The history's filters as words (a query string, a console form): [`HistoryQuery::filter`]
 /// says what is wrong with them. Empty words are no filter.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     pub event_type: Option<String>,
     pub status: Option<String>,
@@ -210,7 +211,7 @@ impl HistoryQuery {
 }
 
 /// A notification as the history lists it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct NotificationSummary {
     pub id: Uuid,
     pub event_type: String,

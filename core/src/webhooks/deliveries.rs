@@ -16,7 +16,7 @@ use crate::model::{Channel, DeliveryStatus};
 use crate::notifications::read::{AttemptView, ATTEMPT_COLUMNS};
 
 /// One webhook delivery, as an endpoint's owner sees it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EndpointDelivery {
     pub id: Uuid,
     pub notification_id: Uuid,

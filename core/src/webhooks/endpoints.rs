@@ -35,7 +35,7 @@ const RESERVED_HEADERS: [&str; 9] = [
 ];
 
 /// `POST /api/v1/endpoints` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
     pub url: String,
@@ -61,7 +61,7 @@ fn yes() -> bool {
 }
 
 /// `PATCH /api/v1/endpoints/{id}` body: absent fields stay; `null` clears the nullable ones.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
     pub url: Option<String>,
@@ -74,7 +74,7 @@ pub struct EndpointPatch {
     pub retry_schedule: Option<Option<String>>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Endpoint {
     pub id: Uuid,
     pub owner: String,

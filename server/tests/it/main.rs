@@ -16,5 +16,6 @@ mod in_process;
 mod kafka_flow;
 mod keys;
 mod oidc;
+mod openapi;
 mod sql;
 mod webhooks;
