@@ -10,6 +10,7 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{path, StaticSegment};
 use serde::{Deserialize, Serialize};
 
+mod endpoints;
 mod event_types;
 mod history;
 mod templates;
@@ -357,6 +358,7 @@ fn UserBox() -> impl IntoView {
                                     <a class="nav" href="/keys" data-testid="nav-keys">"API keys"</a>
                                     <Show when=move || admin>
                                         <a class="nav" href="/notifications" data-testid="nav-notifications">"Notifications"</a>
+                                        <a class="nav" href="/endpoints" data-testid="nav-endpoints">"Endpoints"</a>
                                         <a class="nav" href="/event-types" data-testid="nav-event-types">"Event types"</a>
                                         <a class="nav" href="/templates" data-testid="nav-templates">"Templates"</a>
                                         <a class="nav" href="/audit" data-testid="nav-audit">"Audit log"</a>
@@ -416,6 +418,8 @@ pub fn App() -> impl IntoView {
                     <Route path=StaticSegment("templates") view=templates::TemplatesPage/>
                     <Route path=path!("/templates/:key") view=templates::TemplateEditor/>
                     <Route path=StaticSegment("event-types") view=event_types::EventTypesPage/>
+                    <Route path=StaticSegment("endpoints") view=endpoints::EndpointsPage/>
+                    <Route path=path!("/endpoints/:id") view=endpoints::EndpointDetail/>
                     <Route path=path!("/event-types/:name") view=event_types::EventTypeEdit/>
                 </Routes>
             </main>

@@ -343,3 +343,72 @@ test('catalog: an event type with schema and sample, a template previewed as you
   assert.ok((await direct.text()).includes('only admins'), 'the server function refuses an owner');
   await owner.context.close();
 });
+
+test('endpoints: an admin registers one against a real receiver, rotates its secret, sends a test event', async () => {
+  const { page, context, errors } = await loggedIn('admin', '/endpoints');
+  assert.equal(await page.title(), 'Endpoints — Herald');
+  const hook = await receiver();
+  await page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
+  // A URL the SSRF rules refuse is a readable error.
+  await page.getByTestId('ep-url').fill('http://169.254.169.254/latest/meta-data');
+  await page.getByTestId('ep-save').click();
+  assert.match(await page.getByTestId('ep-error').textContent({ timeout: 15000 }), /cloud metadata service/);
+  await page.getByTestId('ep-url').fill(hook.url);
+  await page.getByTestId('ep-description').fill('receiver for the browser test');
+  await page.getByTestId('ep-type-user.registered').check();
+  assert.equal(await page.getByTestId('ep-types').inputValue(), 'user.registered');
+  await page.getByTestId('ep-headers').fill('X-Team: platform');
+  await page.getByTestId('ep-retry').fill('1s, 5s');
+  await page.getByTestId('ep-save').click();
+  await Promise.all([page.waitForURL(/\/endpoints\/[0-9a-f-]{36}$/), page.getByTestId('ep-saved').click()]);
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.equal(await page.getByTestId('ep-state').textContent(), 'enabled');
+  assert.match(await page.getByTestId('ep-headers').inputValue(), /X-Team: \*+/, 'header values are masked');
+
+  await page.getByTestId('ep-reveal').click();
+  const first = (await page.getByTestId('ep-result').textContent({ timeout: 15000 })).match(/whsec_\S+/)[0];
+  await page.getByTestId('ep-grace').fill('0s');
+  await page.getByTestId('ep-rotate').click();
+  await page.getByTestId('ep-result').filter({ hasText: 'New signing secret' }).waitFor({ timeout: 15000 });
+  const second = (await page.getByTestId('ep-result').textContent()).match(/whsec_\S+/)[0];
+  assert.notEqual(first, second, 'a new secret');
+
+  await page.getByTestId('ep-test').click();
+  await page.getByTestId('ep-result').filter({ hasText: 'Test event sent' }).waitFor({ timeout: 15000 });
+  const hit = await until('the test event', () => hook.hits.find((h) => h.body.includes('webhook.test')));
+  assert.equal(hit.headers['x-team'], 'platform', 'the custom header is sent');
+  // Signed with the new secret only (grace 0s): Standard Webhooks, HMAC-SHA256 over id.timestamp.body.
+  const { createHmac } = await import('node:crypto');
+  const signed = `${hit.headers['webhook-id']}.${hit.headers['webhook-timestamp']}.${hit.body}`;
+  const expect = (s) => `v1,${createHmac('sha256', Buffer.from(s.slice(6), 'base64')).update(signed).digest('base64')}`;
+  const sigs = hit.headers['webhook-signature'].split(' ');
+  assert.ok(sigs.includes(expect(second)), 'signed with the rotated secret');
+  assert.ok(!sigs.includes(expect(first)), 'not with the old one after a 0s grace');
+  await until('the delivery on the page', async () => {
+    await page.reload();
+    await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+    return (await page.getByTestId('ep-delivery').count()) >= 1;
+  });
+  await screenshot(page, 'endpoint');
+  await page.getByTestId('ep-disable').click();
+  await page.getByTestId('ep-state').filter({ hasText: 'disabled' }).waitFor({ timeout: 15000 });
+  await page.goto(`${base}/endpoints?state=disabled`);
+  await page.getByTestId('endpoint-row').filter({ hasText: hook.url }).waitFor({ timeout: 15000 });
+  await screenshot(page, 'endpoints');
+
+  await page.goto(`${base}/audit`);
+  await page.getByTestId('audit-chain').filter({ hasText: 'Chain verified' }).waitFor({ timeout: 15000 });
+  const actions = await page.getByTestId('audit-row').locator('td:nth-child(4)').allTextContents();
+  for (const a of ['endpoint.created', 'endpoint.secret.revealed', 'endpoint.secret.rotated', 'endpoint.tested', 'endpoint.disabled']) {
+    assert.ok(actions.includes(a), `${a} is on record: ${actions}`);
+  }
+  await screenshot(page, 'audit');
+  assert.deepEqual(errors, []);
+  hook.close();
+  await context.close();
+
+  const owner = await loggedIn('bob', '/endpoints');
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  assert.ok(!(await owner.page.textContent('main')).includes(hook.url));
+  await owner.context.close();
+});

@@ -34,7 +34,7 @@ use tower_sessions_sqlx_store::PostgresStore;
 /// The longest a request may run before it is answered 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn console(config: &Config, pool: sqlx::PgPool) -> Router {
+fn console(config: &Config, state: api::AppState) -> Router {
     let options = LeptosOptions::builder()
         .output_name("herald")
         .site_root(config.site_root.as_str())
@@ -43,10 +43,18 @@ fn console(config: &Config, pool: sqlx::PgPool) -> Router {
         .build();
     let routes = generate_route_list(app::App);
     Router::new()
-        .leptos_routes_with_context(&options, routes, move || leptos::prelude::provide_context(pool.clone()), {
-            let options = options.clone();
-            move || app::shell(options.clone())
-        })
+        .leptos_routes_with_context(
+            &options,
+            routes,
+            move || {
+                leptos::prelude::provide_context(state.db.clone());
+                leptos::prelude::provide_context(state.clone());
+            },
+            {
+                let options = options.clone();
+                move || app::shell(options.clone())
+            },
+        )
         .fallback(leptos_axum::file_and_error_handler(app::shell))
         .with_state(options)
 }
@@ -264,7 +272,7 @@ impl Application {
             let origin = Arc::new(
                 url::Url::parse(&config.public_url).map(|u| u.origin().ascii_serialization()).unwrap_or_default(),
             );
-            let browser = console(&config, pool.clone())
+            let browser = console(&config, state.clone())
                 .merge(api::login::router(state.clone()))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), api::login::require_login))
                 .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))

@@ -253,13 +253,7 @@ pub async fn rotate(
         Ok(b) if b.is_empty() => Rotate::default(),
         _ => json_body(body, s.config.max_body_bytes)?,
     };
-    let grace = match req.grace.as_deref() {
-        None => s.config.webhook.secret_grace,
-        Some(g) => humantime::parse_duration(g.trim())
-            .ok()
-            .filter(|d| d.as_secs() <= 7 * 86400)
-            .ok_or_else(|| ApiError::InvalidRequest(format!("grace '{g}' is not a duration from 0s to 7d")))?,
-    };
+    let grace = signing::grace(req.grace.as_deref(), s.config.webhook.secret_grace)?;
     let key = signing::rotate(&s.db, &s.config.secret_key, &who, id, grace).await?;
     tracing::info!(endpoint_id = %id, grace_s = grace.as_secs(), "webhook signing secret rotated");
     Ok(Json(json!({ "key": key, "previous_valid_for_seconds": grace.as_secs() })))

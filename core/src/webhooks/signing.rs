@@ -15,6 +15,18 @@ use crate::secrets::{self, SecretKey};
 /// At most this many rotated-out secrets keep signing.
 pub const MAX_OLD_SECRETS: i64 = 10;
 
+/// The grace period of a rotation: `None` is the configured default; otherwise a
+/// duration such as `1h`, at most 7 days.
+pub fn grace(requested: Option<&str>, default: Duration) -> Result<Duration> {
+    match requested.map(str::trim).filter(|g| !g.is_empty()) {
+        None => Ok(default),
+        Some(g) => humantime::parse_duration(g)
+            .ok()
+            .filter(|d| d.as_secs() <= 7 * 86400)
+            .ok_or_else(|| Error::Invalid(format!("grace '{g}' is not a duration from 0s to 7d"))),
+    }
+}
+
 /// The current signing secret.
 pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<String> {
     let sealed: Vec<u8> = sqlx::query_scalar(

@@ -1,0 +1,494 @@
+//! Webhook endpoints (admins): every owner's endpoints with filters, registering one
+//! (event types picked from the catalog, headers, rate limit, retry schedule), and an
+//! endpoint's page: edit, enable/disable, reveal and rotate the secret, send a test
+//! event, recent deliveries, recover failed deliveries since a time. Every action calls
+//! `herald_core::webhooks`, as the API does (same SSRF rules, limits and audit).
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::{use_params_map, use_query_map};
+use serde::{Deserialize, Serialize};
+
+use crate::clean;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRow {
+    pub id: String,
+    pub owner: String,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub state: String,
+    pub disabled_reason: String,
+    pub rate_limit: String,
+    pub retry_schedule: String,
+    /// `Name: value` lines, values masked.
+    pub headers: String,
+}
+
+#[cfg(feature = "ssr")]
+fn state() -> Result<herald_core::api::AppState, ServerFnError> {
+    use_context::<herald_core::api::AppState>().ok_or_else(|| ServerFnError::new("the console has no server state"))
+}
+
+#[cfg(feature = "ssr")]
+fn admin() -> Result<Option<herald_core::apikeys::Principal>, ServerFnError> {
+    let who = crate::principal()?;
+    Ok(who.is_admin().then_some(who))
+}
+
+#[cfg(feature = "ssr")]
+fn row(e: herald_core::webhooks::endpoints::Endpoint) -> EndpointRow {
+    let state = match (e.enabled, e.failing_since) {
+        (false, _) => "disabled",
+        (true, Some(_)) => "failing",
+        (true, None) => "enabled",
+    };
+    let headers = e
+        .headers
+        .as_object()
+        .map(|m| {
+            m.keys().map(|k| format!("{k}: {}", herald_core::webhooks::endpoints::MASK)).collect::<Vec<_>>().join("\n")
+        })
+        .unwrap_or_default();
+    EndpointRow {
+        id: e.id.to_string(),
+        owner: e.owner,
+        url: e.url,
+        description: e.description,
+        event_types: e.event_types,
+        state: state.into(),
+        disabled_reason: e.disabled_reason.unwrap_or_default(),
+        rate_limit: e.rate_limit.map(|r| r.to_string()).unwrap_or_default(),
+        retry_schedule: e.retry_schedule.unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Every owner's endpoints, narrowed by owner and state (admins; `None` for anyone else).
+#[server(prefix = "/console/fn", endpoint = "endpoints/list")]
+pub async fn list_endpoints(owner: String, state_is: String) -> Result<Option<Vec<EndpointRow>>, ServerFnError> {
+    let Some(who) = admin()? else { return Ok(None) };
+    let db = crate::db()?;
+    let (mut all, mut after) = (Vec::new(), None);
+    // Pages of 500 until the end (an admin's view of every owner's endpoints).
+    loop {
+        let page = herald_core::webhooks::endpoints::list(&db, &who, 500, after).await.map_err(crate::readable)?;
+        let done = page.len() < 500;
+        after = page.last().map(|e| e.id);
+        all.extend(page.into_iter().map(row));
+        if done || all.len() >= 10_000 {
+            break;
+        }
+    }
+    let owner = owner.trim();
+    Ok(Some(
+        all.into_iter()
+            .filter(|e| owner.is_empty() || e.owner == owner)
+            .filter(|e| state_is.is_empty() || e.state == state_is)
+            .collect(),
+    ))
+}
+
+/// `Name: value` lines as a header map ("" for none).
+#[cfg(feature = "ssr")]
+fn header_lines(text: &str) -> Result<std::collections::BTreeMap<String, String>, ServerFnError> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| ServerFnError::new(format!("headers: '{l}' is not 'Name: value'")))
+        })
+        .collect()
+}
+
+#[cfg(feature = "ssr")]
+fn rate(text: &str) -> Result<Option<i32>, ServerFnError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse().map(Some).map_err(|_| ServerFnError::new("rate_limit must be a whole number of requests per second"))
+}
+
+/// Registers (`id` empty) or changes an endpoint. Returns its id.
+#[server(prefix = "/console/fn", endpoint = "endpoints/save")]
+pub async fn save_endpoint(
+    id: String,
+    url: String,
+    description: String,
+    event_types: String,
+    headers: String,
+    rate_limit: String,
+    retry_schedule: String,
+) -> Result<String, ServerFnError> {
+    use herald_core::webhooks::endpoints::{self, EndpointPatch, NewEndpoint};
+    let Some(who) = admin()? else { return Err(ServerFnError::new("no such endpoint")) };
+    let s = state()?;
+    let event_types: Vec<String> =
+        event_types.split([',', ' ', '\n']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+    let event_types = if event_types.is_empty() { vec!["*".to_owned()] } else { event_types };
+    let retry = Some(retry_schedule.trim().to_owned()).filter(|r| !r.is_empty());
+    let (headers, rate_limit) = (header_lines(&headers)?, rate(&rate_limit)?);
+    if id.is_empty() {
+        let new = NewEndpoint {
+            url: url.trim().to_owned(),
+            event_types,
+            description,
+            rate_limit,
+            headers,
+            retry_schedule: retry,
+            enabled: true,
+        };
+        let (ep, _secret) =
+            endpoints::create(&s.db, &s.config.secret_key, &s.guard, &who, new, s.config.max_endpoints_per_owner)
+                .await
+                .map_err(crate::readable)?;
+        Ok(ep.id.to_string())
+    } else {
+        let uid = id.parse().map_err(|_| ServerFnError::new("no such endpoint"))?;
+        let patch = EndpointPatch {
+            url: Some(url.trim().to_owned()),
+            event_types: Some(event_types),
+            description: Some(description),
+            rate_limit: Some(rate_limit),
+            headers: Some(headers),
+            retry_schedule: Some(retry),
+        };
+        endpoints::update(&s.db, &s.config.secret_key, &s.guard, &who, uid, patch).await.map_err(crate::readable)?;
+        Ok(id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryLine {
+    pub id: String,
+    pub notification: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i32,
+    pub at: String,
+    pub last_error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPage {
+    pub endpoint: EndpointRow,
+    pub deliveries: Vec<DeliveryLine>,
+}
+
+/// One endpoint and its recent deliveries (admins; `None` for anyone else or an unknown id).
+#[server(prefix = "/console/fn", endpoint = "endpoints/get")]
+pub async fn endpoint(id: String) -> Result<Option<EndpointPage>, ServerFnError> {
+    use herald_core::error::Error;
+    let Some(who) = admin()? else { return Ok(None) };
+    let Ok(uid) = id.parse() else { return Ok(None) };
+    let db = crate::db()?;
+    let ep = match herald_core::webhooks::endpoints::get(&db, &who, uid).await {
+        Ok(ep) => ep,
+        Err(Error::NotFound) => return Ok(None),
+        Err(e) => return Err(crate::readable(e)),
+    };
+    let deliveries = herald_core::webhooks::deliveries::deliveries(&db, &who, uid, None, 50)
+        .await
+        .map_err(crate::readable)?
+        .into_iter()
+        .map(|d| DeliveryLine {
+            id: d.id.to_string(),
+            notification: d.notification_id.to_string(),
+            event_type: d.event_type,
+            status: d.status.to_string(),
+            attempts: d.attempt_count,
+            at: d.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            last_error: d.last_error.unwrap_or_default(),
+        })
+        .collect();
+    Ok(Some(EndpointPage { endpoint: row(ep), deliveries }))
+}
+
+/// One of an endpoint's actions: `enable`, `disable`, `reveal`, `rotate` (with `grace`),
+/// `test`, `recover` (with `since`). Returns what to tell the admin.
+#[server(prefix = "/console/fn", endpoint = "endpoints/act")]
+pub async fn endpoint_action(
+    id: String,
+    action: String,
+    #[server(default)] grace: String,
+    #[server(default)] since: String,
+) -> Result<String, ServerFnError> {
+    use herald_core::webhooks::{deliveries, endpoints, lifecycle, signing};
+    let not_found = || ServerFnError::new("no such endpoint");
+    let Some(who) = admin()? else { return Err(not_found()) };
+    let uid = id.parse().map_err(|_| not_found())?;
+    let s = state()?;
+    let e = crate::readable;
+    Ok(match action.as_str() {
+        "enable" | "disable" => {
+            endpoints::set_enabled(&s.db, &who, uid, action == "enable").await.map_err(e)?;
+            format!("Endpoint {action}d.")
+        }
+        "reveal" => {
+            format!("Signing secret: {}", signing::secret(&s.db, &s.config.secret_key, &who, uid).await.map_err(e)?)
+        }
+        "rotate" => {
+            let grace = signing::grace(Some(&grace), s.config.webhook.secret_grace).map_err(e)?;
+            let key = signing::rotate(&s.db, &s.config.secret_key, &who, uid, grace).await.map_err(e)?;
+            format!("New signing secret: {key} (the old one keeps signing for {})", humantime_secs(grace.as_secs()))
+        }
+        "test" => {
+            let accepted = lifecycle::send_test(&s.db, &s.processor, &who, uid).await.map_err(e)?;
+            format!("Test event sent (notification {}).", accepted.id)
+        }
+        "recover" => {
+            let since = chrono::DateTime::parse_from_rfc3339(since.trim())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(since.trim(), "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
+                .map_err(|_| ServerFnError::new("since must be a time, such as 2026-11-29T12:00"))?;
+            let ids = deliveries::recover(&s.db, &who, uid, since).await.map_err(e)?;
+            format!("{} failed deliveries queued again.", ids.len())
+        }
+        _ => return Err(ServerFnError::new("unknown action")),
+    })
+}
+
+#[cfg(feature = "ssr")]
+fn humantime_secs(s: u64) -> String {
+    match s {
+        0 => "no time".into(),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+/// `/endpoints`.
+#[component]
+pub fn EndpointsPage() -> impl IntoView {
+    let query = use_query_map();
+    let filter =
+        Memo::new(move |_| query.with(|q| (q.get("owner").unwrap_or_default(), q.get("state").unwrap_or_default())));
+    let save = ServerAction::<SaveEndpoint>::new();
+    let list = Resource::new(move || (filter.get(), save.version().get()), |((o, s), _)| list_endpoints(o, s));
+    view! {
+        <Title text="Endpoints — Herald"/>
+        <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
+            {move || {
+                list.get()
+                    .map(|r| match r {
+                        Ok(Some(rows)) => {
+                            let (owner, state_is) = filter.get();
+                            view! {
+                                <section class="card">
+                                    <h1>"Webhook endpoints"</h1>
+                                    <form method="get" action="/endpoints" class="form" aria-label="Filter endpoints">
+                                        <label for="ep-owner">"Owner" <input id="ep-owner" type="text" name="owner" value=owner/></label>
+                                        <label for="ep-state">
+                                            "State"
+                                            <select id="ep-state" name="state">
+                                                {["", "enabled", "failing", "disabled"].into_iter().map(|s| view! {
+                                                    <option value=s selected=state_is == s>{if s.is_empty() { "any" } else { s }}</option>
+                                                }).collect_view()}
+                                            </select>
+                                        </label>
+                                        <button type="submit">"Filter"</button>
+                                    </form>
+                                    <table class="audit">
+                                        <thead>
+                                            <tr>
+                                                <th scope="col">"URL"</th>
+                                                <th scope="col">"Owner"</th>
+                                                <th scope="col">"Event types"</th>
+                                                <th scope="col">"State"</th>
+                                            </tr>
+                                        </thead>
+                                        <tbody>
+                                            {rows.into_iter().map(|e| view! {
+                                                <tr data-testid="endpoint-row">
+                                                    <td><a href=format!("/endpoints/{}", e.id)>{e.url.clone()}</a></td>
+                                                    <td>{e.owner}</td>
+                                                    <td>{e.event_types.join(", ")}</td>
+                                                    <td><span class=format!("pill {}", e.state)>{e.state.clone()}</span></td>
+                                                </tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                </section>
+                                <section class="card">
+                                    <h2>"Register an endpoint"</h2>
+                                    <EndpointForm e=EndpointRow::default() save/>
+                                </section>
+                            }
+                                .into_any()
+                        }
+                        Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                        Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+                    })
+            }}
+        </Suspense>
+    }
+}
+
+/// The register/edit form; event types are checkboxes from the catalog.
+#[component]
+fn EndpointForm(e: EndpointRow, save: ServerAction<SaveEndpoint>) -> impl IntoView {
+    let editing = !e.id.is_empty();
+    let types = OnceResource::new(crate::event_types::list_event_types());
+    let picked = RwSignal::new(e.event_types.clone());
+    let split = |v: &str| v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect::<Vec<_>>();
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| hydrated.set(true));
+    view! {
+        {move || hydrated.get().then(|| view! { <span data-testid="endpoint-form-ready" hidden=true></span> })}
+        <ActionForm action=save>
+            <input type="hidden" name="id" value=e.id.clone()/>
+            <div class="form column">
+                <label>"URL" <input type="url" name="url" value=e.url.clone() required data-testid="ep-url"/></label>
+                <label>"Description" <input type="text" name="description" value=e.description.clone() data-testid="ep-description"/></label>
+                <label>
+                    "Event types (comma-separated; * for all; tick them below)"
+                    <input type="text" name="event_types" prop:value=move || picked.get().join(", ")
+                        on:input=move |ev| picked.set(split(&event_target_value(&ev))) data-testid="ep-types"/>
+                </label>
+                <fieldset>
+                    <legend>"The catalog"</legend>
+                    <Suspense fallback=|| ()>
+                        {move || {
+                            types.get().and_then(|r| r.ok()).flatten().map(|rows| {
+                                std::iter::once("*".to_owned()).chain(rows.into_iter().map(|t| t.name)).map(|name| {
+                                    let (n1, n2) = (name.clone(), name.clone());
+                                    view! {
+                                        <label class="check">
+                                            <input type="checkbox" prop:checked=move || picked.with(|p| p.contains(&n1))
+                                                on:change=move |ev| {
+                                                    let on = event_target_checked(&ev);
+                                                    picked.update(|p| {
+                                                        p.retain(|t| *t != n2);
+                                                        if on { p.push(n2.clone()); }
+                                                    });
+                                                }
+                                                data-testid=format!("ep-type-{name}")/>
+                                            {name.clone()}
+                                        </label>
+                                    }
+                                }).collect_view()
+                            })
+                        }}
+                    </Suspense>
+                </fieldset>
+                <label>
+                    "Custom headers ('Name: value' per line; a masked value keeps the stored one)"
+                    <textarea name="headers" rows="3" data-testid="ep-headers">{e.headers.clone()}</textarea>
+                </label>
+                <label>"Rate limit (requests per second; empty: none)" <input type="text" inputmode="numeric" name="rate_limit" value=e.rate_limit.clone() data-testid="ep-rate"/></label>
+                <label>"Retry schedule (such as 5s, 1m, 10m; empty: the default)" <input type="text" name="retry_schedule" value=e.retry_schedule.clone() data-testid="ep-retry"/></label>
+                <button type="submit" data-testid="ep-save">{if editing { "Save" } else { "Register" }}</button>
+            </div>
+        </ActionForm>
+        {move || save.value().get().map(|r| match r {
+            Ok(id) => view! {
+                <p class="status" role="status">"Saved. " <a href=format!("/endpoints/{id}") data-testid="ep-saved">"Open the endpoint"</a></p>
+            }.into_any(),
+            Err(e) => view! { <p class="error" role="alert" data-testid="ep-error">{clean(e)}</p> }.into_any(),
+        })}
+    }
+}
+
+/// `/endpoints/{id}`.
+#[component]
+pub fn EndpointDetail() -> impl IntoView {
+    let params = use_params_map();
+    let id = Memo::new(move |_| params.with(|p| p.get("id").unwrap_or_default()));
+    let save = ServerAction::<SaveEndpoint>::new();
+    let act = ServerAction::<EndpointAction>::new();
+    let page = Resource::new(move || (id.get(), save.version().get(), act.version().get()), |(id, ..)| endpoint(id));
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| hydrated.set(true));
+    let button = move |id: String, action: &'static str, label: &'static str| {
+        view! {
+            <ActionForm action=act>
+                <input type="hidden" name="id" value=id/>
+                <input type="hidden" name="action" value=action/>
+                <button type="submit" data-testid=format!("ep-{action}")>{label}</button>
+            </ActionForm>
+        }
+    };
+    view! {
+        <Title text="Endpoint — Herald"/>
+        {move || hydrated.get().then(|| view! { <span data-testid="endpoint-ready" hidden=true></span> })}
+        <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
+            {move || page.get().map(|r| match r {
+                Ok(Some(p)) => {
+                    let e = p.endpoint;
+                    let (id1, id2, id3, id4, id5) = (e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone());
+                    let toggle = if e.state == "disabled" { button(id1, "enable", "Enable") } else { button(id1, "disable", "Disable") };
+                    view! {
+                        <section class="card">
+                            <p><a href="/endpoints">"← Endpoints"</a></p>
+                            <h1>"Endpoint " <code>{e.url.clone()}</code></h1>
+                            <dl class="facts">
+                                <dt>"Id"</dt><dd>{e.id.clone()}</dd>
+                                <dt>"Owner"</dt><dd>{e.owner.clone()}</dd>
+                                <dt>"State"</dt><dd data-testid="ep-state">{e.state.clone()}</dd>
+                                {(!e.disabled_reason.is_empty()).then(|| view! { <dt>"Why"</dt><dd>{e.disabled_reason.clone()}</dd> })}
+                            </dl>
+                            <div class="actions">
+                                {toggle}
+                                {button(id2, "reveal", "Reveal the signing secret")}
+                                {button(id3, "test", "Send a test event")}
+                                <ActionForm action=act>
+                                    <input type="hidden" name="id" value=id4/>
+                                    <input type="hidden" name="action" value="rotate"/>
+                                    <label for="ep-grace">"Grace period" <input id="ep-grace" type="text" name="grace" value="1h" data-testid="ep-grace"/></label>
+                                    <button type="submit" data-testid="ep-rotate">"Rotate the secret"</button>
+                                </ActionForm>
+                                <ActionForm action=act>
+                                    <input type="hidden" name="id" value=id5/>
+                                    <input type="hidden" name="action" value="recover"/>
+                                    <label for="ep-since">"Failed since (UTC)" <input id="ep-since" type="datetime-local" name="since" required data-testid="ep-since"/></label>
+                                    <button type="submit" data-testid="ep-recover">"Recover failed deliveries"</button>
+                                </ActionForm>
+                            </div>
+                            {move || act.value().get().map(|r| match r {
+                                Ok(m) => view! { <p class="status secret" role="status" data-testid="ep-result"><code>{m}</code></p> }.into_any(),
+                                Err(e) => view! { <p class="error" role="alert" data-testid="ep-result">{clean(e)}</p> }.into_any(),
+                            })}
+                        </section>
+                        <section class="card">
+                            <h2>"Recent deliveries"</h2>
+                            {if p.deliveries.is_empty() {
+                                view! { <p class="notice">"None yet."</p> }.into_any()
+                            } else {
+                                view! {
+                                    <table class="audit">
+                                        <thead><tr>
+                                            <th scope="col">"Created"</th><th scope="col">"Event type"</th>
+                                            <th scope="col">"Status"</th><th scope="col">"Attempts"</th><th scope="col">"Last error"</th>
+                                        </tr></thead>
+                                        <tbody>
+                                            {p.deliveries.into_iter().map(|d| view! {
+                                                <tr data-testid="ep-delivery">
+                                                    <td><a href=format!("/notifications/{}", d.notification)>{d.at}</a></td>
+                                                    <td>{d.event_type}</td>
+                                                    <td><span class=format!("pill {}", d.status)>{d.status.clone()}</span></td>
+                                                    <td>{d.attempts}</td>
+                                                    <td>{d.last_error}</td>
+                                                </tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                }.into_any()
+                            }}
+                        </section>
+                        <section class="card">
+                            <h2>"Edit"</h2>
+                            <EndpointForm e save/>
+                        </section>
+                    }.into_any()
+                }
+                Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+            })}
+        </Suspense>
+    }
+}
