@@ -131,6 +131,7 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(notifications::list, notifications::create))
         .routes(routes!(notifications::get))
+        .routes(routes!(notifications::stats))
         .routes(routes!(endpoints::replay))
         .routes(routes!(audit::list))
         .routes(routes!(catalog::list_event_types, catalog::create_event_type))

@@ -9,11 +9,13 @@ use axum::Json;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::auth::{Auth, NotificationsRead, NotificationsWrite};
+use super::auth::{Admin, Auth, NotificationsRead, NotificationsWrite};
 use super::{json_body, AppState};
 use crate::notifications::accept::{request_hash, Accepted, NotificationRequest};
 use crate::notifications::read::{self, HistoryQuery, NotificationView};
+use crate::notifications::stats::{self, Dashboard, Window};
 use crate::problem::ApiError;
+use serde::Deserialize;
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
@@ -86,4 +88,32 @@ pub async fn list(
     let page = read::list(&s.db, &who, &filter, limit).await?;
     let next = if page.len() as i64 == limit { page.last().map(|n| n.id) } else { None };
     Ok(Json(json!({ "data": page, "next_before": next })))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// `1h` (the default), `24h` or `7d`.
+    window: Option<String>,
+}
+
+/// `GET /api/v1/stats`: the dashboard's figures (admins).
+#[utoipa::path(
+    get,
+    operation_id = "notifications_stats",
+    path = "/api/v1/stats",
+    tag = "notifications",
+    summary = "Figures for a window: accepted, outcomes, success rate, attempt durations, unhealthy endpoints, backlog",
+    params(StatsQuery),
+    responses((status = 200, description = "The figures", body = crate::notifications::stats::Dashboard), (status = "4XX", description = "A problem (RFC 9457)", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub async fn stats(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<Admin>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<Dashboard>, ApiError> {
+    let Query(q) = q.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
+    let window = Window::parse(q.window.as_deref().unwrap_or(""))?;
+    Ok(Json(stats::dashboard(&s.db, &who, window).await?))
 }

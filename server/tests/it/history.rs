@@ -142,6 +142,32 @@ async fn the_history_filters_and_pages_an_owners_notifications() {
         assert_eq!(s, 400, "{q}: {v}");
         assert!(v["detail"].as_str().unwrap_or_default().contains(names), "{q}: {v}");
     }
+    // The dashboard's figures (admins).
+    for window in ["1h", "24h", "7d"] {
+        let (s, d) = h.call(Method::GET, &format!("/api/v1/stats?window={window}"), &admin, None).await;
+        assert_eq!(s, 200, "{d}");
+        assert_eq!(d["accepted"], 7, "{d}");
+        let count = |status: &str| {
+            d["outcomes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["channel"] == "email" && o["status"] == status)
+                .map(|o| o["count"].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        assert_eq!((count("succeeded"), count("failed")), (6, 1), "{d}");
+        assert!((d["success_rate"].as_f64().unwrap() - 6.0 / 7.0).abs() < 1e-9, "{d}");
+        assert_eq!(d["attempts"], 7, "{d}");
+        assert!(d["attempt_p99_ms"].as_f64().unwrap() >= d["attempt_p50_ms"].as_f64().unwrap());
+        let buckets = d["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len(), 12);
+        assert_eq!(buckets.iter().map(|b| b["accepted"].as_i64().unwrap()).sum::<i64>(), 7, "{d}");
+        assert_eq!(d["backlog"], 0, "{d}");
+    }
+    assert_eq!(h.call(Method::GET, "/api/v1/stats?window=1y", &admin, None).await.0, 400);
+    assert_eq!(h.call(Method::GET, "/api/v1/stats", &acme, None).await.0, 403);
+
     // Reading needs notifications:read.
     let writer = h.api_key(&["notifications:write"]).await;
     let (s, _) = h.call(Method::GET, "/api/v1/notifications", &writer, None).await;
