@@ -10,6 +10,7 @@ use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{path, StaticSegment};
 use serde::{Deserialize, Serialize};
 
+mod dashboard;
 mod endpoints;
 mod event_types;
 mod history;
@@ -357,6 +358,7 @@ fn UserBox() -> impl IntoView {
                                 <span class="user">
                                     <a class="nav" href="/keys" data-testid="nav-keys">"API keys"</a>
                                     <Show when=move || admin>
+                                        <a class="nav" href="/dashboard" data-testid="nav-dashboard">"Dashboard"</a>
                                         <a class="nav" href="/notifications" data-testid="nav-notifications">"Notifications"</a>
                                         <a class="nav" href="/endpoints" data-testid="nav-endpoints">"Endpoints"</a>
                                         <a class="nav" href="/event-types" data-testid="nav-event-types">"Event types"</a>
@@ -417,6 +419,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/notifications/:id") view=history::NotificationDetail/>
                     <Route path=StaticSegment("templates") view=templates::TemplatesPage/>
                     <Route path=path!("/templates/:key") view=templates::TemplateEditor/>
+                    <Route path=StaticSegment("dashboard") view=dashboard::DashboardPage/>
                     <Route path=StaticSegment("event-types") view=event_types::EventTypesPage/>
                     <Route path=StaticSegment("endpoints") view=endpoints::EndpointsPage/>
                     <Route path=path!("/endpoints/:id") view=endpoints::EndpointDetail/>

@@ -412,3 +412,49 @@ test('endpoints: an admin registers one against a real receiver, rotates its sec
   assert.ok(!(await owner.page.textContent('main')).includes(hook.url));
   await owner.context.close();
 });
+
+test('dashboard: the window figures and chart for an admin; nothing for an owner', async () => {
+  const { page, context, errors } = await loggedIn('admin', '/dashboard?window=24h');
+  assert.equal(await page.title(), 'Dashboard — Herald');
+  const accepted = Number(await page.getByTestId('fig-accepted').textContent({ timeout: 15000 }));
+  assert.ok(accepted >= 3, `the earlier tests' notifications are counted: ${accepted}`);
+  assert.match(await page.getByTestId('chart').getAttribute('aria-label'), /Notifications accepted per interval/);
+  assert.ok((await page.getByTestId('outcome-row').count()) >= 1);
+  assert.equal(await page.getByTestId('window-24h').getAttribute('aria-current'), 'page');
+  await screenshot(page, 'dashboard');
+  assert.deepEqual(errors, []);
+  await context.close();
+  const owner = await loggedIn('alice', '/dashboard');
+  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  await owner.context.close();
+});
+
+test('accessibility: titles, a label on every control, and forms that work from the keyboard', async () => {
+  const { page, context } = await loggedIn('admin', '/');
+  for (const path of ['/dashboard', '/notifications', '/templates', '/event-types', '/endpoints', '/keys', '/audit']) {
+    await page.goto(`${base}${path}`);
+    await page.locator('main h1').first().waitFor({ timeout: 15000 });
+    assert.match(await page.title(), / — Herald$/, `${path} has a title`);
+    const unnamed = await page.locator('main input:not([type=hidden]), main select, main textarea, main button').evaluateAll(
+      (els) => els.filter((el) => {
+        const label = el.labels && el.labels.length > 0;
+        const aria = el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+        const text = el.tagName === 'BUTTON' && el.textContent.trim().length > 0;
+        return !(label || aria || text);
+      }).map((el) => el.outerHTML.slice(0, 120)),
+    );
+    assert.deepEqual(unnamed, [], `${path}: every control has a name`);
+  }
+  // The history filter, with the keyboard only: tab to the recipient field, type, Enter.
+  await page.goto(`${base}/notifications`);
+  await page.locator('main h1').waitFor();
+  for (let i = 0; i < 40; i += 1) {
+    await page.keyboard.press('Tab');
+    if (await page.evaluate(() => document.activeElement && document.activeElement.name === 'recipient')) break;
+  }
+  assert.equal(await page.evaluate(() => document.activeElement.name), 'recipient', 'the field is reachable by Tab');
+  await page.keyboard.type('nobody@example.test');
+  await Promise.all([page.waitForURL(/recipient=nobody%40example\.test/), page.keyboard.press('Enter')]);
+  await page.getByTestId('history-empty').waitFor({ timeout: 15000 });
+  await context.close();
+});

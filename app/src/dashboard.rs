@@ -1,0 +1,200 @@
+//! The dashboard (admins): for the last hour, day or week, what was accepted and how
+//! it was delivered, attempt durations, unhealthy endpoints and the bus backlog, as
+//! numbers and a server-rendered SVG chart (no script or CDN needed to read it).
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::use_query_map;
+use serde::{Deserialize, Serialize};
+
+use crate::clean;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unhealthy {
+    pub id: String,
+    pub url: String,
+    pub owner: String,
+    pub state: String,
+    pub since: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    pub window: String,
+    pub accepted: i64,
+    /// (channel, status, count)
+    pub outcomes: Vec<(String, String, i64)>,
+    pub success_rate: Option<f64>,
+    pub attempts: i64,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    /// (label, count)
+    pub buckets: Vec<(String, i64)>,
+    pub failing: i64,
+    pub disabled: i64,
+    pub unhealthy: Vec<Unhealthy>,
+    pub backlog: i64,
+    pub oldest_backlog_s: Option<f64>,
+    /// Kafka consumer lag summed over this process's partitions, if it consumes.
+    pub consumer_lag: Option<f64>,
+}
+
+/// The figures (admins; `None` for anyone else).
+#[server(prefix = "/console/fn", endpoint = "dashboard")]
+pub async fn load_figures(window: String) -> Result<Option<Figures>, ServerFnError> {
+    use herald_core::notifications::stats::{dashboard, Window};
+    let who = crate::principal()?;
+    if !who.is_admin() {
+        return Ok(None);
+    }
+    let w = Window::parse(&window).map_err(crate::readable)?;
+    let d = dashboard(&crate::db()?, &who, w).await.map_err(crate::readable)?;
+    let label = match w {
+        Window::Week => "%a %H:%M",
+        _ => "%H:%M",
+    };
+    // The lag gauges of this process's Kafka consumers, if it runs any.
+    let consumer_lag = use_context::<herald_core::api::AppState>().and_then(|s| {
+        let text = s.metrics.render();
+        let lags: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("herald_consumer_lag{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!lags.is_empty()).then(|| lags.iter().sum())
+    });
+    Ok(Some(Figures {
+        window: if window.is_empty() { "1h".into() } else { window },
+        accepted: d.accepted,
+        outcomes: d.outcomes.into_iter().map(|o| (o.channel.to_string(), o.status.to_string(), o.count)).collect(),
+        success_rate: d.success_rate,
+        attempts: d.attempts,
+        p50: d.attempt_p50_ms,
+        p99: d.attempt_p99_ms,
+        buckets: d.buckets.into_iter().map(|b| (b.start.format(label).to_string(), b.accepted)).collect(),
+        failing: d.failing_endpoints,
+        disabled: d.disabled_endpoints,
+        unhealthy: d
+            .unhealthy
+            .into_iter()
+            .map(|e| Unhealthy {
+                id: e.id.to_string(),
+                url: e.url,
+                owner: e.owner,
+                state: if e.enabled { "failing".into() } else { "disabled".into() },
+                since: e.since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default(),
+                reason: e.reason.unwrap_or_default(),
+            })
+            .collect(),
+        backlog: d.backlog,
+        oldest_backlog_s: d.oldest_backlog_seconds,
+        consumer_lag,
+    }))
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0} ms")).unwrap_or_else(|| "—".into())
+}
+
+/// A bar chart of the accepted notifications over the window.
+fn chart(buckets: &[(String, i64)]) -> impl IntoView {
+    let max = buckets.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
+    let (w, h, gap) = (40.0, 120.0, 6.0);
+    let width = buckets.len() as f64 * (w + gap);
+    let summary = buckets.iter().map(|(l, c)| format!("{l}: {c}")).collect::<Vec<_>>().join(", ");
+    view! {
+        <svg class="chart" viewBox=format!("0 0 {width} {}", h + 20.0) role="img"
+             aria-label=format!("Notifications accepted per interval: {summary}") data-testid="chart">
+            {buckets.iter().enumerate().map(|(i, (label, count))| {
+                let bh = (*count as f64 / max) * h;
+                let x = i as f64 * (w + gap);
+                view! {
+                    <g>
+                        <title>{format!("{label}: {count}")}</title>
+                        <rect x=x y=h - bh width=w height=bh.max(1.0) class="bar"></rect>
+                        <text x=x + w / 2.0 y=h + 14.0 text-anchor="middle" class="tick">{label.clone()}</text>
+                    </g>
+                }
+            }).collect_view()}
+        </svg>
+    }
+}
+
+/// `/dashboard`.
+#[component]
+pub fn DashboardPage() -> impl IntoView {
+    let query = use_query_map();
+    let window = Memo::new(move |_| query.with(|q| q.get("window").unwrap_or_default()));
+    let data = Resource::new(move || window.get(), load_figures);
+    view! {
+        <Title text="Dashboard — Herald"/>
+        <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
+            {move || data.get().map(|r| match r {
+                Ok(Some(f)) => {
+                    let rate = f.success_rate.map(|r| format!("{:.1} %", r * 100.0)).unwrap_or_else(|| "—".into());
+                    let lag = f.consumer_lag.map(|l| format!("{l:.0}")).unwrap_or_else(|| "not consumed here".into());
+                    let oldest = f.oldest_backlog_s.map(|s| format!(" (oldest due {s:.0} s)")).unwrap_or_default();
+                    view! {
+                        <section class="card">
+                            <h1>"Dashboard"</h1>
+                            <nav class="pager" aria-label="Window">
+                                {["1h", "24h", "7d"].into_iter().map(|w| {
+                                    let current = f.window == w;
+                                    view! { <a href=format!("/dashboard?window={w}") aria-current=current.then_some("page")
+                                        class:current=current data-testid=format!("window-{w}")>{format!("Last {w}")}</a> }
+                                }).collect_view()}
+                            </nav>
+                            <div class="figures">
+                                <div class="figure"><span class="n" data-testid="fig-accepted">{f.accepted}</span>"notifications accepted"</div>
+                                <div class="figure"><span class="n" data-testid="fig-success">{rate}</span>"of finished deliveries succeeded"</div>
+                                <div class="figure"><span class="n">{ms(f.p50)}</span>"attempt p50"</div>
+                                <div class="figure"><span class="n">{ms(f.p99)}</span>"attempt p99"</div>
+                                <div class="figure"><span class="n" data-testid="fig-failing">{f.failing}</span>"endpoints failing"</div>
+                                <div class="figure"><span class="n" data-testid="fig-disabled">{f.disabled}</span>"endpoints disabled"</div>
+                                <div class="figure"><span class="n" data-testid="fig-backlog">{f.backlog}</span>{format!("bus messages due{oldest}")}</div>
+                                <div class="figure"><span class="n">{lag}</span>"Kafka consumer lag"</div>
+                            </div>
+                            <h2>"Accepted over the window"</h2>
+                            {chart(&f.buckets)}
+                        </section>
+                        <section class="card">
+                            <h2>"Deliveries by channel and outcome"</h2>
+                            <table class="audit">
+                                <thead><tr><th scope="col">"Channel"</th><th scope="col">"Status"</th><th scope="col">"Deliveries"</th></tr></thead>
+                                <tbody>
+                                    {f.outcomes.into_iter().map(|(c, s, n)| view! {
+                                        <tr data-testid="outcome-row"><td>{c}</td><td><span class=format!("pill {s}")>{s.clone()}</span></td><td>{n}</td></tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                            <p class="status">{format!("{} attempts in the window.", f.attempts)}</p>
+                        </section>
+                        <section class="card">
+                            <h2>"Failing and disabled endpoints"</h2>
+                            {if f.unhealthy.is_empty() {
+                                view! { <p class="notice">"None."</p> }.into_any()
+                            } else {
+                                view! {
+                                    <table class="audit">
+                                        <thead><tr><th scope="col">"URL"</th><th scope="col">"Owner"</th><th scope="col">"State"</th><th scope="col">"Since"</th><th scope="col">"Why"</th></tr></thead>
+                                        <tbody>
+                                            {f.unhealthy.into_iter().map(|e| view! {
+                                                <tr data-testid="unhealthy-row">
+                                                    <td><a href=format!("/endpoints/{}", e.id)>{e.url}</a></td>
+                                                    <td>{e.owner}</td><td>{e.state}</td><td>{e.since}</td><td>{e.reason}</td>
+                                                </tr>
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                }.into_any()
+                            }}
+                        </section>
+                    }.into_any()
+                }
+                Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+            })}
+        </Suspense>
+    }
+}
