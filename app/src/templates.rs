@@ -230,6 +230,17 @@ pub async fn diff_versions(key: String, from: i32, to: i32) -> Result<Vec<DiffRo
     Ok(lines.into_iter().map(|l| DiffRow { part: l.part.into(), tag: l.tag.to_string(), text: l.text }).collect())
 }
 
+/// Sends a version, rendered against the preview's sample, to one address.
+#[server(prefix = "/console/fn", endpoint = "templates/test")]
+pub async fn send_test(key: String, version: i32, to: String, event_type: String) -> Result<String, ServerFnError> {
+    let who = crate::principal()?;
+    let s = use_context::<herald_core::api::AppState>().ok_or_else(|| ServerFnError::new("the console has no server state"))?;
+    let t = herald_core::catalog::TestSend { to, version: Some(version), event_type: Some(event_type).filter(|e| !e.is_empty()) };
+    let accepted =
+        herald_core::catalog::test_send(&s.db, &s.processor, &who, &key, t).await.map_err(crate::readable)?;
+    Ok(format!("Test email accepted (notification {}).", accepted.id))
+}
+
 /// `/templates/{key}`: the editor.
 #[component]
 pub fn TemplateEditor() -> impl IntoView {
@@ -237,6 +248,8 @@ pub fn TemplateEditor() -> impl IntoView {
     let key = Memo::new(move |_| params.with(|p| p.get("key").unwrap_or_default()));
     let save = ServerAction::<SaveVersion>::new();
     let publish = ServerAction::<PublishVersion>::new();
+    let test = ServerAction::<SendTest>::new();
+    provide_context(test);
     let detail =
         Resource::new(move || (key.get(), save.version().get(), publish.version().get()), |(k, ..)| template(k));
     view! {
@@ -283,6 +296,9 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
         Resource::new(move || (from.get(), to.get()), move |(a, b)| diff_versions(key.clone(), a, b))
     };
     let published = t.published;
+    let test = expect_context::<ServerAction<SendTest>>();
+    let test_versions: Vec<i32> = numbers.iter().rev().copied().collect();
+    let test_key = key.clone();
     let options = move |selected: RwSignal<i32>| {
         numbers
             .iter()
@@ -401,6 +417,24 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
             {move || publish.value().get().map(|r| match r {
                 Ok(m) => view! { <p class="status" role="status" data-testid="publish-result">{m}</p> }.into_any(),
                 Err(e) => view! { <p class="error" role="alert" data-testid="publish-result">{clean(e)}</p> }.into_any(),
+            })}
+            <h3>"Send a test"</h3>
+            <ActionForm action=test>
+                <div class="form">
+                    <input type="hidden" name="key" value=test_key/>
+                    <input type="hidden" name="event_type" prop:value=move || sample_of.get()/>
+                    <label for="test-version">"Version"
+                        <select id="test-version" name="version" data-testid="test-version">
+                            {test_versions.into_iter().map(|n| view! { <option value=n.to_string()>{format!("v{n}")}</option> }).collect_view()}
+                        </select>
+                    </label>
+                    <label for="test-to">"To" <input id="test-to" type="email" name="to" required data-testid="test-to"/></label>
+                    <button type="submit" data-testid="test-send">"Send a test email"</button>
+                </div>
+            </ActionForm>
+            {move || test.value().get().map(|r| match r {
+                Ok(m) => view! { <p class="status" role="status" data-testid="test-result">{m}</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert" data-testid="test-result">{clean(e)}</p> }.into_any(),
             })}
             <h3>"Compare versions"</h3>
             <div class="form">

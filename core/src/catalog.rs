@@ -502,3 +502,51 @@ pub async fn diff(db: &PgPool, who: &Principal, key: &str, from: i32, to: i32) -
     }
     Ok(out)
 }
+
+/// `POST /api/v1/templates/{key}/test`: what to send where.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestSend {
+    /// The address to send to.
+    pub to: String,
+    /// The version (default: published, else latest).
+    #[serde(default)]
+    pub version: Option<i32>,
+    /// Render with this event type's sample (default: one routed to the template).
+    #[serde(default)]
+    pub event_type: Option<String>,
+}
+
+/// Sends one version of a template, rendered against a sample, to one address, as a
+/// `template.test` notification (email only; recorded like any other, with its
+/// attempts). Audited.
+pub async fn test_send(
+    db: &PgPool,
+    processor: &crate::notifications::accept::Processor,
+    who: &Principal,
+    key: &str,
+    t: TestSend,
+) -> Result<crate::notifications::accept::Accepted> {
+    use crate::notifications::accept::{self, Submission};
+    admin_only(who)?;
+    let req = PreviewRequest { version: t.version, content: None, payload: None, event_type: t.event_type };
+    let rendered = preview(db, who, key, req).await?;
+    let prepared = processor
+        .prepare(Submission {
+            event_type: "template.test".into(),
+            payload: json!({ "template": key, "version": rendered.version }),
+            recipients: None,
+            owner: who.owner.clone(),
+            key_id: who.key_id,
+            operational_owner: Some(who.owner.clone()),
+        })
+        .await?
+        .test_email(serde_json::to_value(&rendered)?, &t.to)?;
+    let mut tx = db.begin().await?;
+    let accepted = accept::insert(&mut tx, prepared).await?;
+    let after = json!({ "version": rendered.version, "notification_id": accepted.id });
+    let target = Target { kind: "template", id: key.to_owned() };
+    audit::record(&mut tx, &who.actor(), "template.test_sent", target, None, Some(after)).await?;
+    tx.commit().await?;
+    Ok(accepted)
+}

@@ -298,6 +298,9 @@ test('catalog: an event type with schema and sample, a template previewed as you
   const diff = await page.getByTestId('diff').textContent({ timeout: 15000 });
   assert.match(diff, /- html_body +<p>Hi \{\{ order\.name \}\}<\/p>/);
   assert.match(diff, /\+ html_body +<p>Hello \{\{ order\.name \}\}, it is on its way\.<\/p>/);
+  await page.getByTestId('test-to').fill('qa@example.test');
+  await page.getByTestId('test-send').click();
+  await page.getByTestId('test-result').filter({ hasText: 'Test email accepted' }).waitFor({ timeout: 15000 });
   await screenshot(page, 'template');
 
   // Route the event type's email to it, then send one through the API: version 2 is used.
@@ -325,7 +328,8 @@ test('catalog: an event type with schema and sample, a template previewed as you
   await page.goto(`${base}/audit`);
   await page.getByTestId('audit-chain').filter({ hasText: 'Chain verified' }).waitFor({ timeout: 15000 });
   const actions = await page.getByTestId('audit-row').locator('td:nth-child(4)').allTextContents();
-  for (const a of ['event_type.created', 'event_type.updated', 'template.created', 'template.version_added', 'template.published']) {
+  for (const a of ['event_type.created', 'event_type.updated', 'template.created', 'template.version_added', 'template.published',
+    'template.test_sent']) {
     assert.ok(actions.includes(a), `${a} is on record: ${actions}`);
   }
   assert.deepEqual(errors, []);

@@ -231,3 +231,24 @@ pub async fn diff(
     let Query(q) = q.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
     Ok(Json(json!({ "data": catalog::diff(&s.db, &who, &key, q.from, q.to).await? })))
 }
+
+/// `POST /api/v1/templates/{key}/test`: send a version to one address.
+#[utoipa::path(
+    post,
+    operation_id = "catalog_test_send",
+    path = "/api/v1/templates/{key}/test",
+    tag = "catalog",
+    summary = "Send a version, rendered against a sample, to one address (a template.test notification, email only)",
+    params(("key" = String, Path, description = "The template's key")),
+    request_body = crate::catalog::TestSend,
+    responses((status = 202, description = "Accepted", body = crate::notifications::accept::Accepted), (status = "4XX", description = "A problem (RFC 9457)", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub async fn test_send(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<Admin>,
+    Path(key): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<crate::notifications::accept::Accepted>), ApiError> {
+    let t: catalog::TestSend = json_body(body, s.config.max_body_bytes)?;
+    Ok((StatusCode::ACCEPTED, Json(catalog::test_send(&s.db, &s.processor, &who, &key, t).await?)))
+}

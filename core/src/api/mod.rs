@@ -142,6 +142,7 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(catalog::publish))
         .routes(routes!(catalog::preview))
         .routes(routes!(catalog::diff))
+        .routes(routes!(catalog::test_send))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
         .routes(routes!(endpoints::list, endpoints::create))

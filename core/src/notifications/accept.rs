@@ -334,6 +334,15 @@ impl Prepared {
         self.only_endpoint = Some(id);
         self
     }
+
+    /// Makes it one email, already rendered, to `to`, and no webhook (a template's test
+    /// send): no endpoint has the nil id.
+    pub fn test_email(mut self, content: Value, to: &str) -> Result<Self> {
+        self.recipients = vec![parse_recipient(to)?];
+        self.email_content = Some(content);
+        self.only_endpoint = Some(Uuid::nil());
+        Ok(self)
+    }
 }
 
 /// Persists a prepared notification in one statement on `conn` (a pool connection or a

@@ -149,6 +149,38 @@ async fn admins_define_event_types_and_templates_that_the_processor_uses() {
     assert_eq!(t["versions"].as_array().unwrap().len(), 2, "versions are kept");
     assert_eq!(t["versions"][1]["subject"], "Receipt for {{ invoice.number }}");
 
+    // A test send: the chosen version, rendered against the sample, to one address only.
+    let webhooks_before = h.count("deliveries WHERE channel = 'webhook'").await;
+    let (s, v) = call(
+        Method::POST,
+        "/api/v1/templates/invoice-email/test",
+        Some(json!({"to": "QA <qa@example.test>", "version": 2})),
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let mail = eventually(Duration::from_secs(20), "the test email", || async {
+        sink.accepted().into_iter().find(|m| m.rcpt_to.iter().any(|r| r.contains("qa@example.test")))
+    })
+    .await;
+    assert_eq!(mail.header("Subject").as_deref(), Some("Receipt for 7"), "version 2 against the sample");
+    let (_, n) = call(Method::GET, &format!("/api/v1/notifications/{}", v["id"].as_str().unwrap()), None).await;
+    assert_eq!(n["event_type"], "template.test");
+    assert_eq!(n["deliveries"].as_array().unwrap().len(), 1, "email only: {n}");
+    assert_eq!(h.count("deliveries WHERE channel = 'webhook'").await, webhooks_before);
+    for bad in [
+        json!({"to": "not an address"}),
+        json!({"to": "qa@example.test", "version": 9}),
+        json!({"to": "x@y.z", "bcc": 1}),
+    ] {
+        let (s, v) = call(Method::POST, "/api/v1/templates/invoice-email/test", Some(bad.clone())).await;
+        assert!(s == 400 || s == 422, "{bad}: {s} {v}");
+    }
+    assert_eq!(call(Method::POST, "/api/v1/templates/nope/test", Some(json!({"to": "qa@example.test"}))).await.0, 404);
+    let (s, _) = h
+        .call(Method::POST, "/api/v1/notifications", &key, Some(&json!({"event_type": "template.test", "payload": {}})))
+        .await;
+    assert_eq!(s, 422, "clients cannot post Herald's own event type");
+
     // The diff between two versions, line by line and part by part.
     let (s, d) = call(Method::GET, "/api/v1/templates/invoice-email/diff?from=1&to=2", None).await;
     assert_eq!(s, 200, "{d}");
@@ -197,6 +229,7 @@ async fn admins_define_event_types_and_templates_that_the_processor_uses() {
     assert_eq!(
         actions,
         [
+            "template.test_sent",
             "template.published",
             "template.published",
             "template.version_added",
