@@ -35,7 +35,8 @@ pub async fn current_user() -> Result<Option<Me>, ServerFnError> {
     }))
 }
 
-/// One audit entry as the console lists it.
+/// One audit entry as the console lists it, with what it changed as a line diff of
+/// its before and after snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRow {
     pub seq: i64,
@@ -43,33 +44,75 @@ pub struct AuditRow {
     pub actor: String,
     pub action: String,
     pub target: String,
+    pub source: String,
+    /// (tag, line): `+` added, `-` removed, ` ` kept.
+    pub changes: Vec<(String, String)>,
 }
 
-/// The newest audit entries and the state of the hash chain.
+/// A page of the audit log, the state of the hash chain, and the next page's cursor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditView {
     pub chain: String,
     pub rows: Vec<AuditRow>,
+    pub next_before: Option<i64>,
+}
+
+/// The audit log's filters, as the form and the URL carry them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditParams {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub before: Option<String>,
 }
 
 /// The audit log for admins; `None` for anyone else (the page then says "not found").
 /// Authorised here, on the server, from the session user the login gate put on the
 /// request.
 #[server(prefix = "/console/fn", endpoint = "audit")]
-pub async fn audit_log() -> Result<Option<AuditView>, ServerFnError> {
+pub async fn audit_log(#[server(default)] q: AuditParams) -> Result<Option<AuditView>, ServerFnError> {
     use herald_core::audit::{self, Filter, Verdict};
     if !session_user().is_some_and(|u| u.admin) {
         return Ok(None);
     }
     let db = db()?;
+    let text = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let time = |name: &str, v: Option<String>| -> Result<Option<chrono::DateTime<chrono::Utc>>, ServerFnError> {
+        text(v)
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(&v)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(&v, "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
+                    .map_err(|_| ServerFnError::new(format!("{name} must be a time, such as 2026-11-29T12:00")))
+            })
+            .transpose()
+    };
+    let before = text(q.before)
+        .map(|b| b.parse::<i64>().map_err(|_| ServerFnError::new("before must be an entry number")))
+        .transpose()?;
+    let filter = Filter {
+        actor: text(q.actor),
+        action: text(q.action),
+        target: text(q.target),
+        since: time("since", q.since)?,
+        until: time("until", q.until)?,
+        before,
+    };
     let unreadable = |_| ServerFnError::new("the audit log could not be read; see Herald's log");
-    let entries = audit::list(&db, &Filter::default(), 100).await.map_err(unreadable)?;
+    const PAGE: i64 = 50;
+    let entries = audit::list(&db, &filter, PAGE).await.map_err(unreadable)?;
+    let next_before = (entries.len() as i64 == PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
     let chain = match audit::verify(&db).await.map_err(unreadable)? {
         Verdict::Intact { count, head } => format!(
             "Chain verified: {count} entries, head {}",
             head.map(|h| h.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()).unwrap_or_default()
         ),
         Verdict::Broken { seq, reason } => format!("Chain broken at entry {seq}: {reason}"),
+    };
+    let pretty = |v: &Option<serde_json::Value>| {
+        v.as_ref().map(|v| serde_json::to_string_pretty(v).unwrap_or_default() + "\n").unwrap_or_default()
     };
     let rows = entries
         .into_iter()
@@ -79,24 +122,70 @@ pub async fn audit_log() -> Result<Option<AuditView>, ServerFnError> {
             actor: format!("{} {}", e.actor_kind.as_str(), e.actor),
             action: e.action,
             target: format!("{} {}", e.target_kind.unwrap_or_default(), e.target.unwrap_or_default()),
+            source: e.source.unwrap_or_default(),
+            changes: herald_core::model::line_diff(&pretty(&e.before), &pretty(&e.after))
+                .into_iter()
+                .map(|(t, l)| (t.to_string(), l))
+                .collect(),
         })
         .collect();
-    Ok(Some(AuditView { chain, rows }))
+    Ok(Some(AuditView { chain, rows, next_before }))
 }
 
-/// The audit log page (admins).
+/// The audit log page (admins): filters, entries with their changes, older pages.
 #[component]
 fn AuditPage() -> impl IntoView {
-    let log = OnceResource::new(audit_log());
+    let query = leptos_router::hooks::use_query_map();
+    let params = Memo::new(move |_| {
+        query.with(|q| {
+            let get = |k: &str| q.get(k).filter(|v| !v.trim().is_empty());
+            AuditParams {
+                actor: get("actor"),
+                action: get("action"),
+                target: get("target"),
+                since: get("since"),
+                until: get("until"),
+                before: get("before"),
+            }
+        })
+    });
+    let log = Resource::new(move || params.get(), audit_log);
+    let field = |name: &'static str, label: &'static str, kind: &'static str, value: Option<String>| {
+        let (id, for_id) = (format!("audit-{name}"), format!("audit-{name}"));
+        view! { <label for=for_id>{label}<input id=id type=kind name=name value=value.unwrap_or_default()/></label> }
+    };
     view! {
         <Title text="Audit log — Herald"/>
         <section class="card">
             <h1>"Audit log"</h1>
+            {move || {
+                let p = params.get();
+                view! {
+                    <form method="get" action="/audit" class="form" aria-label="Filter the audit log">
+                        {field("actor", "Actor", "text", p.actor)}
+                        {field("action", "Action", "text", p.action)}
+                        {field("target", "Target", "text", p.target)}
+                        {field("since", "From (UTC)", "datetime-local", p.since)}
+                        {field("until", "Before (UTC)", "datetime-local", p.until)}
+                        <button type="submit" data-testid="audit-filter">"Filter"</button>
+                        <a href="/audit">"Clear"</a>
+                    </form>
+                }
+            }}
             <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
                 {move || {
                     log.get()
                         .map(|r| match r {
                             Ok(Some(v)) => {
+                                let older = v.next_before.map(|b| {
+                                    let p = params.get();
+                                    let mut q: Vec<String> = [("actor", p.actor), ("action", p.action), ("target", p.target), ("since", p.since), ("until", p.until)]
+                                        .into_iter()
+                                        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", history::urlencode(&v))))
+                                        .collect();
+                                    q.push(format!("before={b}"));
+                                    format!("/audit?{}", q.join("&"))
+                                });
                                 view! {
                                     <p class="status" data-testid="audit-chain">{v.chain}</p>
                                     <table class="audit">
@@ -107,6 +196,7 @@ fn AuditPage() -> impl IntoView {
                                                 <th scope="col">"Actor"</th>
                                                 <th scope="col">"Action"</th>
                                                 <th scope="col">"Target"</th>
+                                                <th scope="col">"Changes"</th>
                                             </tr>
                                         </thead>
                                         <tbody>
@@ -114,6 +204,7 @@ fn AuditPage() -> impl IntoView {
                                                 .rows
                                                 .into_iter()
                                                 .map(|r| {
+                                                    let changed = r.changes.iter().filter(|(t, _)| t != " ").count();
                                                     view! {
                                                         <tr data-testid="audit-row">
                                                             <td>{r.seq}</td>
@@ -121,17 +212,33 @@ fn AuditPage() -> impl IntoView {
                                                             <td>{r.actor}</td>
                                                             <td>{r.action}</td>
                                                             <td>{r.target}</td>
+                                                            <td>
+                                                                {(!r.changes.is_empty()).then(|| view! {
+                                                                    <details>
+                                                                        <summary>{format!("{changed} changed line(s)")}</summary>
+                                                                        <pre class="diff" data-testid="audit-diff">
+                                                                            {r.changes.into_iter().map(|(t, l)| {
+                                                                                let class = match t.as_str() { "+" => "add", "-" => "del", _ => "same" };
+                                                                                view! { <span class=class>{format!("{t} {l}\n")}</span> }
+                                                                            }).collect_view()}
+                                                                        </pre>
+                                                                    </details>
+                                                                })}
+                                                            </td>
                                                         </tr>
                                                     }
                                                 })
                                                 .collect_view()}
                                         </tbody>
                                     </table>
+                                    <nav class="pager" aria-label="Pages">
+                                        {older.map(|h| view! { <a href=h data-testid="audit-older">"Older →"</a> })}
+                                    </nav>
                                 }
                                     .into_any()
                             }
                             Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
-                            Err(e) => view! { <p class="notice">{e.to_string()}</p> }.into_any(),
+                            Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                         })
                 }}
             </Suspense>

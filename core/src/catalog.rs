@@ -491,14 +491,7 @@ pub async fn diff(db: &PgPool, who: &Principal, key: &str, from: i32, to: i32) -
         ("html_body", &a.html_body, &b.html_body),
         ("text_body", &a.text_body, &b.text_body),
     ] {
-        for change in similar::TextDiff::from_lines(old.as_str(), new.as_str()).iter_all_changes() {
-            let tag = match change.tag() {
-                similar::ChangeTag::Delete => '-',
-                similar::ChangeTag::Insert => '+',
-                similar::ChangeTag::Equal => ' ',
-            };
-            out.push(DiffLine { part, tag, text: change.value().trim_end_matches(['\r', '\n']).to_owned() });
-        }
+        out.extend(crate::model::line_diff(old, new).into_iter().map(|(tag, text)| DiffLine { part, tag, text }));
     }
     Ok(out)
 }

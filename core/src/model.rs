@@ -151,6 +151,22 @@ impl NotificationStatus {
     }
 }
 
+/// The line diff of two texts: `('-', line)` only in `old`, `('+', line)` only in `new`,
+/// `(' ', line)` in both (template versions, audit entries' before and after).
+pub fn line_diff(old: &str, new: &str) -> Vec<(char, String)> {
+    similar::TextDiff::from_lines(old, new)
+        .iter_all_changes()
+        .map(|c| {
+            let tag = match c.tag() {
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
+                similar::ChangeTag::Equal => ' ',
+            };
+            (tag, c.value().trim_end_matches(['\r', '\n']).to_owned())
+        })
+        .collect()
+}
+
 /// Follows a dotted path (`user.email`) into a JSON value: how routing finds a
 /// notification's recipient, and how the catalog checks a recipient path.
 pub fn lookup<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {

@@ -332,6 +332,14 @@ test('catalog: an event type with schema and sample, a template previewed as you
     'template.test_sent']) {
     assert.ok(actions.includes(a), `${a} is on record: ${actions}`);
   }
+  // Filtered by action and target, each entry's change as a diff of before and after.
+  await page.getByLabel('Action').fill('event_type.updated');
+  await page.getByLabel('Target').fill(et);
+  await Promise.all([page.waitForURL(/action=event_type\.updated/), page.getByTestId('audit-filter').click()]);
+  await until('one entry', async () => (await page.getByTestId('audit-row').count()) === 1);
+  const change = await page.getByTestId('audit-diff').textContent();
+  assert.ok(change.includes(`+   "email_template": "${tk}"`), change);
+  assert.ok(change.includes('-   "email_template": null'), change);
   assert.deepEqual(errors, []);
   await context.close();
 
