@@ -246,6 +246,10 @@ pub async fn send_test(key: String, version: i32, to: String, event_type: String
     Ok(format!("Test email accepted (notification {}).", accepted.id))
 }
 
+/// The event type whose sample the editor previews and test-sends with.
+#[derive(Clone, Copy)]
+struct SampleOf(RwSignal<String>);
+
 /// `/templates/{key}`: the editor.
 #[component]
 pub fn TemplateEditor() -> impl IntoView {
@@ -255,6 +259,10 @@ pub fn TemplateEditor() -> impl IntoView {
     let publish = ServerAction::<PublishVersion>::new();
     let test = ServerAction::<SendTest>::new();
     provide_context(test);
+    // Which event type's sample to render with ("": one that routes to this template);
+    // kept here so it survives the editor being rebuilt after a save or a publish.
+    let sample_of = RwSignal::new(String::new());
+    provide_context(SampleOf(sample_of));
     let detail =
         Resource::new(move || (key.get(), save.version().get(), publish.version().get()), |(k, ..)| template(k));
     view! {
@@ -280,8 +288,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
     let html = RwSignal::new(latest.as_ref().map(|v| v.html_body.clone()).unwrap_or_default());
     let text = RwSignal::new(latest.as_ref().map(|v| v.text_body.clone()).unwrap_or_default());
     // Rendered again whenever the content changes (as you type, once hydrated).
-    // Which event type's sample to render with ("": one that routes to this template).
-    let sample_of = RwSignal::new(String::new());
+    let SampleOf(sample_of) = expect_context::<SampleOf>();
     let samples = OnceResource::new(crate::event_types::list_event_types());
     let preview = {
         let key = key.clone();
@@ -365,7 +372,8 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
                         <Suspense fallback=|| ()>
                             {move || samples.get().and_then(|r| r.ok()).flatten().map(|rows| {
                                 rows.into_iter().filter(|e| !e.sample.is_empty()).map(|e| {
-                                    view! { <option value=e.name.clone()>{e.name.clone()}</option> }
+                                    let name = e.name.clone();
+                                    view! { <option value=e.name.clone() selected=move || sample_of.get() == name>{e.name.clone()}</option> }
                                 }).collect_view()
                             })}
                         </Suspense>
