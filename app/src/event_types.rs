@@ -4,6 +4,9 @@
 //! schema, the sample matches it, the template is published, the path leads to an
 //! address) and the form shows each problem next to its field.
 
+// A server function takes one argument per form field.
+#![allow(clippy::too_many_arguments)]
+
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
@@ -19,6 +22,9 @@ pub struct EventTypeRow {
     pub sample: String,
     pub template: String,
     pub recipient_path: String,
+    pub visibility: String,
+    /// Comma-separated.
+    pub grants: String,
     pub operational: bool,
 }
 
@@ -41,6 +47,8 @@ pub async fn list_event_types() -> Result<Option<Vec<EventTypeRow>>, ServerFnErr
                 sample: pretty(e.sample_payload),
                 template: e.email_template.unwrap_or_default(),
                 recipient_path: e.recipient_path.unwrap_or_default(),
+                visibility: e.visibility,
+                grants: e.grants.join(", "),
                 operational: e.operational,
             })
             .collect(),
@@ -58,6 +66,8 @@ pub async fn save_event_type(
     sample_payload: String,
     email_template: String,
     recipient_path: String,
+    visibility: String,
+    grants: String,
 ) -> Result<String, ServerFnError> {
     use herald_core::catalog::{self, EventTypePatch, NewEventType};
     use herald_core::error::Error;
@@ -70,6 +80,8 @@ pub async fn save_event_type(
     };
     let text = |v: &str| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
     let (schema, sample) = (json("payload_schema", &payload_schema)?, json("sample_payload", &sample_payload)?);
+    let grants: Vec<String> =
+        grants.split([',', '\n']).map(str::trim).filter(|g| !g.is_empty()).map(str::to_owned).collect();
     let db = crate::db()?;
     let shown = |e: Error| match e {
         Error::SchemaViolation { errors, .. } => ServerFnError::new(format!(
@@ -86,6 +98,8 @@ pub async fn save_event_type(
             sample_payload: sample,
             email_template: text(&email_template),
             recipient_path: text(&recipient_path),
+            visibility: text(&visibility),
+            grants,
         };
         catalog::create_event_type(&db, &who, new).await.map_err(shown)?
     } else {
@@ -95,6 +109,8 @@ pub async fn save_event_type(
             sample_payload: Some(sample),
             email_template: Some(text(&email_template)),
             recipient_path: Some(text(&recipient_path)),
+            visibility: text(&visibility),
+            grants: Some(grants),
         };
         catalog::update_event_type(&db, &who, &original, patch).await.map_err(shown)?
     };
@@ -130,6 +146,7 @@ pub fn EventTypesPage() -> impl IntoView {
                                                 <th scope="col">"Description"</th>
                                                 <th scope="col">"Email template"</th>
                                                 <th scope="col">"Recipient"</th>
+                                                <th scope="col">"Who receives it"</th>
                                             </tr>
                                         </thead>
                                         <tbody>
@@ -147,6 +164,12 @@ pub fn EventTypesPage() -> impl IntoView {
                                                             <td>{e.description}</td>
                                                             <td>{e.template}</td>
                                                             <td>{e.recipient_path}</td>
+                                                            <td data-testid="event-type-visibility">
+                                                                {match e.visibility.as_str() {
+                                                                    "granted" => format!("granted: {}", e.grants),
+                                                                    other => other.to_owned(),
+                                                                }}
+                                                            </td>
                                                         </tr>
                                                     }
                                                 })
@@ -244,6 +267,21 @@ fn EventTypeForm(e: EventTypeRow, save: ServerAction<SaveEventType>) -> impl Int
                     "Recipient path in the payload (such as user.email)"
                     <input type="text" name="recipient_path" value=e.recipient_path.clone() data-testid="et-recipient"/>
                     {problem("recipient_path")}
+                </label>
+                <label>
+                    "Who receives its webhooks"
+                    <select name="visibility" data-testid="et-visibility">
+                        {[("public", "every owner (public)"), ("internal", "admins only (internal)"), ("granted", "the owners granted below")]
+                            .into_iter()
+                            .map(|(v, label)| view! { <option value=v selected=e.visibility == v || (e.visibility.is_empty() && v == "public")>{label}</option> })
+                            .collect_view()}
+                    </select>
+                    {problem("visibility")}
+                </label>
+                <label>
+                    "Granted owners (teams or user:<subject>, comma-separated)"
+                    <input type="text" name="grants" value=e.grants.clone() data-testid="et-grants"/>
+                    {problem("grants")}
                 </label>
                 <button type="submit" data-testid="et-save">{if editing { "Save" } else { "Create" }}</button>
             </div>

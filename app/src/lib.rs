@@ -326,7 +326,7 @@ pub async fn create_key(name: String, scopes: String, owner: String) -> Result<S
     let scopes: Vec<String> =
         scopes.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let owner = Some(owner.trim().to_owned()).filter(|o| !o.is_empty());
-    let new = herald_core::apikeys::NewKey { name, scopes, owner, rate_limit: None };
+    let new = herald_core::apikeys::NewKey { name, scopes, owner, rate_limit: None, addressable_owners: None };
     let created = herald_core::apikeys::create_own(&db, &who, new).await.map_err(readable)?;
     Ok(created.secret)
 }

@@ -60,6 +60,8 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// The key's own requests-per-second limit (`None`: `HERALD_API_RATE_LIMIT`).
     pub rate_limit: Option<u32>,
+    /// The owners whose endpoints this caller's notifications may reach (`None`: any).
+    pub addressable: Option<Vec<String>>,
     /// The request's id (`x-request-id`) and peer address, for the audit log.
     pub request_id: Option<String>,
     pub source: Option<String>,
@@ -101,6 +103,8 @@ pub struct ApiKeyInfo {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The owners its notifications may address (`null`: any).
+    pub addressable_owners: Option<Vec<String>>,
 }
 
 pub struct CreatedKey {
@@ -128,6 +132,15 @@ fn hash(key: &str) -> Vec<u8> {
 
 /// Creates a key. `owner_email` is where Herald writes to the owner (for example when
 /// it disables one of their endpoints).
+/// What a key may do besides its scopes.
+#[derive(Debug, Clone, Default)]
+pub struct KeyLimits {
+    /// Requests per second (`None`: `HERALD_API_RATE_LIMIT`; 0: none).
+    pub rate_limit: Option<u32>,
+    /// The owners its notifications may address (`None`: any).
+    pub addressable: Option<Vec<String>>,
+}
+
 pub async fn create(
     db: &PgPool,
     actor: &Actor,
@@ -135,8 +148,9 @@ pub async fn create(
     scopes: &[String],
     owner: Option<&str>,
     owner_email: Option<&str>,
-    rate_limit: Option<u32>,
+    limits: KeyLimits,
 ) -> anyhow::Result<CreatedKey> {
+    let KeyLimits { rate_limit, addressable } = limits;
     let name = name.trim();
     anyhow::ensure!(!name.is_empty() && name.len() <= 200, "the key name must be 1 to 200 characters");
     anyhow::ensure!(!scopes.is_empty(), "give the key at least one --scope");
@@ -151,6 +165,18 @@ pub async fn create(
         anyhow::ensure!(
             !owner.trim().is_empty() && owner.len() <= 255 && !owner.starts_with("key:"),
             "the owner must be 1 to 255 characters and must not start with 'key:'"
+        );
+    }
+    let addressable: Option<Vec<String>> = addressable.map(|a| {
+        let mut a: Vec<String> = a.into_iter().map(|o| o.trim().to_owned()).collect();
+        a.sort();
+        a.dedup();
+        a
+    });
+    if let Some(a) = &addressable {
+        anyhow::ensure!(
+            !a.is_empty() && a.len() <= 100 && a.iter().all(|o| !o.is_empty() && o.len() <= 255 && !o.contains('\0')),
+            "the owners a key may address must be 1 to 100 names of 1 to 255 characters"
         );
     }
     let owner_email = match owner_email {
@@ -178,9 +204,9 @@ pub async fn create(
     scopes.dedup();
     let mut tx = db.begin().await?;
     let info = sqlx::query_as::<_, ApiKeyInfo>(
-        "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, owner, rate_limit)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         RETURNING id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at",
+        "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, owner, rate_limit, addressable_owners)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         RETURNING id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, addressable_owners",
     )
     .bind(id)
     .bind(name)
@@ -189,6 +215,7 @@ pub async fn create(
     .bind(&scopes)
     .bind(&owner)
     .bind(rate_limit.map(|r| r.min(i32::MAX as u32) as i32))
+    .bind(&addressable)
     .fetch_one(&mut *tx)
     .await?;
     if let Some(email) = owner_email {
@@ -209,7 +236,8 @@ pub async fn create(
 
 pub async fn list(db: &PgPool) -> anyhow::Result<Vec<ApiKeyInfo>> {
     Ok(sqlx::query_as::<_, ApiKeyInfo>(
-        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at FROM api_keys ORDER BY id",
+        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, addressable_owners FROM api_keys
+         ORDER BY id",
     )
     .fetch_all(db)
     .await?)
@@ -245,6 +273,7 @@ struct KeyRow {
     revoked: bool,
     stale: bool,
     rate_limit: Option<i32>,
+    addressable_owners: Option<Vec<String>>,
 }
 
 /// Checks a presented key. `Ok(None)` for unknown, malformed or revoked keys.
@@ -256,7 +285,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
         return Ok(None);
     }
     let row: Option<KeyRow> = sqlx::query_as(
-        "SELECT id, key_hash, scopes, owner, revoked_at IS NOT NULL AS revoked, rate_limit,
+        "SELECT id, key_hash, scopes, owner, revoked_at IS NOT NULL AS revoked, rate_limit, addressable_owners,
                 last_used_at IS NULL OR last_used_at < now() - interval '60 seconds' AS stale
          FROM api_keys WHERE prefix = $1",
     )
@@ -285,6 +314,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
         owner: row.owner,
         scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         rate_limit: row.rate_limit.map(|r| r.max(0) as u32),
+        addressable: row.addressable_owners,
         request_id: None,
         source: None,
     }))
@@ -304,6 +334,10 @@ pub struct NewKey {
     pub owner: Option<String>,
     #[serde(default)]
     pub rate_limit: Option<u32>,
+    /// The owners its notifications may address (default: any; a limited caller's
+    /// keys are limited to at most the caller's owners).
+    #[serde(default)]
+    pub addressable_owners: Option<Vec<String>>,
 }
 
 /// Creates an API key for the caller: an owner only for themselves and with at most
@@ -333,7 +367,25 @@ pub async fn create_own(db: &PgPool, who: &Principal, new: NewKey) -> crate::err
     if have >= MAX_KEYS_PER_OWNER {
         return Err(Error::LimitExceeded(format!("an owner may hold at most {MAX_KEYS_PER_OWNER} active API keys")));
     }
-    create(db, &who.actor(), &new.name, &scopes, Some(&owner), None, new.rate_limit).await.map_err(|e| {
+    let addressable = match (&who.addressable, new.addressable_owners) {
+        (None, wanted) => wanted,
+        (Some(mine), None) => Some(mine.clone()),
+        (Some(mine), Some(wanted)) => match wanted.iter().find(|o| !mine.contains(o)) {
+            Some(o) => return Err(Error::Forbidden(format!("you cannot let a key address '{o}', which you may not"))),
+            None => Some(wanted),
+        },
+    };
+    create(
+        db,
+        &who.actor(),
+        &new.name,
+        &scopes,
+        Some(&owner),
+        None,
+        KeyLimits { rate_limit: new.rate_limit, addressable },
+    )
+    .await
+    .map_err(|e| {
         // `create` explains input problems in its message; anything else is internal.
         match e.downcast::<sqlx::Error>() {
             Ok(db) => Error::from(db),
@@ -345,7 +397,7 @@ pub async fn create_own(db: &PgPool, who: &Principal, new: NewKey) -> crate::err
 /// The caller's keys (an admin: every key), never their secrets.
 pub async fn list_own(db: &PgPool, who: &Principal) -> crate::error::Result<Vec<ApiKeyInfo>> {
     Ok(sqlx::query_as::<_, ApiKeyInfo>(
-        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at FROM api_keys
+        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, addressable_owners FROM api_keys
          WHERE owner = $1 OR $2 ORDER BY id",
     )
     .bind(&who.owner)

@@ -31,13 +31,19 @@ pub struct EventType {
     pub sample_payload: Option<Value>,
     pub email_template: Option<String>,
     pub recipient_path: Option<String>,
+    /// Who may receive its webhooks: `internal` (admins), `public` (every owner) or
+    /// `granted` (the owners in `grants`).
+    pub visibility: String,
+    /// The owners (teams or `user:<subject>`) granted it, when `granted`.
+    pub grants: Vec<String>,
     pub operational: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const EVENT_COLUMNS: &str = "name, description, payload_schema, sample_payload, email_template, recipient_path, \
-                             operational, created_at, updated_at";
+     visibility, ARRAY(SELECT g.grantee FROM event_type_grants g WHERE g.event_type = event_types.name \
+     ORDER BY g.grantee) AS grants, operational, created_at, updated_at";
 
 /// `POST /api/v1/event-types`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -54,6 +60,12 @@ pub struct NewEventType {
     pub email_template: Option<String>,
     #[serde(default)]
     pub recipient_path: Option<String>,
+    /// `internal`, `public` (the default) or `granted`.
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// With `granted`: the owners who may receive it.
+    #[serde(default)]
+    pub grants: Vec<String>,
 }
 
 /// `PATCH /api/v1/event-types/{name}`: absent fields stay; `null` clears.
@@ -69,6 +81,9 @@ pub struct EventTypePatch {
     pub email_template: Option<Option<String>>,
     #[serde(default, deserialize_with = "crate::model::nullable")]
     pub recipient_path: Option<Option<String>>,
+    pub visibility: Option<String>,
+    /// Replaces the list.
+    pub grants: Option<Vec<String>>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -83,6 +98,19 @@ fn valid_name(name: &str) -> bool {
 async fn check(db: &PgPool, e: &NewEventType) -> Result<()> {
     if e.description.len() > 2000 {
         return Err(Error::Invalid("description must be at most 2000 characters".into()));
+    }
+    let visibility = e.visibility.as_deref().unwrap_or("public");
+    if !["internal", "public", "granted"].contains(&visibility) {
+        return Err(Error::Invalid(format!("visibility '{visibility}' is not one of internal, public, granted")));
+    }
+    if !e.grants.is_empty() && visibility != "granted" {
+        return Err(Error::Invalid("grants need visibility 'granted'".into()));
+    }
+    if e.grants.len() > 1000 {
+        return Err(Error::Invalid("grants may list at most 1000 owners".into()));
+    }
+    if let Some(g) = e.grants.iter().find(|g| g.trim().is_empty() || g.len() > 200 || g.contains('\0')) {
+        return Err(Error::Invalid(format!("grants: '{}' is not an owner (1 to 200 characters)", g.replace('\0', ""))));
     }
     let validator = match &e.payload_schema {
         None => None,
@@ -141,6 +169,20 @@ async fn check(db: &PgPool, e: &NewEventType) -> Result<()> {
     Ok(())
 }
 
+/// Replaces an event type's grants; returns them sorted.
+async fn set_grants(conn: &mut sqlx::PgConnection, name: &str, grants: &[String]) -> Result<Vec<String>> {
+    let mut grants: Vec<String> = grants.iter().map(|g| g.trim().to_owned()).collect();
+    grants.sort();
+    grants.dedup();
+    sqlx::query("DELETE FROM event_type_grants WHERE event_type = $1").bind(name).execute(&mut *conn).await?;
+    sqlx::query("INSERT INTO event_type_grants (event_type, grantee) SELECT $1, unnest($2::text[])")
+        .bind(name)
+        .bind(&grants)
+        .execute(&mut *conn)
+        .await?;
+    Ok(grants)
+}
+
 pub async fn list_event_types(db: &PgPool) -> Result<Vec<EventType>> {
     Ok(sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM event_types ORDER BY name")).fetch_all(db).await?)
 }
@@ -168,8 +210,9 @@ pub async fn create_event_type(db: &PgPool, who: &Principal, e: NewEventType) ->
     check(db, &e).await?;
     let mut tx = db.begin().await?;
     let created: Option<EventType> = sqlx::query_as(&format!(
-        "INSERT INTO event_types (name, description, payload_schema, sample_payload, email_template, recipient_path)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING {EVENT_COLUMNS}"
+        "INSERT INTO event_types (name, description, payload_schema, sample_payload, email_template, recipient_path,
+                                  visibility)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING {EVENT_COLUMNS}"
     ))
     .bind(&e.name)
     .bind(&e.description)
@@ -177,9 +220,11 @@ pub async fn create_event_type(db: &PgPool, who: &Principal, e: NewEventType) ->
     .bind(&e.sample_payload)
     .bind(&e.email_template)
     .bind(&e.recipient_path)
+    .bind(e.visibility.as_deref().unwrap_or("public"))
     .fetch_optional(&mut *tx)
     .await?;
-    let created = created.ok_or_else(|| Error::Conflict(format!("event type '{}' already exists", e.name)))?;
+    let mut created = created.ok_or_else(|| Error::Conflict(format!("event type '{}' already exists", e.name)))?;
+    created.grants = set_grants(&mut tx, &e.name, &e.grants).await?;
     let t = Target { kind: "event_type", id: created.name.clone() };
     audit::record(&mut tx, &who.actor(), "event_type.created", t, None, snapshot(&created)).await?;
     tx.commit().await?;
@@ -205,11 +250,13 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
         sample_payload: p.sample_payload.unwrap_or(cur.sample_payload.clone()),
         email_template: p.email_template.unwrap_or(cur.email_template.clone()),
         recipient_path: p.recipient_path.unwrap_or(cur.recipient_path.clone()),
+        visibility: Some(p.visibility.unwrap_or(cur.visibility.clone())),
+        grants: p.grants.unwrap_or(cur.grants.clone()),
     };
     check(db, &merged).await?;
-    let updated: EventType = sqlx::query_as(&format!(
+    let mut updated: EventType = sqlx::query_as(&format!(
         "UPDATE event_types SET description = $2, payload_schema = $3, sample_payload = $4, email_template = $5,
-                recipient_path = $6, updated_at = clock_timestamp()
+                recipient_path = $6, visibility = $7, updated_at = clock_timestamp()
          WHERE name = $1 RETURNING {EVENT_COLUMNS}"
     ))
     .bind(name)
@@ -218,8 +265,10 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
     .bind(&merged.sample_payload)
     .bind(&merged.email_template)
     .bind(&merged.recipient_path)
+    .bind(merged.visibility.as_deref().unwrap_or("public"))
     .fetch_one(&mut *tx)
     .await?;
+    updated.grants = set_grants(&mut tx, name, &merged.grants).await?;
     let t = Target { kind: "event_type", id: name.to_owned() };
     audit::record(&mut tx, &who.actor(), "event_type.updated", t, snapshot(&cur), snapshot(&updated)).await?;
     tx.commit().await?;
@@ -532,6 +581,7 @@ pub async fn test_send(
             owner: who.owner.clone(),
             key_id: who.key_id,
             operational_owner: Some(who.owner.clone()),
+            owners: None,
         })
         .await?
         .test_email(serde_json::to_value(&rendered)?, &t.to)?;

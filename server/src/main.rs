@@ -66,6 +66,10 @@ enum ApiKeyCommand {
         /// Requests per second this key may make (default HERALD_API_RATE_LIMIT; 0: no limit).
         #[arg(long)]
         rate_limit: Option<u32>,
+        /// Limits the key to notifications that reach only this owner's endpoints
+        /// (repeat for several; default: any owner).
+        #[arg(long = "address-owner")]
+        address_owners: Vec<String>,
     },
     /// List keys (never their secrets).
     List,
@@ -143,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;
             match cmd {
-                ApiKeyCommand::Create { name, scopes, owner, owner_email, rate_limit } => {
+                ApiKeyCommand::Create { name, scopes, owner, owner_email, rate_limit, address_owners } => {
                     let k = apikeys::create(
                         &pool,
                         &cli_actor(),
@@ -151,7 +155,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         &scopes,
                         owner.as_deref(),
                         owner_email.as_deref(),
-                        rate_limit,
+                        apikeys::KeyLimits {
+                            rate_limit,
+                            addressable: (!address_owners.is_empty()).then_some(address_owners),
+                        },
                     )
                     .await?;
                     println!(

@@ -78,6 +78,7 @@ impl SessionUser {
             owner: self.owner.clone(),
             scopes,
             rate_limit: None,
+            addressable: None,
             request_id,
             source,
         }
@@ -108,6 +109,7 @@ pub fn client_principal(claims: &tokens::AccessClaims) -> Option<Principal> {
         owner: client,
         scopes,
         rate_limit: None,
+        addressable: None,
         request_id: None,
         source: None,
     })

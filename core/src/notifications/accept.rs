@@ -25,6 +25,9 @@ pub struct NotificationRequest {
     pub payload: Value,
     #[serde(default)]
     pub recipients: Option<Vec<String>>,
+    /// Deliver webhooks only to these owners' endpoints (email routing is unchanged).
+    #[serde(default)]
+    pub owners: Option<Vec<String>>,
 }
 
 fn empty_object() -> Value {
@@ -133,6 +136,7 @@ impl Processor {
                 return Ok(previous);
             }
         }
+        let owners = addressed_owners(who, req.owners)?;
         let prepared = self
             .prepare(Submission {
                 event_type: req.event_type,
@@ -141,6 +145,7 @@ impl Processor {
                 owner: who.owner.clone(),
                 key_id: who.key_id,
                 operational_owner: None,
+                owners,
             })
             .await?;
 
@@ -296,6 +301,29 @@ impl Processor {
     }
 }
 
+/// The owners a client's notification is addressed to: those it names (each one the
+/// caller may address), or, for a caller limited to some owners, those.
+fn addressed_owners(who: &Principal, named: Option<Vec<String>>) -> Result<Option<Vec<String>>> {
+    let Some(named) = named else { return Ok(who.addressable.clone()) };
+    if named.is_empty() || named.len() > 100 {
+        return Err(Error::Invalid("owners must list 1 to 100 owners (or be left out: every allowed owner)".into()));
+    }
+    let mut owners = Vec::with_capacity(named.len());
+    for o in named {
+        let o = o.trim().to_owned();
+        if o.is_empty() || o.len() > 255 {
+            return Err(Error::Invalid("owners: each owner is 1 to 255 characters".into()));
+        }
+        if who.addressable.as_ref().is_some_and(|allowed| !allowed.contains(&o)) {
+            return Err(Error::Forbidden(format!("this key may not address the owner '{o}'")));
+        }
+        owners.push(o);
+    }
+    owners.sort();
+    owners.dedup();
+    Ok(Some(owners))
+}
+
 /// A notification to validate and persist: from a client, or emitted by Herald.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -307,6 +335,9 @@ pub struct Submission {
     /// For Herald's operational events: only endpoints of this owner, or endpoints an
     /// admin registered, receive it. `None` for client notifications (every subscriber).
     pub operational_owner: Option<String>,
+    /// Only these owners' endpoints receive its webhooks (`None`: every owner allowed to
+    /// receive the event type).
+    pub owners: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -370,7 +401,16 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
             SELECT id FROM endpoints
             WHERE CASE WHEN $12::uuid IS NOT NULL THEN id = $12
                        ELSE enabled AND herald_filter_matches(event_types, $2, $10)
-                            AND ($11::text IS NULL OR owner = $11 OR admin) END
+                            AND ($11::text IS NULL OR owner = $11 OR admin)
+                            -- Visibility (evaluated once per statement): Herald's own
+                            -- events go by $11; others to admins, to everyone when
+                            -- public, to the grantees when granted.
+                            AND ($10 OR admin
+                                 OR (SELECT visibility FROM event_types WHERE name = $2) = 'public'
+                                 OR ((SELECT visibility FROM event_types WHERE name = $2) = 'granted'
+                                     AND owner IN (SELECT grantee FROM event_type_grants WHERE event_type = $2)))
+                            -- Addressed: only these owners' endpoints.
+                            AND ($13::text[] IS NULL OR owner = ANY($13)) END
          ), w AS (
             INSERT INTO deliveries (id, notification_id, channel, target, endpoint_id, content)
             SELECT herald_uuid_v7(), $1, 'webhook', e.id::text, e.id, $9 FROM e
@@ -394,6 +434,7 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
     .bind(p.operational)
     .bind(p.sub.operational_owner.as_deref())
     .bind(p.only_endpoint)
+    .bind(&p.sub.owners)
     .fetch_all(conn)
     .await?;
 

@@ -192,7 +192,10 @@ fn valid_filter(f: &str) -> bool {
         && name.split('.').all(|seg| !seg.is_empty() && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
-async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid> {
+/// Checks an endpoint's definition for an owner (`admin`: an admin's endpoint, which may
+/// subscribe to internal event types). An event type the owner may not receive reads
+/// as unknown.
+async fn validate(db: &PgPool, guard: &Guard, owner: &str, admin: bool, e: NewEndpoint) -> Result<Valid> {
     let url: reqwest::Url =
         e.url.trim().parse().map_err(|err| bad(format!("url '{}' is not a valid URL: {err}", e.url.trim())))?;
     if url.as_str().len() > 2048 {
@@ -221,8 +224,14 @@ async fn validate(db: &PgPool, guard: &Guard, e: NewEndpoint) -> Result<Valid> {
     }
     let exact: Vec<&String> = event_types.iter().filter(|f| *f != "*" && !f.ends_with(".*")).collect();
     if !exact.is_empty() {
-        let known: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM event_types WHERE name = ANY($1)").bind(&exact).fetch_all(db).await?;
+        let known: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM event_types WHERE name = ANY($1) AND (operational OR herald_may_receive(name, $2, $3))",
+        )
+        .bind(&exact)
+        .bind(owner)
+        .bind(admin)
+        .fetch_all(db)
+        .await?;
         if let Some(unknown) = exact.iter().find(|f| !known.contains(f)) {
             return Err(Error::UnknownEventType((*unknown).clone()));
         }
@@ -279,7 +288,7 @@ pub async fn create(
     max_per_owner: i64,
 ) -> Result<(Endpoint, String)> {
     let enabled = e.enabled;
-    let v = validate(db, guard, e).await?;
+    let v = validate(db, guard, &who.owner, who.is_admin(), e).await?;
     let id = Uuid::now_v7();
     let secret = secrets::generate_secret();
     let mut tx = db.begin().await?;
@@ -360,10 +369,11 @@ pub async fn update(
         #[sqlx(flatten)]
         cur: Endpoint,
         headers_sealed: Option<Vec<u8>>,
+        admin: bool,
     }
     let mut tx = db.begin().await?;
-    let Locked { cur, headers_sealed } = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR NO KEY UPDATE"
+    let Locked { cur, headers_sealed, admin } = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, headers_sealed, admin FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR NO KEY UPDATE"
     ))
     .bind(id)
     .bind(&who.owner)
@@ -384,6 +394,7 @@ pub async fn update(
             })
             .collect(),
     };
+    let owner = cur.owner.clone();
     let merged = NewEndpoint {
         url: p.url.unwrap_or(cur.url),
         event_types: p.event_types.unwrap_or(cur.event_types),
@@ -393,7 +404,7 @@ pub async fn update(
         retry_schedule: p.retry_schedule.unwrap_or(cur.retry_schedule),
         enabled: cur.enabled,
     };
-    let v = validate(db, guard, merged).await?;
+    let v = validate(db, guard, &owner, admin, merged).await?;
     let ep = sqlx::query_as(&format!(
         "UPDATE endpoints SET url = $2, event_types = $3, description = $4, rate_limit = $5, headers = $6,
                 retry_schedule = $7, headers_sealed = $8, updated_at = now()

@@ -28,6 +28,7 @@ pub async fn send_test(db: &PgPool, processor: &Processor, who: &Principal, endp
             owner: ep.owner.clone(),
             key_id: who.key_id,
             operational_owner: Some(ep.owner.clone()),
+            owners: None,
         })
         .await?
         .only_endpoint(ep.id);
@@ -65,6 +66,7 @@ pub async fn disable_and_notify(db: &PgPool, processor: &Processor, id: Uuid, re
             owner: owner.clone(),
             key_id: None,
             operational_owner: Some(owner),
+            owners: None,
         })
         .await
         .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot prepare the endpoint.disabled event")))?;

@@ -33,7 +33,7 @@ async fn application_builds_serves_and_stops_in_process() {
         &scopes,
         None,
         None,
-        None,
+        Default::default(),
     )
     .await
     .unwrap()

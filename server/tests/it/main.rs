@@ -18,4 +18,5 @@ mod keys;
 mod oidc;
 mod openapi;
 mod sql;
+mod visibility;
 mod webhooks;
