@@ -1,4 +1,5 @@
-//! Webhook endpoints (admins): every owner's endpoints with filters, registering one
+//! Webhook endpoints, for admins (every owner's) and for owners (their own: the portal):
+//! the list with filters, registering one
 //! (event types picked from the catalog, headers, rate limit, retry schedule), and an
 //! endpoint's page: edit, enable/disable, reveal and rotate the secret, send a test
 //! event, recent deliveries, recover failed deliveries since a time. Every action calls
@@ -31,10 +32,11 @@ fn state() -> Result<herald_core::api::AppState, ServerFnError> {
     use_context::<herald_core::api::AppState>().ok_or_else(|| ServerFnError::new("the console has no server state"))
 }
 
+/// The caller. Every operation below is scoped by the domain: an owner reaches only
+/// their own endpoints (another owner's id is "not found"), an admin every owner's.
 #[cfg(feature = "ssr")]
-fn admin() -> Result<Option<herald_core::apikeys::Principal>, ServerFnError> {
-    let who = crate::principal()?;
-    Ok(who.is_admin().then_some(who))
+fn caller() -> Result<Option<herald_core::apikeys::Principal>, ServerFnError> {
+    crate::principal().map(Some)
 }
 
 #[cfg(feature = "ssr")]
@@ -68,7 +70,7 @@ fn row(e: herald_core::webhooks::endpoints::Endpoint) -> EndpointRow {
 /// Every owner's endpoints, narrowed by owner and state (admins; `None` for anyone else).
 #[server(prefix = "/console/fn", endpoint = "endpoints/list")]
 pub async fn list_endpoints(owner: String, state_is: String) -> Result<Option<Vec<EndpointRow>>, ServerFnError> {
-    let Some(who) = admin()? else { return Ok(None) };
+    let Some(who) = caller()? else { return Ok(None) };
     let db = crate::db()?;
     let (mut all, mut after) = (Vec::new(), None);
     // Pages of 500 until the end (an admin's view of every owner's endpoints).
@@ -125,7 +127,7 @@ pub async fn save_endpoint(
     retry_schedule: String,
 ) -> Result<String, ServerFnError> {
     use herald_core::webhooks::endpoints::{self, EndpointPatch, NewEndpoint};
-    let Some(who) = admin()? else { return Err(ServerFnError::new("no such endpoint")) };
+    let Some(who) = caller()? else { return Err(ServerFnError::new("no such endpoint")) };
     let s = state()?;
     let event_types: Vec<String> =
         event_types.split([',', ' ', '\n']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
@@ -177,13 +179,15 @@ pub struct DeliveryLine {
 pub struct EndpointPage {
     pub endpoint: EndpointRow,
     pub deliveries: Vec<DeliveryLine>,
+    /// The caller is an admin (notification pages are theirs to open).
+    pub admin: bool,
 }
 
 /// One endpoint and its recent deliveries (admins; `None` for anyone else or an unknown id).
 #[server(prefix = "/console/fn", endpoint = "endpoints/get")]
-pub async fn endpoint(id: String) -> Result<Option<EndpointPage>, ServerFnError> {
+pub async fn endpoint(id: String, #[server(default)] status: String) -> Result<Option<EndpointPage>, ServerFnError> {
     use herald_core::error::Error;
-    let Some(who) = admin()? else { return Ok(None) };
+    let Some(who) = caller()? else { return Ok(None) };
     let Ok(uid) = id.parse() else { return Ok(None) };
     let db = crate::db()?;
     let ep = match herald_core::webhooks::endpoints::get(&db, &who, uid).await {
@@ -191,7 +195,11 @@ pub async fn endpoint(id: String) -> Result<Option<EndpointPage>, ServerFnError>
         Err(Error::NotFound) => return Ok(None),
         Err(e) => return Err(crate::readable(e)),
     };
-    let deliveries = herald_core::webhooks::deliveries::deliveries(&db, &who, uid, None, 50)
+    let status = match status.trim() {
+        "" => None,
+        s => Some(s.parse().map_err(|e: String| ServerFnError::new(format!("status: {e}")))?),
+    };
+    let deliveries = herald_core::webhooks::deliveries::deliveries(&db, &who, uid, status, 50)
         .await
         .map_err(crate::readable)?
         .into_iter()
@@ -205,21 +213,24 @@ pub async fn endpoint(id: String) -> Result<Option<EndpointPage>, ServerFnError>
             last_error: d.last_error.unwrap_or_default(),
         })
         .collect();
-    Ok(Some(EndpointPage { endpoint: row(ep), deliveries }))
+    Ok(Some(EndpointPage { endpoint: row(ep), deliveries, admin: who.is_admin() }))
 }
 
 /// One of an endpoint's actions: `enable`, `disable`, `reveal`, `rotate` (with `grace`),
-/// `test`, `recover` (with `since`). Returns what to tell the admin.
+/// `test`, `recover` (with `since`), `resend` (with `delivery`), `delete` (with
+/// `confirm=delete`). Returns what to tell the user.
 #[server(prefix = "/console/fn", endpoint = "endpoints/act")]
 pub async fn endpoint_action(
     id: String,
     action: String,
     #[server(default)] grace: String,
     #[server(default)] since: String,
+    #[server(default)] delivery: String,
+    #[server(default)] confirm: String,
 ) -> Result<String, ServerFnError> {
     use herald_core::webhooks::{deliveries, endpoints, lifecycle, signing};
     let not_found = || ServerFnError::new("no such endpoint");
-    let Some(who) = admin()? else { return Err(not_found()) };
+    let Some(who) = caller()? else { return Err(not_found()) };
     let uid = id.parse().map_err(|_| not_found())?;
     let s = state()?;
     let e = crate::readable;
@@ -247,6 +258,18 @@ pub async fn endpoint_action(
                 .map_err(|_| ServerFnError::new("since must be a time, such as 2026-11-29T12:00"))?;
             let ids = deliveries::recover(&s.db, &who, uid, since).await.map_err(e)?;
             format!("{} failed deliveries queued again.", ids.len())
+        }
+        "resend" => {
+            let d = delivery.parse().map_err(|_| ServerFnError::new("no such delivery"))?;
+            deliveries::resend(&s.db, &who, uid, d).await.map_err(e)?;
+            "The delivery is queued again.".into()
+        }
+        "delete" => {
+            if confirm != "delete" {
+                return Err(ServerFnError::new("tick the box to confirm the deletion"));
+            }
+            endpoints::delete(&s.db, &who, uid).await.map_err(e)?;
+            "Endpoint deleted.".into()
         }
         _ => return Err(ServerFnError::new("unknown action")),
     })
@@ -333,7 +356,7 @@ pub fn EndpointsPage() -> impl IntoView {
 #[component]
 fn EndpointForm(e: EndpointRow, save: ServerAction<SaveEndpoint>) -> impl IntoView {
     let editing = !e.id.is_empty();
-    let types = OnceResource::new(crate::event_types::list_event_types());
+    let types = OnceResource::new(crate::event_types::catalog());
     let picked = RwSignal::new(e.event_types.clone());
     let split = |v: &str| v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect::<Vec<_>>();
     let hydrated = RwSignal::new(false);
@@ -394,6 +417,21 @@ fn EndpointForm(e: EndpointRow, save: ServerAction<SaveEndpoint>) -> impl IntoVi
     }
 }
 
+const SNIPPET_PY: &str = r#"from standardwebhooks.webhooks import Webhook
+
+wh = Webhook("whsec_...")           # the endpoint's signing secret
+payload = wh.verify(request_body, request_headers)   # raises if the signature is wrong"#;
+
+const SNIPPET_JS: &str = r#"import { Webhook } from "standardwebhooks";
+
+const wh = new Webhook("whsec_...");  // the endpoint's signing secret
+const payload = wh.verify(rawBody, headers);  // throws if the signature is wrong"#;
+
+const SNIPPET_GO: &str = r#"import standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+wh, _ := standardwebhooks.NewWebhook("whsec_...")  // the endpoint's signing secret
+err := wh.Verify(rawBody, r.Header)                // non-nil if the signature is wrong"#;
+
 /// `/endpoints/{id}`.
 #[component]
 pub fn EndpointDetail() -> impl IntoView {
@@ -401,7 +439,12 @@ pub fn EndpointDetail() -> impl IntoView {
     let id = Memo::new(move |_| params.with(|p| p.get("id").unwrap_or_default()));
     let save = ServerAction::<SaveEndpoint>::new();
     let act = ServerAction::<EndpointAction>::new();
-    let page = Resource::new(move || (id.get(), save.version().get(), act.version().get()), |(id, ..)| endpoint(id));
+    let query = use_query_map();
+    let status = Memo::new(move |_| query.with(|q| q.get("status").unwrap_or_default()));
+    let page = Resource::new(
+        move || (id.get(), status.get(), save.version().get(), act.version().get()),
+        |(id, status, ..)| endpoint(id, status),
+    );
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
     let button = move |id: String, action: &'static str, label: &'static str| {
@@ -421,6 +464,9 @@ pub fn EndpointDetail() -> impl IntoView {
                 Ok(Some(p)) => {
                     let e = p.endpoint;
                     let (id1, id2, id3, id4, id5) = (e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone());
+                    let (id6, id7, id8) = (e.id.clone(), e.id.clone(), e.id.clone());
+                    let admin_view = p.admin;
+                    let status_now = status.get_untracked();
                     let toggle = if e.state == "disabled" { button(id1, "enable", "Enable") } else { button(id1, "disable", "Disable") };
                     view! {
                         <section class="card">
@@ -456,6 +502,16 @@ pub fn EndpointDetail() -> impl IntoView {
                         </section>
                         <section class="card">
                             <h2>"Recent deliveries"</h2>
+                            <form method="get" action=format!("/endpoints/{}", id6) class="form" aria-label="Filter deliveries">
+                                <label for="ep-status">"Status"
+                                    <select id="ep-status" name="status" data-testid="ep-status-filter">
+                                        {["", "pending", "in_flight", "retrying", "succeeded", "failed", "cancelled"].into_iter().map(|s| view! {
+                                            <option value=s selected=status_now == s>{if s.is_empty() { "any" } else { s }}</option>
+                                        }).collect_view()}
+                                    </select>
+                                </label>
+                                <button type="submit">"Filter"</button>
+                            </form>
                             {if p.deliveries.is_empty() {
                                 view! { <p class="notice">"None yet."</p> }.into_any()
                             } else {
@@ -466,23 +522,57 @@ pub fn EndpointDetail() -> impl IntoView {
                                             <th scope="col">"Status"</th><th scope="col">"Attempts"</th><th scope="col">"Last error"</th>
                                         </tr></thead>
                                         <tbody>
-                                            {p.deliveries.into_iter().map(|d| view! {
+                                            {p.deliveries.into_iter().map(|d| {
+                                                let finished = matches!(d.status.as_str(), "succeeded" | "failed" | "cancelled");
+                                                let when = if admin_view {
+                                                    view! { <a href=format!("/notifications/{}", d.notification)>{d.at.clone()}</a> }.into_any()
+                                                } else {
+                                                    view! { <span>{d.at.clone()}</span> }.into_any()
+                                                };
+                                                let endpoint_id = id7.clone();
+                                                view! {
                                                 <tr data-testid="ep-delivery">
-                                                    <td><a href=format!("/notifications/{}", d.notification)>{d.at}</a></td>
+                                                    <td>{when}</td>
                                                     <td>{d.event_type}</td>
                                                     <td><span class=format!("pill {}", d.status)>{d.status.clone()}</span></td>
                                                     <td>{d.attempts}</td>
                                                     <td>{d.last_error}</td>
+                                                    <td>{finished.then(|| view! {
+                                                        <ActionForm action=act>
+                                                            <input type="hidden" name="id" value=endpoint_id/>
+                                                            <input type="hidden" name="action" value="resend"/>
+                                                            <input type="hidden" name="delivery" value=d.id.clone()/>
+                                                            <button type="submit" data-testid="ep-resend">"Resend"</button>
+                                                        </ActionForm>
+                                                    })}</td>
                                                 </tr>
-                                            }).collect_view()}
+                                            }}).collect_view()}
                                         </tbody>
                                     </table>
                                 }.into_any()
                             }}
                         </section>
                         <section class="card">
+                            <h2>"Verifying Herald's signature"</h2>
+                            <p>"Every webhook carries " <code>"webhook-id"</code>", " <code>"webhook-timestamp"</code> " and "
+                               <code>"webhook-signature"</code> " (Standard Webhooks). Verify them with the signing secret and the raw body:"</p>
+                            <details open=true><summary>"Python (standardwebhooks)"</summary><pre class="json">{SNIPPET_PY}</pre></details>
+                            <details><summary>"JavaScript (standardwebhooks)"</summary><pre class="json">{SNIPPET_JS}</pre></details>
+                            <details><summary>"Go (standard-webhooks)"</summary><pre class="json">{SNIPPET_GO}</pre></details>
+                        </section>
+                        <section class="card">
                             <h2>"Edit"</h2>
                             <EndpointForm e save/>
+                        </section>
+                        <section class="card">
+                            <h2>"Delete"</h2>
+                            <ActionForm action=act>
+                                <input type="hidden" name="id" value=id8/>
+                                <input type="hidden" name="action" value="delete"/>
+                                <label class="check"><input type="checkbox" name="confirm" value="delete" required data-testid="ep-delete-confirm"/>
+                                    "Delete this endpoint and stop its deliveries"</label>
+                                <button type="submit" class="danger" data-testid="ep-delete">"Delete"</button>
+                            </ActionForm>
                         </section>
                     }.into_any()
                 }

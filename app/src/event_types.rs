@@ -55,6 +55,61 @@ pub async fn list_event_types() -> Result<Option<Vec<EventTypeRow>>, ServerFnErr
     ))
 }
 
+/// The event catalog as the caller sees it (an owner: the types they may receive).
+#[server(prefix = "/console/fn", endpoint = "catalog")]
+pub async fn catalog() -> Result<Option<Vec<EventTypeRow>>, ServerFnError> {
+    let who = crate::principal()?;
+    let pretty = |v: Option<serde_json::Value>| {
+        v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default()
+    };
+    let rows = herald_core::catalog::receivable_event_types(&crate::db()?, &who).await.map_err(crate::readable)?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|e| EventTypeRow {
+                name: e.name,
+                description: e.description,
+                schema: pretty(e.payload_schema),
+                sample: pretty(e.sample_payload),
+                template: e.email_template.unwrap_or_default(),
+                recipient_path: e.recipient_path.unwrap_or_default(),
+                visibility: e.visibility,
+                grants: e.grants.join(", "),
+                operational: e.operational,
+            })
+            .collect(),
+    ))
+}
+
+/// `/catalog`: the event types the user may receive, with schema and example.
+#[component]
+pub fn CatalogPage() -> impl IntoView {
+    let list = OnceResource::new(catalog());
+    view! {
+        <Title text="Event catalog — Herald"/>
+        <section class="card">
+            <h1>"Event catalog"</h1>
+            <p class="status">"The events your webhook endpoints can subscribe to."</p>
+        </section>
+        <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
+            {move || list.get().map(|r| match r {
+                Ok(rows) => rows.unwrap_or_default().into_iter().map(|e| view! {
+                    <section class="card" data-testid="catalog-entry">
+                        <h2><code>{e.name.clone()}</code></h2>
+                        <p>{if e.description.is_empty() { "No description.".to_owned() } else { e.description.clone() }}</p>
+                        {(!e.schema.is_empty()).then(|| view! {
+                            <details><summary>"JSON Schema"</summary><pre class="json">{e.schema.clone()}</pre></details>
+                        })}
+                        {(!e.sample.is_empty()).then(|| view! {
+                            <details open=true><summary>"Example payload"</summary><pre class="json">{e.sample.clone()}</pre></details>
+                        })}
+                    </section>
+                }).collect_view().into_any(),
+                Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+            })}
+        </Suspense>
+    }
+}
+
 /// Creates (`original` empty) or updates an event type. JSON fields left empty are
 /// cleared. Errors start with the field they are about.
 #[server(prefix = "/console/fn", endpoint = "event-types/save")]

@@ -463,11 +463,12 @@ fn UserBox() -> impl IntoView {
                             let admin = m.role == "admin";
                             view! {
                                 <span class="user">
+                                    <a class="nav" href="/endpoints" data-testid="nav-endpoints">"Endpoints"</a>
+                                    <a class="nav" href="/catalog" data-testid="nav-catalog">"Event catalog"</a>
                                     <a class="nav" href="/keys" data-testid="nav-keys">"API keys"</a>
                                     <Show when=move || admin>
                                         <a class="nav" href="/dashboard" data-testid="nav-dashboard">"Dashboard"</a>
                                         <a class="nav" href="/notifications" data-testid="nav-notifications">"Notifications"</a>
-                                        <a class="nav" href="/endpoints" data-testid="nav-endpoints">"Endpoints"</a>
                                         <a class="nav" href="/event-types" data-testid="nav-event-types">"Event types"</a>
                                         <a class="nav" href="/templates" data-testid="nav-templates">"Templates"</a>
                                         <a class="nav" href="/audit" data-testid="nav-audit">"Audit log"</a>
@@ -529,6 +530,7 @@ pub fn App() -> impl IntoView {
                     <Route path=StaticSegment("dashboard") view=dashboard::DashboardPage/>
                     <Route path=StaticSegment("event-types") view=event_types::EventTypesPage/>
                     <Route path=StaticSegment("endpoints") view=endpoints::EndpointsPage/>
+                    <Route path=StaticSegment("catalog") view=event_types::CatalogPage/>
                     <Route path=path!("/endpoints/:id") view=endpoints::EndpointDetail/>
                     <Route path=path!("/event-types/:name") view=event_types::EventTypeEdit/>
                 </Routes>

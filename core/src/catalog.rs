@@ -187,6 +187,26 @@ pub async fn list_event_types(db: &PgPool) -> Result<Vec<EventType>> {
     Ok(sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM event_types ORDER BY name")).fetch_all(db).await?)
 }
 
+/// The event catalog as the caller sees it: every type for an admin; for an owner, the
+/// types they may receive (and Herald's own, which reach only their owner), without
+/// the list of other owners granted them.
+pub async fn receivable_event_types(db: &PgPool, who: &Principal) -> Result<Vec<EventType>> {
+    let mut types: Vec<EventType> = sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM event_types WHERE $2 OR operational OR herald_may_receive(name, $1, false)
+         ORDER BY name"
+    ))
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .fetch_all(db)
+    .await?;
+    if !who.is_admin() {
+        for t in &mut types {
+            t.grants.clear();
+        }
+    }
+    Ok(types)
+}
+
 pub async fn get_event_type(db: &PgPool, name: &str) -> Result<EventType> {
     sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM event_types WHERE name = $1"))
         .bind(name)

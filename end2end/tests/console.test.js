@@ -470,3 +470,70 @@ test('accessibility: titles, a label on every control, and forms that work from 
   await page.getByTestId('history-empty').waitFor({ timeout: 15000 });
   await context.close();
 });
+
+test('portal: an owner manages their own endpoints; another owner sees nothing of them', async () => {
+  const alice = await loggedIn('alice', '/endpoints');
+  const { page } = alice;
+  assert.equal(await page.title(), 'Endpoints — Herald');
+  const hook = await receiver();
+  await page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('ep-url').fill(hook.url);
+  await page.getByTestId('ep-type-user.registered').check();
+  await page.getByTestId('ep-save').click();
+  await Promise.all([page.waitForURL(/\/endpoints\/[0-9a-f-]{36}$/), page.getByTestId('ep-saved').click()]);
+  const mine = page.url();
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('ep-reveal').click();
+  const first = (await page.getByTestId('ep-result').textContent({ timeout: 15000 })).match(/whsec_\S+/)[0];
+  await page.getByTestId('ep-grace').fill('0s');
+  await page.getByTestId('ep-rotate').click();
+  await page.getByTestId('ep-result').filter({ hasText: 'New signing secret' }).waitFor({ timeout: 15000 });
+  assert.ok(!(await page.getByTestId('ep-result').textContent()).includes(first));
+  await page.getByTestId('ep-test').click();
+  await page.getByTestId('ep-result').filter({ hasText: 'Test event sent' }).waitFor({ timeout: 15000 });
+  await until('the test event', () => hook.hits.some((h) => h.body.includes('webhook.test')));
+  await until('its delivery, recorded', async () => {
+    await page.reload();
+    await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+    return (await page.getByTestId('ep-resend').count()) >= 1;
+  });
+  const before = hook.hits.length;
+  await page.getByTestId('ep-resend').first().click();
+  await page.getByTestId('ep-result').filter({ hasText: 'queued again' }).waitFor({ timeout: 15000 });
+  await until('the resent webhook', () => hook.hits.length > before);
+  // The delivery filter; an owner's deliveries link to no admin page.
+  await page.goto(`${mine}?status=failed`);
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.equal(await page.getByTestId('ep-delivery').count(), 0);
+  await screenshot(page, 'portal-endpoint');
+  // The catalog the owner may subscribe to.
+  await page.goto(`${base}/catalog`);
+  await page.getByTestId('catalog-entry').filter({ hasText: 'user.registered' }).waitFor({ timeout: 15000 });
+  const aliceKey = await createKey(page, 'alice-ci', 'notifications:write');
+  assert.match(aliceKey, /^hk_/);
+
+  // Bob (another owner) sees none of it: not in his list, not by URL, not in his keys.
+  const bob = await loggedIn('bob', '/endpoints');
+  await bob.page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.ok(!(await bob.page.textContent('main')).includes(hook.url), 'not in his list');
+  await bob.page.goto(mine);
+  await bob.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  const direct = await bob.page.request.post(`${base}/console/fn/endpoints/act`, {
+    headers: { 'content-type': 'application/x-www-form-urlencoded', origin: base },
+    data: `id=${mine.split('/').pop()}&action=reveal`,
+  });
+  assert.ok(!(await direct.text()).includes('whsec_'), 'the server function refuses another owner');
+  await bob.page.goto(`${base}/keys`);
+  await bob.page.getByTestId('keys-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.equal(await bob.page.getByTestId('key-row').filter({ hasText: 'alice-ci' }).count(), 0);
+  await bob.context.close();
+
+  // Alice deletes it, with confirmation.
+  await page.goto(mine);
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('ep-delete-confirm').check();
+  await page.getByTestId('ep-delete').click();
+  await page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  hook.close();
+  await alice.context.close();
+});

@@ -252,3 +252,19 @@ pub async fn test_send(
     let t: catalog::TestSend = json_body(body, s.config.max_body_bytes)?;
     Ok((StatusCode::ACCEPTED, Json(catalog::test_send(&s.db, &s.processor, &who, &key, t).await?)))
 }
+
+/// `GET /api/v1/catalog`: the event types the caller may receive.
+#[utoipa::path(
+    get,
+    operation_id = "catalog_receivable",
+    path = "/api/v1/catalog",
+    tag = "catalog",
+    summary = "The event catalog as the caller sees it: the types it may receive, with description, schema and sample",
+    responses((status = 200, description = "Event types", body = crate::api::openapi::EventTypeList), (status = "4XX", description = "A problem (RFC 9457)", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub async fn receivable(
+    State(s): State<AppState>,
+    Auth(who, ..): Auth<super::auth::Any>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "data": catalog::receivable_event_types(&s.db, &who).await? })))
+}

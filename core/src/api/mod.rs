@@ -134,6 +134,7 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(notifications::stats))
         .routes(routes!(endpoints::replay))
         .routes(routes!(audit::list))
+        .routes(routes!(catalog::receivable))
         .routes(routes!(catalog::list_event_types, catalog::create_event_type))
         .routes(routes!(catalog::get_event_type, catalog::update_event_type))
         .routes(routes!(catalog::list_templates, catalog::create_template))

@@ -73,6 +73,18 @@ async fn visibility_and_grants_decide_who_subscribes_and_who_receives() {
         BTreeSet::from([admin_ep.clone()]),
         "* expands over visible types only"
     );
+    let catalog = |key: &str| {
+        let (h, key) = (&h, key.to_owned());
+        async move {
+            let (s, v) = h.call(Method::GET, "/api/v1/catalog", &key, None).await;
+            assert_eq!(s, 200, "{v}");
+            v["data"].as_array().unwrap().clone()
+        }
+    };
+    let names = |types: &[Value]| types.iter().map(|t| t["name"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert!(!names(&catalog(&acme).await).contains(&"invoice.paid".to_owned()), "an owner's catalog hides it");
+    assert!(names(&catalog(&acme).await).contains(&"user.registered".to_owned()));
+    assert!(names(&catalog(&admin).await).contains(&"invoice.paid".to_owned()));
     // A public type (the seeded one) reaches every subscribed owner, as before.
     let all = receivers(&h, &admin, "user.registered").await;
     assert!(all.contains(&acme_all) && all.contains(&globex_all), "{all:?}");
@@ -88,6 +100,10 @@ async fn visibility_and_grants_decide_who_subscribes_and_who_receives() {
         )
         .await;
     assert_eq!((s, v["grants"].clone()), (200, json!(["acme"])), "{v}");
+    let seen = catalog(&acme).await;
+    let paid = seen.iter().find(|t| t["name"] == "invoice.paid").expect("granted: in acme's catalog");
+    assert_eq!(paid["grants"], json!([]), "an owner does not see who else is granted");
+    assert!(!names(&catalog(&globex).await).contains(&"invoice.paid".to_owned()));
     assert_eq!(receivers(&h, &admin, "invoice.paid").await, BTreeSet::from([admin_ep.clone(), acme_all.clone()]));
     let (s, v) = endpoint(&acme, "/acme-named", json!(["invoice.paid"])).await;
     assert_eq!(s, 201, "{v}");
