@@ -419,8 +419,9 @@ test('endpoints: an admin registers one against a real receiver, rotates its sec
   hook.close();
   await context.close();
 
+  // An owner's /endpoints is their portal: nothing of the admin's endpoint is in it.
   const owner = await loggedIn('bob', '/endpoints');
-  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  await owner.page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
   assert.ok(!(await owner.page.textContent('main')).includes(hook.url));
   await owner.context.close();
 });
@@ -509,7 +510,7 @@ test('portal: an owner manages their own endpoints; another owner sees nothing o
   // The catalog the owner may subscribe to.
   await page.goto(`${base}/catalog`);
   await page.getByTestId('catalog-entry').filter({ hasText: 'user.registered' }).waitFor({ timeout: 15000 });
-  const aliceKey = await createKey(page, 'alice-ci', 'notifications:write');
+  const aliceKey = await createKey(page, 'alice-ci', 'endpoints:read');
   assert.match(aliceKey, /^hk_/);
 
   // Bob (another owner) sees none of it: not in his list, not by URL, not in his keys.
@@ -536,4 +537,34 @@ test('portal: an owner manages their own endpoints; another owner sees nothing o
   await page.getByTestId('not-found').waitFor({ timeout: 15000 });
   hook.close();
   await alice.context.close();
+});
+
+test('portal link: opens the portal for its owner only, without a login, until revoked', async () => {
+  const { page, context } = await loggedIn('admin', '/');
+  const key = await createKey(page, 'portal-links', 'admin');
+  const made = await page.request.post(`${base}/api/v1/portal-links`, {
+    headers: { authorization: `Bearer ${key}` }, data: { owner: 'acme', ttl: '10m' },
+  });
+  assert.equal(made.status(), 201, await made.text());
+  const link = await made.json();
+  await context.close();
+
+  // A stranger's browser: no login at the provider, straight into acme's portal.
+  const visitor = await browser.newContext();
+  const v = await visitor.newPage();
+  await v.goto(link.url);
+  assert.equal(v.url(), `${base}/endpoints`);
+  await v.getByTestId('user-name').filter({ hasText: 'acme (portal link)' }).waitFor({ timeout: 15000 });
+  assert.equal(await v.getByTestId('user-role').textContent(), 'owner');
+  await v.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await v.goto(`${base}/audit`);
+  await v.getByTestId('not-found').waitFor({ timeout: 15000 });
+
+  const revoked = await v.request.delete(`${base}/api/v1/portal-links/${link.id}`, { headers: { authorization: `Bearer ${key}` } });
+  assert.equal(revoked.status(), 204);
+  await v.goto(`${base}/endpoints`);
+  assert.match(await v.textContent('body'), /This portal link has expired or was revoked/);
+  await v.goto(link.url);
+  assert.match(await v.textContent('body'), /unknown, expired or revoked/);
+  await visitor.close();
 });

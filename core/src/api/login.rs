@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/callback", get(callback))
         .route("/auth/logout", post(logout))
         .route("/auth/me", get(me))
+        .route("/auth/portal", get(portal_link))
         .with_state(state)
 }
 
@@ -202,6 +203,40 @@ pub async fn same_origin_only(State(public_origin): State<Arc<String>>, req: Req
 
 /// When login is configured, console pages need a logged-in user: others are sent to
 /// the provider, and come back to the page they asked for.
+#[derive(Deserialize)]
+pub struct PortalQuery {
+    token: Option<String>,
+}
+
+/// `GET /auth/portal?token=…`: opens the owners' portal for a portal link's owner.
+async fn portal_link(
+    State(s): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    req_ext: axum::http::Extensions,
+    Query(q): Query<PortalQuery>,
+) -> Response {
+    if s.oidc.is_none() {
+        return ApiError::NotFound.into_response();
+    }
+    let (_, source) = request_meta(&headers, &req_ext);
+    let link = match identity::portal::redeem(&s.db, q.token.as_deref().unwrap_or(""), source).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return page(StatusCode::NOT_FOUND, "Link not valid", "This portal link is unknown, expired or revoked.")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "portal link could not be checked");
+            return page(StatusCode::INTERNAL_SERVER_ERROR, "Try again", "The link could not be checked; try again.");
+        }
+    };
+    // A fresh session id, as at any login.
+    if session.cycle_id().await.is_err() || session.insert(USER, SessionUser::from_portal_link(&link)).await.is_err() {
+        return page(StatusCode::INTERNAL_SERVER_ERROR, "Try again", "The session could not be started; try again.");
+    }
+    Redirect::to("/endpoints").into_response()
+}
+
 pub async fn require_login(State(s): State<AppState>, session: Session, req: Request, next: Next) -> Response {
     let Some(oidc) = s.oidc.as_ref() else { return next.run(req).await };
     let path = req.uri().path();
@@ -210,6 +245,17 @@ pub async fn require_login(State(s): State<AppState>, session: Session, req: Req
         return next.run(req).await;
     }
     if let Some(user) = current_user(&session, oidc).await {
+        // A portal link's session lasts only while the link is valid.
+        if let Some(link) = user.portal_link {
+            if !identity::portal::still_valid(&s.db, link).await.unwrap_or(false) {
+                let _ = session.flush().await;
+                return page(
+                    StatusCode::UNAUTHORIZED,
+                    "Portal link ended",
+                    "This portal link has expired or was revoked.",
+                );
+            }
+        }
         // The console reads who is logged in from here.
         let mut req = req;
         req.extensions_mut().insert(user);

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod login;
 pub mod notifications;
 pub mod openapi;
+pub mod portal;
 pub mod ratelimit;
 
 use std::sync::Arc;
@@ -146,6 +147,8 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(catalog::test_send))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
+        .routes(routes!(portal::list, portal::create))
+        .routes(routes!(portal::revoke))
         .routes(routes!(endpoints::list, endpoints::create))
         .routes(routes!(endpoints::get, endpoints::update, endpoints::delete))
         .routes(routes!(endpoints::enable))

@@ -7,6 +7,7 @@
 //! endpoints), else `user:<subject>`. An API client's owner is its client id.
 
 pub mod oidc;
+pub mod portal;
 pub mod tokens;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,9 @@ pub struct SessionUser {
     /// The ID token, for the provider's end-session endpoint.
     #[serde(default)]
     pub id_token: String,
+    /// Set for a session opened with a portal link: valid while the link is.
+    #[serde(default)]
+    pub portal_link: Option<uuid::Uuid>,
 }
 
 impl SessionUser {
@@ -53,6 +57,23 @@ impl SessionUser {
             owner,
             login_at: chrono::Utc::now().timestamp(),
             id_token: login.id_token,
+            portal_link: None,
+        }
+    }
+
+    /// The session's user for a visitor of a portal link: an owner, nothing more.
+    pub fn from_portal_link(link: &portal::PortalLink) -> Self {
+        SessionUser {
+            issuer: "herald:portal-link".into(),
+            subject: format!("portal:{}", link.id),
+            email: None,
+            name: Some(format!("{} (portal link)", link.owner)),
+            admin: false,
+            team: None,
+            owner: link.owner.clone(),
+            login_at: chrono::Utc::now().timestamp(),
+            id_token: String::new(),
+            portal_link: Some(link.id),
         }
     }
 

@@ -554,3 +554,66 @@ async fn forged_id_tokens_are_refused_at_login() {
     assert_eq!(me_status, 200);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_portal_link_opens_the_portal_for_its_owner_until_revoked_or_expired() {
+    let Idp { h, idp: _idp, .. } = start(AUDIENCE).await;
+    let admin = h.api_key(&["admin"]).await;
+    let acme = h.api_key_for(&["endpoints:write", "endpoints:read"], Some("acme"), None).await;
+    let globex = h.api_key_for(&["endpoints:write", "endpoints:read"], Some("globex"), None).await;
+    let receiver = herald_testkit::receiver::Receiver::start().await;
+    let (acme_url, globex_url) = (receiver.url("/acme-hook"), receiver.url("/globex-hook"));
+    h.create_endpoint(&acme, &json!({"url": acme_url})).await;
+    h.create_endpoint(&globex, &json!({"url": globex_url})).await;
+
+    // Only admins make links; bad input is refused.
+    let (s, _) = h.call(Method::POST, "/api/v1/portal-links", &acme, Some(&json!({"owner": "acme"}))).await;
+    assert_eq!(s, 403);
+    for bad in [json!({"owner": ""}), json!({"owner": "acme", "ttl": "8d"}), json!({"owner": "acme", "ttl": "soon"})] {
+        let (s, v) = h.call(Method::POST, "/api/v1/portal-links", &admin, Some(&bad)).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let (s, link) =
+        h.call(Method::POST, "/api/v1/portal-links", &admin, Some(&json!({"owner": "acme", "ttl": "1h"}))).await;
+    assert_eq!(s, 201, "{link}");
+    let url = link["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("{}/auth/portal?token=hpl_", h.base)), "{url}");
+
+    // Opening it: a session as the owner, the owner's portal and nothing of another's.
+    let b = browser();
+    let r = b.get(&url).send().await.unwrap();
+    assert_eq!((r.status().is_redirection(), location(&r)), (true, format!("{}/endpoints", h.base)));
+    let (s, who) = me(&b, &h.base).await;
+    assert_eq!((s, who["owner"].as_str(), who["role"].as_str()), (StatusCode::OK, Some("acme"), Some("owner")));
+    let page = b.get(format!("{}/endpoints", h.base)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&acme_url) && !page.contains(&globex_url), "the portal shows acme's endpoint only");
+    let audit_page = b.get(format!("{}/audit", h.base)).send().await.unwrap().text().await.unwrap();
+    assert!(!audit_page.contains("portal_link.created"), "no admin page through a link");
+    // A forged or altered token opens nothing.
+    let forged = format!("{}0", &url[..url.len() - 1]);
+    let r = browser().get(&forged).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Revoked: the link stops working and the session opened with it ends.
+    let id = link["id"].as_str().unwrap();
+    let (s, _) = h.call(Method::DELETE, &format!("/api/v1/portal-links/{id}"), &admin, None).await;
+    assert_eq!(s, 204);
+    let r = b.get(format!("{}/endpoints", h.base)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!r.text().await.unwrap().contains(&acme_url));
+    assert_eq!(browser().get(&url).send().await.unwrap().status(), 404);
+
+    // Expired: a link of one second no longer opens anything.
+    let (_, short) =
+        h.call(Method::POST, "/api/v1/portal-links", &admin, Some(&json!({"owner": "acme", "ttl": "1s"}))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(browser().get(short["url"].as_str().unwrap()).send().await.unwrap().status(), 404);
+
+    // Listed without tokens, and audited.
+    let (_, list) = h.call(Method::GET, "/api/v1/portal-links", &admin, None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert!(!list.to_string().contains("hpl_"));
+    for action in ["portal_link.created", "portal_link.used", "portal_link.revoked"] {
+        assert!(!audit(&h, action).await.is_empty(), "{action} is on record");
+    }
+}
