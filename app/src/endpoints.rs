@@ -181,11 +181,23 @@ pub struct EndpointPage {
     pub deliveries: Vec<DeliveryLine>,
     /// The caller is an admin (notification pages are theirs to open).
     pub admin: bool,
+    /// The attempts of the delivery asked for (`?delivery=`).
+    pub attempts: Option<(String, Vec<crate::history::AttemptRow>)>,
+}
+
+/// The endpoint page's delivery filters and the delivery whose attempts are open.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryParams {
+    pub status: String,
+    pub event_type: String,
+    pub since: String,
+    pub until: String,
+    pub delivery: String,
 }
 
 /// One endpoint and its recent deliveries (admins; `None` for anyone else or an unknown id).
 #[server(prefix = "/console/fn", endpoint = "endpoints/get")]
-pub async fn endpoint(id: String, #[server(default)] status: String) -> Result<Option<EndpointPage>, ServerFnError> {
+pub async fn endpoint(id: String, #[server(default)] q: DeliveryParams) -> Result<Option<EndpointPage>, ServerFnError> {
     use herald_core::error::Error;
     let Some(who) = caller()? else { return Ok(None) };
     let Ok(uid) = id.parse() else { return Ok(None) };
@@ -195,11 +207,51 @@ pub async fn endpoint(id: String, #[server(default)] status: String) -> Result<O
         Err(Error::NotFound) => return Ok(None),
         Err(e) => return Err(crate::readable(e)),
     };
-    let status = match status.trim() {
-        "" => None,
-        s => Some(s.parse().map_err(|e: String| ServerFnError::new(format!("status: {e}")))?),
+    let time = |name: &str, v: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ServerFnError> {
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
+            .map(Some)
+            .map_err(|_| ServerFnError::new(format!("{name} must be a time, such as 2026-11-29T12:00")))
     };
-    let deliveries = herald_core::webhooks::deliveries::deliveries(&db, &who, uid, status, 50)
+    let filter = herald_core::webhooks::deliveries::DeliveryFilter {
+        status: match q.status.trim() {
+            "" => None,
+            s => Some(s.parse().map_err(|e: String| ServerFnError::new(format!("status: {e}")))?),
+        },
+        event_type: Some(q.event_type.trim().to_owned()).filter(|e| !e.is_empty() && !e.contains('\0')),
+        since: time("since", &q.since)?,
+        until: time("until", &q.until)?,
+    };
+    let attempts = match q.delivery.trim().parse() {
+        Err(_) => None,
+        Ok(d) => match herald_core::webhooks::deliveries::delivery(&db, &who, uid, d).await {
+            Ok((_, attempts)) => Some((
+                d.to_string(),
+                attempts
+                    .into_iter()
+                    .map(|a| crate::history::AttemptRow {
+                        n: a.attempt,
+                        at: a.started_at.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+                        duration_ms: a.duration_ms,
+                        outcome: a.outcome,
+                        detail: [a.http_status.map(|s| format!("HTTP {s}")), a.response_excerpt, a.error]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(" — "),
+                    })
+                    .collect(),
+            )),
+            Err(herald_core::error::Error::NotFound) => None,
+            Err(e) => return Err(crate::readable(e)),
+        },
+    };
+    let deliveries = herald_core::webhooks::deliveries::deliveries(&db, &who, uid, &filter, 50)
         .await
         .map_err(crate::readable)?
         .into_iter()
@@ -213,7 +265,7 @@ pub async fn endpoint(id: String, #[server(default)] status: String) -> Result<O
             last_error: d.last_error.unwrap_or_default(),
         })
         .collect();
-    Ok(Some(EndpointPage { endpoint: row(ep), deliveries, admin: who.is_admin() }))
+    Ok(Some(EndpointPage { endpoint: row(ep), deliveries, admin: who.is_admin(), attempts }))
 }
 
 /// One of an endpoint's actions: `enable`, `disable`, `reveal`, `rotate` (with `grace`),
@@ -440,10 +492,21 @@ pub fn EndpointDetail() -> impl IntoView {
     let save = ServerAction::<SaveEndpoint>::new();
     let act = ServerAction::<EndpointAction>::new();
     let query = use_query_map();
-    let status = Memo::new(move |_| query.with(|q| q.get("status").unwrap_or_default()));
+    let params = Memo::new(move |_| {
+        query.with(|q| {
+            let get = |k: &str| q.get(k).unwrap_or_default();
+            DeliveryParams {
+                status: get("status"),
+                event_type: get("event_type"),
+                since: get("since"),
+                until: get("until"),
+                delivery: get("delivery"),
+            }
+        })
+    });
     let page = Resource::new(
-        move || (id.get(), status.get(), save.version().get(), act.version().get()),
-        |(id, status, ..)| endpoint(id, status),
+        move || (id.get(), params.get(), save.version().get(), act.version().get()),
+        |(id, q, ..)| endpoint(id, q),
     );
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
@@ -466,7 +529,9 @@ pub fn EndpointDetail() -> impl IntoView {
                     let (id1, id2, id3, id4, id5) = (e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone());
                     let (id6, id7, id8) = (e.id.clone(), e.id.clone(), e.id.clone());
                     let admin_view = p.admin;
-                    let status_now = status.get_untracked();
+                    let filters = params.get_untracked();
+                    let status_now = filters.status.clone();
+                    let open_attempts = p.attempts.clone();
                     let toggle = if e.state == "disabled" { button(id1, "enable", "Enable") } else { button(id1, "disable", "Disable") };
                     view! {
                         <section class="card">
@@ -510,8 +575,28 @@ pub fn EndpointDetail() -> impl IntoView {
                                         }).collect_view()}
                                     </select>
                                 </label>
-                                <button type="submit">"Filter"</button>
+                                <label for="ep-type-filter">"Event type"
+                                    <input id="ep-type-filter" type="text" name="event_type" value=filters.event_type.clone() data-testid="ep-type-filter"/>
+                                </label>
+                                <label for="ep-since-filter">"Created from (UTC)"
+                                    <input id="ep-since-filter" type="datetime-local" name="since" value=filters.since.clone()/>
+                                </label>
+                                <label for="ep-until-filter">"Created before (UTC)"
+                                    <input id="ep-until-filter" type="datetime-local" name="until" value=filters.until.clone()/>
+                                </label>
+                                <button type="submit" data-testid="ep-filter">"Filter"</button>
                             </form>
+                            {open_attempts.map(|(d, rows)| view! {
+                                <h3>"Attempts of delivery " <code>{d}</code></h3>
+                                <table class="audit" data-testid="ep-attempts">
+                                    <thead><tr><th scope="col">"#"</th><th scope="col">"Started"</th><th scope="col">"Duration"</th><th scope="col">"Outcome"</th><th scope="col">"Response"</th></tr></thead>
+                                    <tbody>
+                                        {rows.into_iter().map(|a| view! {
+                                            <tr data-testid="ep-attempt"><td>{a.n}</td><td>{a.at}</td><td>{a.duration_ms} " ms"</td><td>{a.outcome}</td><td>{a.detail}</td></tr>
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                            })}
                             {if p.deliveries.is_empty() {
                                 view! { <p class="notice">"None yet."</p> }.into_any()
                             } else {
@@ -537,6 +622,7 @@ pub fn EndpointDetail() -> impl IntoView {
                                                     <td><span class=format!("pill {}", d.status)>{d.status.clone()}</span></td>
                                                     <td>{d.attempts}</td>
                                                     <td>{d.last_error}</td>
+                                                    <td><a href=format!("?delivery={}", d.id) data-testid="ep-attempts-link">"Attempts"</a></td>
                                                     <td>{finished.then(|| view! {
                                                         <ActionForm action=act>
                                                             <input type="hidden" name="id" value=endpoint_id/>

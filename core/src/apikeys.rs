@@ -18,16 +18,19 @@ pub enum Scope {
     NotificationsRead,
     EndpointsRead,
     EndpointsWrite,
+    /// Makes and revokes portal links (for any owner the key may address).
+    PortalLinks,
     /// Reaches every owner's resources.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::NotificationsWrite,
         Scope::NotificationsRead,
         Scope::EndpointsRead,
         Scope::EndpointsWrite,
+        Scope::PortalLinks,
         Scope::Admin,
     ];
 
@@ -37,6 +40,7 @@ impl Scope {
             Scope::NotificationsRead => "notifications:read",
             Scope::EndpointsRead => "endpoints:read",
             Scope::EndpointsWrite => "endpoints:write",
+            Scope::PortalLinks => "portal_links:write",
             Scope::Admin => "admin",
         }
     }

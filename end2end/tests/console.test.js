@@ -502,7 +502,16 @@ test('portal: an owner manages their own endpoints; another owner sees nothing o
   await page.getByTestId('ep-resend').first().click();
   await page.getByTestId('ep-result').filter({ hasText: 'queued again' }).waitFor({ timeout: 15000 });
   await until('the resent webhook', () => hook.hits.length > before);
-  // The delivery filter; an owner's deliveries link to no admin page.
+  // Each delivery's attempts: status, duration, response.
+  await page.getByTestId('ep-attempts-link').first().click();
+  await page.getByTestId('ep-attempt').first().filter({ hasText: 'HTTP 200' }).waitFor({ timeout: 15000 });
+  // The delivery filters (status, event type, time); an owner's deliveries link to no admin page.
+  await page.goto(`${mine}?event_type=webhook.test`);
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.ok((await page.getByTestId('ep-delivery').count()) >= 1);
+  await page.goto(`${mine}?event_type=user.registered&since=2020-01-01T00:00`);
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.equal(await page.getByTestId('ep-delivery').count(), 0);
   await page.goto(`${mine}?status=failed`);
   await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
   assert.equal(await page.getByTestId('ep-delivery').count(), 0);

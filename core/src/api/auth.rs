@@ -43,6 +43,11 @@ impl RequiredScope for EndpointsWrite {
     const SCOPE: Option<Scope> = Some(Scope::EndpointsWrite);
 }
 
+pub struct PortalLinks;
+impl RequiredScope for PortalLinks {
+    const SCOPE: Option<Scope> = Some(Scope::PortalLinks);
+}
+
 /// Admin-only operations (the audit log).
 pub struct Admin;
 impl RequiredScope for Admin {

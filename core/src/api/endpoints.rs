@@ -59,6 +59,12 @@ pub struct Page {
     limit: i64,
     after: Option<Uuid>,
     status: Option<String>,
+    /// Deliveries: of this event type.
+    event_type: Option<String>,
+    /// Deliveries: created at or after (RFC 3339).
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Deliveries: created before (RFC 3339).
+    until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn default_limit() -> i64 {
@@ -327,7 +333,16 @@ pub async fn deliveries(
         None => None,
         Some(st) => Some(st.parse::<DeliveryStatus>().map_err(|e| ApiError::InvalidRequest(format!("status: {e}")))?),
     };
-    Ok(Json(deliveries::deliveries(&s.db, &who, id(&raw)?, status, limit).await?))
+    if page.event_type.as_deref().is_some_and(|e| e.contains('\0')) {
+        return Err(ApiError::Domain(crate::error::Error::NulCharacter("event_type".into())));
+    }
+    let filter = deliveries::DeliveryFilter {
+        status,
+        event_type: page.event_type.clone(),
+        since: page.since,
+        until: page.until,
+    };
+    Ok(Json(deliveries::deliveries(&s.db, &who, id(&raw)?, &filter, limit).await?))
 }
 
 #[utoipa::path(

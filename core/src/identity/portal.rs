@@ -46,14 +46,22 @@ fn target(id: Uuid) -> Target<'static> {
     Target { kind: "portal_link", id: id.to_string() }
 }
 
-/// Makes a link (admins). Returns it and its token, shown once.
+/// Admins, and API clients with `portal_links:write` (for the owners they may address).
+fn may_manage(who: &Principal) -> bool {
+    who.is_admin() || who.has(crate::apikeys::Scope::PortalLinks)
+}
+
+/// Makes a link (admins, or a key with `portal_links:write`). Returns it and its token, shown once.
 pub async fn create(db: &PgPool, who: &Principal, new: NewPortalLink) -> Result<(PortalLink, String)> {
-    if !who.is_admin() {
-        return Err(Error::Forbidden("only admins make portal links".into()));
+    if !may_manage(who) {
+        return Err(Error::Forbidden("only admins and keys with portal_links:write make portal links".into()));
     }
     let owner = new.owner.trim().to_owned();
     if owner.is_empty() || owner.len() > 255 || owner.contains('\0') || owner.starts_with("key:") {
         return Err(Error::Invalid("owner must be 1 to 255 characters (a team or user:<subject>)".into()));
+    }
+    if who.addressable.as_ref().is_some_and(|allowed| !allowed.contains(&owner)) {
+        return Err(Error::Forbidden(format!("this key may not open a portal for '{owner}'")));
     }
     let ttl = match new.ttl.as_deref().map(str::trim) {
         None | Some("") => Duration::hours(1),
@@ -88,27 +96,31 @@ pub async fn create(db: &PgPool, who: &Principal, new: NewPortalLink) -> Result<
 
 /// The links (admins), newest first.
 pub async fn list(db: &PgPool, who: &Principal) -> Result<Vec<PortalLink>> {
-    if !who.is_admin() {
-        return Err(Error::Forbidden("only admins see portal links".into()));
+    if !may_manage(who) {
+        return Err(Error::Forbidden("only admins and keys with portal_links:write see portal links".into()));
     }
     Ok(sqlx::query_as(
-        "SELECT id, owner, created_by, created_at, expires_at, revoked_at FROM portal_links ORDER BY id DESC LIMIT 500",
+        "SELECT id, owner, created_by, created_at, expires_at, revoked_at FROM portal_links
+         WHERE $1::text[] IS NULL OR owner = ANY($1) ORDER BY id DESC LIMIT 500",
     )
+    .bind(if who.is_admin() { None } else { who.addressable.clone() })
     .fetch_all(db)
     .await?)
 }
 
-/// Revokes a link (admins): it stops opening the portal, and sessions opened with it end.
+/// Revokes a link (admins, or a key with `portal_links:write` for its owners): it stops opening the portal, and sessions opened with it end.
 pub async fn revoke(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
-    if !who.is_admin() {
+    if !may_manage(who) {
         return Err(Error::NotFound);
     }
     let mut tx = db.begin().await?;
     let newly: Option<bool> = sqlx::query_scalar(
         "UPDATE portal_links l SET revoked_at = coalesce(l.revoked_at, now()) FROM portal_links old
-         WHERE l.id = $1 AND old.id = l.id RETURNING old.revoked_at IS NULL",
+         WHERE l.id = $1 AND old.id = l.id AND ($2::text[] IS NULL OR l.owner = ANY($2))
+         RETURNING old.revoked_at IS NULL",
     )
     .bind(id)
+    .bind(if who.is_admin() { None } else { who.addressable.clone() })
     .fetch_optional(&mut *tx)
     .await?;
     match newly {

@@ -33,21 +33,38 @@ const DELIVERY_SELECT: &str = "SELECT d.id, d.notification_id, n.event_type, d.s
         d.next_attempt_at, d.last_error, d.created_at, d.updated_at
  FROM deliveries d JOIN notifications n ON n.id = d.notification_id";
 
+/// What an endpoint's deliveries are narrowed to.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub event_type: Option<String>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// An endpoint's deliveries, newest first.
 pub async fn deliveries(
     db: &PgPool,
     who: &Principal,
     id: Uuid,
-    status: Option<DeliveryStatus>,
+    f: &DeliveryFilter,
     limit: i64,
 ) -> Result<Vec<EndpointDelivery>> {
     get(db, who, id).await?;
     Ok(sqlx::query_as(&format!(
         "{DELIVERY_SELECT} WHERE d.endpoint_id = $1 AND ($2::text IS NULL OR d.status = $2)
+           AND ($4::text IS NULL OR n.event_type = $4) AND ($5::timestamptz IS NULL OR d.created_at >= $5)
+           AND ($6::timestamptz IS NULL OR d.created_at < $6)
          ORDER BY d.created_at DESC, d.id DESC LIMIT $3"
     ))
     .bind(id)
-    .bind(status)
+    .bind(f.status)
     .bind(limit)
+    .bind(f.event_type.as_deref())
+    .bind(f.since)
+    .bind(f.until)
     .fetch_all(db)
     .await?)
 }

@@ -609,9 +609,40 @@ async fn a_portal_link_opens_the_portal_for_its_owner_until_revoked_or_expired()
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(browser().get(short["url"].as_str().unwrap()).send().await.unwrap().status(), 404);
 
+    // An API client with portal_links:write, limited to acme, makes links for acme only.
+    let (ok, out, err) = run_cli(
+        &h.env,
+        &[
+            "api-key",
+            "create",
+            "--name",
+            "saas",
+            "--scope",
+            "portal_links:write",
+            "--owner",
+            "saas",
+            "--address-owner",
+            "acme",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let saas = out.lines().last().unwrap().trim().to_owned();
+    let (s, made) = h.call(Method::POST, "/api/v1/portal-links", &saas, Some(&json!({"owner": "acme"}))).await;
+    assert_eq!(s, 201, "{made}");
+    let (s, _) = h.call(Method::POST, "/api/v1/portal-links", &saas, Some(&json!({"owner": "globex"}))).await;
+    assert_eq!(s, 403, "not for an owner it may not address");
+    let (_, theirs) = h.call(Method::GET, "/api/v1/portal-links", &saas, None).await;
+    assert!(theirs["data"].as_array().unwrap().iter().all(|l| l["owner"] == "acme"));
+    let (s, _) =
+        h.call(Method::DELETE, &format!("/api/v1/portal-links/{}", made["id"].as_str().unwrap()), &saas, None).await;
+    assert_eq!(s, 204);
+    let (s, _) = h.call(Method::POST, "/api/v1/portal-links", &globex, Some(&json!({"owner": "globex"}))).await;
+    assert_eq!(s, 403, "an owner's key without the scope");
+
     // Listed without tokens, and audited.
     let (_, list) = h.call(Method::GET, "/api/v1/portal-links", &admin, None).await;
-    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
     assert!(!list.to_string().contains("hpl_"));
     for action in ["portal_link.created", "portal_link.used", "portal_link.revoked"] {
         assert!(!audit(&h, action).await.is_empty(), "{action} is on record");
