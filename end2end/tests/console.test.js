@@ -39,16 +39,20 @@ async function until(what, f, ms = 20000) {
   }
 }
 
-// A real HTTP receiver on loopback that answers 200 and keeps what it got.
+// A real HTTP receiver on loopback that answers `status` (200 unless changed) and keeps
+// what it got.
 async function receiver() {
   const hits = [];
+  const state = { status: 200 };
   const server = http.createServer((req, res) => {
     let body = '';
     req.on('data', (c) => { body += c; });
-    req.on('end', () => { hits.push({ headers: req.headers, body }); res.writeHead(200); res.end('ok'); });
+    req.on('end', () => { hits.push({ headers: req.headers, body }); res.writeHead(state.status); res.end('ok'); });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return { hits, url: `http://127.0.0.1:${server.address().port}/hook`, close: () => server.close() };
+  return {
+    hits, state, url: `http://127.0.0.1:${server.address().port}/hook`, close: () => server.close(),
+  };
 }
 
 // Creates an API key on the console's keys page; returns its secret.
@@ -477,9 +481,12 @@ test('portal: an owner manages their own endpoints; another owner sees nothing o
   const { page } = alice;
   assert.equal(await page.title(), 'Endpoints — Herald');
   const hook = await receiver();
+  // The receiver fails at first: the test event's delivery fails after one retry.
+  hook.state.status = 500;
   await page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
   await page.getByTestId('ep-url').fill(hook.url);
   await page.getByTestId('ep-type-user.registered').check();
+  await page.getByTestId('ep-retry').fill('1s');
   await page.getByTestId('ep-save').click();
   await Promise.all([page.waitForURL(/\/endpoints\/[0-9a-f-]{36}$/), page.getByTestId('ep-saved').click()]);
   const mine = page.url();
@@ -493,18 +500,26 @@ test('portal: an owner manages their own endpoints; another owner sees nothing o
   await page.getByTestId('ep-test').click();
   await page.getByTestId('ep-result').filter({ hasText: 'Test event sent' }).waitFor({ timeout: 15000 });
   await until('the test event', () => hook.hits.some((h) => h.body.includes('webhook.test')));
-  await until('its delivery, recorded', async () => {
-    await page.reload();
+  await until('its delivery, failed', async () => {
+    await page.goto(`${mine}?status=failed`);
     await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
     return (await page.getByTestId('ep-resend').count()) >= 1;
   });
+  // The receiver is fixed; resending the failed delivery succeeds.
+  hook.state.status = 200;
   const before = hook.hits.length;
   await page.getByTestId('ep-resend').first().click();
   await page.getByTestId('ep-result').filter({ hasText: 'queued again' }).waitFor({ timeout: 15000 });
   await until('the resent webhook', () => hook.hits.length > before);
-  // Each delivery's attempts: status, duration, response.
-  await page.getByTestId('ep-attempts-link').first().click();
-  await page.getByTestId('ep-attempt').first().filter({ hasText: 'HTTP 200' }).waitFor({ timeout: 15000 });
+  // Each delivery's attempts: status, duration, response (two 500s, then the 200).
+  await until('the resend, recorded', async () => {
+    await page.goto(mine);
+    await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+    await page.getByTestId('ep-attempts-link').first().click();
+    await page.getByTestId('ep-attempts').waitFor({ timeout: 15000 });
+    return (await page.getByTestId('ep-attempt').filter({ hasText: 'HTTP 200' }).count()) === 1;
+  });
+  assert.equal(await page.getByTestId('ep-attempt').filter({ hasText: 'HTTP 500' }).count(), 2);
   // The delivery filters (status, event type, time); an owner's deliveries link to no admin page.
   await page.goto(`${mine}?event_type=webhook.test`);
   await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
