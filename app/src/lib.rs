@@ -14,6 +14,7 @@ mod dashboard;
 mod endpoints;
 mod event_types;
 mod history;
+mod portal_links;
 mod templates;
 
 /// Who is logged in, as the console shows it.
@@ -471,6 +472,7 @@ fn UserBox() -> impl IntoView {
                                         <a class="nav" href="/notifications" data-testid="nav-notifications">"Notifications"</a>
                                         <a class="nav" href="/event-types" data-testid="nav-event-types">"Event types"</a>
                                         <a class="nav" href="/templates" data-testid="nav-templates">"Templates"</a>
+                                        <a class="nav" href="/portal-links" data-testid="nav-portal-links">"Portal links"</a>
                                         <a class="nav" href="/audit" data-testid="nav-audit">"Audit log"</a>
                                     </Show>
                                     <span data-testid="user-name">{m.name}</span>
@@ -531,6 +533,7 @@ pub fn App() -> impl IntoView {
                     <Route path=StaticSegment("event-types") view=event_types::EventTypesPage/>
                     <Route path=StaticSegment("endpoints") view=endpoints::EndpointsPage/>
                     <Route path=StaticSegment("catalog") view=event_types::CatalogPage/>
+                    <Route path=StaticSegment("portal-links") view=portal_links::PortalLinksPage/>
                     <Route path=path!("/endpoints/:id") view=endpoints::EndpointDetail/>
                     <Route path=path!("/event-types/:name") view=event_types::EventTypeEdit/>
                 </Routes>

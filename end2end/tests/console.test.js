@@ -448,7 +448,7 @@ test('dashboard: the window figures and chart for an admin; nothing for an owner
 
 test('accessibility: titles, a label on every control, and forms that work from the keyboard', async () => {
   const { page, context } = await loggedIn('admin', '/');
-  for (const path of ['/dashboard', '/notifications', '/templates', '/event-types', '/endpoints', '/keys', '/audit']) {
+  for (const path of ['/dashboard', '/notifications', '/templates', '/event-types', '/endpoints', '/catalog', '/portal-links', '/keys', '/audit']) {
     await page.goto(`${base}${path}`);
     await page.locator('main h1').first().waitFor({ timeout: 15000 });
     assert.match(await page.title(), / — Herald$/, `${path} has a title`);
@@ -564,13 +564,22 @@ test('portal: an owner manages their own endpoints; another owner sees nothing o
 });
 
 test('portal link: opens the portal for its owner only, without a login, until revoked', async () => {
-  const { page, context } = await loggedIn('admin', '/');
+  const { page, context } = await loggedIn('admin', '/portal-links');
+  assert.equal(await page.title(), 'Portal links — Herald');
+  await page.getByTestId('links-ready').waitFor({ state: 'attached', timeout: 15000 });
+  // A TTL past 7 days is refused, readably.
+  await page.getByTestId('link-owner').fill('acme');
+  await page.getByTestId('link-ttl').fill('30d');
+  await page.getByTestId('link-create').click();
+  assert.match(await page.getByTestId('link-error').textContent({ timeout: 15000 }), /from 1s to 7d/);
+  await page.getByTestId('link-ttl').fill('10m');
+  await page.getByTestId('link-create').click();
+  const url = (await page.getByTestId('link-url').textContent({ timeout: 15000 })).trim();
+  assert.match(url, /\/auth\/portal\?token=hpl_[0-9a-f]{64}$/);
+  await page.getByTestId('link-row').filter({ hasText: 'acme' }).first().waitFor({ timeout: 15000 });
   const key = await createKey(page, 'portal-links', 'admin');
-  const made = await page.request.post(`${base}/api/v1/portal-links`, {
-    headers: { authorization: `Bearer ${key}` }, data: { owner: 'acme', ttl: '10m' },
-  });
-  assert.equal(made.status(), 201, await made.text());
-  const link = await made.json();
+  const listed = await (await page.request.get(`${base}/api/v1/portal-links`, { headers: { authorization: `Bearer ${key}` } })).json();
+  const link = { url, id: listed.data.find((l) => l.owner === 'acme' && !l.revoked_at).id };
   await context.close();
 
   // A stranger's browser: no login at the provider, straight into acme's portal.
@@ -584,8 +593,15 @@ test('portal link: opens the portal for its owner only, without a login, until r
   await v.goto(`${base}/audit`);
   await v.getByTestId('not-found').waitFor({ timeout: 15000 });
 
-  const revoked = await v.request.delete(`${base}/api/v1/portal-links/${link.id}`, { headers: { authorization: `Bearer ${key}` } });
-  assert.equal(revoked.status(), 204);
+  // The admin revokes it on the console page.
+  const admin = await loggedIn('admin', '/portal-links');
+  await admin.page.getByTestId('links-ready').waitFor({ state: 'attached', timeout: 15000 });
+  const row = admin.page.getByTestId('link-row').filter({ hasText: 'active' }).filter({ hasText: 'acme' }).first();
+  await row.getByTestId('link-revoke').click();
+  await until('revoked', async () => (await admin.page.getByTestId('link-row').filter({ hasText: 'active' }).count()) === 0);
+  await admin.context.close();
+  const state = await (await v.request.get(`${base}/api/v1/portal-links`, { headers: { authorization: `Bearer ${key}` } })).json();
+  assert.ok(state.data.find((l) => l.id === link.id).revoked_at, 'revoked');
   await v.goto(`${base}/endpoints`);
   assert.match(await v.textContent('body'), /This portal link has expired or was revoked/);
   await v.goto(link.url);
