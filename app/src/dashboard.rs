@@ -55,7 +55,7 @@ pub async fn load_figures(window: String) -> Result<Option<Figures>, ServerFnErr
         _ => "%H:%M",
     };
     // The lag gauges of this process's Kafka consumers, if it runs any.
-    let consumer_lag = use_context::<herald_core::api::AppState>().and_then(|s| {
+    let consumer_lag = crate::state().ok().and_then(|s| {
         let text = s.metrics.render();
         let lags: Vec<f64> = text
             .lines()

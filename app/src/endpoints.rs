@@ -27,11 +27,6 @@ pub struct EndpointRow {
     pub headers: String,
 }
 
-#[cfg(feature = "ssr")]
-fn state() -> Result<herald_core::api::AppState, ServerFnError> {
-    use_context::<herald_core::api::AppState>().ok_or_else(|| ServerFnError::new("the console has no server state"))
-}
-
 /// The caller. Every operation below is scoped by the domain: an owner reaches only
 /// their own endpoints (another owner's id is "not found"), an admin every owner's.
 #[cfg(feature = "ssr")]
@@ -128,7 +123,7 @@ pub async fn save_endpoint(
 ) -> Result<String, ServerFnError> {
     use herald_core::webhooks::endpoints::{self, EndpointPatch, NewEndpoint};
     let Some(who) = caller()? else { return Err(ServerFnError::new("no such endpoint")) };
-    let s = state()?;
+    let s = crate::state()?;
     let event_types: Vec<String> =
         event_types.split([',', ' ', '\n']).map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
     let event_types = if event_types.is_empty() { vec!["*".to_owned()] } else { event_types };
@@ -207,17 +202,7 @@ pub async fn endpoint(id: String, #[server(default)] q: DeliveryParams) -> Resul
         Err(Error::NotFound) => return Ok(None),
         Err(e) => return Err(crate::readable(e)),
     };
-    let time = |name: &str, v: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ServerFnError> {
-        let v = v.trim();
-        if v.is_empty() {
-            return Ok(None);
-        }
-        chrono::DateTime::parse_from_rfc3339(v)
-            .map(|t| t.with_timezone(&chrono::Utc))
-            .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
-            .map(Some)
-            .map_err(|_| ServerFnError::new(format!("{name} must be a time, such as 2026-11-29T12:00")))
-    };
+    let time = |name: &str, v: &str| herald_core::model::parse_time(name, v).map_err(crate::readable);
     let filter = herald_core::webhooks::deliveries::DeliveryFilter {
         status: match q.status.trim() {
             "" => None,
@@ -230,23 +215,9 @@ pub async fn endpoint(id: String, #[server(default)] q: DeliveryParams) -> Resul
     let attempts = match q.delivery.trim().parse() {
         Err(_) => None,
         Ok(d) => match herald_core::webhooks::deliveries::delivery(&db, &who, uid, d).await {
-            Ok((_, attempts)) => Some((
-                d.to_string(),
-                attempts
-                    .into_iter()
-                    .map(|a| crate::history::AttemptRow {
-                        n: a.attempt,
-                        at: a.started_at.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
-                        duration_ms: a.duration_ms,
-                        outcome: a.outcome,
-                        detail: [a.http_status.map(|s| format!("HTTP {s}")), a.response_excerpt, a.error]
-                            .into_iter()
-                            .flatten()
-                            .collect::<Vec<_>>()
-                            .join(" — "),
-                    })
-                    .collect(),
-            )),
+            Ok((_, attempts)) => {
+                Some((d.to_string(), attempts.into_iter().map(crate::history::AttemptRow::from).collect()))
+            }
             Err(herald_core::error::Error::NotFound) => None,
             Err(e) => return Err(crate::readable(e)),
         },
@@ -284,7 +255,7 @@ pub async fn endpoint_action(
     let not_found = || ServerFnError::new("no such endpoint");
     let Some(who) = caller()? else { return Err(not_found()) };
     let uid = id.parse().map_err(|_| not_found())?;
-    let s = state()?;
+    let s = crate::state()?;
     let e = crate::readable;
     Ok(match action.as_str() {
         "enable" | "disable" => {
@@ -304,10 +275,9 @@ pub async fn endpoint_action(
             format!("Test event sent (notification {}).", accepted.id)
         }
         "recover" => {
-            let since = chrono::DateTime::parse_from_rfc3339(since.trim())
-                .map(|t| t.with_timezone(&chrono::Utc))
-                .or_else(|_| chrono::NaiveDateTime::parse_from_str(since.trim(), "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
-                .map_err(|_| ServerFnError::new("since must be a time, such as 2026-11-29T12:00"))?;
+            let since = herald_core::model::parse_time("since", &since)
+                .map_err(e)?
+                .ok_or_else(|| ServerFnError::new("since: give the time to recover from"))?;
             let ids = deliveries::recover(&s.db, &who, uid, since).await.map_err(e)?;
             format!("{} failed deliveries queued again.", ids.len())
         }

@@ -28,56 +28,44 @@ pub struct EventTypeRow {
     pub operational: bool,
 }
 
+/// Event types as the console shows them (schema and sample pretty-printed).
+#[cfg(feature = "ssr")]
+fn rows(types: Vec<herald_core::catalog::EventType>) -> Vec<EventTypeRow> {
+    let pretty = |v: Option<serde_json::Value>| {
+        v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default()
+    };
+    types
+        .into_iter()
+        .map(|e| EventTypeRow {
+            name: e.name,
+            description: e.description,
+            schema: pretty(e.payload_schema),
+            sample: pretty(e.sample_payload),
+            template: e.email_template.unwrap_or_default(),
+            recipient_path: e.recipient_path.unwrap_or_default(),
+            visibility: e.visibility,
+            grants: e.grants.join(", "),
+            operational: e.operational,
+        })
+        .collect()
+}
+
 /// The catalog's event types (admins; `None` for anyone else).
 #[server(prefix = "/console/fn", endpoint = "event-types/list")]
 pub async fn list_event_types() -> Result<Option<Vec<EventTypeRow>>, ServerFnError> {
     if !crate::principal()?.is_admin() {
         return Ok(None);
     }
-    let pretty = |v: Option<serde_json::Value>| {
-        v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default()
-    };
-    let rows = herald_core::catalog::list_event_types(&crate::db()?).await.map_err(crate::readable)?;
-    Ok(Some(
-        rows.into_iter()
-            .map(|e| EventTypeRow {
-                name: e.name,
-                description: e.description,
-                schema: pretty(e.payload_schema),
-                sample: pretty(e.sample_payload),
-                template: e.email_template.unwrap_or_default(),
-                recipient_path: e.recipient_path.unwrap_or_default(),
-                visibility: e.visibility,
-                grants: e.grants.join(", "),
-                operational: e.operational,
-            })
-            .collect(),
-    ))
+    let types = herald_core::catalog::list_event_types(&crate::db()?).await.map_err(crate::readable)?;
+    Ok(Some(rows(types)))
 }
 
 /// The event catalog as the caller sees it (an owner: the types they may receive).
 #[server(prefix = "/console/fn", endpoint = "catalog")]
 pub async fn catalog() -> Result<Option<Vec<EventTypeRow>>, ServerFnError> {
     let who = crate::principal()?;
-    let pretty = |v: Option<serde_json::Value>| {
-        v.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default()
-    };
-    let rows = herald_core::catalog::receivable_event_types(&crate::db()?, &who).await.map_err(crate::readable)?;
-    Ok(Some(
-        rows.into_iter()
-            .map(|e| EventTypeRow {
-                name: e.name,
-                description: e.description,
-                schema: pretty(e.payload_schema),
-                sample: pretty(e.sample_payload),
-                template: e.email_template.unwrap_or_default(),
-                recipient_path: e.recipient_path.unwrap_or_default(),
-                visibility: e.visibility,
-                grants: e.grants.join(", "),
-                operational: e.operational,
-            })
-            .collect(),
-    ))
+    let types = herald_core::catalog::receivable_event_types(&crate::db()?, &who).await.map_err(crate::readable)?;
+    Ok(Some(rows(types)))
 }
 
 /// `/catalog`: the event types the user may receive, with schema and example.

@@ -272,6 +272,25 @@ pub struct AttemptRow {
     pub detail: String,
 }
 
+#[cfg(feature = "ssr")]
+impl From<herald_core::notifications::read::AttemptView> for AttemptRow {
+    /// An attempt's line: its reply (SMTP, or HTTP status and response excerpt) and error.
+    fn from(a: herald_core::notifications::read::AttemptView) -> Self {
+        let detail = [a.smtp_reply, a.http_status.map(|s| format!("HTTP {s}")), a.response_excerpt, a.error]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" — ");
+        AttemptRow {
+            n: a.attempt,
+            at: a.started_at.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+            duration_ms: a.duration_ms,
+            outcome: a.outcome,
+            detail,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailView {
     pub template: String,
@@ -340,29 +359,7 @@ pub async fn notification(id: String) -> Result<Option<NotificationPage>, Server
                 text: word(e["text"].clone()),
                 html: word(e["html"].clone()),
             }),
-            attempts: d
-                .attempts
-                .into_iter()
-                .map(|a| {
-                    let detail = [
-                        a.smtp_reply.clone(),
-                        a.http_status.map(|s| format!("HTTP {s}")),
-                        a.response_excerpt.clone(),
-                        a.error.clone(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(" — ");
-                    AttemptRow {
-                        n: a.attempt,
-                        at: time(a.started_at),
-                        duration_ms: a.duration_ms,
-                        outcome: a.outcome,
-                        detail,
-                    }
-                })
-                .collect(),
+            attempts: d.attempts.into_iter().map(AttemptRow::from).collect(),
         })
         .collect();
     Ok(Some(NotificationPage {

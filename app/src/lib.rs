@@ -80,15 +80,8 @@ pub async fn audit_log(#[server(default)] q: AuditParams) -> Result<Option<Audit
     }
     let db = db()?;
     let text = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-    let time = |name: &str, v: Option<String>| -> Result<Option<chrono::DateTime<chrono::Utc>>, ServerFnError> {
-        text(v)
-            .map(|v| {
-                chrono::DateTime::parse_from_rfc3339(&v)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(&v, "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
-                    .map_err(|_| ServerFnError::new(format!("{name} must be a time, such as 2026-11-29T12:00")))
-            })
-            .transpose()
+    let time = |name: &str, v: Option<String>| {
+        herald_core::model::parse_time(name, v.as_deref().unwrap_or("")).map_err(readable)
     };
     let before = text(q.before)
         .map(|b| b.parse::<i64>().map_err(|_| ServerFnError::new("before must be an entry number")))
@@ -269,6 +262,13 @@ fn session_user() -> Option<herald_core::identity::SessionUser> {
 #[cfg(feature = "ssr")]
 fn db() -> Result<sqlx::PgPool, ServerFnError> {
     use_context::<sqlx::PgPool>().ok_or_else(|| ServerFnError::new("the console has no database"))
+}
+
+/// The API's state (secret key, SSRF guard, processor, configuration, metrics), which the
+/// server provides with the routes.
+#[cfg(feature = "ssr")]
+fn state() -> Result<herald_core::api::AppState, ServerFnError> {
+    use_context::<herald_core::api::AppState>().ok_or_else(|| ServerFnError::new("the console has no server state"))
 }
 
 /// The caller as the domain layer's `Principal`, from the gate's session user.

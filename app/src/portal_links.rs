@@ -48,11 +48,10 @@ pub async fn list_links() -> Result<Option<Vec<LinkRow>>, ServerFnError> {
 #[server(prefix = "/console/fn", endpoint = "portal-links/create")]
 pub async fn create_link(owner: String, ttl: String) -> Result<String, ServerFnError> {
     let who = crate::principal()?;
-    let s = use_context::<herald_core::api::AppState>()
-        .ok_or_else(|| ServerFnError::new("the console has no server state"))?;
+    let s = crate::state()?;
     let new = herald_core::identity::portal::NewPortalLink { owner, ttl: Some(ttl).filter(|t| !t.trim().is_empty()) };
     let (_, token) = herald_core::identity::portal::create(&s.db, &who, new).await.map_err(crate::readable)?;
-    Ok(format!("{}/auth/portal?token={token}", s.config.public_url.trim_end_matches('/')))
+    Ok(herald_core::identity::portal::url(&s.config.public_url, &token))
 }
 
 /// Revokes a link.

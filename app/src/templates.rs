@@ -234,8 +234,7 @@ pub async fn diff_versions(key: String, from: i32, to: i32) -> Result<Vec<DiffRo
 #[server(prefix = "/console/fn", endpoint = "templates/test")]
 pub async fn send_test(key: String, version: i32, to: String, event_type: String) -> Result<String, ServerFnError> {
     let who = crate::principal()?;
-    let s = use_context::<herald_core::api::AppState>()
-        .ok_or_else(|| ServerFnError::new("the console has no server state"))?;
+    let s = crate::state()?;
     let t = herald_core::catalog::TestSend {
         to,
         version: Some(version),

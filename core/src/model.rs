@@ -151,6 +151,30 @@ impl NotificationStatus {
     }
 }
 
+/// A time as people and forms give it: RFC 3339, or a browser's `datetime-local` value
+/// (no zone, read as UTC). Empty is none; anything else is an error naming `name`.
+pub fn parse_time(name: &str, v: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, crate::error::Error> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
+        .map(Some)
+        .map_err(|_| {
+            crate::error::Error::Invalid(format!("{name} must be an RFC 3339 time, such as 2026-11-29T12:00:00Z"))
+        })
+}
+
+/// The smallest UUIDv7 of `t`'s millisecond. Notifications, deliveries (and so
+/// attempts) have UUIDv7 ids, so a time range is an id range that their primary keys
+/// serve. Times outside UUIDv7's 48-bit range are clamped to it, never wrapped.
+pub fn v7_floor(t: chrono::DateTime<chrono::Utc>) -> uuid::Uuid {
+    let ms = t.timestamp_millis().clamp(0, (1i64 << 48) - 1) as u64;
+    uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid()
+}
+
 /// The line diff of two texts: `('-', line)` only in `old`, `('+', line)` only in `new`,
 /// `(' ', line)` in both (template versions, audit entries' before and after).
 pub fn line_diff(old: &str, new: &str) -> Vec<(char, String)> {

@@ -38,7 +38,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CreatedLink>), ApiError> {
     let new: NewPortalLink = json_body(body, s.config.max_body_bytes)?;
     let (link, token) = portal::create(&s.db, &who, new).await?;
-    let url = format!("{}/auth/portal?token={token}", s.config.public_url.trim_end_matches('/'));
+    let url = portal::url(&s.config.public_url, &token);
     Ok((StatusCode::CREATED, Json(CreatedLink { link, url })))
 }
 

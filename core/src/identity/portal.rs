@@ -46,6 +46,11 @@ fn target(id: Uuid) -> Target<'static> {
     Target { kind: "portal_link", id: id.to_string() }
 }
 
+/// The address that opens the portal with `token`.
+pub fn url(public_url: &str, token: &str) -> String {
+    format!("{}/auth/portal?token={token}", public_url.trim_end_matches('/'))
+}
+
 /// Admins, and API clients with `portal_links:write` (for the owners they may address).
 fn may_manage(who: &Principal) -> bool {
     who.is_admin() || who.has(crate::apikeys::Scope::PortalLinks)

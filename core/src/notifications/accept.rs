@@ -406,9 +406,11 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
                             -- events go by $11; others to admins, to everyone when
                             -- public, to the grantees when granted.
                             AND ($10 OR admin
-                                 OR (SELECT visibility FROM event_types WHERE name = $2) = 'public'
-                                 OR ((SELECT visibility FROM event_types WHERE name = $2) = 'granted'
-                                     AND owner IN (SELECT grantee FROM event_type_grants WHERE event_type = $2)))
+                                 OR CASE (SELECT visibility FROM event_types WHERE name = $2)
+                                        WHEN 'public' THEN true
+                                        WHEN 'granted' THEN owner IN (SELECT grantee FROM event_type_grants
+                                                                      WHERE event_type = $2)
+                                        ELSE false END)
                             -- Addressed: only these owners' endpoints.
                             AND ($13::text[] IS NULL OR owner = ANY($13)) END
          ), w AS (

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::apikeys::Principal;
 use crate::error::{Error, Result};
-use crate::model::{Channel, DeliveryStatus, NotificationStatus};
+use crate::model::{v7_floor, Channel, DeliveryStatus, NotificationStatus};
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AttemptView {
@@ -174,15 +174,7 @@ fn word(v: &Option<String>) -> Option<&str> {
 }
 
 fn time(name: &str, v: &Option<String>) -> Result<Option<DateTime<Utc>>> {
-    word(v)
-        .map(|v| {
-            DateTime::parse_from_rfc3339(v)
-                .map(|t| t.with_timezone(&Utc))
-                // A browser's datetime-local control: no zone, read as UTC.
-                .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M").map(|t| t.and_utc()))
-                .map_err(|_| Error::Invalid(format!("{name} must be an RFC 3339 time, such as 2026-11-29T12:00:00Z")))
-        })
-        .transpose()
+    crate::model::parse_time(name, v.as_deref().unwrap_or(""))
 }
 
 fn parsed<T: std::str::FromStr<Err = String>>(name: &str, v: &Option<String>) -> Result<Option<T>> {
@@ -226,45 +218,18 @@ pub struct NotificationSummary {
     pub failed: i64,
 }
 
-/// The history's statement without delivery filters ($6 to $9 are all null).
-const HISTORY: &str = "SELECT n.id, n.event_type, n.recipients, n.created_at, n.owner
+/// The history's statement up to the delivery filters: the caller's owner, the event
+/// type, the cursor and the time range ($1 to $5).
+const HISTORY_SELECT: &str = "SELECT n.id, n.event_type, n.recipients, n.created_at, n.owner
  FROM notifications n
  WHERE ($1::text IS NULL OR n.owner = $1)
    AND ($2::text IS NULL OR n.event_type = $2)
    AND ($3::uuid IS NULL OR n.id < $3)
    AND ($4::uuid IS NULL OR n.id >= $4)
-   AND ($5::uuid IS NULL OR n.id < $5)
-   AND $6::text IS NULL AND $7::text IS NULL AND $8::text IS NULL AND $9::uuid IS NULL
- ORDER BY n.id DESC
- LIMIT $10";
-
-/// The history's statement with delivery filters.
-const HISTORY_BY_DELIVERY: &str = "SELECT n.id, n.event_type, n.recipients, n.created_at, n.owner
- FROM notifications n
- WHERE ($1::text IS NULL OR n.owner = $1)
-   AND ($2::text IS NULL OR n.event_type = $2)
-   AND ($3::uuid IS NULL OR n.id < $3)
-   AND ($4::uuid IS NULL OR n.id >= $4)
-   AND ($5::uuid IS NULL OR n.id < $5)
-   AND EXISTS (SELECT 1 FROM deliveries d
-               WHERE d.notification_id = n.id
-                 AND ($6::text IS NULL OR d.status = $6)
-                 AND ($7::text IS NULL OR d.channel = $7)
-                 AND ($8::text IS NULL OR (d.channel = 'email' AND d.target = $8))
-                 AND ($9::uuid IS NULL OR d.endpoint_id = $9))
- ORDER BY n.id DESC
- LIMIT $10";
+   AND ($5::uuid IS NULL OR n.id < $5)";
 
 /// The largest page the history answers.
 pub const HISTORY_PAGE_MAX: i64 = 200;
-
-/// The smallest UUIDv7 of a millisecond: notification ids are UUIDv7, so a time range
-/// is an id range and the primary key serves it (times outside UUIDv7's 48-bit range
-/// are clamped to it).
-fn v7_floor(t: DateTime<Utc>) -> Uuid {
-    let ms = t.timestamp_millis().clamp(0, (1i64 << 48) - 1) as u64;
-    uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid()
-}
 
 /// One page of the history, newest first: the caller's own notifications (an admin:
 /// everyone's). Keyset-paginated on the time-ordered id, so every page costs the same
@@ -285,8 +250,26 @@ pub async fn list(db: &PgPool, who: &Principal, f: &HistoryFilter, limit: i64) -
     // deliveries index), present only when one is given: a notification without
     // deliveries still lists.
     let by_delivery = f.status.is_some() || f.channel.is_some() || f.recipient.is_some() || f.endpoint.is_some();
-    let sql = if by_delivery { HISTORY_BY_DELIVERY } else { HISTORY };
-    let mut page: Vec<NotificationSummary> = sqlx::query_as(sql)
+    let sql = if by_delivery {
+        format!(
+            "{HISTORY_SELECT}
+               AND EXISTS (SELECT 1 FROM deliveries d
+                           WHERE d.notification_id = n.id
+                             AND ($6::text IS NULL OR d.status = $6)
+                             AND ($7::text IS NULL OR d.channel = $7)
+                             AND ($8::text IS NULL OR (d.channel = 'email' AND d.target = $8))
+                             AND ($9::uuid IS NULL OR d.endpoint_id = $9))
+             ORDER BY n.id DESC LIMIT $10"
+        )
+    } else {
+        // $6 to $9 are all null here.
+        format!(
+            "{HISTORY_SELECT}
+               AND $6::text IS NULL AND $7::text IS NULL AND $8::text IS NULL AND $9::uuid IS NULL
+             ORDER BY n.id DESC LIMIT $10"
+        )
+    };
+    let mut page: Vec<NotificationSummary> = sqlx::query_as(&sql)
         .persistent(false)
         .bind(owner)
         .bind(f.event_type.as_deref())

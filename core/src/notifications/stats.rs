@@ -85,12 +85,6 @@ pub struct Dashboard {
     pub oldest_backlog_seconds: Option<f64>,
 }
 
-/// The smallest UUIDv7 of `t`'s millisecond.
-fn floor(t: DateTime<Utc>) -> Uuid {
-    let ms = t.timestamp_millis().clamp(0, (1i64 << 48) - 1) as u64;
-    uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid()
-}
-
 /// The dashboard (admins).
 pub async fn dashboard(db: &PgPool, who: &Principal, window: Window) -> Result<Dashboard> {
     if !who.is_admin() {
@@ -98,7 +92,7 @@ pub async fn dashboard(db: &PgPool, who: &Principal, window: Window) -> Result<D
     }
     let now = Utc::now();
     let since = now - window.length();
-    let from = floor(since);
+    let from = crate::model::v7_floor(since);
     let accepted: i64 =
         sqlx::query_scalar("SELECT count(*) FROM notifications WHERE id >= $1").bind(from).fetch_one(db).await?;
     let outcomes: Vec<Outcome> = sqlx::query_as(
