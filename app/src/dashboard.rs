@@ -19,6 +19,18 @@ pub struct Unhealthy {
     pub reason: String,
 }
 
+/// One template's email tracking figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackingRow {
+    pub template: String,
+    pub delivered: i64,
+    pub opens: i64,
+    pub clicks: i64,
+    pub open_rate: Option<f64>,
+    pub click_rate: Option<f64>,
+    pub machine: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     pub window: String,
@@ -38,6 +50,9 @@ pub struct Figures {
     pub oldest_backlog_s: Option<f64>,
     /// Kafka consumer lag summed over this process's partitions, if it consumes.
     pub consumer_lag: Option<f64>,
+    /// `HERALD_TRACKING` and the tracking figures per template.
+    pub tracking_mode: String,
+    pub tracking: Vec<TrackingRow>,
 }
 
 /// The figures (admins; `None` for anyone else).
@@ -49,7 +64,8 @@ pub async fn load_figures(window: String) -> Result<Option<Figures>, ServerFnErr
         return Ok(None);
     }
     let w = Window::parse(&window).map_err(crate::readable)?;
-    let d = dashboard(&crate::db()?, &who, w).await.map_err(crate::readable)?;
+    let mode = crate::state().map(|s| s.config.tracking).unwrap_or(herald_core::config::TrackingMode::Full);
+    let d = dashboard(&crate::db()?, &who, w, mode).await.map_err(crate::readable)?;
     let label = match w {
         Window::Week => "%a %H:%M",
         _ => "%H:%M",
@@ -90,7 +106,25 @@ pub async fn load_figures(window: String) -> Result<Option<Figures>, ServerFnErr
         backlog: d.backlog,
         oldest_backlog_s: d.oldest_backlog_seconds,
         consumer_lag,
+        tracking_mode: d.tracking_mode.to_owned(),
+        tracking: d
+            .email_tracking
+            .into_iter()
+            .map(|t| TrackingRow {
+                template: t.template,
+                delivered: t.delivered,
+                opens: if d.tracking_mode == "anonymous" { t.opens } else { t.unique_opens },
+                clicks: if d.tracking_mode == "anonymous" { t.clicks } else { t.unique_clicks },
+                open_rate: t.open_rate,
+                click_rate: t.click_rate,
+                machine: t.machine,
+            })
+            .collect(),
     }))
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.1} %", v * 100.0)).unwrap_or_else(|| "—".into())
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -169,6 +203,43 @@ pub fn DashboardPage() -> impl IntoView {
                                 </tbody>
                             </table>
                             <p class="status">{format!("{} attempts in the window.", f.attempts)}</p>
+                        </section>
+                        <section class="card">
+                            <h2>"Email tracking by template"</h2>
+                            {
+                                let (opened, clicked) = if f.tracking_mode == "anonymous" {
+                                    ("Opens", "Clicks")
+                                } else {
+                                    ("Opened", "Clicked")
+                                };
+                                let note = match f.tracking_mode.as_str() {
+                                    "off" => "Tracking is off (HERALD_TRACKING=off): nothing is recorded.",
+                                    "anonymous" => "Anonymous tracking: counts per template only, so rates are opens and clicks over emails delivered.",
+                                    _ => "Rates are emails opened or clicked at least once by a person, over tracked emails delivered. Machines (privacy proxies, scanners, prefetches) are counted apart.",
+                                };
+                                if f.tracking.is_empty() {
+                                    view! { <p class="notice">{note}" No tracked email in this window."</p> }.into_any()
+                                } else {
+                                    view! {
+                                        <table class="audit" data-testid="tracking-table">
+                                            <thead><tr><th scope="col">"Template"</th><th scope="col">"Delivered"</th>
+                                                <th scope="col">{opened}</th><th scope="col">"Open rate"</th>
+                                                <th scope="col">{clicked}</th><th scope="col">"Click rate"</th>
+                                                <th scope="col">"Machines"</th></tr></thead>
+                                            <tbody>
+                                                {f.tracking.into_iter().map(|t| view! {
+                                                    <tr data-testid="tracking-row">
+                                                        <td><a href=format!("/templates/{}", t.template)>{t.template.clone()}</a></td>
+                                                        <td>{t.delivered}</td><td>{t.opens}</td><td>{percent(t.open_rate)}</td>
+                                                        <td>{t.clicks}</td><td>{percent(t.click_rate)}</td><td>{t.machine}</td>
+                                                    </tr>
+                                                }).collect_view()}
+                                            </tbody>
+                                        </table>
+                                        <p class="status">{note}</p>
+                                    }.into_any()
+                                }
+                            }
                         </section>
                         <section class="card">
                             <h2>"Failing and disabled endpoints"</h2>

@@ -310,7 +310,22 @@ pub struct DeliveryRow {
     pub next_attempt: Option<String>,
     pub last_error: Option<String>,
     pub email: Option<EmailView>,
+    pub tracking: Option<TrackingView>,
     pub attempts: Vec<AttemptRow>,
+}
+
+/// What email tracking recorded of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackingView {
+    /// "opens and clicks", "opens", "clicks".
+    pub tracks: String,
+    pub opens: i64,
+    pub first_open: Option<String>,
+    pub last_open: Option<String>,
+    pub machine_opens: i64,
+    /// (url, clicks, first, last)
+    pub clicks: Vec<(String, i64, String, String)>,
+    pub machine_clicks: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,6 +373,27 @@ pub async fn notification(id: String) -> Result<Option<NotificationPage>, Server
                 subject: word(e["subject"].clone()),
                 text: word(e["text"].clone()),
                 html: word(e["html"].clone()),
+            }),
+            tracking: d.tracking.map(|t| TrackingView {
+                tracks: match (t.track_opens, t.track_clicks) {
+                    (true, true) => "opens and clicks",
+                    (true, false) => "opens",
+                    _ => "clicks",
+                }
+                .into(),
+                opens: t.opens,
+                first_open: t.first_opened_at.map(time),
+                last_open: t.last_opened_at.map(time),
+                machine_opens: t.machine_opens,
+                clicks: t
+                    .clicks
+                    .into_iter()
+                    .map(|c| {
+                        let when = |v: Option<chrono::DateTime<chrono::Utc>>| v.map(time).unwrap_or_default();
+                        (c.url, c.clicks, when(c.first_clicked_at), when(c.last_clicked_at))
+                    })
+                    .collect(),
+                machine_clicks: t.machine_clicks,
             }),
             attempts: d.attempts.into_iter().map(AttemptRow::from).collect(),
         })
@@ -505,6 +541,33 @@ fn DeliveryCard(d: DeliveryRow, resend: ServerAction<ResendDelivery>) -> impl In
                         srcdoc=e.html
                         data-testid="email-html"
                     ></iframe>
+                }
+            })}
+            {d.tracking.map(|t| {
+                let opened = match (&t.first_open, &t.last_open) {
+                    (Some(first), Some(last)) if t.opens > 1 => format!("{} times, first {first}, last {last}", t.opens),
+                    (Some(first), _) => format!("once, {first}"),
+                    _ => "not yet".to_owned(),
+                };
+                view! {
+                    <h3>"Tracking (" {t.tracks.clone()} ")"</h3>
+                    <p data-testid="tracking-opens"><strong>"Opened: "</strong>{opened}
+                        {(t.machine_opens > 0).then(|| format!(" ({} by machines, not counted)", t.machine_opens))}</p>
+                    {if t.clicks.is_empty() {
+                        view! { <p data-testid="tracking-clicks"><strong>"Clicked: "</strong>"no link yet"
+                            {(t.machine_clicks > 0).then(|| format!(" ({} by machines, not counted)", t.machine_clicks))}</p> }.into_any()
+                    } else {
+                        view! {
+                            <table class="audit" data-testid="tracking-clicks">
+                                <thead><tr><th scope="col">"Link"</th><th scope="col">"Clicks"</th><th scope="col">"First"</th><th scope="col">"Last"</th></tr></thead>
+                                <tbody>
+                                    {t.clicks.into_iter().map(|(url, n, first, last)| view! {
+                                        <tr data-testid="click-row"><td><code>{url}</code></td><td>{n}</td><td>{first}</td><td>{last}</td></tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any()
+                    }}
                 }
             })}
             <h3>"Attempts"</h3>

@@ -40,7 +40,14 @@ pub async fn create_template(
     text_body: String,
 ) -> Result<String, ServerFnError> {
     let who = crate::principal()?;
-    let new = herald_core::catalog::NewTemplate { key: key.trim().to_owned(), subject, html_body, text_body };
+    let new = herald_core::catalog::NewTemplate {
+        key: key.trim().to_owned(),
+        subject,
+        html_body,
+        text_body,
+        track_opens: false,
+        track_clicks: false,
+    };
     let t = herald_core::catalog::create_template(&crate::db()?, &who, new).await.map_err(crate::readable)?;
     Ok(t.key)
 }
@@ -127,6 +134,20 @@ pub struct VersionRow {
     pub subject: String,
     pub html_body: String,
     pub text_body: String,
+    pub track_opens: bool,
+    pub track_clicks: bool,
+}
+
+impl VersionRow {
+    /// What the version tracks, in words.
+    fn tracks(&self) -> &'static str {
+        match (self.track_opens, self.track_clicks) {
+            (true, true) => "opens, clicks",
+            (true, false) => "opens",
+            (false, true) => "clicks",
+            (false, false) => "nothing",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +180,8 @@ pub async fn template(key: String) -> Result<Option<TemplateDetail>, ServerFnErr
                 subject: v.subject,
                 html_body: v.html_body,
                 text_body: v.text_body,
+                track_opens: v.track_opens,
+                track_clicks: v.track_clicks,
             })
             .collect(),
     }))
@@ -186,7 +209,7 @@ pub async fn preview_template(
     let who = crate::principal()?;
     let req = PreviewRequest {
         version: None,
-        content: Some(Content { subject, html_body, text_body }),
+        content: Some(Content { subject, html_body, text_body, track_opens: false, track_clicks: false }),
         payload: None,
         event_type: Some(event_type).filter(|e| !e.is_empty()),
     };
@@ -201,9 +224,17 @@ pub async fn save_version(
     subject: String,
     html_body: String,
     text_body: String,
+    track_opens: Option<String>,
+    track_clicks: Option<String>,
 ) -> Result<i32, ServerFnError> {
     let who = crate::principal()?;
-    let c = herald_core::catalog::Content { subject, html_body, text_body };
+    let c = herald_core::catalog::Content {
+        subject,
+        html_body,
+        text_body,
+        track_opens: track_opens.is_some(),
+        track_clicks: track_clicks.is_some(),
+    };
     herald_core::catalog::add_version(&crate::db()?, &who, &key, c).await.map_err(crate::readable)
 }
 
@@ -286,6 +317,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
     let subject = RwSignal::new(latest.as_ref().map(|v| v.subject.clone()).unwrap_or_default());
     let html = RwSignal::new(latest.as_ref().map(|v| v.html_body.clone()).unwrap_or_default());
     let text = RwSignal::new(latest.as_ref().map(|v| v.text_body.clone()).unwrap_or_default());
+    let (opens_on, clicks_on) = latest.as_ref().map(|v| (v.track_opens, v.track_clicks)).unwrap_or_default();
     // Rendered again whenever the content changes (as you type, once hydrated).
     let SampleOf(sample_of) = expect_context::<SampleOf>();
     let samples = OnceResource::new(crate::event_types::list_event_types());
@@ -354,6 +386,13 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
                             <textarea name="text_body" rows="6" prop:value=move || text.get()
                                 on:input=move |ev| text.set(event_target_value(&ev)) data-testid="edit-text">{text.get_untracked()}</textarea>
                         </label>
+                        <fieldset>
+                            <legend>"Tracking (under HERALD_TRACKING; off unless ticked)"</legend>
+                            <label class="inline"><input type="checkbox" name="track_opens" checked=opens_on data-testid="edit-track-opens"/>
+                                " Track opens (a 1×1 image)"</label>
+                            <label class="inline"><input type="checkbox" name="track_clicks" checked=clicks_on data-testid="edit-track-clicks"/>
+                                " Track clicks (links through Herald; mailto:, unsubscribe and data-herald-notrack links are left alone)"</label>
+                        </fieldset>
                         <button type="submit" data-testid="save-version">"Save as a new version"</button>
                     </div>
                 </ActionForm>
@@ -394,7 +433,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
             <h2>"Versions"</h2>
             <table class="audit">
                 <thead>
-                    <tr><th scope="col">"Version"</th><th scope="col">"Saved"</th><th scope="col">"Subject"</th><th scope="col"></th></tr>
+                    <tr><th scope="col">"Version"</th><th scope="col">"Saved"</th><th scope="col">"Subject"</th><th scope="col">"Tracks"</th><th scope="col"></th></tr>
                 </thead>
                 <tbody>
                     {t.versions.iter().rev().map(|v| {
@@ -406,6 +445,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
                                 <td>{format!("v{}", v.version)}</td>
                                 <td>{v.created.clone()}</td>
                                 <td>{v.subject.clone()}</td>
+                                <td data-testid="version-tracks">{v.tracks()}</td>
                                 <td>
                                     {if is_published {
                                         view! { <span class="pill succeeded" data-testid="version-published">"published"</span> }.into_any()

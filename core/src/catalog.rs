@@ -192,7 +192,7 @@ pub async fn list_event_types(db: &PgPool) -> Result<Vec<EventType>> {
 /// the list of other owners granted them.
 pub async fn receivable_event_types(db: &PgPool, who: &Principal) -> Result<Vec<EventType>> {
     let mut types: Vec<EventType> = sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM event_types WHERE $2 OR operational OR herald_may_receive(name, $1, false)
+        "SELECT {EVENT_COLUMNS} FROM event_types WHERE $2 OR herald_may_receive(name, $1, false)
          ORDER BY name"
     ))
     .bind(&who.owner)
@@ -260,8 +260,16 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(Error::NotFound)?;
-    if cur.operational {
-        return Err(Error::Conflict(format!("event type '{name}' is Herald's own and cannot be changed")));
+    // Herald's own event types: only who may receive them can change.
+    let routing_only = p.description.is_none()
+        && p.payload_schema.is_none()
+        && p.sample_payload.is_none()
+        && p.email_template.is_none()
+        && p.recipient_path.is_none();
+    if cur.operational && !routing_only {
+        return Err(Error::Conflict(format!(
+            "event type '{name}' is Herald's own: only its visibility and grants can be changed"
+        )));
     }
     let merged = NewEventType {
         name: cur.name.clone(),
@@ -312,6 +320,8 @@ pub struct Version {
     pub subject: String,
     pub html_body: String,
     pub text_body: String,
+    pub track_opens: bool,
+    pub track_clicks: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -322,6 +332,12 @@ pub struct Content {
     pub subject: String,
     pub html_body: String,
     pub text_body: String,
+    /// Add a tracking pixel to the HTML (default false).
+    #[serde(default)]
+    pub track_opens: bool,
+    /// Rewrite `http(s)` links through Herald's click tracking (default false).
+    #[serde(default)]
+    pub track_clicks: bool,
 }
 
 /// `POST /api/v1/templates`.
@@ -332,6 +348,10 @@ pub struct NewTemplate {
     pub subject: String,
     pub html_body: String,
     pub text_body: String,
+    #[serde(default)]
+    pub track_opens: bool,
+    #[serde(default)]
+    pub track_clicks: bool,
 }
 
 const TEMPLATE_SELECT: &str = "SELECT t.key, t.channel, t.published_version,
@@ -366,7 +386,7 @@ pub async fn get_template(db: &PgPool, key: &str) -> Result<(Template, Vec<Versi
         .await?
         .ok_or(Error::NotFound)?;
     let versions = sqlx::query_as(
-        "SELECT version, subject, html_body, text_body, created_at FROM template_versions
+        "SELECT version, subject, html_body, text_body, track_opens, track_clicks, created_at FROM template_versions
          WHERE template_key = $1 ORDER BY version",
     )
     .bind(key)
@@ -387,7 +407,13 @@ pub async fn create_template(db: &PgPool, who: &Principal, n: NewTemplate) -> Re
             n.key
         )));
     }
-    let content = Content { subject: n.subject, html_body: n.html_body, text_body: n.text_body };
+    let content = Content {
+        subject: n.subject,
+        html_body: n.html_body,
+        text_body: n.text_body,
+        track_opens: n.track_opens,
+        track_clicks: n.track_clicks,
+    };
     compile(&content)?;
     let mut tx = db.begin().await?;
     let fresh = sqlx::query("INSERT INTO templates (key) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -408,13 +434,16 @@ pub async fn create_template(db: &PgPool, who: &Principal, n: NewTemplate) -> Re
 
 async fn insert_version(conn: &mut sqlx::PgConnection, key: &str, version: i32, c: &Content) -> Result<()> {
     sqlx::query(
-        "INSERT INTO template_versions (template_key, version, subject, html_body, text_body) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO template_versions (template_key, version, subject, html_body, text_body, track_opens, track_clicks)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(key)
     .bind(version)
     .bind(&c.subject)
     .bind(&c.html_body)
     .bind(&c.text_body)
+    .bind(c.track_opens)
+    .bind(c.track_clicks)
     .execute(conn)
     .await?;
     Ok(())
@@ -505,7 +534,16 @@ pub async fn preview(db: &PgPool, who: &Principal, key: &str, req: PreviewReques
                 .into_iter()
                 .find(|x| x.version == wanted)
                 .ok_or_else(|| Error::Invalid(format!("template '{key}' has no version {wanted}")))?;
-            (found.version, Content { subject: found.subject, html_body: found.html_body, text_body: found.text_body })
+            (
+                found.version,
+                Content {
+                    subject: found.subject,
+                    html_body: found.html_body,
+                    text_body: found.text_body,
+                    track_opens: found.track_opens,
+                    track_clicks: found.track_clicks,
+                },
+            )
         }
     };
     let payload = match (req.payload, req.event_type) {
@@ -529,6 +567,8 @@ pub async fn preview(db: &PgPool, who: &Principal, key: &str, req: PreviewReques
         subject: content.subject,
         html_body: content.html_body,
         text_body: content.text_body,
+        track_opens: content.track_opens,
+        track_clicks: content.track_clicks,
     };
     render_email(&t, &payload).map_err(Error::TemplateRender)
 }
@@ -536,7 +576,7 @@ pub async fn preview(db: &PgPool, who: &Principal, key: &str, req: PreviewReques
 /// One line of a diff between two versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DiffLine {
-    /// The part: subject, html_body or text_body.
+    /// The part: subject, html_body, text_body or tracking.
     pub part: &'static str,
     /// `+` added in the newer, `-` removed from the older, ` ` in both.
     pub tag: char,
@@ -562,6 +602,12 @@ pub async fn diff(db: &PgPool, who: &Principal, key: &str, from: i32, to: i32) -
     ] {
         out.extend(crate::model::line_diff(old, new).into_iter().map(|(tag, text)| DiffLine { part, tag, text }));
     }
+    let tracking = |v: &Version| format!("opens: {}, clicks: {}", v.track_opens, v.track_clicks);
+    out.extend(
+        crate::model::line_diff(&tracking(a), &tracking(b))
+            .into_iter()
+            .map(|(tag, text)| DiffLine { part: "tracking", tag, text }),
+    );
     Ok(out)
 }
 

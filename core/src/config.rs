@@ -118,6 +118,37 @@ impl Roles {
     }
 }
 
+/// `HERALD_TRACKING`: what email tracking records for templates that opt in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackingMode {
+    /// Per delivery: opens and clicks on each delivery, and the `email.opened` and
+    /// `email.clicked` events (the default).
+    Full,
+    /// Counts per template only: nothing is recorded per recipient, no events.
+    Anonymous,
+    /// Nothing: emails go out exactly as rendered, with no pixel and no rewritten link.
+    Off,
+}
+
+impl TrackingMode {
+    pub fn parse(v: &str) -> Result<Self, String> {
+        match v {
+            "full" => Ok(Self::Full),
+            "anonymous" => Ok(Self::Anonymous),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("'{v}' is not a tracking mode; use full, anonymous or off")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Anonymous => "anonymous",
+            Self::Off => "off",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusKind {
     Postgres,
@@ -167,6 +198,10 @@ pub struct Config {
     /// `HERALD_HTTP_MAX_CONNECTIONS`: open connections per listener; more wait to be accepted.
     pub http_max_connections: usize,
     pub site_root: String,
+    /// `HERALD_TRACKING`: full (default), anonymous or off.
+    pub tracking: TrackingMode,
+    /// `HERALD_TRACKING_TEXT_LINKS`: also rewrite the links of the text part (default true).
+    pub tracking_text_links: bool,
     /// `HERALD_SECRET_KEY`: seals webhook signing secrets at rest.
     pub secret_key: crate::secrets::SecretKey,
     pub webhook: WebhookConfig,
@@ -411,6 +446,12 @@ impl Config {
             },
             http_header_timeout: s.parsed("HERALD_HTTP_HEADER_TIMEOUT", Duration::from_secs(10), at_least(Duration::from_millis(100)))?,
             http_max_connections: s.parsed("HERALD_HTTP_MAX_CONNECTIONS", 1024, positive)?,
+            tracking: s.parsed("HERALD_TRACKING", TrackingMode::Full, TrackingMode::parse)?,
+            tracking_text_links: s.parsed("HERALD_TRACKING_TEXT_LINKS", true, |v| match v {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("'{v}' is not true or false")),
+            })?,
             site_root: s.parsed("HERALD_SITE_ROOT", "target/site".to_owned(), |v| Ok(v.to_owned()))?,
             secret_key: crate::secrets::SecretKey::parse_hex(&s.required(
                 "HERALD_SECRET_KEY",

@@ -24,4 +24,5 @@ pub mod smtp;
 pub mod ssrf;
 pub mod supervise;
 pub mod templates;
+pub mod tracking;
 pub mod webhooks;

@@ -107,3 +107,14 @@ pub fn pruned(table: &'static str, n: u64) {
 pub fn rate_limited() {
     metrics::counter!("herald_api_rate_limited_total").increment(1);
 }
+
+/// An email open or click recorded, by a person or a machine.
+pub fn tracking_event(kind: &'static str, person: bool) {
+    metrics::counter!("herald_tracking_events_total", "kind" => kind, "counted" => if person { "person" } else { "machine" })
+        .increment(1);
+}
+
+/// A tracking hit dropped because the recording queue was full.
+pub fn tracking_dropped() {
+    metrics::counter!("herald_tracking_dropped_total").increment(1);
+}

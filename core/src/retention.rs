@@ -1,6 +1,7 @@
 //! Retention: `HERALD_RETENTION` (default 30 days) prunes what is older — finished
 //! notifications with their deliveries and attempts (and the idempotency keys that
-//! answer for them), other idempotency keys, and dead letters — in small batches, off
+//! answer for them, and their email tracking events), other idempotency keys, dead
+//! letters and older email tracking events — in small batches, off
 //! the request path, counted in `herald_retention_pruned_total{table}`.
 //!
 //! A notification with any delivery still pending, in flight or retrying is never
@@ -55,8 +56,9 @@ fn uuid_v7_floor(at: chrono::DateTime<chrono::Utc>) -> Uuid {
 }
 
 /// One pass: deletes everything older than `keep`, `BATCH` rows at a time. Returns the
-/// rows removed per table (notifications, idempotency keys, dead letters).
-pub async fn prune_once(db: &PgPool, keep: Duration) -> sqlx::Result<(u64, u64, u64)> {
+/// rows removed per table (notifications, idempotency keys, dead letters, email
+/// tracking events).
+pub async fn prune_once(db: &PgPool, keep: Duration) -> sqlx::Result<(u64, u64, u64, u64)> {
     // Settings are at most ten years, so this never leaves chrono's range; be safe anyway.
     let cutoff = chrono::Duration::from_std(keep)
         .ok()
@@ -77,7 +79,16 @@ pub async fn prune_once(db: &PgPool, keep: Duration) -> sqlx::Result<(u64, u64, 
     let secs = keep.as_secs_f64();
     let keys = drain_by_age(db, AGED_TABLES[0], secs).await?;
     let dead = drain_by_age(db, AGED_TABLES[1], secs).await?;
-    Ok((notifications, keys, dead))
+    // Tracking events of pruned deliveries went with them; these are the older ones
+    // left (anonymous ones, and those of deliveries still kept).
+    let events = drain(
+        db,
+        "DELETE FROM email_events WHERE id IN (
+            SELECT id FROM email_events WHERE at < $1 ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        cutoff,
+    )
+    .await?;
+    Ok((notifications, keys, dead, events))
 }
 
 /// How often retention runs: a tenth of the retention period, between 1 s and 5 min.
@@ -89,15 +100,17 @@ pub async fn run(db: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>
     let every = interval(keep);
     loop {
         match prune_once(&db, keep).await {
-            Ok((n, i, d)) => {
+            Ok((n, i, d, e)) => {
                 crate::metrics::pruned("notifications", n);
                 crate::metrics::pruned("idempotency_keys", i);
                 crate::metrics::pruned("dead_letters", d);
-                if n + i + d > 0 {
+                crate::metrics::pruned("email_events", e);
+                if n + i + d + e > 0 {
                     tracing::info!(
                         notifications = n,
                         idempotency_keys = i,
                         dead_letters = d,
+                        email_events = e,
                         "retention pruned old rows"
                     );
                 }

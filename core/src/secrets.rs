@@ -7,7 +7,7 @@
 //!   associated data, so a sealed secret cannot be moved to another endpoint.
 //! - A signature is `v1,` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).
 
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as URL_B64};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -19,6 +19,8 @@ use uuid::Uuid;
 pub const SECRET_PREFIX: &str = "whsec_";
 const SECRET_BYTES: usize = 32;
 const NONCE_BYTES: usize = 24;
+/// Associated data of tracking tokens (`seal_token`).
+const TOKEN_AAD: &[u8] = b"herald/tracking-token/v1";
 
 /// `HERALD_SECRET_KEY`: 32 bytes. Its `Debug` never shows the key.
 #[derive(Clone)]
@@ -72,15 +74,7 @@ impl SecretKey {
     }
 
     fn seal_aad(&self, aad: &[u8], secret: &str) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_BYTES];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = self
-            .cipher()
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret.as_bytes(), aad })
-            .expect("XChaCha20-Poly1305 encryption cannot fail for small inputs");
-        let mut out = nonce.to_vec();
-        out.extend(ct);
-        out
+        self.seal_bytes(aad, secret.as_bytes())
     }
 
     /// Decrypts a sealed secret. Fails if the key is wrong, the data was tampered with,
@@ -90,14 +84,45 @@ impl SecretKey {
     }
 
     fn open_aad(&self, aad: &[u8], sealed: &[u8]) -> Result<String, String> {
-        if sealed.len() <= NONCE_BYTES {
-            return Err("sealed secret is too short".into());
-        }
-        let (nonce, ct) = sealed.split_at(NONCE_BYTES);
-        let plain = self.cipher().decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| {
+        let plain = self.open_bytes(aad, sealed).ok_or_else(|| {
             "cannot decrypt a signing secret: HERALD_SECRET_KEY differs from the one that sealed it".to_owned()
         })?;
         String::from_utf8(plain).map_err(|_| "decrypted secret is not text".into())
+    }
+
+    fn seal_bytes(&self, aad: &[u8], msg: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let ct = self
+            .cipher()
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg, aad })
+            .expect("XChaCha20-Poly1305 encryption cannot fail for small inputs");
+        let mut out = nonce.to_vec();
+        out.extend(ct);
+        out
+    }
+
+    fn open_bytes(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() <= NONCE_BYTES {
+            return None;
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_BYTES);
+        self.cipher().decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+    }
+
+    /// An opaque URL-safe token carrying `msg` (encrypted and authenticated, with its own
+    /// associated data so no sealed secret or header map passes for one).
+    pub fn seal_token(&self, msg: &[u8]) -> String {
+        URL_B64.encode(self.seal_bytes(TOKEN_AAD, msg))
+    }
+
+    /// What a token from [`Self::seal_token`] carries; `None` for anything forged,
+    /// altered, truncated or sealed under another key.
+    pub fn open_token(&self, token: &str) -> Option<Vec<u8>> {
+        if token.len() > 512 {
+            return None;
+        }
+        self.open_bytes(TOKEN_AAD, &URL_B64.decode(token).ok()?)
     }
 }
 
@@ -160,6 +185,28 @@ mod tests {
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(key.open(a, &tampered).is_err());
+    }
+
+    #[test]
+    fn tokens_are_opaque_and_refuse_any_change() {
+        let key = SecretKey::from_bytes([7; 32]);
+        let msg = b"delivery-and-link";
+        let t = key.seal_token(msg);
+        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "URL-safe: {t}");
+        assert!(!t.contains("delivery"));
+        assert_ne!(t, key.seal_token(msg), "a fresh nonce each time");
+        assert_eq!(key.open_token(&t).unwrap(), msg);
+        assert!(SecretKey::from_bytes([8; 32]).open_token(&t).is_none(), "another key");
+        for i in [0, t.len() / 2, t.len() - 2] {
+            let mut altered = t.clone().into_bytes();
+            altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+            assert!(key.open_token(std::str::from_utf8(&altered).unwrap()).is_none(), "altered at {i}");
+        }
+        assert!(key.open_token(&t[..t.len() - 1]).is_none());
+        assert!(key.open_token("").is_none());
+        assert!(key.open_token(&"A".repeat(10_000)).is_none());
+        let sealed_secret = key.seal(Uuid::nil(), "whsec_x");
+        assert!(key.open_token(&URL_B64.encode(sealed_secret)).is_none(), "a sealed secret is no token");
     }
 
     #[test]

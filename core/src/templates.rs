@@ -11,6 +11,9 @@ pub struct EmailTemplate {
     pub subject: String,
     pub html_body: String,
     pub text_body: String,
+    /// Email tracking, opted into per version (see `tracking`).
+    pub track_opens: bool,
+    pub track_clicks: bool,
 }
 
 /// What a delivery sends: fixed at acceptance so every retry sends the same bytes.
@@ -21,6 +24,12 @@ pub struct RenderedEmail {
     pub subject: String,
     pub html: String,
     pub text: String,
+    /// The version's tracking choices, applied when the email is sent (under
+    /// `HERALD_TRACKING`); the stored content stays as rendered.
+    #[serde(default)]
+    pub track_opens: bool,
+    #[serde(default)]
+    pub track_clicks: bool,
 }
 
 /// Renders subject, HTML (auto-escaped) and text bodies against `context`.
@@ -47,7 +56,15 @@ pub fn render_email(t: &EmailTemplate, context: &serde_json::Value) -> Result<Re
     let text = render("text", &t.text_body)?;
     // A subject is one header line.
     let subject = subject.split(['\r', '\n']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
-    Ok(RenderedEmail { template: t.key.clone(), version: t.version, subject, html, text })
+    Ok(RenderedEmail {
+        template: t.key.clone(),
+        version: t.version,
+        subject,
+        html,
+        text,
+        track_opens: t.track_opens,
+        track_clicks: t.track_clicks,
+    })
 }
 
 #[cfg(test)]
@@ -62,6 +79,8 @@ mod tests {
             subject: subject.into(),
             html_body: html.into(),
             text_body: "Hi {{ user.name }}".into(),
+            track_opens: false,
+            track_clicks: false,
         }
     }
 

@@ -12,7 +12,7 @@ use herald_core::api::{self, AppState, BusProbe};
 use herald_core::bus::kafka::{self, KafkaConsumer, KafkaSettings, Relay};
 use herald_core::bus::postgres::PgConsumer;
 use herald_core::bus::Topic;
-use herald_core::config::{BusKind, Config};
+use herald_core::config::{BusKind, Config, TrackingMode};
 use herald_core::dispatch::email::{self, EmailDispatcher};
 use herald_core::dispatch::webhook::WebhookDispatcher;
 use herald_core::dispatch::{sweeper, Dispatcher};
@@ -21,6 +21,7 @@ use herald_core::identity::tokens::TokenVerifier;
 use herald_core::notifications::accept::Processor;
 use herald_core::ssrf::Guard;
 use herald_core::supervise::Supervisor;
+use herald_core::tracking::{self, Tracker};
 use herald_core::{db, metrics, retention};
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -197,6 +198,15 @@ impl Application {
             }
         }
         let processor = Arc::new(Processor::new(pool.clone()).with_max_recipients(config.max_recipients));
+        // Email tracking: the API takes opens and clicks; one task records them.
+        let (tracker, hits) = Tracker::new(config.secret_key.clone(), config.tracking);
+        if config.roles.api && config.tracking != TrackingMode::Off {
+            let (p, proc_, stop) = (pool.clone(), processor.clone(), stop_rx.clone());
+            let mode = config.tracking;
+            sup.spawn("tracking recorder", stop_rx.clone(), move || {
+                tracking::run_recorder(p.clone(), proc_.clone(), hits.clone(), mode, stop.clone())
+            });
+        }
         if config.roles.email {
             let (c, p, smtp) = (config.clone(), pool.clone(), smtp.clone());
             spawn_dispatcher(
@@ -247,6 +257,7 @@ impl Application {
             limiter: Default::default(),
             tasks: sup.states(),
             ready_cache: Default::default(),
+            tracker,
             oidc: oidc.clone(),
             tokens,
         };
@@ -277,7 +288,7 @@ impl Application {
                 .layer(axum::middleware::from_fn_with_state(state.clone(), api::login::require_login))
                 .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))
                 .layer(session_layer);
-            app = app.merge(api::router(state.clone())).merge(browser);
+            app = app.merge(api::router(state.clone())).merge(api::tracking::router(state.clone())).merge(browser);
             let (store, stop) = (sessions.clone(), stop_rx.clone());
             sup.spawn("session cleanup", stop_rx.clone(), move || {
                 let (store, mut stop) = (store.clone(), stop.clone());

@@ -11,6 +11,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod portal;
 pub mod ratelimit;
+pub mod tracking;
 
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ pub struct AppState {
     pub oidc: Option<Arc<crate::identity::oidc::Oidc>>,
     /// IdP access tokens on the API (`None` without `HERALD_OIDC_AUDIENCE`).
     pub tokens: Option<Arc<crate::identity::tokens::TokenVerifier>>,
+    /// Email tracking: tokens and the queue of opens and clicks to record.
+    pub tracker: crate::tracking::Tracker,
     /// `/readyz` answers from this for a second, so it is cheap to call in a loop.
     pub ready_cache: Arc<tokio::sync::Mutex<Option<health::Readiness>>>,
 }

@@ -115,5 +115,5 @@ pub async fn stats(
 ) -> Result<Json<Dashboard>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
     let window = Window::parse(q.window.as_deref().unwrap_or(""))?;
-    Ok(Json(stats::dashboard(&s.db, &who, window).await?))
+    Ok(Json(stats::dashboard(&s.db, &who, window, s.config.tracking).await?))
 }

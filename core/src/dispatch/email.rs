@@ -16,10 +16,12 @@ use tokio::sync::watch;
 
 use super::record::{self, AttemptRecord, Outcome, Started};
 use crate::bus::{BatchHandler, Consumer, Received, Topic};
-use crate::config::Config;
+use crate::config::{Config, TrackingMode};
 use crate::model::Channel;
 use crate::retry::RetrySchedule;
+use crate::secrets::SecretKey;
 use crate::templates::RenderedEmail;
+use crate::tracking;
 
 pub use crate::smtp::{transport, Smtp};
 
@@ -36,6 +38,17 @@ pub struct EmailDispatcher {
     pub max_starts: i32,
     /// Slow batch remainders running in their own tasks.
     pub detach: record::Detach,
+    /// Email tracking (`HERALD_TRACKING`), applied to versions that opt in.
+    pub tracking: Tracking,
+}
+
+/// What the dispatcher needs to add tracking to an email.
+#[derive(Clone)]
+pub struct Tracking {
+    pub mode: TrackingMode,
+    pub text_links: bool,
+    pub base: String,
+    pub key: SecretKey,
 }
 
 const REPLY_CAP: usize = 1000;
@@ -64,6 +77,12 @@ impl EmailDispatcher {
             batch_size: config.bus_batch_size,
             max_starts: config.bus_max_redeliveries,
             detach: record::Detach::new(4),
+            tracking: Tracking {
+                mode: config.tracking,
+                text_links: config.tracking_text_links,
+                base: config.public_url.clone(),
+                key: config.secret_key.clone(),
+            },
         }
     }
 
@@ -122,13 +141,24 @@ impl EmailDispatcher {
         let content: RenderedEmail =
             serde_json::from_value(s.content.clone()).map_err(|e| format!("stored content is unreadable: {e}"))?;
         let to: Mailbox = s.target.parse().map_err(|_| "the recipient address is invalid".to_owned())?;
+        let t = &self.tracking;
+        let on = t.mode != TrackingMode::Off;
+        let options = tracking::Options {
+            opens: on && content.track_opens,
+            clicks: on && content.track_clicks,
+            text_links: t.text_links,
+            base: &t.base,
+        };
+        let delivery = s.id;
+        let token = |kind, link| tracking::Token { delivery, kind, link }.seal(&t.key);
+        let sent = tracking::rewrite(&content.html, &content.text, options, &token);
         Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(content.subject)
             .message_id(Some(format!("<{}@{}>", s.id, self.host)))
             .header(header::MIME_VERSION_1_0)
-            .multipart(MultiPart::alternative_plain_html(content.text, content.html))
+            .multipart(MultiPart::alternative_plain_html(sent.text, sent.html))
             .map_err(|e| format!("cannot build the message: {e}"))
     }
 

@@ -60,6 +60,8 @@ struct EventTypeRow {
     subject: Option<String>,
     html_body: Option<String>,
     text_body: Option<String>,
+    track_opens: Option<bool>,
+    track_clicks: Option<bool>,
 }
 
 type SchemaCache = RwLock<HashMap<String, (DateTime<Utc>, Arc<jsonschema::Validator>)>>;
@@ -195,7 +197,8 @@ impl Processor {
     pub async fn prepare(&self, sub: Submission) -> Result<Prepared> {
         let et: EventTypeRow = sqlx::query_as(
             "SELECT e.updated_at, e.payload_schema, e.recipient_path, e.operational,
-                    v.template_key, v.version AS template_version, v.subject, v.html_body, v.text_body
+                    v.template_key, v.version AS template_version, v.subject, v.html_body, v.text_body,
+                    v.track_opens, v.track_clicks
              FROM event_types e
              LEFT JOIN templates t ON t.key = e.email_template
              LEFT JOIN template_versions v ON v.template_key = t.key AND v.version = t.published_version
@@ -252,6 +255,8 @@ impl Processor {
                 subject: et.subject.clone().unwrap_or_default(),
                 html_body: et.html_body.clone().unwrap_or_default(),
                 text_body: et.text_body.clone().unwrap_or_default(),
+                track_opens: et.track_opens.unwrap_or(false),
+                track_clicks: et.track_clicks.unwrap_or(false),
             }),
             _ => None,
         };
@@ -402,10 +407,10 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
             WHERE CASE WHEN $12::uuid IS NOT NULL THEN id = $12
                        ELSE enabled AND herald_filter_matches(event_types, $2, $10)
                             AND ($11::text IS NULL OR owner = $11 OR admin)
-                            -- Visibility (evaluated once per statement): Herald's own
-                            -- events go by $11; others to admins, to everyone when
-                            -- public, to the grantees when granted.
-                            AND ($10 OR admin
+                            -- Visibility (evaluated once per statement): to admins, to
+                            -- everyone when public, to the grantees when granted; Herald's
+                            -- own events besides only to the owner they are about ($11).
+                            AND (admin
                                  OR CASE (SELECT visibility FROM event_types WHERE name = $2)
                                         WHEN 'public' THEN true
                                         WHEN 'granted' THEN owner IN (SELECT grantee FROM event_type_grants

@@ -40,6 +40,10 @@ pub struct DeliveryView {
     /// fixed when it was accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<Value>,
+    /// An email delivery's opens and clicks, when its template version tracks them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[sqlx(skip)]
+    pub tracking: Option<crate::tracking::DeliveryTracking>,
     #[serde(skip)]
     pub endpoint_id: Option<Uuid>,
     #[sqlx(skip)]
@@ -126,6 +130,15 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<NotificationV
         if let Some(d) = n.deliveries.iter_mut().find(|d| d.id == a.delivery_id) {
             d.attempts.push(a);
         }
+    }
+    let emails: Vec<(Uuid, crate::templates::RenderedEmail)> = n
+        .deliveries
+        .iter()
+        .filter_map(|d| Some((d.id, serde_json::from_value(d.email.clone()?).ok()?)))
+        .collect();
+    let mut tracked = crate::tracking::for_deliveries(db, &emails).await?;
+    for d in &mut n.deliveries {
+        d.tracking = tracked.remove(&d.id);
     }
     n.status = NotificationStatus::of(n.deliveries.iter().map(|d| d.status));
     Ok(n)

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apikeys::Principal;
+use crate::config::TrackingMode;
 use crate::error::{Error, Result};
 use crate::model::{Channel, DeliveryStatus};
 
@@ -83,10 +84,13 @@ pub struct Dashboard {
     pub backlog: i64,
     /// How long the oldest of them has been due.
     pub oldest_backlog_seconds: Option<f64>,
+    /// Email tracking: open and click rates per template that tracks (`HERALD_TRACKING`).
+    pub tracking_mode: &'static str,
+    pub email_tracking: Vec<crate::tracking::TemplateRates>,
 }
 
 /// The dashboard (admins).
-pub async fn dashboard(db: &PgPool, who: &Principal, window: Window) -> Result<Dashboard> {
+pub async fn dashboard(db: &PgPool, who: &Principal, window: Window, tracking: TrackingMode) -> Result<Dashboard> {
     if !who.is_admin() {
         return Err(Error::Forbidden("only admins see the dashboard".into()));
     }
@@ -148,6 +152,7 @@ pub async fn dashboard(db: &PgPool, who: &Principal, window: Window) -> Result<D
     )
     .fetch_one(db)
     .await?;
+    let email_tracking = crate::tracking::template_rates(db, since, tracking).await?;
     Ok(Dashboard {
         since,
         accepted,
@@ -162,5 +167,7 @@ pub async fn dashboard(db: &PgPool, who: &Principal, window: Window) -> Result<D
         unhealthy,
         backlog,
         oldest_backlog_seconds: oldest,
+        tracking_mode: tracking.as_str(),
+        email_tracking,
     })
 }

@@ -225,7 +225,7 @@ async fn validate(db: &PgPool, guard: &Guard, owner: &str, admin: bool, e: NewEn
     let exact: Vec<&String> = event_types.iter().filter(|f| *f != "*" && !f.ends_with(".*")).collect();
     if !exact.is_empty() {
         let known: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM event_types WHERE name = ANY($1) AND (operational OR herald_may_receive(name, $2, $3))",
+            "SELECT name FROM event_types WHERE name = ANY($1) AND herald_may_receive(name, $2, $3)",
         )
         .bind(&exact)
         .bind(owner)
