@@ -603,11 +603,11 @@ pub async fn diff(db: &PgPool, who: &Principal, key: &str, from: i32, to: i32) -
         out.extend(crate::model::line_diff(old, new).into_iter().map(|(tag, text)| DiffLine { part, tag, text }));
     }
     let tracking = |v: &Version| format!("opens: {}, clicks: {}", v.track_opens, v.track_clicks);
-    out.extend(
-        crate::model::line_diff(&tracking(a), &tracking(b))
-            .into_iter()
-            .map(|(tag, text)| DiffLine { part: "tracking", tag, text }),
-    );
+    out.extend(crate::model::line_diff(&tracking(a), &tracking(b)).into_iter().map(|(tag, text)| DiffLine {
+        part: "tracking",
+        tag,
+        text,
+    }));
     Ok(out)
 }
 

@@ -97,11 +97,7 @@ impl Token {
             b'c' => Kind::Click,
             _ => return None,
         };
-        Some(Self {
-            delivery: Uuid::from_slice(&msg[..16]).ok()?,
-            kind,
-            link: u16::from_be_bytes([msg[17], msg[18]]),
-        })
+        Some(Self { delivery: Uuid::from_slice(&msg[..16]).ok()?, kind, link: u16::from_be_bytes([msg[17], msg[18]]) })
     }
 }
 
@@ -216,8 +212,11 @@ pub fn rewrite(html: &str, text: &str, o: Options<'_>, token: &dyn Fn(Kind, u16)
             Ok(())
         }));
     }
-    let settings =
-        RewriteStrSettings { element_content_handlers: elements, document_content_handlers: document, ..Default::default() };
+    let settings = RewriteStrSettings {
+        element_content_handlers: elements,
+        document_content_handlers: document,
+        ..Default::default()
+    };
     let html = match rewrite_str(html, settings) {
         Ok(h) => h,
         Err(e) => {
@@ -414,12 +413,7 @@ struct DeliveryRow {
 
 /// Records one batch of hits in one transaction, and the events of first human opens and
 /// clicks when some endpoint listens for them.
-pub async fn record(
-    db: &PgPool,
-    processor: &Processor,
-    hits: Vec<Hit>,
-    mode: TrackingMode,
-) -> anyhow::Result<()> {
+pub async fn record(db: &PgPool, processor: &Processor, hits: Vec<Hit>, mode: TrackingMode) -> anyhow::Result<()> {
     let ids: Vec<Uuid> = hits.iter().map(|h| h.token.delivery).collect::<HashSet<_>>().into_iter().collect();
     let rows: Vec<DeliveryRow> = sqlx::query_as(
         "SELECT d.id, d.status, d.updated_at, d.content, n.id AS notification_id, n.owner, n.event_type
@@ -459,8 +453,7 @@ pub async fn record(
             continue;
         }
         let delivered = d.status == "succeeded";
-        let too_soon =
-            !delivered || h.at < d.updated_at + chrono::Duration::from_std(TOO_SOON).expect("a second fits");
+        let too_soon = !delivered || h.at < d.updated_at + chrono::Duration::from_std(TOO_SOON).expect("a second fits");
         let machine = h.machine.or(too_soon.then_some("too_soon"));
         let link = (kind == Kind::Click).then_some(h.token.link as i32);
         cols.0.push(h.at);
@@ -567,8 +560,7 @@ pub async fn for_deliveries(
     db: &PgPool,
     emails: &[(Uuid, RenderedEmail)],
 ) -> sqlx::Result<HashMap<Uuid, DeliveryTracking>> {
-    let tracked: Vec<&(Uuid, RenderedEmail)> =
-        emails.iter().filter(|(_, c)| c.track_opens || c.track_clicks).collect();
+    let tracked: Vec<&(Uuid, RenderedEmail)> = emails.iter().filter(|(_, c)| c.track_opens || c.track_clicks).collect();
     if tracked.is_empty() {
         return Ok(HashMap::new());
     }
@@ -720,7 +712,8 @@ mod tests {
 <a href="mailto:help@x.test">mail</a><a data-herald-notrack href="https://x.test/private">P</a>
 <a href="https://x.test/unsubscribe?u=1">U</a><A HREF="HTTP://X.TEST/B">B</A><a href="https://x.test/a?b=1&amp;c=2">again</a>
 <a href="/relative">R</a></body></html>"#;
-        let text = "Start: https://x.test/a?b=1&c=2. Or <https://x.test/t>, mail mailto:x@y.z, https://x.test/unsubscribe";
+        let text =
+            "Start: https://x.test/a?b=1&c=2. Or <https://x.test/t>, mail mailto:x@y.z, https://x.test/unsubscribe";
         let r = rewrite(html, text, opts(true, true), &tok);
         assert_eq!(r.links, vec!["https://x.test/a?b=1&c=2", "HTTP://X.TEST/B", "https://x.test/t"]);
         assert!(r.html.contains(r#"href="https://h.example/t/c/click0">A</a>"#), "{}", r.html);
@@ -757,7 +750,15 @@ mod tests {
 
     #[test]
     fn hostile_text_does_not_break_the_scanner() {
-        for t in ["http://", "https://", "x http:// y", "https://.", "((https://a.b)))", "héllo https://ü.test/ä ok", "\0https://a.b\0"] {
+        for t in [
+            "http://",
+            "https://",
+            "x http:// y",
+            "https://.",
+            "((https://a.b)))",
+            "héllo https://ü.test/ä ok",
+            "\0https://a.b\0",
+        ] {
             let r = rewrite("", t, opts(false, true), &tok);
             assert!(!r.text.is_empty());
         }
@@ -781,7 +782,13 @@ mod tests {
     #[test]
     fn machines_are_told_apart() {
         assert_eq!(machine_by_request(true, None), Some("head"));
-        assert_eq!(machine_by_request(false, Some("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)")), Some("proxy"));
+        assert_eq!(
+            machine_by_request(
+                false,
+                Some("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)")
+            ),
+            Some("proxy")
+        );
         assert_eq!(machine_by_request(false, Some("Mozilla/5.0")), Some("proxy"));
         assert_eq!(machine_by_request(false, Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0")), None);
         assert_eq!(machine_by_request(false, None), None);

@@ -131,11 +131,8 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<NotificationV
             d.attempts.push(a);
         }
     }
-    let emails: Vec<(Uuid, crate::templates::RenderedEmail)> = n
-        .deliveries
-        .iter()
-        .filter_map(|d| Some((d.id, serde_json::from_value(d.email.clone()?).ok()?)))
-        .collect();
+    let emails: Vec<(Uuid, crate::templates::RenderedEmail)> =
+        n.deliveries.iter().filter_map(|d| Some((d.id, serde_json::from_value(d.email.clone()?).ok()?))).collect();
     let mut tracked = crate::tracking::for_deliveries(db, &emails).await?;
     for d in &mut n.deliveries {
         d.tracking = tracked.remove(&d.id);

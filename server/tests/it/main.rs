@@ -18,5 +18,6 @@ mod keys;
 mod oidc;
 mod openapi;
 mod sql;
+mod tracking;
 mod visibility;
 mod webhooks;
