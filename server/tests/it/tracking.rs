@@ -275,5 +275,64 @@ async fn anonymous_tracking_counts_per_template_and_keeps_nothing_per_recipient(
         .await
         .unwrap();
     assert_eq!(events, 0, "no per-recipient events in anonymous mode");
+    // Retention covers tracking events (these name no delivery, so they go by age).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, _, _, pruned) = herald_core::retention::prune_once(&h.db, Duration::from_millis(10)).await.unwrap();
+    assert_eq!((pruned, h.count("email_events").await), (1, 0));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_granted_owner_receives_tracking_events_of_its_own_notifications_only() {
+    let (sink, h, _) = setup(&[], &[]).await;
+    let admin = h.api_key(&["admin"]).await;
+    publish_welcome(&h, &admin, true, false).await;
+    let scopes = ["notifications:write", "notifications:read", "endpoints:write", "endpoints:read"];
+    let (acme, globex) =
+        (h.api_key_for(&scopes, Some("acme"), None).await, h.api_key_for(&scopes, Some("globex"), None).await);
+    let path = "/api/v1/event-types/email.opened";
+    // Herald's own event type: only who receives it can change.
+    let (s, v) = h.call(Method::PATCH, path, &admin, Some(&json!({"description": "mine"}))).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = h.call(Method::PATCH, path, &admin, Some(&json!({"visibility": "granted", "grants": ["acme"]}))).await;
+    assert_eq!((s, v["visibility"].as_str()), (200, Some("granted")), "{v}");
+    let rx = Receiver::start().await;
+    h.create_endpoint(&acme, &json!({"url": rx.url("/acme"), "event_types": ["email.opened"]})).await;
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/api/v1/endpoints",
+            &globex,
+            Some(&json!({"url": rx.url("/globex"), "event_types": ["email.opened"]})),
+        )
+        .await;
+    assert!((400..500).contains(&s), "globex was not granted it");
+
+    let mine = h.send_welcome(&acme, "Ada", "ada@example.test").await;
+    let theirs = h.send_welcome(&globex, "Bob", "bob@example.test").await;
+    eventually(Duration::from_secs(20), "both emails", || async { (sink.accepted_count() == 2).then_some(()) }).await;
+    h.wait_terminal(&acme, &mine).await;
+    h.wait_terminal(&globex, &theirs).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let http = no_redirects();
+    for mail in sink.accepted() {
+        let msg = mail_parser::MessageParser::default().parse(mail.data.as_bytes()).unwrap();
+        let html = msg.body_html(0).unwrap().into_owned();
+        let pixel = html.split("src=\"").nth(1).map(|r| r[..r.find('"').unwrap()].to_owned()).unwrap();
+        assert_eq!(http.get(&pixel).header("user-agent", BROWSER).send().await.unwrap().status(), 200);
+    }
+    eventually(Duration::from_secs(20), "acme's email.opened", || async { (rx.count() >= 1).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "both opens recorded", || async {
+        (h.count("email_events").await == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = rx.requests();
+    assert_eq!(got.len(), 1, "acme hears of its own open only");
+    let event: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["data"]["notification_id"].as_str()),
+        (Some("email.opened"), Some(mine.as_str()))
+    );
     h.stop().await;
 }
