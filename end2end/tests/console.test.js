@@ -294,8 +294,13 @@ test('catalog: an event type with schema and sample, a template previewed as you
   await page.getByTestId('edit-html').fill('<p>Hello {{ order.name }}, it is on its way.</p>');
   await page.getByTestId('preview-subject').filter({ hasText: 'Order 42 shipped' }).waitFor({ timeout: 15000 });
   assert.match(await page.getByTestId('preview-html').getAttribute('srcdoc'), /Hello Ada, it is on its way/);
+  // This version tracks opens and clicks.
+  await page.getByTestId('edit-track-opens').check();
+  await page.getByTestId('edit-track-clicks').check();
   await page.getByTestId('save-version').click();
   await page.getByTestId('save-result').filter({ hasText: 'Saved as v2.' }).waitFor({ timeout: 15000 });
+  await page.getByTestId('version-tracks').first().filter({ hasText: 'opens, clicks' }).waitFor({ timeout: 15000 });
+  assert.equal(await page.getByTestId('version-tracks').last().textContent(), 'nothing');
   await page.getByTestId('publish-v2').click();
   await page.getByTestId('publish-result').filter({ hasText: 'Version 2 is published.' }).waitFor({ timeout: 15000 });
   await page.getByTestId('published').filter({ hasText: 'Published: v2' }).waitFor({ timeout: 15000 });
@@ -327,6 +332,10 @@ test('catalog: an event type with schema and sample, a template previewed as you
   const got = await (await page.request.get(`${base}/api/v1/notifications/${id}`, { headers: { authorization: `Bearer ${key}` } })).json();
   assert.equal(got.deliveries[0].email.version, 2);
   assert.equal(got.deliveries[0].email.subject, 'Order 7 shipped');
+  assert.equal(got.deliveries[0].email.track_opens, true);
+  // Its page shows what tracking recorded (nothing yet: nobody opened it).
+  await page.goto(`${base}/notifications/${id}`);
+  await page.getByTestId('tracking-opens').filter({ hasText: 'not yet' }).waitFor({ timeout: 15000 });
 
   // All of it is in the audit log.
   await page.goto(`${base}/audit`);
@@ -438,6 +447,7 @@ test('dashboard: the window figures and chart for an admin; nothing for an owner
   assert.match(await page.getByTestId('chart').getAttribute('aria-label'), /Notifications accepted per interval/);
   assert.ok((await page.getByTestId('outcome-row').count()) >= 1);
   assert.equal(await page.getByTestId('window-24h').getAttribute('aria-current'), 'page');
+  await page.getByRole('heading', { name: 'Email tracking by template' }).waitFor({ timeout: 15000 });
   await screenshot(page, 'dashboard');
   assert.deepEqual(errors, []);
   await context.close();
