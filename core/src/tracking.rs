@@ -411,6 +411,18 @@ struct DeliveryRow {
     event_type: String,
 }
 
+/// The rows of one batch, a column each (for one `INSERT … unnest`).
+#[derive(Default)]
+struct Columns {
+    at: Vec<DateTime<Utc>>,
+    delivery: Vec<Option<Uuid>>,
+    template: Vec<String>,
+    version: Vec<i32>,
+    kind: Vec<&'static str>,
+    link: Vec<Option<i32>>,
+    machine: Vec<Option<&'static str>>,
+}
+
 /// Records one batch of hits in one transaction, and the events of first human opens and
 /// clicks when some endpoint listens for them.
 pub async fn record(db: &PgPool, processor: &Processor, hits: Vec<Hit>, mode: TrackingMode) -> anyhow::Result<()> {
@@ -442,9 +454,7 @@ pub async fn record(db: &PgPool, processor: &Processor, hits: Vec<Hit>, mode: Tr
             seen.insert((d, if k == "open" { "open" } else { "click" }, l.unwrap_or(-1)));
         }
     }
-    let mut cols: (Vec<DateTime<Utc>>, Vec<Option<Uuid>>, Vec<String>, Vec<i32>, Vec<&str>, Vec<Option<i32>>) =
-        Default::default();
-    let mut machines: Vec<Option<&str>> = Vec::new();
+    let mut cols = Columns::default();
     let mut firsts = Vec::new();
     for h in &hits {
         let Some((d, content)) = deliveries.get(&h.token.delivery) else { continue };
@@ -456,19 +466,19 @@ pub async fn record(db: &PgPool, processor: &Processor, hits: Vec<Hit>, mode: Tr
         let too_soon = !delivered || h.at < d.updated_at + chrono::Duration::from_std(TOO_SOON).expect("a second fits");
         let machine = h.machine.or(too_soon.then_some("too_soon"));
         let link = (kind == Kind::Click).then_some(h.token.link as i32);
-        cols.0.push(h.at);
-        cols.1.push(full.then_some(d.id));
-        cols.2.push(content.template.clone());
-        cols.3.push(content.version);
-        cols.4.push(kind.as_str());
-        cols.5.push(link);
-        machines.push(machine);
+        cols.at.push(h.at);
+        cols.delivery.push(full.then_some(d.id));
+        cols.template.push(content.template.clone());
+        cols.version.push(content.version);
+        cols.kind.push(kind.as_str());
+        cols.link.push(link);
+        cols.machine.push(machine);
         crate::metrics::tracking_event(kind.as_str(), machine.is_none());
         if full && machine.is_none() && seen.insert((d.id, kind.as_str(), link.unwrap_or(-1))) {
             firsts.push((d, content, kind, link, h.at));
         }
     }
-    if cols.0.is_empty() {
+    if cols.at.is_empty() {
         return Ok(());
     }
     let mut tx = db.begin().await?;
@@ -476,13 +486,13 @@ pub async fn record(db: &PgPool, processor: &Processor, hits: Vec<Hit>, mode: Tr
         "INSERT INTO email_events (at, delivery_id, template_key, template_version, kind, link_index, machine)
          SELECT * FROM unnest($1::timestamptz[], $2::uuid[], $3::text[], $4::int[], $5::text[], $6::int[], $7::text[])",
     )
-    .bind(&cols.0)
-    .bind(&cols.1)
-    .bind(&cols.2)
-    .bind(&cols.3)
-    .bind(&cols.4)
-    .bind(&cols.5)
-    .bind(&machines)
+    .bind(&cols.at)
+    .bind(&cols.delivery)
+    .bind(&cols.template)
+    .bind(&cols.version)
+    .bind(&cols.kind)
+    .bind(&cols.link)
+    .bind(&cols.machine)
     .execute(&mut *tx)
     .await?;
     // Events only when some endpoint may take them: no empty notifications in history.
