@@ -5,6 +5,12 @@ ALTER TABLE template_versions
     ADD COLUMN track_opens  boolean NOT NULL DEFAULT false,
     ADD COLUMN track_clicks boolean NOT NULL DEFAULT false;
 
+-- Which email deliveries track, and with which template: copied from the rendered
+-- content when accepted, so the dashboard's rates never read (detoast) the content.
+ALTER TABLE deliveries
+    ADD COLUMN email_template text,
+    ADD COLUMN tracked boolean NOT NULL DEFAULT false;
+
 CREATE TABLE email_events (
     id               bigserial PRIMARY KEY,
     at               timestamptz NOT NULL,

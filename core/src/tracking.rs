@@ -646,11 +646,9 @@ pub struct TemplateRates {
 pub async fn template_rates(db: &PgPool, since: DateTime<Utc>, mode: TrackingMode) -> sqlx::Result<Vec<TemplateRates>> {
     let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "WITH sent AS (
-            SELECT d.content->>'template' AS template, count(*) AS delivered
-            FROM deliveries d
-            WHERE d.id >= $1 AND d.channel = 'email' AND d.status = 'succeeded'
-              AND (coalesce((d.content->>'track_opens')::boolean, false)
-                   OR coalesce((d.content->>'track_clicks')::boolean, false))
+            SELECT email_template AS template, count(*) AS delivered
+            FROM deliveries
+            WHERE id >= $1 AND tracked AND status = 'succeeded'
             GROUP BY 1
          ), ev AS (
             SELECT template_key AS template,

@@ -396,8 +396,10 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
             INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
             VALUES ($1, $2, $3, $4, $5, $6)
          ), d AS (
-            INSERT INTO deliveries (id, notification_id, channel, target, content)
-            SELECT d, $1, 'email', t, $8 FROM unnest($7::uuid[], $4::text[]) AS x(d, t)
+            INSERT INTO deliveries (id, notification_id, channel, target, content, email_template, tracked)
+            SELECT d, $1, 'email', t, $8, $8::jsonb->>'template',
+                   coalesce(($8::jsonb->>'track_opens')::boolean, false) OR coalesce(($8::jsonb->>'track_clicks')::boolean, false)
+            FROM unnest($7::uuid[], $4::text[]) AS x(d, t)
          ), o AS (
             INSERT INTO outbox (topic, key, payload)
             SELECT 'email', herald_ordering_key('email', t), jsonb_build_object('delivery_id', d, 'attempt', 1)
