@@ -17,6 +17,17 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     Ok(pool)
 }
 
+/// A transaction whose commit does not wait for its WAL record to reach the disk
+/// (`SET LOCAL synchronous_commit = off`). Only for writes that a database crash may
+/// undo without losing anything acknowledged: a claim on bus messages or an attempt's
+/// start, which are simply made again. Commits stay in WAL order, so a later durable
+/// commit (an attempt's outcome) makes these durable too.
+pub async fn begin_unflushed(pool: &PgPool) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    Ok(tx)
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.map_err(|e| anyhow::anyhow!("migrations failed: {e}"))
 }

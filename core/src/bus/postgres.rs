@@ -55,6 +55,9 @@ impl PgConsumer {
     async fn claim(&mut self, max: usize) -> sqlx::Result<Vec<Received>> {
         // A fresh token per claim: an ack only removes rows this very claim still holds.
         self.token = Uuid::new_v4();
+        // Not waiting for the disk: a claim lost in a database crash only makes the rows
+        // claimable again, and it is off the path of every message's first delivery.
+        let mut tx = crate::db::begin_unflushed(&self.db).await?;
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3), claim_token = $4,
                                deliveries = deliveries + 1
@@ -70,8 +73,9 @@ impl PgConsumer {
         .bind(max as i64)
         .bind(self.claim_timeout.as_secs_f64())
         .bind(self.token)
-        .fetch_all(&self.db)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut out: Vec<Received> = rows
             .into_iter()
             .map(|(id, topic, key, text)| Received {
@@ -172,11 +176,16 @@ impl Acks for PgAcks {
         }
         // Rows whose lease expired and that another worker re-claimed keep existing:
         // that worker finds the delivery already advanced and acks them itself.
+        // Not waiting for the disk: what a message asked for was recorded durably before
+        // this ack, and an ack lost in a database crash only brings the message back,
+        // to be found done and acked again.
+        let mut tx = crate::db::begin_unflushed(&self.db).await?;
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND claim_token = $2")
             .bind(&ids)
             .bind(self.token)
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
