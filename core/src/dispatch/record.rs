@@ -469,6 +469,16 @@ impl Pulse for NoPulse {
     async fn pulse(&mut self) {}
 }
 
+/// How [`Remainder::run`] ended.
+enum Ran<T> {
+    /// Every group made and settled.
+    Done,
+    /// Every attempt made; this last part is not settled yet.
+    Last(Vec<(usize, Step<T>)>),
+    /// The deadline passed with groups still running.
+    TimedOut,
+}
+
 /// What is left of a batch: its running groups, and the messages not yet settled.
 struct Remainder<S, F> {
     groups: std::pin::Pin<Box<S>>,
@@ -485,7 +495,8 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     /// Runs the groups, recording and settling each as it finishes, until they are all
-    /// done (`true`) or `until` passes (`false`).
+    /// done or `until` passes. With `keep_last`, the part that finishes last is returned
+    /// unsettled (every attempt is made by then), for the caller to settle.
     async fn run<A: Acks, P: Pulse>(
         &mut self,
         db: &PgPool,
@@ -494,7 +505,8 @@ where
         acks: &A,
         pulse: &mut P,
         until: Option<tokio::time::Instant>,
-    ) -> anyhow::Result<bool> {
+        keep_last: bool,
+    ) -> anyhow::Result<Ran<T>> {
         use futures::StreamExt;
         let mut heartbeat = tokio::time::interval(lease / 3);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -509,7 +521,7 @@ where
             let mut ready = tokio::select! {
                 g = self.groups.next() => match g {
                     Some(g) => g,
-                    None => return Ok(true),
+                    None => return Ok(Ran::Done),
                 },
                 _ = heartbeat.tick() => {
                     if let Err(e) = extend_leases(db, &self.ids, lease).await {
@@ -520,7 +532,7 @@ where
                     pulse.pulse().await;
                     continue;
                 }
-                _ = deadline => return Ok(false),
+                _ = deadline => return Ok(Ran::TimedOut),
             };
             // Whatever else finishes within a short window goes into the same transaction:
             // one slow group holds the others back by at most COALESCE, and a batch of many
@@ -537,9 +549,12 @@ where
                     Err(_) => break,
                 }
             }
+            if ended && keep_last {
+                return Ok(Ran::Last(ready));
+            }
             self.settle(db, topic, acks, ready).await?;
             if ended {
-                return Ok(true);
+                return Ok(Ran::Done);
             }
         }
     }
@@ -648,22 +663,38 @@ where
     };
     let acks = consumer.acks();
     let until = tokio::time::Instant::now() + DETACH_AFTER;
-    if rest.run(db, topic, lease, &acks, &mut ConsumerPulse(&mut *consumer), Some(until)).await? {
-        return Ok(());
-    }
+    let last = match rest.run(db, topic, lease, &acks, &mut ConsumerPulse(&mut *consumer), Some(until), true).await? {
+        Ran::Done => return Ok(()),
+        Ran::Last(ready) => Some(ready),
+        Ran::TimedOut => None,
+    };
     let Ok(permit) = detach.permits.clone().try_acquire_owned() else {
         // Enough remainders run already: finish this one here.
-        rest.run(db, topic, lease, &acks, &mut ConsumerPulse(consumer), None).await?;
+        match last {
+            Some(ready) => rest.settle(db, topic, &acks, ready).await?,
+            None => {
+                rest.run(db, topic, lease, &acks, &mut ConsumerPulse(consumer), None, false).await?;
+            }
+        }
         return Ok(());
     };
+    // Every attempt of the batch made (the last part only to record and settle), or a
+    // slow remainder: either goes on in a task of its own while the consumer polls the
+    // next batch. Attempts of the next batch start only after this one's were all made
+    // (when only the recording is left), so each endpoint's and recipient's order holds.
     let db = db.clone();
     tokio::spawn(async move {
         use futures::FutureExt;
         let _permit = permit;
         // A remainder that fails, or panics, hands what it has not settled back, so no
         // message is left unacked (on Kafka, a partition's offset would stop there).
-        let outcome =
-            std::panic::AssertUnwindSafe(rest.run(&db, topic, lease, &acks, &mut NoPulse, None)).catch_unwind().await;
+        let work = async {
+            match last {
+                Some(ready) => rest.settle(&db, topic, &acks, ready).await,
+                None => rest.run(&db, topic, lease, &acks, &mut NoPulse, None, false).await.map(|_| ()),
+            }
+        };
+        let outcome = std::panic::AssertUnwindSafe(work).catch_unwind().await;
         let failure = match outcome {
             Ok(Ok(_)) => return,
             Ok(Err(e)) => format!("{e:#}"),
