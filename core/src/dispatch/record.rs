@@ -495,8 +495,9 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     /// Runs the groups, recording and settling each as it finishes, until they are all
-    /// done or `until` passes. With `keep_last`, the part that finishes last is returned
-    /// unsettled (every attempt is made by then), for the caller to settle.
+    /// done or `until` passes. With an `until` (the consumer's own first run), the part
+    /// that finishes last is returned unsettled (every attempt is made by then), for the
+    /// caller to settle.
     async fn run<A: Acks, P: Pulse>(
         &mut self,
         db: &PgPool,
@@ -505,7 +506,6 @@ where
         acks: &A,
         pulse: &mut P,
         until: Option<tokio::time::Instant>,
-        keep_last: bool,
     ) -> anyhow::Result<Ran<T>> {
         use futures::StreamExt;
         let mut heartbeat = tokio::time::interval(lease / 3);
@@ -549,7 +549,7 @@ where
                     Err(_) => break,
                 }
             }
-            if ended && keep_last {
+            if ended && until.is_some() {
                 return Ok(Ran::Last(ready));
             }
             self.settle(db, topic, acks, ready).await?;
@@ -663,7 +663,7 @@ where
     };
     let acks = consumer.acks();
     let until = tokio::time::Instant::now() + DETACH_AFTER;
-    let last = match rest.run(db, topic, lease, &acks, &mut ConsumerPulse(&mut *consumer), Some(until), true).await? {
+    let last = match rest.run(db, topic, lease, &acks, &mut ConsumerPulse(&mut *consumer), Some(until)).await? {
         Ran::Done => return Ok(()),
         Ran::Last(ready) => Some(ready),
         Ran::TimedOut => None,
@@ -673,7 +673,7 @@ where
         match last {
             Some(ready) => rest.settle(db, topic, &acks, ready).await?,
             None => {
-                rest.run(db, topic, lease, &acks, &mut ConsumerPulse(consumer), None, false).await?;
+                rest.run(db, topic, lease, &acks, &mut ConsumerPulse(consumer), None).await?;
             }
         }
         return Ok(());
@@ -691,7 +691,7 @@ where
         let work = async {
             match last {
                 Some(ready) => rest.settle(&db, topic, &acks, ready).await,
-                None => rest.run(&db, topic, lease, &acks, &mut NoPulse, None, false).await.map(|_| ()),
+                None => rest.run(&db, topic, lease, &acks, &mut NoPulse, None).await.map(|_| ()),
             }
         };
         let outcome = std::panic::AssertUnwindSafe(work).catch_unwind().await;
