@@ -169,10 +169,14 @@ pub fn parse_time(name: &str, v: &str) -> Result<Option<chrono::DateTime<chrono:
 
 /// The smallest UUIDv7 of `t`'s millisecond. Notifications, deliveries (and so
 /// attempts) have UUIDv7 ids, so a time range is an id range that their primary keys
-/// serve. Times outside UUIDv7's 48-bit range are clamped to it, never wrapped.
+/// serve (history, dashboard, retention). Times past UUIDv7's 48-bit range are clamped
+/// to it, never wrapped; a time before 1970 is the nil id, below every id.
 pub fn v7_floor(t: chrono::DateTime<chrono::Utc>) -> uuid::Uuid {
-    let ms = t.timestamp_millis().clamp(0, (1i64 << 48) - 1) as u64;
-    uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid()
+    let ms = t.timestamp_millis();
+    if ms < 0 {
+        return uuid::Uuid::nil();
+    }
+    uuid::Builder::from_unix_timestamp_millis(ms.min((1i64 << 48) - 1) as u64, &[0; 10]).into_uuid()
 }
 
 /// The line diff of two texts: `('-', line)` only in `old`, `('+', line)` only in `new`,

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 /// Rows deleted per statement: short transactions, short locks.
 pub const BATCH: i64 = 500;
@@ -48,13 +47,6 @@ async fn drain_by_age(db: &PgPool, table: &str, secs: f64) -> sqlx::Result<u64> 
     drain(db, &sql, secs).await
 }
 
-/// The smallest UUIDv7 of the given instant: every notification accepted before it has a
-/// smaller id (its first 48 bits are its creation time in milliseconds).
-fn uuid_v7_floor(at: chrono::DateTime<chrono::Utc>) -> Uuid {
-    let ms = at.timestamp_millis().max(0) as u128 & ((1 << 48) - 1);
-    Uuid::from_u128(ms << 80)
-}
-
 /// One pass: deletes everything older than `keep`, `BATCH` rows at a time. Returns the
 /// rows removed per table (notifications, idempotency keys, dead letters, email
 /// tracking events).
@@ -73,7 +65,7 @@ pub async fn prune_once(db: &PgPool, keep: Duration) -> sqlx::Result<(u64, u64, 
                               AND d.status IN ('pending', 'in_flight', 'retrying'))
             ORDER BY n.id LIMIT $2
             FOR UPDATE SKIP LOCKED)",
-        uuid_v7_floor(cutoff),
+        crate::model::v7_floor(cutoff),
     )
     .await?;
     let secs = keep.as_secs_f64();
@@ -126,7 +118,8 @@ pub async fn run(db: PgPool, keep: Duration, mut shutdown: watch::Receiver<bool>
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::model::v7_floor as uuid_v7_floor;
+    use uuid::Uuid;
 
     #[test]
     fn the_uuid_floor_orders_with_now_v7_ids() {

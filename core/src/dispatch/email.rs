@@ -149,16 +149,22 @@ impl EmailDispatcher {
             text_links: t.text_links,
             base: &t.base,
         };
-        let delivery = s.id;
-        let token = |kind, link| tracking::Token { delivery, kind, link }.seal(&t.key);
-        let sent = tracking::rewrite(&content.html, &content.text, options, &token);
+        let (text, html) = if options.opens || options.clicks {
+            let delivery = s.id;
+            let token = |kind, link| tracking::Token { delivery, kind, link }.seal(&t.key);
+            let sent = tracking::rewrite(&content.html, &content.text, options, &token);
+            (sent.text, sent.html)
+        } else {
+            // Untracked: the rendered parts as they are, not even copied.
+            (content.text, content.html)
+        };
         Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(content.subject)
             .message_id(Some(format!("<{}@{}>", s.id, self.host)))
             .header(header::MIME_VERSION_1_0)
-            .multipart(MultiPart::alternative_plain_html(sent.text, sent.html))
+            .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| format!("cannot build the message: {e}"))
     }
 

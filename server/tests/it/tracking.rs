@@ -56,6 +56,11 @@ fn hrefs(html: &str) -> Vec<String> {
     html.split("href=\"").skip(1).map(|rest| rest[..rest.find('"').unwrap()].to_owned()).collect()
 }
 
+/// The tracking pixel's URL (the email's first `src="…"`).
+fn pixel_of(html: &str) -> String {
+    html.split("src=\"").nth(1).map(|r| r[..r.find('"').unwrap()].to_owned()).expect("a pixel")
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
@@ -91,7 +96,7 @@ async fn a_tracked_welcome_email_records_its_open_and_click_on_the_delivery_the_
     assert_eq!(links[2], "https://app.example.test/private/Ada", "an opted-out link is left alone");
     assert!(!html.contains("data-herald-notrack"), "the opt-out attribute is removed");
     assert_eq!(links[3], "https://app.example.test/unsubscribe?u=1", "unsubscribe links are left alone");
-    let pixel = html.split("src=\"").nth(1).map(|r| r[..r.find('"').unwrap()].to_owned()).expect("a pixel");
+    let pixel = pixel_of(&html);
     assert!(pixel.starts_with(&format!("{}/t/o/", h.base)), "{pixel}");
     assert!(html.find(&pixel).unwrap() < html.find("</body>").unwrap(), "the pixel is inside the body");
     let text_link = text.split_whitespace().find(|w| w.starts_with(&click)).expect("the text part's link is tracked");
@@ -246,7 +251,7 @@ async fn anonymous_tracking_counts_per_template_and_keeps_nothing_per_recipient(
     let id = h.send_welcome(&key, "Ada", "ada@example.test").await;
     let (html, _) = received(&sink).await;
     assert!(!hrefs(&html)[0].contains("/t/c/"), "clicks were not opted into");
-    let pixel = html.split("src=\"").nth(1).map(|r| r[..r.find('"').unwrap()].to_owned()).unwrap();
+    let pixel = pixel_of(&html);
     h.wait_terminal(&key, &id).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let http = no_redirects();
@@ -318,7 +323,7 @@ async fn a_granted_owner_receives_tracking_events_of_its_own_notifications_only(
     for mail in sink.accepted() {
         let msg = mail_parser::MessageParser::default().parse(mail.data.as_bytes()).unwrap();
         let html = msg.body_html(0).unwrap().into_owned();
-        let pixel = html.split("src=\"").nth(1).map(|r| r[..r.find('"').unwrap()].to_owned()).unwrap();
+        let pixel = pixel_of(&html);
         assert_eq!(http.get(&pixel).header("user-agent", BROWSER).send().await.unwrap().status(), 200);
     }
     eventually(Duration::from_secs(20), "acme's email.opened", || async { (rx.count() >= 1).then_some(()) }).await;
