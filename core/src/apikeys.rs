@@ -3,6 +3,8 @@
 //! Format: `hk_<prefix>_<secret>` — the prefix (12 hex characters) finds the row, the
 //! hash of the whole key proves possession. Comparison is constant-time.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -268,7 +270,7 @@ pub async fn revoke(db: &PgPool, actor: &Actor, id: Uuid) -> anyhow::Result<bool
     Ok(true)
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct KeyRow {
     id: Uuid,
     key_hash: Vec<u8>,
@@ -280,14 +282,52 @@ struct KeyRow {
     addressable_owners: Option<Vec<String>>,
 }
 
+/// Keys as last read, by prefix, so that a request costs no query (the hash is still
+/// compared on every request). Any change to a key that matters — revocation, scopes,
+/// owner, limits, deletion — notifies `herald_api_keys` (a row trigger), which empties the
+/// cache before the change's next request can read it (`cache::Watched`); entries live at
+/// most [`KEY_TTL`]. Unknown prefixes are never cached.
+pub type KeyCache = crate::cache::Watched<String, CachedKey>;
+
+/// How long a cached key is used at most without a change notification.
+pub const KEY_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct CachedKey {
+    row: KeyRow,
+    /// When this process last recorded the key's use (`last_used_at`).
+    marked: Option<std::time::Instant>,
+}
+
+pub fn key_cache() -> std::sync::Arc<KeyCache> {
+    KeyCache::new("herald_api_keys", KEY_TTL)
+}
+
 /// Checks a presented key. `Ok(None)` for unknown, malformed or revoked keys.
 pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Principal>> {
+    verify_cached(db, None, presented).await
+}
+
+/// [`verify`], served from `cache` when it holds the key.
+pub async fn verify_cached(db: &PgPool, cache: Option<&KeyCache>, presented: &str) -> sqlx::Result<Option<Principal>> {
     let Some(prefix) = presented.strip_prefix("hk_").and_then(|r| r.split('_').next()) else {
         return Ok(None);
     };
     if prefix.len() != 12 {
         return Ok(None);
     }
+    if let Some(cached) = cache.and_then(|c| c.get(&prefix.to_owned())) {
+        let mut row = cached.row;
+        // Mark it used at most once a minute from here, as the query would.
+        row.stale = cached.marked.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if row.stale {
+            if let Some(c) = cache {
+                c.update(&prefix.to_owned(), |k| k.marked = Some(std::time::Instant::now()));
+            }
+        }
+        return Ok(principal_of(db, row, presented));
+    }
+    let token = cache.map(|c| c.token());
     let row: Option<KeyRow> = sqlx::query_as(
         "SELECT id, key_hash, scopes, owner, revoked_at IS NOT NULL AS revoked, rate_limit, addressable_owners,
                 last_used_at IS NULL OR last_used_at < now() - interval '60 seconds' AS stale
@@ -297,8 +337,16 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
     .fetch_optional(db)
     .await?;
     let Some(row) = row else { return Ok(None) };
+    if let (Some(c), Some(token)) = (cache, token) {
+        let marked = row.stale.then(std::time::Instant::now);
+        c.put(token, prefix.to_owned(), CachedKey { row: row.clone(), marked });
+    }
+    Ok(principal_of(db, row, presented))
+}
+
+fn principal_of(db: &PgPool, row: KeyRow, presented: &str) -> Option<Principal> {
     if row.revoked || !bool::from(row.key_hash.ct_eq(&hash(presented))) {
-        return Ok(None);
+        return None;
     }
     if row.stale {
         // Off the request path, and at most once a minute per key.
@@ -311,7 +359,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
             }
         });
     }
-    Ok(Some(Principal {
+    Some(Principal {
         kind: ActorKind::ApiKey,
         id: row.id.to_string(),
         key_id: Some(row.id),
@@ -321,7 +369,7 @@ pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Princip
         addressable: row.addressable_owners,
         request_id: None,
         source: None,
-    }))
+    })
 }
 
 /// The most keys one owner may hold through [`create_own`].

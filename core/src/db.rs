@@ -23,9 +23,8 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 /// start, which are simply made again. Commits stay in WAL order, so a later durable
 /// commit (an attempt's outcome) makes these durable too.
 pub async fn begin_unflushed(pool: &PgPool) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    Ok(tx)
+    // One round trip: BEGIN and the setting in one simple query.
+    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await
 }
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

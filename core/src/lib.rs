@@ -7,6 +7,7 @@ pub mod api;
 pub mod apikeys;
 pub mod audit;
 pub mod bus;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod db;

@@ -6,7 +6,8 @@
 //! `herald_notifications_accepted_total`, `herald_outbox_backlog`,
 //! `herald_consumer_partitions_revoked_total`, `herald_consumer_assigned_partitions{topic}`, `herald_consumer_evictions_total`,
 //! `herald_endpoints_disabled_total`, `herald_webhook_ssrf_refused_total`,
-//! `herald_webhook_deferred_total`.
+//! `herald_webhook_deferred_total`, `herald_lane_carried_total{topic}`,
+//! `herald_lane_overflows_total{topic}`.
 
 use std::sync::OnceLock;
 
@@ -33,6 +34,16 @@ pub fn published(topic: &str, n: u64) {
 
 pub fn consumed(topic: &str, n: u64) {
     metrics::counter!("herald_bus_consumed_total", "topic" => topic.to_owned()).increment(n);
+}
+
+/// Messages the fast lane carried from the API to the dispatcher of its process.
+pub fn lane_carried(topic: &str, n: u64) {
+    metrics::counter!("herald_lane_carried_total", "topic" => topic.to_owned()).increment(n);
+}
+
+/// Times the fast lane was full and notifications went the bus's way.
+pub fn lane_overflowed(topic: &str) {
+    metrics::counter!("herald_lane_overflows_total", "topic" => topic.to_owned()).increment(1);
 }
 
 pub fn dead_lettered(topic: &str) {

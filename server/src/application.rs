@@ -7,9 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::Method;
 use axum::Router;
 use herald_core::api::{self, AppState, BusProbe};
 use herald_core::bus::kafka::{self, KafkaConsumer, KafkaSettings, Relay};
+use herald_core::bus::lane::{Lane, Laned};
 use herald_core::bus::postgres::PgConsumer;
 use herald_core::bus::Topic;
 use herald_core::config::{BusKind, Config, TrackingMode};
@@ -89,12 +91,14 @@ async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
 /// Runs a dispatcher, supervised, on the configured bus: the outbox table, or a Kafka
 /// consumer group (`<prefix><topic>-dispatchers`) once the topics exist. `make` builds a
 /// fresh dispatcher for every (re)start.
+#[allow(clippy::too_many_arguments)]
 fn spawn_dispatcher<D, M>(
     sup: &mut Supervisor,
     name: &'static str,
     config: Arc<Config>,
     pool: sqlx::PgPool,
     topic: Topic,
+    lane: Option<Arc<Lane>>,
     stop: watch::Receiver<bool>,
     make: M,
 ) where
@@ -103,21 +107,27 @@ fn spawn_dispatcher<D, M>(
 {
     let make = Arc::new(make);
     sup.spawn(name, stop.clone(), move || {
-        let (config, pool, stop, make) = (config.clone(), pool.clone(), stop.clone(), make.clone());
+        let (config, pool, stop, make, lane) = (config.clone(), pool.clone(), stop.clone(), make.clone(), lane.clone());
         async move {
             let dispatcher = make()?;
             match &config.kafka {
                 None => {
                     let consumer =
                         PgConsumer::new(pool, Some(topic), config.bus_claim_timeout, config.bus_poll_interval).await?;
-                    dispatcher.run(consumer, stop).await;
+                    match lane {
+                        Some(lane) => dispatcher.run(Laned::new(consumer, lane).await, stop).await,
+                        None => dispatcher.run(consumer, stop).await,
+                    }
                 }
                 Some(k) => {
                     if !topics_ready(k, &stop).await {
                         return Ok(());
                     }
                     let consumer = KafkaConsumer::new(k, topic, &k.topic(&format!("{}-dispatchers", topic.as_str())))?;
-                    dispatcher.run(consumer, stop).await;
+                    match lane {
+                        Some(lane) => dispatcher.run(Laned::new(consumer, lane).await, stop).await,
+                        None => dispatcher.run(consumer, stop).await,
+                    }
                 }
             }
             Ok(())
@@ -137,7 +147,14 @@ pub struct Application {
     ops: Option<Router>,
     addr: std::net::SocketAddr,
     admin_addr: Option<std::net::SocketAddr>,
+    /// Fast lanes of this process: their rows left unsettled at shutdown are given back.
+    lanes: Vec<Arc<Lane>>,
+    /// Cache invalidation listeners, stopped at shutdown.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// Notifications that may wait on the fast lane for the dispatcher of the process.
+const LANE_CAPACITY: usize = 1024;
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
@@ -197,7 +214,18 @@ impl Application {
                 });
             }
         }
-        let processor = Arc::new(Processor::new(pool.clone()).with_max_recipients(config.max_recipients));
+        // The fast lane: with the API and the webhook dispatcher in one process, accepted
+        // webhooks go straight to the dispatcher (the outbox row, claimed for the lane,
+        // keeps the guarantee).
+        let webhook_lane = (config.roles.api && config.roles.webhook).then(|| {
+            let attempt_lease = WebhookDispatcher::attempt_lease(&config);
+            Lane::new(pool.clone(), Topic::Webhook, config.bus_claim_timeout, attempt_lease, LANE_CAPACITY)
+        });
+        let mut processor = Processor::new(pool.clone()).with_max_recipients(config.max_recipients);
+        if let Some(lane) = &webhook_lane {
+            processor = processor.with_lane(lane.clone());
+        }
+        let processor = Arc::new(processor);
         // Email tracking: the API takes opens and clicks; one task records them.
         let (tracker, hits) = Tracker::new(config.secret_key.clone(), config.tracking);
         if config.roles.api && config.tracking != TrackingMode::Off {
@@ -215,6 +243,7 @@ impl Application {
                 config.clone(),
                 pool.clone(),
                 Topic::Email,
+                None,
                 stop_rx.clone(),
                 move || Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone())),
             );
@@ -227,6 +256,7 @@ impl Application {
                 config.clone(),
                 pool.clone(),
                 Topic::Webhook,
+                webhook_lane.clone(),
                 stop_rx.clone(),
                 move || WebhookDispatcher::from_config(&c, p.clone(), proc_.clone()),
             );
@@ -246,7 +276,15 @@ impl Application {
             "roles"
         );
 
+        // API keys are served from memory between changes (a listener empties the cache).
+        let keys = herald_core::apikeys::key_cache();
+        let mut listeners = Vec::new();
+        if config.roles.api {
+            listeners.push(tokio::spawn(keys.clone().listen(pool.clone())));
+            listeners.push(tokio::spawn(processor.watch_catalog()));
+        }
         let state = AppState {
+            keys,
             db: pool.clone(),
             config: config.clone(),
             processor,
@@ -313,7 +351,25 @@ impl Application {
                 herald_core::problem::ApiError::Timeout(REQUEST_TIMEOUT.as_secs())
             }))
             .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT));
-        let app = app.layer(layers.clone());
+        // A change made through this process is seen by its very next request: the
+        // caches of API keys and event types are emptied before the answer of any request
+        // that may change them leaves (other processes learn it by NOTIFY).
+        let (keys, processor) = (state.keys.clone(), state.processor.clone());
+        let app = app
+            .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let (keys, processor) = (keys.clone(), processor.clone());
+                async move {
+                    let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+                        && req.uri().path() != "/api/v1/notifications";
+                    let response = next.run(req).await;
+                    if changes {
+                        keys.invalidate();
+                        processor.forget_catalog();
+                    }
+                    response
+                }
+            }))
+            .layer(layers.clone());
         let listener = tokio::net::TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| anyhow::anyhow!("HERALD_LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr))?;
@@ -331,7 +387,8 @@ impl Application {
             None => None,
         };
         let ops = admin.as_ref().map(|_| api::operations_router(state).layer(layers));
-        Ok(Self { config, pool, sup, stop_tx, listener, admin, app, ops, addr, admin_addr })
+        let lanes = webhook_lane.into_iter().collect();
+        Ok(Self { config, pool, sup, stop_tx, listener, admin, app, ops, addr, admin_addr, lanes, listeners })
     }
 
     /// The address the API and console listen on (useful with port 0).
@@ -350,7 +407,7 @@ impl Application {
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { config, pool, sup, stop_tx, listener, admin, app, ops, addr, admin_addr } = self;
+        let Self { config, pool, sup, stop_tx, listener, admin, app, ops, addr, admin_addr, lanes, listeners } = self;
         let (http_stop_tx, http_stop) = watch::channel(false);
         tokio::spawn(async move {
             stop.await;
@@ -374,6 +431,23 @@ impl Application {
         }
         let _ = stop_tx.send(true);
         sup.join().await;
+        for l in listeners {
+            l.abort();
+        }
+        // What the lane still held is given back to the bus, for the next process.
+        for lane in lanes {
+            match lane.release().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    messages = n,
+                    topic = lane.topic().as_str(),
+                    "fast lane: messages given back to the bus"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "fast lane: cannot give messages back; they are claimable when their lease ends")
+                }
+            }
+        }
         pool.close().await;
         tracing::info!("herald stopped");
         Ok(())

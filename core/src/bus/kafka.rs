@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use futures::FutureExt as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -79,7 +80,7 @@ impl KafkaSettings {
 
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
         Ok(self
-            .client_config_with(&[("linger.ms", "5"), ("message.timeout.ms", "30000")], &self.producer_properties)
+            .client_config_with(&[("linger.ms", "1"), ("message.timeout.ms", "30000")], &self.producer_properties)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?)
@@ -355,6 +356,10 @@ impl KafkaConsumer {
                     ("session.timeout.ms", "10000"),
                     ("heartbeat.interval.ms", "2000"),
                     ("statistics.interval.ms", "5000"),
+                    // Latency: a fetch that finds nothing comes back after at most 10 ms
+                    // (librdkafka's default, 500 ms, is the wait before a message that
+                    // arrives meanwhile is seen, on brokers that do not answer early).
+                    ("fetch.wait.max.ms", "10"),
                 ],
                 &settings.consumer_properties,
             )
@@ -390,6 +395,7 @@ impl KafkaConsumer {
             payload: serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null),
             raw,
             receipt: Receipt::Kafka { partition: m.partition(), offset: m.offset() },
+            started: None,
         }
     }
 
@@ -476,39 +482,15 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        let consumer = self.consumer.clone();
-        // A partition that left us starts afresh if it comes back (its new position is the
-        // group's committed offset); what is still open on it stays open until finished.
-        for p in std::mem::take(&mut *self.revoked.lock().expect("revoked partitions")) {
-            self.marks.lock().expect("offset marks").reset(p);
-        }
-        let mut out: Vec<Received> = self.buffered.drain(..self.buffered.len().min(max)).collect();
-        // Wait up to a second for the first message, then take what is already buffered.
-        if out.is_empty() {
-            match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-                Err(_) => return Ok(out),
-                Ok(Ok(first)) => out.push(self.receive(&first)),
-                Ok(Err(e)) => {
-                    if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded)) {
-                        crate::metrics::evicted();
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
-        while out.len() < max {
-            match tokio::time::timeout(Duration::from_millis(2), consumer.recv()).await {
-                Ok(Ok(m)) => out.push(self.receive(&m)),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let topic = out[0].topic.clone();
-        crate::metrics::consumed(&topic, out.len() as u64);
-        Ok(out)
+        self.take(max, Duration::from_secs(1), None).await
+    }
+
+    async fn poll_now(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
+        self.take(max, Duration::ZERO, None).await
+    }
+
+    async fn poll_until(&mut self, max: usize, wake: &tokio::sync::Notify) -> anyhow::Result<Vec<Received>> {
+        self.take(max, Duration::from_secs(1), Some(wake)).await
     }
 
     async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
@@ -542,6 +524,60 @@ impl Consumer for KafkaConsumer {
 
     async fn redeliver(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
         self.acks().redeliver(msgs).await
+    }
+}
+
+impl KafkaConsumer {
+    /// Up to `max` messages: what `keep_alive` buffered, else the first one within
+    /// `first_wait` (or until `wake`), then what is already there.
+    async fn take(
+        &mut self,
+        max: usize,
+        first_wait: Duration,
+        wake: Option<&tokio::sync::Notify>,
+    ) -> anyhow::Result<Vec<Received>> {
+        let consumer = self.consumer.clone();
+
+        // A partition that left us starts afresh if it comes back (its new position is the
+        // group's committed offset); what is still open on it stays open until finished.
+        for p in std::mem::take(&mut *self.revoked.lock().expect("revoked partitions")) {
+            self.marks.lock().expect("offset marks").reset(p);
+        }
+        let mut out: Vec<Received> = self.buffered.drain(..self.buffered.len().min(max)).collect();
+        // Wait for the first message (up to `first_wait`, or until `wake`).
+        if out.is_empty() && !first_wait.is_zero() {
+            let never = tokio::sync::Notify::new();
+            let wake = wake.unwrap_or(&never);
+            let first = tokio::select! {
+                biased;
+                _ = wake.notified() => return Ok(out),
+                r = tokio::time::timeout(first_wait, consumer.recv()) => r,
+            };
+            match first {
+                Err(_) => return Ok(out),
+                Ok(Ok(first)) => out.push(self.receive(&first)),
+                Ok(Err(e)) => {
+                    if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::PollExceeded)) {
+                        crate::metrics::evicted();
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        // Then what the client already holds, without waiting for more.
+        while out.len() < max {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => out.push(self.receive(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let Some(first) = out.first() else { return Ok(out) };
+        crate::metrics::consumed(&first.topic, out.len() as u64);
+        Ok(out)
     }
 }
 

@@ -12,6 +12,7 @@
 //! jobs carry the attempt number they are for).
 
 pub mod kafka;
+pub mod lane;
 pub mod postgres;
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,12 +113,23 @@ pub struct Received {
     /// The payload bytes as received (kept for dead-lettering).
     pub raw: Vec<u8>,
     pub receipt: Receipt,
+    /// Set only on the fast lane: the accepting statement already started the attempt.
+    pub started: Option<std::sync::Arc<lane::Prestarted>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receipt {
-    Postgres { id: i64 },
-    Kafka { partition: i32, offset: i64 },
+    Postgres {
+        id: i64,
+    },
+    Kafka {
+        partition: i32,
+        offset: i64,
+    },
+    /// An outbox row the API of this process handed over directly ([`lane`]).
+    Lane {
+        id: i64,
+    },
 }
 
 /// Settles messages of one batch from anywhere, also after the consumer has moved on to
@@ -140,6 +152,13 @@ pub trait Consumer: Send {
     /// Waits for and returns up to `max` messages, oldest first. Returns an empty batch
     /// after a while without messages so callers can check for shutdown.
     fn poll(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send;
+
+    /// Returns up to `max` messages that are there now, without waiting for more.
+    fn poll_now(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send;
+
+    /// Like `poll`, but stops waiting, and returns an empty batch, as soon as `wake` is
+    /// notified (the fast lane has messages).
+    fn poll_until(&mut self, max: usize, wake: &Notify) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send;
 
     /// Marks messages done. Unacked messages are delivered again later.
     fn ack(&mut self, msgs: &[Received]) -> impl Future<Output = anyhow::Result<()>> + Send;

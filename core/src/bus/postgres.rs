@@ -3,14 +3,15 @@
 //! Claims take a batch with `FOR UPDATE SKIP LOCKED` and stamp it with a lease
 //! (`claimed_until`) and a claim token; acks delete the rows still held by that token.
 //! A worker that dies holding a claim loses it when the lease ends, and the rows are
-//! claimed again (at-least-once). Idle consumers sleep on `LISTEN herald_outbox` (a
-//! statement trigger on the outbox notifies), with a polling fallback that also wakes
-//! them for delayed messages.
+//! claimed again (at-least-once). Idle consumers sleep on `LISTEN herald_outbox_<topic>`
+//! (a statement trigger on the outbox notifies the topics of the unclaimed rows it
+//! inserted), with a polling fallback that also wakes them for delayed messages.
 
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{Acks, Consumer, Receipt, Received, Topic};
@@ -40,7 +41,13 @@ impl PgConsumer {
     async fn connect_listener(&mut self) {
         let listener = async {
             let mut l = PgListener::connect_with(&self.db).await?;
-            l.listen("herald_outbox").await?;
+            match self.topic {
+                Some(t) => l.listen(&channel(t)).await?,
+                None => {
+                    let names = [Topic::Email, Topic::Webhook].map(channel);
+                    l.listen_all(names.iter().map(String::as_str)).await?
+                }
+            }
             Ok::<_, sqlx::Error>(l)
         };
         match listener.await {
@@ -84,6 +91,7 @@ impl PgConsumer {
                 payload: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
                 raw: text.into_bytes(),
                 receipt: Receipt::Postgres { id },
+                started: None,
             })
             .collect();
         out.sort_by_key(row_id);
@@ -102,7 +110,11 @@ impl PgConsumer {
         Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
     }
 
-    async fn wait(&mut self) {
+    /// Sleeps until a notification, the next delayed message, or the poll interval;
+    /// returns `true` when `wake` (the fast lane) ended it instead.
+    async fn wait(&mut self, wake: Option<&Notify>) -> bool {
+        let never = Notify::new();
+        let wake = wake.unwrap_or(&never);
         let mut wait = self.poll_interval;
         match self.next_due().await {
             Ok(Some(d)) => wait = wait.min(d + Duration::from_millis(5)),
@@ -110,23 +122,40 @@ impl PgConsumer {
             Err(e) => tracing::warn!(error = %e, "outbox: cannot read the next due time"),
         }
         match self.listener.as_mut() {
-            Some(l) => match tokio::time::timeout(wait, l.try_recv()).await {
-                Err(_elapsed) => {}
-                Ok(Ok(Some(_))) => {}
-                // The connection dropped; sqlx reconnects on the next call.
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "outbox listener failed; reconnecting");
-                    tokio::time::sleep(wait).await;
-                    self.connect_listener().await;
+            Some(l) => {
+                let r = tokio::select! {
+                    biased;
+                    _ = wake.notified() => return true,
+                    r = tokio::time::timeout(wait, l.try_recv()) => r,
+                };
+                match r {
+                    Err(_elapsed) => {}
+                    Ok(Ok(Some(_))) => {}
+                    // The connection dropped; sqlx reconnects on the next call.
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "outbox listener failed; reconnecting");
+                        tokio::time::sleep(wait).await;
+                        self.connect_listener().await;
+                    }
                 }
-            },
+            }
             None => {
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    biased;
+                    _ = wake.notified() => return true,
+                    _ = tokio::time::sleep(wait) => {}
+                }
                 self.connect_listener().await;
             }
         }
+        false
     }
+}
+
+/// The notification channel of a topic (see the outbox trigger).
+fn channel(t: Topic) -> String {
+    format!("herald_outbox_{}", t.as_str())
 }
 
 fn row_id(m: &Received) -> i64 {
@@ -168,9 +197,15 @@ pub struct PgAcks {
     claim_timeout: Duration,
 }
 
-impl Acks for PgAcks {
-    async fn ack(&self, msgs: &[Received]) -> anyhow::Result<()> {
-        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+/// Settling outbox rows held by a claim token: shared by claims from the table
+/// ([`PgAcks`]) and rows the fast lane carried (`lane::LaneAcks`).
+pub(crate) mod settle {
+    use std::time::Duration;
+
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    pub async fn ack(db: &PgPool, token: Uuid, ids: &[i64]) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -179,27 +214,73 @@ impl Acks for PgAcks {
         // Not waiting for the disk: what a message asked for was recorded durably before
         // this ack, and an ack lost in a database crash only brings the message back,
         // to be found done and acked again.
-        let mut tx = crate::db::begin_unflushed(&self.db).await?;
+        let mut tx = crate::db::begin_unflushed(db).await?;
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1) AND claim_token = $2")
-            .bind(&ids)
-            .bind(self.token)
+            .bind(ids)
+            .bind(token)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn redeliver(&self, msgs: &[Received]) -> anyhow::Result<()> {
-        // Give the claim back after a short pause instead of waiting out the lease.
-        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+    /// Gives the claim back after a short pause instead of waiting out the lease.
+    pub async fn redeliver(db: &PgPool, token: Uuid, ids: &[i64]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
             "UPDATE outbox SET claimed_until = now() + interval '1 second' WHERE id = ANY($1) AND claim_token = $2",
         )
-        .bind(&ids)
-        .bind(self.token)
-        .execute(&self.db)
+        .bind(ids)
+        .bind(token)
+        .execute(db)
         .await?;
         Ok(())
+    }
+
+    pub async fn keep_alive(db: &PgPool, token: Uuid, ids: &[i64], lease: Duration) {
+        if ids.is_empty() {
+            return;
+        }
+        let r = sqlx::query(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
+        )
+        .bind(ids)
+        .bind(token)
+        .bind(lease.as_secs_f64())
+        .execute(db)
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "outbox: cannot extend the claim");
+        }
+    }
+
+    pub async fn dead_letter(db: &PgPool, token: Uuid, id: i64, raw: &[u8], reason: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "WITH gone AS (DELETE FROM outbox WHERE id = $1 AND claim_token = $2 RETURNING topic, key)
+             INSERT INTO dead_letters (topic, key, payload, reason)
+             SELECT topic, key, $3, $4 FROM gone",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(raw)
+        .bind(reason)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Acks for PgAcks {
+    async fn ack(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+        settle::ack(&self.db, self.token, &ids).await
+    }
+
+    async fn redeliver(&self, msgs: &[Received]) -> anyhow::Result<()> {
+        let ids: Vec<i64> = msgs.iter().map(row_id).collect();
+        settle::redeliver(&self.db, self.token, &ids).await
     }
 
     /// A long batch keeps its claim: other workers must not take these rows (and find
@@ -207,20 +288,7 @@ impl Acks for PgAcks {
     /// only claim extension: the consumer's own `keep_alive` has nothing to add.)
     async fn keep_alive(&self, msgs: &[Received]) {
         let ids: Vec<i64> = msgs.iter().map(row_id).collect();
-        if ids.is_empty() {
-            return;
-        }
-        let r = sqlx::query(
-            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $3) WHERE id = ANY($1) AND claim_token = $2",
-        )
-        .bind(&ids)
-        .bind(self.token)
-        .bind(self.claim_timeout.as_secs_f64())
-        .execute(&self.db)
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "outbox: cannot extend the claim");
-        }
+        settle::keep_alive(&self.db, self.token, &ids, self.claim_timeout).await
     }
 }
 
@@ -236,7 +304,22 @@ impl Consumer for PgConsumer {
         if !batch.is_empty() {
             return Ok(batch);
         }
-        self.wait().await;
+        self.wait(None).await;
+        Ok(self.claim(max).await?)
+    }
+
+    async fn poll_now(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
+        Ok(self.claim(max).await?)
+    }
+
+    async fn poll_until(&mut self, max: usize, wake: &Notify) -> anyhow::Result<Vec<Received>> {
+        let batch = self.claim(max).await?;
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        if self.wait(Some(wake)).await {
+            return Ok(Vec::new());
+        }
         Ok(self.claim(max).await?)
     }
 
@@ -245,17 +328,7 @@ impl Consumer for PgConsumer {
     }
 
     async fn dead_letter(&mut self, msg: &Received, reason: &str) -> anyhow::Result<()> {
-        sqlx::query(
-            "WITH gone AS (DELETE FROM outbox WHERE id = $1 AND claim_token = $2 RETURNING topic, key)
-             INSERT INTO dead_letters (topic, key, payload, reason)
-             SELECT topic, key, $3, $4 FROM gone",
-        )
-        .bind(row_id(msg))
-        .bind(self.token)
-        .bind(&msg.raw)
-        .bind(reason)
-        .execute(&self.db)
-        .await?;
+        settle::dead_letter(&self.db, self.token, row_id(msg), &msg.raw, reason).await?;
         crate::metrics::dead_lettered(&msg.topic);
         Ok(())
     }

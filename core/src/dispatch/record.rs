@@ -154,7 +154,32 @@ pub async fn begin<C: Consumer>(
         tracing::error!(channel = channel.as_str(), "undecodable bus message dead-lettered");
         consumer.dead_letter(&batch[*i], "undecodable delivery job: expected {\"delivery_id\", \"attempt\"}").await?;
     }
-    Ok(start_attempts(db, channel, &jobs, lease, max_starts).await?)
+    // Attempts the accepting statement already started (the fast lane) are this
+    // worker's without another statement; the rest are started here.
+    let (pre, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(i, _)| batch[*i].started.is_some());
+    let mut claimed = if jobs.is_empty() {
+        Claimed::default()
+    } else {
+        start_attempts(db, channel, &jobs, lease, max_starts).await?
+    };
+    if !pre.is_empty() {
+        for (i, job) in pre {
+            let p = batch[i].started.as_deref().expect("partitioned on it");
+            claimed.owned.push((
+                i,
+                Started {
+                    id: p.delivery_id,
+                    target: p.target.clone(),
+                    endpoint_id: p.endpoint_id,
+                    content: p.content.clone(),
+                    attempt: job.attempt,
+                    round_start: 0,
+                },
+            ));
+        }
+        claimed.owned.sort_by_key(|(i, _)| *i);
+    }
+    Ok(claimed)
 }
 
 /// Groups a batch's started attempts by `key` (recipient or endpoint), each group in

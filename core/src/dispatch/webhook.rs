@@ -44,6 +44,18 @@ const MAX_PACE_WAIT: Duration = Duration::from_secs(1);
 
 type Step = record::Step<Health>;
 
+/// The endpoints of a batch, by id.
+type Targets = HashMap<Uuid, Arc<Target>>;
+
+/// How long a cached endpoint is used at most, even without a change notification.
+const TARGET_TTL: Duration = Duration::from_secs(5);
+
+/// Endpoints as attempts need them (URL, headers, live secrets decrypted), kept between
+/// batches: any change to an endpoint or its secrets notifies `herald_endpoints` (row
+/// triggers), which empties the cache (`cache::Watched`); an entry is also dropped past
+/// [`TARGET_TTL`] or the expiry of a secret it holds.
+type TargetCache = crate::cache::Watched<Uuid, Arc<Target>>;
+
 /// Builds the HTTP client every webhook goes through: the SSRF guard as its resolver,
 /// no proxies (an ambient proxy would connect somewhere unchecked), no redirects, and
 /// bounded timeouts.
@@ -63,6 +75,8 @@ pub fn client(cfg: &WebhookConfig) -> anyhow::Result<reqwest::Client> {
 
 /// What an attempt needs to know about its endpoint.
 struct Target {
+    /// Until when it may be cached: the first expiry of a secret it holds.
+    valid_until: Option<DateTime<Utc>>,
     url: String,
     enabled: bool,
     /// `failing_since IS NOT NULL` when the batch started.
@@ -84,6 +98,7 @@ struct TargetRow {
     failing: bool,
     sealed: Vec<Vec<u8>>,
     headers_sealed: Option<Vec<u8>>,
+    expires: Option<DateTime<Utc>>,
 }
 
 /// What an attempt means for its endpoint's health.
@@ -118,6 +133,7 @@ pub struct WebhookDispatcher {
     inflight: Mutex<HashMap<Uuid, usize>>,
     /// Per-endpoint pacing for rate-limited endpoints: the next free slot.
     slots: Mutex<HashMap<Uuid, Instant>>,
+    targets: Arc<TargetCache>,
 }
 
 /// One attempt in flight to an endpoint, counted until dropped.
@@ -224,28 +240,63 @@ impl WebhookDispatcher {
             key: config.secret_key.clone(),
             cfg: config.webhook.clone(),
             processor,
-            lease: config.bus_claim_timeout.max(config.webhook.timeout * 2),
+            lease: Self::attempt_lease(config),
             batch_size: config.webhook.batch_size,
             max_starts: config.bus_max_redeliveries,
             detach: record::Detach::new(4),
             inflight: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            targets: TargetCache::new("herald_endpoints", TARGET_TTL),
         })
+    }
+
+    /// How long a started attempt belongs to its dispatcher (`deliveries.lease_until`).
+    pub fn attempt_lease(config: &Config) -> Duration {
+        config.bus_claim_timeout.max(config.webhook.timeout * 2)
     }
 
     pub async fn run<C: Consumer>(self, consumer: C, shutdown: watch::Receiver<bool>) {
         let batch_size = self.batch_size;
         let detach = self.detach.clone();
+        let listener = tokio::spawn(self.targets.clone().listen(self.db.clone()));
         crate::bus::consume(consumer, Arc::new(self), batch_size, shutdown, "webhook dispatcher").await;
         detach.drain().await;
+        listener.abort();
     }
 
-    /// Endpoints of a batch, with their live secrets decrypted, in one query.
-    async fn targets(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Target>> {
+    /// Endpoints of a batch, with their live secrets decrypted: from the cache, and the
+    /// rest in one query.
+    async fn targets(&self, ids: &[Uuid]) -> anyhow::Result<Targets> {
+        let cache = &self.targets;
+        let token = cache.token();
+        let now = Utc::now();
+        let mut out: Targets = HashMap::with_capacity(ids.len());
+        let mut missing: Vec<Uuid> = Vec::new();
+        for id in ids {
+            match cache.get(id).filter(|t| t.valid_until.is_none_or(|v| v > now)) {
+                Some(t) => {
+                    out.insert(*id, t);
+                }
+                None => missing.push(*id),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        for (id, t) in self.load_targets(&missing).await? {
+            let t = Arc::new(t);
+            cache.put(token, id, t.clone());
+            out.insert(id, t);
+        }
+        Ok(out)
+    }
+
+    async fn load_targets(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Target>> {
         let rows: Vec<TargetRow> = sqlx::query_as(
             "SELECT e.id, e.url, e.enabled, e.headers, e.headers_sealed, e.rate_limit, e.retry_schedule,
                     e.failing_since IS NOT NULL AS failing,
-                    coalesce(array_agg(s.sealed ORDER BY s.generation DESC) FILTER (WHERE s.sealed IS NOT NULL), '{}') AS sealed
+                    coalesce(array_agg(s.sealed ORDER BY s.generation DESC) FILTER (WHERE s.sealed IS NOT NULL), '{}') AS sealed,
+                    min(s.expires_at) AS expires
              FROM endpoints e
              LEFT JOIN endpoint_secrets s ON s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())
              WHERE e.id = ANY($1)
@@ -273,6 +324,7 @@ impl WebhookDispatcher {
             out.insert(
                 r.id,
                 Target {
+                    valid_until: r.expires,
                     url: r.url,
                     enabled: r.enabled,
                     failing: r.failing,
@@ -316,7 +368,7 @@ impl WebhookDispatcher {
                     async move {
                         // Every item of the group names the same endpoint (or none: deleted).
                         let id: Option<Uuid> = items.first().and_then(|(_, s)| s.endpoint_id);
-                        let target = id.and_then(|id| targets.get(&id));
+                        let target = id.and_then(|id| targets.get(&id)).map(|t| &**t);
                         // Set when an attempt to this endpoint times out or cannot connect:
                         // its attempts not yet started are deferred instead of holding the
                         // endpoint's other messages for a timeout each.
@@ -347,7 +399,7 @@ impl WebhookDispatcher {
     }
 
     /// After a part of a batch is recorded: log it, and update its endpoints' health.
-    async fn recorded(&self, made: Vec<(AttemptRecord, Health)>, targets: &HashMap<Uuid, Target>) {
+    async fn recorded(&self, made: Vec<(AttemptRecord, Health)>, targets: &Targets) {
         // Per endpoint: did anything succeed, did everything fail, did it say 410.
         let mut health: HashMap<Uuid, Health> = HashMap::new();
         for (rec, h) in &made {
@@ -383,11 +435,7 @@ impl WebhookDispatcher {
 
     /// Tracks since when each endpoint has been failing (in PostgreSQL), and disables
     /// endpoints that answered 410 or have failed for longer than the window.
-    async fn endpoint_health(
-        &self,
-        health: &HashMap<Uuid, Health>,
-        targets: &HashMap<Uuid, Target>,
-    ) -> anyhow::Result<()> {
+    async fn endpoint_health(&self, health: &HashMap<Uuid, Health>, targets: &Targets) -> anyhow::Result<()> {
         // Only endpoints whose state changes need a write: a success while failing, or a
         // failure while healthy (as loaded for this batch; the UPDATE re-checks).
         let (ids, ok): (Vec<Uuid>, Vec<bool>) = health

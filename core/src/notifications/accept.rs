@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::apikeys::Principal;
+use crate::bus::lane::{Lane, LaneClaim, LaneRow, Prestarted};
 use crate::error::{Error, FieldError, Result};
 use crate::model::{lookup, Channel, DeliveryStatus, NotificationStatus};
 use crate::templates::{render_email, EmailTemplate};
@@ -49,7 +50,7 @@ pub struct Accepted {
     pub deliveries: Vec<DeliverySummary>,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct EventTypeRow {
     updated_at: DateTime<Utc>,
     payload_schema: Option<Value>,
@@ -70,7 +71,18 @@ pub struct Processor {
     db: PgPool,
     schemas: SchemaCache,
     max_recipients: usize,
+    /// The webhook dispatcher of this process, when there is one (`bus::lane`).
+    lane: Option<Arc<Lane>>,
+    /// Event types with their published templates, as last read: any change to an
+    /// event type, template or template version notifies `herald_catalog` (row
+    /// triggers), which empties it (`cache::Watched`). Unknown names are not cached.
+    catalog: Arc<CatalogCache>,
 }
+
+type CatalogCache = crate::cache::Watched<String, Arc<EventTypeRow>>;
+
+/// How long an event type is used from memory at most without a change notification.
+const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A recipient, parsed: the lowercased address (who the recipient is, for removing
 /// duplicates) and the mailbox (the delivery's target).
@@ -86,7 +98,55 @@ pub fn request_hash(body: &[u8]) -> Vec<u8> {
 
 impl Processor {
     pub fn new(db: PgPool) -> Self {
-        Self { db, schemas: RwLock::new(HashMap::new()), max_recipients: 100 }
+        Self {
+            db,
+            schemas: RwLock::new(HashMap::new()),
+            max_recipients: 100,
+            lane: None,
+            catalog: CatalogCache::new("herald_catalog", CATALOG_TTL),
+        }
+    }
+
+    /// Keeps the event type cache in step with the catalog, until the task is aborted;
+    /// without it running, every notification reads its event type from the database.
+    pub fn watch_catalog(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.catalog.clone().listen(self.db.clone())
+    }
+
+    /// Forgets every cached event type (a change was just made through this process).
+    pub fn forget_catalog(&self) {
+        self.catalog.invalidate();
+    }
+
+    /// The event type and its published template, from the cache or the database.
+    async fn event_type(&self, name: &str) -> Result<Arc<EventTypeRow>> {
+        if let Some(et) = self.catalog.get(&name.to_owned()) {
+            return Ok(et);
+        }
+        let token = self.catalog.token();
+        let et: EventTypeRow = sqlx::query_as(
+            "SELECT e.updated_at, e.payload_schema, e.recipient_path, e.operational,
+                    v.template_key, v.version AS template_version, v.subject, v.html_body, v.text_body,
+                    v.track_opens, v.track_clicks
+             FROM event_types e
+             LEFT JOIN templates t ON t.key = e.email_template
+             LEFT JOIN template_versions v ON v.template_key = t.key AND v.version = t.published_version
+             WHERE e.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.db)
+        .await?
+        .ok_or_else(|| Error::UnknownEventType(name.to_owned()))?;
+        let et = Arc::new(et);
+        self.catalog.put(token, name.to_owned(), et.clone());
+        Ok(et)
+    }
+
+    /// Hands the webhooks of accepted notifications to this process's dispatcher
+    /// directly (`bus::lane`).
+    pub fn with_lane(mut self, lane: Arc<Lane>) -> Self {
+        self.lane = Some(lane);
+        self
     }
 
     /// At most this many recipients per notification (`HERALD_MAX_RECIPIENTS`).
@@ -151,9 +211,16 @@ impl Processor {
             })
             .await?;
 
+        // A place on the fast lane, taken before the transaction; used after the commit.
+        let slot = self.lane.as_ref().and_then(|l| l.reserve());
+        let mut prepared = prepared;
+        prepared.lane = slot.as_ref().map(|s| s.claim());
         let Some((key, hash)) = idempotency else {
             let mut conn = self.db.acquire().await?;
-            let accepted = insert(&mut conn, prepared).await?;
+            let (accepted, laned) = insert_laned(&mut conn, prepared).await?;
+            if let Some(slot) = slot {
+                slot.send(laned);
+            }
             crate::metrics::accepted();
             return Ok(accepted);
         };
@@ -177,7 +244,7 @@ impl Processor {
                 .ok_or_else(|| anyhow::anyhow!("idempotency row vanished").into());
         }
         let id = prepared.id;
-        let accepted = insert(&mut tx, prepared).await?;
+        let (accepted, laned) = insert_laned(&mut tx, prepared).await?;
         sqlx::query(
             "UPDATE idempotency_keys SET notification_id = $3, response_status = 202, response_body = $4
              WHERE owner = $1 AND key = $2",
@@ -189,25 +256,16 @@ impl Processor {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if let Some(slot) = slot {
+            slot.send(laned);
+        }
         crate::metrics::accepted();
         Ok(accepted)
     }
 
     /// Validates and renders a submission; nothing is written.
     pub async fn prepare(&self, sub: Submission) -> Result<Prepared> {
-        let et: EventTypeRow = sqlx::query_as(
-            "SELECT e.updated_at, e.payload_schema, e.recipient_path, e.operational,
-                    v.template_key, v.version AS template_version, v.subject, v.html_body, v.text_body,
-                    v.track_opens, v.track_clicks
-             FROM event_types e
-             LEFT JOIN templates t ON t.key = e.email_template
-             LEFT JOIN template_versions v ON v.template_key = t.key AND v.version = t.published_version
-             WHERE e.name = $1",
-        )
-        .bind(&sub.event_type)
-        .fetch_optional(&self.db)
-        .await?
-        .ok_or_else(|| Error::UnknownEventType(sub.event_type.clone()))?;
+        let et = self.event_type(&sub.event_type).await?;
         if et.operational && sub.operational_owner.is_none() {
             return Err(Error::ReservedEventType(sub.event_type.clone()));
         }
@@ -302,6 +360,7 @@ impl Processor {
             email_content,
             webhook_content: serde_json::json!({ "body": body }),
             only_endpoint: None,
+            lane: None,
         })
     }
 }
@@ -362,6 +421,8 @@ pub struct Prepared {
     email_content: Option<Value>,
     webhook_content: Value,
     only_endpoint: Option<Uuid>,
+    /// The fast lane's claim on the webhook messages and their deliveries.
+    lane: Option<LaneClaim>,
 }
 
 impl Prepared {
@@ -386,12 +447,20 @@ impl Prepared {
 /// webhook delivery (with its bus message) for every enabled endpoint subscribed to the
 /// event type.
 pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accepted> {
+    Ok(insert_laned(conn, p).await?.0)
+}
+
+/// [`insert`], also returning the webhook messages inserted on the fast lane (claimed
+/// by its token), which the caller hands over after the commit. A notification for more
+/// than `lane::MAX_FAN_OUT` endpoints goes the bus's way.
+async fn insert_laned(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<(Accepted, Vec<LaneRow>)> {
     let ids: Vec<Uuid> = p.recipients.iter().map(|_| Uuid::now_v7()).collect();
     let recipient_list: Vec<String> = p.recipients.iter().map(|(_, t)| t.clone()).collect();
     // Notification, deliveries and their bus messages in one statement: atomic on its
     // own, and one round trip on the hot path. Bus keys come from herald_ordering_key,
     // the one definition of a delivery's ordering key.
-    let webhooks: Vec<(Uuid, String)> = sqlx::query_as(
+    #[allow(clippy::type_complexity)]
+    let webhooks: Vec<(Uuid, String, Option<Uuid>, i64, String, bool)> = sqlx::query_as(
         "WITH n AS (
             INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
             VALUES ($1, $2, $3, $4, $5, $6)
@@ -420,16 +489,30 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
                                         ELSE false END)
                             -- Addressed: only these owners' endpoints.
                             AND ($13::text[] IS NULL OR owner = ANY($13)) END
+         ), lane AS (
+            -- The fast lane (bus::lane): messages claimed by its token, their first
+            -- attempts started, for the dispatcher of this process.
+            SELECT $14::uuid AS token
+            WHERE $14::uuid IS NOT NULL AND (SELECT count(*) FROM e) <= $16
          ), w AS (
-            INSERT INTO deliveries (id, notification_id, channel, target, endpoint_id, content)
-            SELECT herald_uuid_v7(), $1, 'webhook', e.id::text, e.id, $9 FROM e
-            RETURNING id, target
+            INSERT INTO deliveries (id, notification_id, channel, target, endpoint_id, content,
+                                    status, lease_until, unrecorded_starts)
+            SELECT herald_uuid_v7(), $1, 'webhook', e.id::text, e.id, $9,
+                   CASE WHEN lane.token IS NOT NULL THEN 'in_flight' ELSE 'pending' END,
+                   CASE WHEN lane.token IS NOT NULL THEN now() + make_interval(secs => $17) END,
+                   CASE WHEN lane.token IS NOT NULL THEN 1 ELSE 0 END
+            FROM e LEFT JOIN lane ON true
+            RETURNING id, target, endpoint_id
          ), wo AS (
-            INSERT INTO outbox (topic, key, payload)
-            SELECT 'webhook', herald_ordering_key('webhook', target), jsonb_build_object('delivery_id', id, 'attempt', 1)
-            FROM w
+            INSERT INTO outbox (topic, key, payload, claimed_until, claim_token, deliveries)
+            SELECT 'webhook', herald_ordering_key('webhook', w.target), jsonb_build_object('delivery_id', w.id, 'attempt', 1),
+                   CASE WHEN lane.token IS NOT NULL THEN now() + make_interval(secs => $15) END,
+                   lane.token,
+                   CASE WHEN lane.token IS NOT NULL THEN 1 ELSE 0 END
+            FROM w LEFT JOIN lane ON true
+            RETURNING id, key, (payload->>'delivery_id')::uuid AS delivery_id, claim_token IS NOT NULL AS laned
          )
-         SELECT id, target FROM w ORDER BY target",
+         SELECT w.id, w.target, w.endpoint_id, wo.id, wo.key, wo.laned FROM w JOIN wo ON wo.delivery_id = w.id ORDER BY w.target",
     )
     .bind(p.id)
     .bind(&p.sub.event_type)
@@ -444,8 +527,26 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
     .bind(p.sub.operational_owner.as_deref())
     .bind(p.only_endpoint)
     .bind(&p.sub.owners)
+    .bind(p.lane.map(|l| l.token))
+    .bind(p.lane.map(|l| l.lease_secs).unwrap_or(0.0))
+    .bind(crate::bus::lane::MAX_FAN_OUT)
+    .bind(p.lane.map(|l| l.attempt_lease_secs).unwrap_or(0.0))
     .fetch_all(conn)
     .await?;
+    let laned: Vec<LaneRow> = webhooks
+        .iter()
+        .filter(|w| w.5)
+        .map(|(delivery_id, target, endpoint_id, outbox_id, key, _)| LaneRow {
+            outbox_id: *outbox_id,
+            key: key.clone(),
+            started: Prestarted {
+                delivery_id: *delivery_id,
+                target: target.clone(),
+                endpoint_id: *endpoint_id,
+                content: p.webhook_content.clone(),
+            },
+        })
+        .collect();
 
     let mut summaries: Vec<DeliverySummary> = ids
         .iter()
@@ -457,14 +558,14 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
             status: DeliveryStatus::Pending,
         })
         .collect();
-    summaries.extend(webhooks.into_iter().map(|(id, target)| DeliverySummary {
+    summaries.extend(webhooks.into_iter().map(|(id, target, ..)| DeliverySummary {
         id,
         channel: Channel::Webhook,
         target,
         status: DeliveryStatus::Pending,
     }));
     let status = NotificationStatus::of(summaries.iter().map(|d| d.status));
-    Ok(Accepted { id: p.id, status, deliveries: summaries })
+    Ok((Accepted { id: p.id, status, deliveries: summaries }, laned))
 }
 
 #[cfg(test)]

@@ -72,3 +72,40 @@ async fn owners_manage_their_own_keys_within_their_scopes() {
     assert!(entries.iter().all(|e| e["actor_kind"] == "api_key" && e["owner"] == "acme"));
     h.stop().await;
 }
+
+/// Keys are served from memory between changes; a revocation made by another process
+/// (the CLI here) reaches the API by `NOTIFY`, within milliseconds, not at the cache's
+/// 60 s expiry.
+#[tokio::test]
+async fn a_key_revoked_by_another_process_stops_working_at_once() {
+    let (_sink, h, _key) = setup(&[], &[]).await;
+    let key = h.api_key(&["endpoints:read"]).await;
+    for _ in 0..3 {
+        assert_eq!(h.call(Method::GET, "/api/v1/endpoints", &key, None).await.0, 200);
+    }
+    let prefix = key.split('_').nth(1).unwrap();
+    let (ok, listing, _) = run_cli(&h.env, &["api-key", "list"]).await;
+    assert!(ok);
+    let id = listing.lines().find(|l| l.contains(prefix)).unwrap().split_whitespace().next().unwrap().to_owned();
+    let (ok, _, err) = run_cli(&h.env, &["api-key", "revoke", &id]).await;
+    assert!(ok, "{err}");
+    eventually(std::time::Duration::from_secs(2), "the revoked key to be refused", || async {
+        (h.call(Method::GET, "/api/v1/endpoints", &key, None).await.0 == 401).then_some(())
+    })
+    .await;
+    // And an event type changed behind the API's back (another process) is read again.
+    let writer = h.api_key(&["notifications:write"]).await;
+    assert_eq!(h.post(&writer, &welcome("Ada", "ada@example.test")).await.status(), 202);
+    sqlx::query(
+        "UPDATE event_types SET payload_schema = '{\"type\": \"object\", \"required\": [\"must\"]}', updated_at = now()
+         WHERE name = 'user.registered'",
+    )
+    .execute(&h.db)
+    .await
+    .unwrap();
+    eventually(std::time::Duration::from_secs(2), "the new schema to apply", || async {
+        (h.post(&writer, &welcome("Ada", "ada@example.test")).await.status() == 422).then_some(())
+    })
+    .await;
+    h.stop().await;
+}

@@ -15,6 +15,7 @@ mod history;
 mod in_process;
 mod kafka_flow;
 mod keys;
+mod lane;
 mod oidc;
 mod openapi;
 mod sql;

@@ -5,13 +5,18 @@
 //! cargo run --release -p herald-testkit --bin herald-bench -- --notifications 10000
 //! Webhooks: `--endpoints 2` subscribes that many endpoints (on a real HTTP receiver in
 //! this process) to every notification; `--no-email` posts an event type without an
-//! email route, so only webhooks are delivered.
+//! email route, so only webhooks are delivered; each webhook's end-to-end latency (from
+//! the request that accepted it being sent to the receiver getting it) is reported.
+//! `--kafka` runs on the Kafka bus with an in-memory broker (nisshi on the PATH).
+//! The last line, `summary: …`, holds every figure as `name=value` for scripts
+//! (`scripts/bench.sh` runs the whole matrix).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::stream::{self, StreamExt};
+use herald_testkit::broker::Broker;
 use herald_testkit::receiver::Receiver;
 use herald_testkit::{free_port, fresh_database, smtp::SmtpSink};
 use serde_json::json;
@@ -37,6 +42,9 @@ struct Args {
     /// process and time how fast it drains the backlog (dispatch capacity alone).
     #[arg(long)]
     drain: bool,
+    /// The Kafka bus, on an in-memory nisshi broker started for the run.
+    #[arg(long)]
+    kafka: bool,
     /// Extra KEY=VALUE settings for herald.
     #[arg(long = "set")]
     settings: Vec<String>,
@@ -68,6 +76,14 @@ async fn main() -> anyhow::Result<()> {
         ("HERALD_SECRET_KEY".into(), "42".repeat(32)),
         ("HERALD_WEBHOOK_ALLOW_CIDRS".into(), "127.0.0.1/32".into()),
     ];
+    let _broker = if args.kafka {
+        let b = Broker::memory().await;
+        env.push(("HERALD_BUS".into(), "kafka".into()));
+        env.push(("HERALD_KAFKA_BROKERS".into(), b.addr()));
+        Some(b)
+    } else {
+        None
+    };
     for s in &args.settings {
         let (k, v) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set takes KEY=VALUE"))?;
         env.push((k.into(), v.into()));
@@ -130,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
         args.endpoints
     );
     let t0 = Instant::now();
+    let epoch = t0;
+    let no_email = args.no_email;
     let url = format!("{base}/api/v1/notifications");
     let mut latencies: Vec<Duration> = stream::iter(0..args.notifications)
         .map(|i| {
@@ -137,9 +155,14 @@ async fn main() -> anyhow::Result<()> {
             let url = url.clone();
             let key = key.clone();
             async move {
-                let body = json!({"event_type": event_type,
-                                  "payload": {"user": {"name": format!("User {i}"), "email": format!("user{i}@bench.test")}}});
                 let t = Instant::now();
+                let mut payload =
+                    json!({"user": {"name": format!("User {i}"), "email": format!("user{i}@bench.test")}});
+                if no_email {
+                    // bench.webhook has no schema: the send time travels in the payload.
+                    payload["sent_us"] = json!(t.duration_since(epoch).as_micros() as u64);
+                }
+                let body = json!({"event_type": event_type, "payload": payload});
                 let r = http.post(&url).bearer_auth(&key).json(&body).send().await.expect("request");
                 assert_eq!(r.status(), 202, "accept failed: {}", r.text().await.unwrap_or_default());
                 t.elapsed()
@@ -180,7 +203,20 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let e2e = t0.elapsed();
+    let end_rss = memory_kib(pid, "VmRSS:");
     latencies.sort();
+    // Each webhook's end-to-end latency: the receiver's arrival time against the time its
+    // notification's request was sent (both on this process's clock).
+    let mut e2e_lat: Vec<Duration> = receiver
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            let sent = epoch + Duration::from_micros(v["data"]["sent_us"].as_u64()?);
+            Some(r.at.saturating_duration_since(sent))
+        })
+        .collect();
+    e2e_lat.sort();
     // The receivers see a request just before its outcome is committed: give the last
     // batch a moment to record.
     let recorded = Instant::now();
@@ -217,6 +253,15 @@ async fn main() -> anyhow::Result<()> {
             e2e.as_secs_f64()
         );
     }
+    if webhooks > 0 && !args.drain {
+        println!(
+            "webhook:  end to end p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            percentile(&e2e_lat, 0.50).as_secs_f64() * 1e3,
+            percentile(&e2e_lat, 0.90).as_secs_f64() * 1e3,
+            percentile(&e2e_lat, 0.99).as_secs_f64() * 1e3,
+            e2e_lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+        );
+    }
     if webhooks > 0 {
         println!("delivery: {:>8.0} webhooks/s end to end  (all {} delivered {:.2} s after the first request, or after the dispatcher started with --drain)", webhooks as f64 / e2e.as_secs_f64(), receiver.count(), e2e.as_secs_f64());
     }
@@ -226,10 +271,29 @@ async fn main() -> anyhow::Result<()> {
         receiver.count().saturating_sub(webhooks)
     );
     println!(
-        "memory:   herald RSS idle {} MiB, peak sampled {} MiB, high-water {} MiB",
+        "memory:   herald RSS idle {} MiB, peak sampled {} MiB, at the end {} MiB, high-water {} MiB",
         idle_rss.unwrap_or(0) / 1024,
         peak_rss.unwrap_or(0) / 1024,
+        end_rss.unwrap_or(0) / 1024,
         memory_kib(pid, "VmHWM:").unwrap_or(0) / 1024
+    );
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    println!(
+        "summary: bus={} concurrency={} notifications={} accepted_per_s={:.0} accept_p50_ms={} accept_p99_ms={} \
+         delivered_per_s={:.0} e2e_p50_ms={} e2e_p99_ms={} rss_idle_mib={} rss_peak_mib={} rss_end_mib={} duplicates={}",
+        if args.kafka { "kafka" } else { "postgres" },
+        args.concurrency,
+        args.notifications,
+        n / accept_time.as_secs_f64(),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        (emails + webhooks) as f64 / e2e.as_secs_f64(),
+        ms(percentile(&e2e_lat, 0.50)),
+        ms(percentile(&e2e_lat, 0.99)),
+        idle_rss.unwrap_or(0) / 1024,
+        peak_rss.unwrap_or(0).max(end_rss.unwrap_or(0)) / 1024,
+        end_rss.unwrap_or(0) / 1024,
+        (sink.accepted_count() + receiver.count()).saturating_sub(emails + webhooks)
     );
     for mut c in [Some(child), worker].into_iter().flatten() {
         let _ = c.start_kill();
