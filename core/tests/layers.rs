@@ -5,8 +5,21 @@
 use std::path::{Path, PathBuf};
 
 /// Top-level modules of `herald-core`, by layer (lowest first).
-const BASE: &[&str] =
-    &["audit", "bus", "config", "db", "error", "metrics", "model", "retry", "secrets", "smtp", "ssrf", "supervise"];
+const BASE: &[&str] = &[
+    "audit",
+    "bus",
+    "cache",
+    "config",
+    "db",
+    "error",
+    "metrics",
+    "model",
+    "retry",
+    "secrets",
+    "smtp",
+    "ssrf",
+    "supervise",
+];
 const DOMAIN: &[&str] = &["apikeys", "catalog", "identity", "notifications", "templates", "tracking", "webhooks"];
 const EDGE: &[&str] = &["api", "dispatch", "problem", "retention"];
 

@@ -74,16 +74,22 @@ pub async fn shutdown_signal() {
 
 /// Creates the topics, retrying until the brokers answer or shutdown.
 async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
+    let mut stop = stop.clone();
     let mut wait = Duration::from_millis(200);
     loop {
-        match kafka::ensure_topics(k).await {
+        // An unreachable broker can hold the request for long: a stop does not wait.
+        let r = tokio::select! {
+            r = kafka::ensure_topics(k) => r,
+            _ = stop.wait_for(|s| *s) => return false,
+        };
+        match r {
             Ok(()) => return true,
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "kafka: topics not ready; retrying"),
         }
-        if *stop.borrow() {
-            return false;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return false,
         }
-        tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
     }
 }

@@ -11,9 +11,13 @@ use crate::harness::*;
 
 const ENDPOINT_SCOPES: &[&str] = &["endpoints:read", "endpoints:write"];
 
+/// One request in flight per endpoint, so arrival order is start order (with more,
+/// attempts start in order but may overtake each other on the wire).
+const ONE_AT_A_TIME: (&str, &str) = ("HERALD_WEBHOOK_ENDPOINT_CONCURRENCY", "1");
+
 #[tokio::test]
 async fn the_lane_carries_webhooks_in_acceptance_order_and_settles_them() {
-    let (_sink, h, key) = setup(&[], &[]).await;
+    let (_sink, h, key) = setup(&[], &[ONE_AT_A_TIME]).await;
     carries_in_order(h, key).await;
 }
 
@@ -21,8 +25,12 @@ async fn the_lane_carries_webhooks_in_acceptance_order_and_settles_them() {
 async fn on_kafka_the_lane_carries_webhooks_of_its_own_process() {
     let broker = crate::broker::Broker::memory().await;
     let prefix = format!("h{}.", uuid::Uuid::new_v4().simple());
-    let extra =
-        [("HERALD_BUS", "kafka"), ("HERALD_KAFKA_BROKERS", &broker.addr()), ("HERALD_KAFKA_TOPIC_PREFIX", &prefix)];
+    let extra = [
+        ("HERALD_BUS", "kafka"),
+        ("HERALD_KAFKA_BROKERS", &broker.addr()),
+        ("HERALD_KAFKA_TOPIC_PREFIX", &prefix),
+        ONE_AT_A_TIME,
+    ];
     let (_sink, h, key) = setup(&[], &extra).await;
     carries_in_order(h, key).await;
 }
@@ -105,4 +113,32 @@ async fn a_process_killed_with_a_webhook_on_its_lane_loses_nothing() {
     assert_eq!(reqs[0].headers["webhook-id"], reqs[1].headers["webhook-id"], "the same webhook, again");
     h.wait_count("outbox WHERE topic = 'webhook'", 0).await;
     h.stop().await;
+}
+
+/// A graceful stop gives what the lane still holds back to the bus, with the attempts
+/// the accepting statement started, so the next process takes them at once. (The
+/// dispatcher here waits for a broker that is not there, so the lane is never read.)
+#[tokio::test]
+async fn a_graceful_stop_gives_the_lane_back_to_the_bus() {
+    let nobody = free_port().to_string();
+    let brokers = format!("127.0.0.1:{nobody}");
+    let extra = [("HERALD_BUS", "kafka"), ("HERALD_KAFKA_BROKERS", brokers.as_str())];
+    let (_sink, h, key) = setup(&[], &extra).await;
+    let owner = h.api_key(ENDPOINT_SCOPES).await;
+    let rx = Receiver::start().await;
+    h.create_endpoint(&owner, &json!({"url": rx.url("/"), "event_types": ["user.*"]})).await;
+    for i in 0..3 {
+        h.send_welcome(&key, &format!("User {i}"), &format!("u{i}@example.test")).await;
+    }
+    let laned = "SELECT count(*) FROM outbox o JOIN deliveries d ON d.id = (o.payload->>'delivery_id')::uuid
+                 WHERE o.topic = 'webhook' AND o.claim_token IS NOT NULL AND d.status = 'in_flight'";
+    let n: i64 = sqlx::query_scalar(laned).fetch_one(&h.db).await.unwrap();
+    assert_eq!(n, 3, "claimed for the lane, attempts started, when accepted");
+    let db = h.db.clone();
+    h.stop().await;
+    let given_back = "SELECT count(*) FROM outbox o JOIN deliveries d ON d.id = (o.payload->>'delivery_id')::uuid
+                      WHERE o.topic = 'webhook' AND o.claim_token IS NULL AND d.status = 'pending' AND d.lease_until IS NULL";
+    let n: i64 = sqlx::query_scalar(given_back).fetch_one(&db).await.unwrap();
+    assert_eq!(n, 3, "unclaimed again, attempts not started");
+    assert_eq!(rx.count(), 0);
 }
