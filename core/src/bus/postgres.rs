@@ -7,7 +7,7 @@
 //! (a statement trigger on the outbox notifies the topics of the unclaimed rows it
 //! inserted), with a polling fallback that also wakes them for delayed messages.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -24,7 +24,17 @@ pub struct PgConsumer {
     poll_interval: Duration,
     listener: Option<PgListener>,
     token: Uuid,
+    /// The last claim took everything claimable (fewer rows than asked) and nothing
+    /// has woken the consumer since: the next wait needs no claim before it (a row
+    /// inserted meanwhile has notified, and the notification is waiting on the listener).
+    drained: bool,
+    /// The next due time, as last read (when, deadline): reused for [`DUE_REUSE`] so that
+    /// an idle consumer between batches waits without a query.
+    due: Option<(Instant, Instant)>,
 }
+
+/// How long a read of the next due time is reused by waits that nothing woke.
+const DUE_REUSE: Duration = Duration::from_millis(100);
 
 impl PgConsumer {
     pub async fn new(
@@ -33,7 +43,16 @@ impl PgConsumer {
         claim_timeout: Duration,
         poll_interval: Duration,
     ) -> anyhow::Result<Self> {
-        let mut c = Self { db, topic, claim_timeout, poll_interval, listener: None, token: Uuid::new_v4() };
+        let mut c = Self {
+            db,
+            topic,
+            claim_timeout,
+            poll_interval,
+            listener: None,
+            token: Uuid::new_v4(),
+            drained: false,
+            due: None,
+        };
         c.connect_listener().await;
         Ok(c)
     }
@@ -83,6 +102,7 @@ impl PgConsumer {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.drained = rows.len() < max && self.listener.is_some();
         let mut out: Vec<Received> = rows
             .into_iter()
             .map(|(id, topic, key, text)| Received {
@@ -115,12 +135,26 @@ impl PgConsumer {
     async fn wait(&mut self, wake: Option<&Notify>) -> bool {
         let never = Notify::new();
         let wake = wake.unwrap_or(&never);
-        let mut wait = self.poll_interval;
-        match self.next_due().await {
-            Ok(Some(d)) => wait = wait.min(d + Duration::from_millis(5)),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "outbox: cannot read the next due time"),
-        }
+        let deadline = match self.due {
+            Some((read, deadline)) if read.elapsed() < DUE_REUSE => deadline,
+            _ => {
+                let mut wait = self.poll_interval;
+                match self.next_due().await {
+                    Ok(Some(d)) => wait = wait.min(d + Duration::from_millis(5)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "outbox: cannot read the next due time"),
+                }
+                let now = Instant::now();
+                self.due = Some((now, now + wait));
+                now + wait
+            }
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        // Whatever ends the wait but the lane may have made something claimable.
+        let woke = |c: &mut Self| {
+            c.drained = false;
+            c.due = None;
+        };
         match self.listener.as_mut() {
             Some(l) => {
                 let r = tokio::select! {
@@ -128,6 +162,7 @@ impl PgConsumer {
                     _ = wake.notified() => return true,
                     r = tokio::time::timeout(wait, l.try_recv()) => r,
                 };
+                woke(self);
                 match r {
                     Err(_elapsed) => {}
                     Ok(Ok(Some(_))) => {}
@@ -146,6 +181,7 @@ impl PgConsumer {
                     _ = wake.notified() => return true,
                     _ = tokio::time::sleep(wait) => {}
                 }
+                woke(self);
                 self.connect_listener().await;
             }
         }
@@ -300,9 +336,11 @@ impl Consumer for PgConsumer {
     }
 
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        let batch = self.claim(max).await?;
-        if !batch.is_empty() {
-            return Ok(batch);
+        if !self.drained {
+            let batch = self.claim(max).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
         }
         self.wait(None).await;
         Ok(self.claim(max).await?)
@@ -313,9 +351,11 @@ impl Consumer for PgConsumer {
     }
 
     async fn poll_until(&mut self, max: usize, wake: &Notify) -> anyhow::Result<Vec<Received>> {
-        let batch = self.claim(max).await?;
-        if !batch.is_empty() {
-            return Ok(batch);
+        if !self.drained {
+            let batch = self.claim(max).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
         }
         if self.wait(Some(wake)).await {
             return Ok(Vec::new());
