@@ -176,6 +176,9 @@ pub struct Config {
     pub bus_claim_timeout: Duration,
     pub bus_poll_interval: Duration,
     pub bus_batch_size: usize,
+    /// `HERALD_LANE_CAPACITY`: notifications whose webhooks may wait on the fast lane for
+    /// the dispatcher of the accepting process (`bus::lane`); 0 turns the lane off.
+    pub lane_capacity: usize,
     /// Starts of one attempt without its outcome being recorded before the delivery is
     /// failed and its message dead-lettered.
     pub bus_max_redeliveries: i32,
@@ -430,6 +433,12 @@ impl Config {
             bus_claim_timeout: s.parsed("HERALD_BUS_CLAIM_TIMEOUT", Duration::from_secs(60), at_least(Duration::from_secs(1)))?,
             bus_poll_interval: s.parsed("HERALD_BUS_POLL_INTERVAL", Duration::from_secs(1), duration)?,
             bus_batch_size: s.parsed("HERALD_BUS_BATCH_SIZE", 128, positive)?,
+            lane_capacity: s.parsed("HERALD_LANE_CAPACITY", 1024, |v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= 1_000_000)
+                    .ok_or_else(|| format!("'{v}' is not a whole number from 0 to 1000000"))
+            })?,
             bus_max_redeliveries: s.parsed("HERALD_BUS_MAX_REDELIVERIES", 5, positive)?,
             max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
             retention: s.parsed("HERALD_RETENTION", Duration::from_secs(30 * 86400), at_least(Duration::from_secs(1)))?,

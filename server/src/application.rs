@@ -159,9 +159,6 @@ pub struct Application {
     listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Notifications that may wait on the fast lane for the dispatcher of the process.
-const LANE_CAPACITY: usize = 1024;
-
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
@@ -223,9 +220,9 @@ impl Application {
         // The fast lane: with the API and the webhook dispatcher in one process, accepted
         // webhooks go straight to the dispatcher (the outbox row, claimed for the lane,
         // keeps the guarantee).
-        let webhook_lane = (config.roles.api && config.roles.webhook).then(|| {
+        let webhook_lane = (config.roles.api && config.roles.webhook && config.lane_capacity > 0).then(|| {
             let attempt_lease = WebhookDispatcher::attempt_lease(&config);
-            Lane::new(pool.clone(), Topic::Webhook, config.bus_claim_timeout, attempt_lease, LANE_CAPACITY)
+            Lane::new(pool.clone(), Topic::Webhook, config.bus_claim_timeout, attempt_lease, config.lane_capacity)
         });
         let mut processor = Processor::new(pool.clone()).with_max_recipients(config.max_recipients);
         if let Some(lane) = &webhook_lane {

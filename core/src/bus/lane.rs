@@ -12,8 +12,9 @@
 //!
 //! Order: the channel keeps acceptance order, and the dispatcher reads the lane through
 //! the same loop as its bus ([`Laned`]), so one consumer works on both. When the channel
-//! is full, the API stops using it (`overflow`) until the dispatcher has found the bus
-//! drained, so a later notification does not overtake one that went the bus's way.
+//! is full, the API stops using it (`overflow`) until the dispatcher has emptied the lane
+//! and then found the bus drained, so a later notification does not overtake one that
+//! went the bus's way.
 //! The bus is still read at least every [`BUS_EVERY`] while the lane is busy (retries,
 //! other processes' messages).
 
@@ -308,8 +309,12 @@ impl<C: Consumer> Consumer for Laned<C> {
     }
 
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        // The bus first when it is due (or the lane overflowed into it), without waiting.
-        if self.lane_waiting() && (self.last_bus.elapsed() >= BUS_EVERY || self.lane.overflow.load(Ordering::Acquire)) {
+        // While the lane has messages, they go first when it overflowed: they are older
+        // than what the overflow put on the bus (and the API adds nothing to the lane
+        // until the bus is drained, so the lane empties). Otherwise the bus is still read,
+        // without waiting, every BUS_EVERY (retries, other processes' messages).
+        let overflowed = self.lane.overflow.load(Ordering::Acquire);
+        if self.lane_waiting() && !overflowed && self.last_bus.elapsed() >= BUS_EVERY {
             let batch = self.inner.poll_now(max).await?;
             self.bus_read(batch.len(), max);
             if !batch.is_empty() {

@@ -142,3 +142,31 @@ async fn a_graceful_stop_gives_the_lane_back_to_the_bus() {
     assert_eq!(n, 3, "unclaimed again, attempts not started");
     assert_eq!(rx.count(), 0);
 }
+
+/// A full lane sends webhooks the bus's way, and nothing overtakes anything: the lane's
+/// older messages go first, then the bus's (found at c=256 in the benchmark: the bus was
+/// read first while the lane overflowed, and the lane's messages waited for seconds).
+#[tokio::test]
+async fn a_full_lane_overflows_to_the_bus_in_order() {
+    let (_sink, h, key) = setup(&[], &[ONE_AT_A_TIME, ("HERALD_LANE_CAPACITY", "2")]).await;
+    let owner = h.api_key(ENDPOINT_SCOPES).await;
+    let rx = Receiver::start().await;
+    rx.set_default(Respond::After(Duration::from_millis(150), 200));
+    h.create_endpoint(&owner, &json!({"url": rx.url("/"), "event_types": ["user.*"]})).await;
+    for i in 0..12 {
+        h.send_welcome(&key, &format!("User {i}"), &format!("u{i}@example.test")).await;
+    }
+    eventually(Duration::from_secs(30), "12 webhooks", || async { (rx.count() >= 12).then_some(()) }).await;
+    let names: Vec<String> = rx
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["data"]["user"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, (0..12).map(|i| format!("User {i}")).collect::<Vec<_>>());
+    assert!(metric(&h, "herald_lane_overflows_total{topic=\"webhook\"}").await >= 1.0);
+    let carried = metric(&h, "herald_lane_carried_total{topic=\"webhook\"}").await;
+    assert!((1.0..12.0).contains(&carried), "some by the lane, the rest by the bus: {carried}");
+    h.wait_count("outbox WHERE topic = 'webhook'", 0).await;
+    assert_eq!(rx.count(), 12);
+    h.stop().await;
+}
