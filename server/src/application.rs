@@ -16,7 +16,7 @@ use herald_core::bus::postgres::PgConsumer;
 use herald_core::bus::Topic;
 use herald_core::config::{BusKind, Config, TrackingMode};
 use herald_core::dispatch::email::{self, EmailDispatcher};
-use herald_core::dispatch::webhook::WebhookDispatcher;
+use herald_core::dispatch::webhook::{EndpointCache, WebhookDispatcher};
 use herald_core::dispatch::{sweeper, Dispatcher};
 use herald_core::identity::oidc::Oidc;
 use herald_core::identity::tokens::TokenVerifier;
@@ -251,8 +251,10 @@ impl Application {
                 move || Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone())),
             );
         }
+        // The webhook dispatcher's endpoint cache, which the server also empties.
+        let endpoints = EndpointCache::new();
         if config.roles.webhook {
-            let (c, p, proc_) = (config.clone(), pool.clone(), processor.clone());
+            let (c, p, proc_, endpoints) = (config.clone(), pool.clone(), processor.clone(), endpoints.clone());
             spawn_dispatcher(
                 &mut sup,
                 "webhook dispatcher",
@@ -261,7 +263,9 @@ impl Application {
                 Topic::Webhook,
                 webhook_lane.clone(),
                 stop_rx.clone(),
-                move || WebhookDispatcher::from_config(&c, p.clone(), proc_.clone()),
+                move || {
+                    Ok(WebhookDispatcher::from_config(&c, p.clone(), proc_.clone())?.with_endpoint_cache(&endpoints))
+                },
             );
         }
         if config.roles.email || config.roles.webhook {
@@ -360,7 +364,7 @@ impl Application {
         let (keys, processor) = (state.keys.clone(), state.processor.clone());
         let app = app
             .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let (keys, processor) = (keys.clone(), processor.clone());
+                let (keys, processor, endpoints) = (keys.clone(), processor.clone(), endpoints.clone());
                 async move {
                     let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
                         && req.uri().path() != "/api/v1/notifications";
@@ -368,6 +372,7 @@ impl Application {
                     if changes {
                         keys.invalidate();
                         processor.forget_catalog();
+                        endpoints.invalidate();
                     }
                     response
                 }

@@ -56,6 +56,28 @@ const TARGET_TTL: Duration = Duration::from_secs(5);
 /// [`TARGET_TTL`] or the expiry of a secret it holds.
 type TargetCache = crate::cache::Watched<Uuid, Arc<Target>>;
 
+/// The endpoint cache of a process's webhook dispatcher, shared with the server so that a
+/// change made through the API empties it before its answer leaves (other processes'
+/// changes arrive by `NOTIFY`).
+#[derive(Clone)]
+pub struct EndpointCache(Arc<TargetCache>);
+
+impl EndpointCache {
+    pub fn new() -> Self {
+        Self(TargetCache::new("herald_endpoints", TARGET_TTL))
+    }
+
+    pub fn invalidate(&self) {
+        self.0.invalidate();
+    }
+}
+
+impl Default for EndpointCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Builds the HTTP client every webhook goes through: the SSRF guard as its resolver,
 /// no proxies (an ambient proxy would connect somewhere unchecked), no redirects, and
 /// bounded timeouts.
@@ -246,8 +268,14 @@ impl WebhookDispatcher {
             detach: record::Detach::new(4),
             inflight: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
-            targets: TargetCache::new("herald_endpoints", TARGET_TTL),
+            targets: EndpointCache::new().0,
         })
+    }
+
+    /// Uses `cache` for endpoints (kept across restarts, emptied by the server too).
+    pub fn with_endpoint_cache(mut self, cache: &EndpointCache) -> Self {
+        self.targets = cache.0.clone();
+        self
     }
 
     /// How long a started attempt belongs to its dispatcher (`deliveries.lease_until`).

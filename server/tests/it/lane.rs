@@ -170,3 +170,29 @@ async fn a_full_lane_overflows_to_the_bus_in_order() {
     assert_eq!(rx.count(), 12);
     h.stop().await;
 }
+
+/// Endpoints are cached by the dispatcher between batches; a change through the API is
+/// seen by the very next webhook (the server empties the cache before it answers).
+#[tokio::test]
+async fn an_endpoint_changed_through_the_api_applies_to_the_next_webhook() {
+    let (_sink, h, key) = setup(&[], &[]).await;
+    let owner = h.api_key(ENDPOINT_SCOPES).await;
+    let (a, b) = (Receiver::start().await, Receiver::start().await);
+    let ep = h.create_endpoint(&owner, &json!({"url": a.url("/"), "event_types": ["user.*"]})).await;
+    let path = format!("/api/v1/endpoints/{}", ep["id"].as_str().unwrap());
+    for round in 0..5 {
+        let (from, to) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let before = (from.count(), to.count());
+        h.send_welcome(&key, "Ada", "ada@example.test").await;
+        eventually(Duration::from_secs(10), "the webhook", || async { (from.count() > before.0).then_some(()) }).await;
+        let (s, v) = h.call(reqwest::Method::PATCH, &path, &owner, Some(&json!({"url": to.url("/")}))).await;
+        assert_eq!(s, 200, "{v}");
+        h.send_welcome(&key, "Bob", "bob@example.test").await;
+        eventually(Duration::from_secs(10), "the webhook at the new URL", || async {
+            (to.count() > before.1).then_some(())
+        })
+        .await;
+        assert_eq!(from.count(), before.0 + 1, "nothing more went to the old URL");
+    }
+    h.stop().await;
+}
