@@ -22,44 +22,33 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 
+-- Caches of rows on the hot path (`core/src/cache.rs`) are emptied when their rows
+-- change: one function notifies the channel its trigger names. Row triggers: only
+-- statements that change rows notify (PostgreSQL folds the repeats of a transaction
+-- into one notification).
+CREATE FUNCTION herald_cache_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_ARGV[0], '');
+    RETURN NULL;
+END $$;
+
 -- The webhook dispatcher caches endpoints (URL, headers, decrypted secrets) between
--- batches; any change to an endpoint or its secrets tells it to forget them. Row
--- triggers: only statements that change rows notify (PostgreSQL folds the repeats of a
--- transaction into one notification).
-CREATE FUNCTION endpoints_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('herald_endpoints', '');
-    RETURN NULL;
-END $$;
-
+-- batches.
 CREATE TRIGGER endpoints_changed AFTER INSERT OR UPDATE OR DELETE ON endpoints
-    FOR EACH ROW EXECUTE FUNCTION endpoints_changed();
+    FOR EACH ROW EXECUTE FUNCTION herald_cache_changed('herald_endpoints');
 CREATE TRIGGER endpoint_secrets_changed AFTER INSERT OR UPDATE OR DELETE ON endpoint_secrets
-    FOR EACH ROW EXECUTE FUNCTION endpoints_changed();
+    FOR EACH ROW EXECUTE FUNCTION herald_cache_changed('herald_endpoints');
 
--- The API caches keys by prefix; a change that matters to authentication or
--- authorization (not the once-a-minute `last_used_at`) tells every process to forget them.
-CREATE FUNCTION api_keys_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('herald_api_keys', '');
-    RETURN NULL;
-END $$;
-
+-- The API caches keys by prefix: only changes that matter to authentication or
+-- authorization notify (not the once-a-minute `last_used_at`).
 CREATE TRIGGER api_keys_changed
     AFTER INSERT OR DELETE OR UPDATE OF key_hash, scopes, owner, revoked_at, rate_limit, addressable_owners, prefix
-    ON api_keys FOR EACH ROW EXECUTE FUNCTION api_keys_changed();
+    ON api_keys FOR EACH ROW EXECUTE FUNCTION herald_cache_changed('herald_api_keys');
 
--- Accepting a notification reads its event type and published template from memory;
--- any change to them tells every process to read them again.
-CREATE FUNCTION catalog_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('herald_catalog', '');
-    RETURN NULL;
-END $$;
-
+-- Accepting a notification reads its event type and published template from memory.
 CREATE TRIGGER event_types_changed AFTER INSERT OR UPDATE OR DELETE ON event_types
-    FOR EACH ROW EXECUTE FUNCTION catalog_changed();
+    FOR EACH ROW EXECUTE FUNCTION herald_cache_changed('herald_catalog');
 CREATE TRIGGER templates_changed AFTER INSERT OR UPDATE OR DELETE ON templates
-    FOR EACH ROW EXECUTE FUNCTION catalog_changed();
+    FOR EACH ROW EXECUTE FUNCTION herald_cache_changed('herald_catalog');
 CREATE TRIGGER template_versions_changed AFTER INSERT OR UPDATE OR DELETE ON template_versions
-    FOR EACH ROW EXECUTE FUNCTION catalog_changed();
+    FOR EACH ROW EXECUTE FUNCTION herald_cache_changed('herald_catalog');

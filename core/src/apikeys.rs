@@ -303,31 +303,25 @@ pub fn key_cache() -> std::sync::Arc<KeyCache> {
     KeyCache::new("herald_api_keys", KEY_TTL)
 }
 
-/// Checks a presented key. `Ok(None)` for unknown, malformed or revoked keys.
-pub async fn verify(db: &PgPool, presented: &str) -> sqlx::Result<Option<Principal>> {
-    verify_cached(db, None, presented).await
-}
-
-/// [`verify`], served from `cache` when it holds the key.
-pub async fn verify_cached(db: &PgPool, cache: Option<&KeyCache>, presented: &str) -> sqlx::Result<Option<Principal>> {
+/// Checks a presented key, from `cache` when it holds it. `Ok(None)` for unknown,
+/// malformed or revoked keys.
+pub async fn verify(db: &PgPool, cache: &KeyCache, presented: &str) -> sqlx::Result<Option<Principal>> {
     let Some(prefix) = presented.strip_prefix("hk_").and_then(|r| r.split('_').next()) else {
         return Ok(None);
     };
     if prefix.len() != 12 {
         return Ok(None);
     }
-    if let Some(cached) = cache.and_then(|c| c.get(&prefix.to_owned())) {
+    if let Some(cached) = cache.get(prefix) {
         let mut row = cached.row;
         // Mark it used at most once a minute from here, as the query would.
         row.stale = cached.marked.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
         if row.stale {
-            if let Some(c) = cache {
-                c.update(&prefix.to_owned(), |k| k.marked = Some(std::time::Instant::now()));
-            }
+            cache.update(prefix, |k| k.marked = Some(std::time::Instant::now()));
         }
         return Ok(principal_of(db, row, presented));
     }
-    let token = cache.map(|c| c.token());
+    let token = cache.token();
     let row: Option<KeyRow> = sqlx::query_as(
         "SELECT id, key_hash, scopes, owner, revoked_at IS NOT NULL AS revoked, rate_limit, addressable_owners,
                 last_used_at IS NULL OR last_used_at < now() - interval '60 seconds' AS stale
@@ -337,10 +331,8 @@ pub async fn verify_cached(db: &PgPool, cache: Option<&KeyCache>, presented: &st
     .fetch_optional(db)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    if let (Some(c), Some(token)) = (cache, token) {
-        let marked = row.stale.then(std::time::Instant::now);
-        c.put(token, prefix.to_owned(), CachedKey { row: row.clone(), marked });
-    }
+    let marked = row.stale.then(std::time::Instant::now);
+    cache.put(token, prefix.to_owned(), CachedKey { row: row.clone(), marked });
     Ok(principal_of(db, row, presented))
 }
 

@@ -7,6 +7,7 @@
 //! if no invalidation began since the read started ([`Watched::token`]), so a change
 //! committed during the read is never cached over.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +39,10 @@ impl<K: Eq + Hash, V: Clone> Watched<K, V> {
     }
 
     /// A fresh entry, while the channel is listened to.
-    pub fn get(&self, k: &K) -> Option<V> {
+    pub fn get<Q: Eq + Hash + ?Sized>(&self, k: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
@@ -67,7 +71,10 @@ impl<K: Eq + Hash, V: Clone> Watched<K, V> {
     }
 
     /// Changes an entry in place (bookkeeping such as when a key was last marked used).
-    pub fn update(&self, k: &K, f: impl FnOnce(&mut V)) {
+    pub fn update<Q: Eq + Hash + ?Sized>(&self, k: &Q, f: impl FnOnce(&mut V))
+    where
+        K: Borrow<Q>,
+    {
         if let Some((_, v)) = self.map.lock().expect("cache").get_mut(k) {
             f(v);
         }

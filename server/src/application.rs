@@ -263,9 +263,7 @@ impl Application {
                 Topic::Webhook,
                 webhook_lane.clone(),
                 stop_rx.clone(),
-                move || {
-                    Ok(WebhookDispatcher::from_config(&c, p.clone(), proc_.clone())?.with_endpoint_cache(&endpoints))
-                },
+                move || WebhookDispatcher::from_config(&c, p.clone(), proc_.clone(), &endpoints),
             );
         }
         if config.roles.email || config.roles.webhook {

@@ -78,7 +78,7 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
                 })?;
                 identity::client_principal(&claims).ok_or(ApiError::Unauthorized("the access token names no client"))?
             }
-            _ => apikeys::verify_cached(&state.db, Some(&state.keys), token)
+            _ => apikeys::verify(&state.db, &state.keys, token)
                 .await?
                 .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?,
         };

@@ -481,16 +481,12 @@ impl Consumer for KafkaConsumer {
         KafkaAcks { consumer: self.consumer.clone(), marks: self.marks.clone(), topic: self.topic.clone() }
     }
 
-    async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        self.take(max, Duration::from_secs(1), None).await
-    }
-
     async fn poll_now(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        self.take(max, Duration::ZERO, None).await
+        self.take(max, None).await
     }
 
     async fn poll_until(&mut self, max: usize, wake: &tokio::sync::Notify) -> anyhow::Result<Vec<Received>> {
-        self.take(max, Duration::from_secs(1), Some(wake)).await
+        self.take(max, Some(wake)).await
     }
 
     async fn ack(&mut self, msgs: &[Received]) -> anyhow::Result<()> {
@@ -528,14 +524,10 @@ impl Consumer for KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    /// Up to `max` messages: what `keep_alive` buffered, else the first one within
-    /// `first_wait` (or until `wake`), then what is already there.
-    async fn take(
-        &mut self,
-        max: usize,
-        first_wait: Duration,
-        wake: Option<&tokio::sync::Notify>,
-    ) -> anyhow::Result<Vec<Received>> {
+    /// Up to `max` messages: what `keep_alive` buffered, else — when there is a `wake` to
+    /// wait on — the first one within a second (or until `wake`), then what is already
+    /// there.
+    async fn take(&mut self, max: usize, wake: Option<&tokio::sync::Notify>) -> anyhow::Result<Vec<Received>> {
         let consumer = self.consumer.clone();
 
         // A partition that left us starts afresh if it comes back (its new position is the
@@ -544,14 +536,11 @@ impl KafkaConsumer {
             self.marks.lock().expect("offset marks").reset(p);
         }
         let mut out: Vec<Received> = self.buffered.drain(..self.buffered.len().min(max)).collect();
-        // Wait for the first message (up to `first_wait`, or until `wake`).
-        if out.is_empty() && !first_wait.is_zero() {
-            let never = tokio::sync::Notify::new();
-            let wake = wake.unwrap_or(&never);
+        if let (true, Some(wake)) = (out.is_empty(), wake) {
             let first = tokio::select! {
                 biased;
                 _ = wake.notified() => return Ok(out),
-                r = tokio::time::timeout(first_wait, consumer.recv()) => r,
+                r = tokio::time::timeout(Duration::from_secs(1), consumer.recv()) => r,
             };
             match first {
                 Err(_) => return Ok(out),

@@ -147,10 +147,6 @@ impl Lane {
         .await?;
         Ok(n)
     }
-
-    fn acks(&self) -> LaneAcks {
-        LaneAcks { db: self.db.clone(), token: self.token, lease: self.lease }
-    }
 }
 
 impl Slot<'_> {
@@ -196,15 +192,6 @@ fn lane_id(m: &Received) -> Option<i64> {
     }
 }
 
-/// Settles lane messages: the same statements as for claimed outbox rows, with the
-/// lane's token.
-#[derive(Clone)]
-pub struct LaneAcks {
-    db: PgPool,
-    token: Uuid,
-    lease: Duration,
-}
-
 /// A consumer that reads its bus and this process's lane for the same topic.
 pub struct Laned<C: Consumer> {
     inner: C,
@@ -224,8 +211,16 @@ impl<C: Consumer> Laned<C> {
     }
 
     /// What the lane holds now, up to `max` messages (a notification's messages are
-    /// never split, so a batch may start with more than `max`).
+    /// never split, so a batch may start with more than `max`), counted.
     fn take_lane(&mut self, max: usize) -> Vec<Received> {
+        let batch = self.take_held(max);
+        if !batch.is_empty() {
+            crate::metrics::lane_carried(self.lane.topic.as_str(), batch.len() as u64);
+        }
+        batch
+    }
+
+    fn take_held(&mut self, max: usize) -> Vec<Received> {
         let mut out = self.held.take().unwrap_or_default();
         while out.len() < max {
             match self.rx.try_recv() {
@@ -267,10 +262,11 @@ fn split(msgs: &[Received]) -> (Vec<i64>, std::borrow::Cow<'_, [Received]>) {
     }
 }
 
-/// Settles a [`Laned`] consumer's messages from any task.
+/// Settles a [`Laned`] consumer's messages from any task: lane rows with the statements
+/// for claimed outbox rows and the lane's token, the rest through the bus.
 pub struct LanedAcks<A: Acks> {
     inner: A,
-    lane: LaneAcks,
+    lane: Arc<Lane>,
 }
 
 impl<A: Acks> Acks for LanedAcks<A> {
@@ -305,7 +301,7 @@ impl<C: Consumer> Consumer for Laned<C> {
     type Acks = LanedAcks<C::Acks>;
 
     fn acks(&self) -> Self::Acks {
-        LanedAcks { inner: self.inner.acks(), lane: self.lane.acks() }
+        LanedAcks { inner: self.inner.acks(), lane: self.lane.clone() }
     }
 
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
@@ -323,7 +319,6 @@ impl<C: Consumer> Consumer for Laned<C> {
         }
         let batch = self.take_lane(max);
         if !batch.is_empty() {
-            crate::metrics::lane_carried(self.lane.topic.as_str(), batch.len() as u64);
             return Ok(batch);
         }
         // Nothing on the lane: wait on the bus, until the lane has something.
@@ -332,11 +327,7 @@ impl<C: Consumer> Consumer for Laned<C> {
         if !batch.is_empty() {
             return Ok(batch);
         }
-        let batch = self.take_lane(max);
-        if !batch.is_empty() {
-            crate::metrics::lane_carried(self.lane.topic.as_str(), batch.len() as u64);
-        }
-        Ok(batch)
+        Ok(self.take_lane(max))
     }
 
     async fn poll_now(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {

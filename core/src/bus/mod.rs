@@ -151,7 +151,9 @@ pub trait Consumer: Send {
 
     /// Waits for and returns up to `max` messages, oldest first. Returns an empty batch
     /// after a while without messages so callers can check for shutdown.
-    fn poll(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send;
+    fn poll(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send {
+        async move { self.poll_until(max, &Notify::new()).await }
+    }
 
     /// Returns up to `max` messages that are there now, without waiting for more.
     fn poll_now(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Vec<Received>>> + Send;

@@ -132,9 +132,7 @@ impl PgConsumer {
 
     /// Sleeps until a notification, the next delayed message, or the poll interval;
     /// returns `true` when `wake` (the fast lane) ended it instead.
-    async fn wait(&mut self, wake: Option<&Notify>) -> bool {
-        let never = Notify::new();
-        let wake = wake.unwrap_or(&never);
+    async fn wait(&mut self, wake: &Notify) -> bool {
         let deadline = match self.due {
             Some((read, deadline)) if read.elapsed() < DUE_REUSE => deadline,
             _ => {
@@ -234,7 +232,7 @@ pub struct PgAcks {
 }
 
 /// Settling outbox rows held by a claim token: shared by claims from the table
-/// ([`PgAcks`]) and rows the fast lane carried (`lane::LaneAcks`).
+/// ([`PgAcks`]) and rows the fast lane carried (`lane::LanedAcks`).
 pub(crate) mod settle {
     use std::time::Duration;
 
@@ -335,17 +333,6 @@ impl Consumer for PgConsumer {
         PgAcks { db: self.db.clone(), token: self.token, claim_timeout: self.claim_timeout }
     }
 
-    async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
-        if !self.drained {
-            let batch = self.claim(max).await?;
-            if !batch.is_empty() {
-                return Ok(batch);
-            }
-        }
-        self.wait(None).await;
-        Ok(self.claim(max).await?)
-    }
-
     async fn poll_now(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
         Ok(self.claim(max).await?)
     }
@@ -357,7 +344,7 @@ impl Consumer for PgConsumer {
                 return Ok(batch);
             }
         }
-        if self.wait(Some(wake)).await {
+        if self.wait(wake).await {
             return Ok(Vec::new());
         }
         Ok(self.claim(max).await?)

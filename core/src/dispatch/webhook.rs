@@ -254,7 +254,14 @@ fn excerpt(bytes: &[u8]) -> String {
 }
 
 impl WebhookDispatcher {
-    pub fn from_config(config: &Config, db: PgPool, processor: Arc<Processor>) -> anyhow::Result<Self> {
+    /// `endpoints`: the process's endpoint cache (kept across restarts, emptied by the
+    /// server too).
+    pub fn from_config(
+        config: &Config,
+        db: PgPool,
+        processor: Arc<Processor>,
+        endpoints: &EndpointCache,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             db,
             http: client(&config.webhook)?,
@@ -268,14 +275,8 @@ impl WebhookDispatcher {
             detach: record::Detach::new(4),
             inflight: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
-            targets: EndpointCache::new().0,
+            targets: endpoints.0.clone(),
         })
-    }
-
-    /// Uses `cache` for endpoints (kept across restarts, emptied by the server too).
-    pub fn with_endpoint_cache(mut self, cache: &EndpointCache) -> Self {
-        self.targets = cache.0.clone();
-        self
     }
 
     /// How long a started attempt belongs to its dispatcher (`deliveries.lease_until`).

@@ -120,7 +120,7 @@ impl Processor {
 
     /// The event type and its published template, from the cache or the database.
     async fn event_type(&self, name: &str) -> Result<Arc<EventTypeRow>> {
-        if let Some(et) = self.catalog.get(&name.to_owned()) {
+        if let Some(et) = self.catalog.get(name) {
             return Ok(et);
         }
         let token = self.catalog.token();
@@ -199,7 +199,7 @@ impl Processor {
             }
         }
         let owners = addressed_owners(who, req.owners)?;
-        let prepared = self
+        let mut prepared = self
             .prepare(Submission {
                 event_type: req.event_type,
                 payload: req.payload,
@@ -213,7 +213,6 @@ impl Processor {
 
         // A place on the fast lane, taken before the transaction; used after the commit.
         let slot = self.lane.as_ref().and_then(|l| l.reserve());
-        let mut prepared = prepared;
         prepared.lane = slot.as_ref().map(|s| s.claim());
         let Some((key, hash)) = idempotency else {
             let mut conn = self.db.acquire().await?;
@@ -450,6 +449,18 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
     Ok(insert_laned(conn, p).await?.0)
 }
 
+/// A webhook delivery the accepting statement made, with its bus message.
+#[derive(sqlx::FromRow)]
+struct WebhookRow {
+    id: Uuid,
+    target: String,
+    endpoint_id: Option<Uuid>,
+    outbox_id: i64,
+    key: String,
+    /// Inserted on the fast lane (claimed by its token).
+    laned: bool,
+}
+
 /// [`insert`], also returning the webhook messages inserted on the fast lane (claimed
 /// by its token), which the caller hands over after the commit. A notification for more
 /// than `lane::MAX_FAN_OUT` endpoints goes the bus's way.
@@ -459,8 +470,7 @@ async fn insert_laned(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<(Acc
     // Notification, deliveries and their bus messages in one statement: atomic on its
     // own, and one round trip on the hot path. Bus keys come from herald_ordering_key,
     // the one definition of a delivery's ordering key.
-    #[allow(clippy::type_complexity)]
-    let webhooks: Vec<(Uuid, String, Option<Uuid>, i64, String, bool)> = sqlx::query_as(
+    let webhooks: Vec<WebhookRow> = sqlx::query_as(
         "WITH n AS (
             INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
             VALUES ($1, $2, $3, $4, $5, $6)
@@ -512,7 +522,7 @@ async fn insert_laned(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<(Acc
             FROM w LEFT JOIN lane ON true
             RETURNING id, key, (payload->>'delivery_id')::uuid AS delivery_id, claim_token IS NOT NULL AS laned
          )
-         SELECT w.id, w.target, w.endpoint_id, wo.id, wo.key, wo.laned FROM w JOIN wo ON wo.delivery_id = w.id ORDER BY w.target",
+         SELECT w.id, w.target, w.endpoint_id, wo.id AS outbox_id, wo.key, wo.laned FROM w JOIN wo ON wo.delivery_id = w.id ORDER BY w.target",
     )
     .bind(p.id)
     .bind(&p.sub.event_type)
@@ -535,14 +545,14 @@ async fn insert_laned(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<(Acc
     .await?;
     let laned: Vec<LaneRow> = webhooks
         .iter()
-        .filter(|w| w.5)
-        .map(|(delivery_id, target, endpoint_id, outbox_id, key, _)| LaneRow {
-            outbox_id: *outbox_id,
-            key: key.clone(),
+        .filter(|w| w.laned)
+        .map(|w| LaneRow {
+            outbox_id: w.outbox_id,
+            key: w.key.clone(),
             started: Prestarted {
-                delivery_id: *delivery_id,
-                target: target.clone(),
-                endpoint_id: *endpoint_id,
+                delivery_id: w.id,
+                target: w.target.clone(),
+                endpoint_id: w.endpoint_id,
                 content: p.webhook_content.clone(),
             },
         })
@@ -558,10 +568,10 @@ async fn insert_laned(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<(Acc
             status: DeliveryStatus::Pending,
         })
         .collect();
-    summaries.extend(webhooks.into_iter().map(|(id, target, ..)| DeliverySummary {
-        id,
+    summaries.extend(webhooks.into_iter().map(|w| DeliverySummary {
+        id: w.id,
         channel: Channel::Webhook,
-        target,
+        target: w.target,
         status: DeliveryStatus::Pending,
     }));
     let status = NotificationStatus::of(summaries.iter().map(|d| d.status));
