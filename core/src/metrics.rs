@@ -7,7 +7,8 @@
 //! `herald_consumer_partitions_revoked_total`, `herald_consumer_assigned_partitions{topic}`, `herald_consumer_evictions_total`,
 //! `herald_endpoints_disabled_total`, `herald_webhook_ssrf_refused_total`,
 //! `herald_webhook_deferred_total`, `herald_lane_carried_total{topic}`,
-//! `herald_lane_overflows_total{topic}`.
+//! `herald_lane_overflows_total{topic}`, `herald_accept_groups_total` (group commits of
+//! accepted notifications: `herald_notifications_accepted_total` ÷ this is the mean group).
 
 use std::sync::OnceLock;
 
@@ -77,6 +78,11 @@ pub fn attempt(channel: &'static str, outcome: &'static str, seconds: f64) {
 
 pub fn accepted() {
     metrics::counter!("herald_notifications_accepted_total").increment(1);
+}
+
+/// One group commit of accepted notifications (`notifications::accept`).
+pub fn accept_group() {
+    metrics::counter!("herald_accept_groups_total").increment(1);
 }
 
 pub fn backlog(n: i64) {

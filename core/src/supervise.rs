@@ -41,6 +41,31 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
+/// Runs `fut` on a thread of its own, in a single-threaded runtime, and waits for it
+/// (a panic in it is resumed here, so a supervisor sees it as one). Its wake-ups are
+/// not queued behind other tasks' work: the OS runs a mostly idle thread as soon as it
+/// wakes, so latency-critical work there (the webhook dispatcher) is not delayed by a
+/// busy API on the same cores.
+pub async fn on_own_thread<Fut>(name: &str, fut: Fut) -> anyhow::Result<()>
+where
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        let ran = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Box::new(format!("cannot start a runtime: {e}")) as Box<dyn std::any::Any + Send>)
+            .and_then(|rt| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(fut))));
+        let _ = tx.send(ran);
+    })?;
+    match rx.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => Err(anyhow::anyhow!("its thread ended without a result")),
+    }
+}
+
 impl Supervisor {
     pub fn new() -> Self {
         Self::default()

@@ -96,7 +96,8 @@ async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
 
 /// Runs a dispatcher, supervised, on the configured bus: the outbox table, or a Kafka
 /// consumer group (`<prefix><topic>-dispatchers`) once the topics exist. `make` builds a
-/// fresh dispatcher for every (re)start.
+/// fresh dispatcher for every (re)start. With `own_thread`, it runs on a thread of its
+/// own (`supervise::on_own_thread`).
 #[allow(clippy::too_many_arguments)]
 fn spawn_dispatcher<D, M>(
     sup: &mut Supervisor,
@@ -106,6 +107,7 @@ fn spawn_dispatcher<D, M>(
     topic: Topic,
     lane: Option<Arc<Lane>>,
     stop: watch::Receiver<bool>,
+    own_thread: bool,
     make: M,
 ) where
     D: Dispatcher,
@@ -114,7 +116,7 @@ fn spawn_dispatcher<D, M>(
     let make = Arc::new(make);
     sup.spawn(name, stop.clone(), move || {
         let (config, pool, stop, make, lane) = (config.clone(), pool.clone(), stop.clone(), make.clone(), lane.clone());
-        async move {
+        let run = async move {
             let dispatcher = make()?;
             match &config.kafka {
                 None => {
@@ -137,6 +139,13 @@ fn spawn_dispatcher<D, M>(
                 }
             }
             Ok(())
+        };
+        async move {
+            if own_thread {
+                herald_core::supervise::on_own_thread(name, run).await
+            } else {
+                run.await
+            }
         }
     });
 }
@@ -248,6 +257,7 @@ impl Application {
                 Topic::Email,
                 None,
                 stop_rx.clone(),
+                false,
                 move || Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone())),
             );
         }
@@ -263,6 +273,9 @@ impl Application {
                 Topic::Webhook,
                 webhook_lane.clone(),
                 stop_rx.clone(),
+                // Webhooks are what end-to-end latency waits for: their dispatcher is not
+                // queued behind the API's requests.
+                true,
                 move || WebhookDispatcher::from_config(&c, p.clone(), proc_.clone(), &endpoints),
             );
         }

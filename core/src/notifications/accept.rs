@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::apikeys::Principal;
@@ -77,12 +78,102 @@ pub struct Processor {
     /// event type, template or template version notifies `herald_catalog` (row
     /// triggers), which empties it (`cache::Watched`). Unknown names are not cached.
     catalog: Arc<CatalogCache>,
+    /// The group commit's queue, started at the first notification (see [`Group`]).
+    group: std::sync::OnceLock<mpsc::UnboundedSender<Waiting>>,
 }
 
 type CatalogCache = crate::cache::Watched<String, Arc<EventTypeRow>>;
 
 /// How long an event type is used from memory at most without a change notification.
 const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Group commit: notifications accepted at the same time are inserted by one statement
+/// (one round trip and one durable commit for all of them) and each is answered only
+/// after that commit. Nothing waits to form a group: a notification goes at once when a
+/// commit slot is free, and those that arrive while all [`GROUP_SLOTS`] are busy go
+/// together in the next. If a group's statement fails, each of its notifications is
+/// inserted on its own, so one that cannot be stored never fails the others.
+struct Group {
+    db: PgPool,
+    lane: Option<Arc<Lane>>,
+}
+
+/// Groups being committed at once.
+const GROUP_SLOTS: usize = 4;
+
+/// The most notifications in one group.
+const GROUP_MAX: usize = 256;
+
+/// A notification waiting for its group's commit, and where its answer goes.
+struct Waiting {
+    prepared: Prepared,
+    reply: oneshot::Sender<Result<Accepted>>,
+}
+
+impl Group {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Waiting>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(GROUP_SLOTS));
+        let this = Arc::new(self);
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let Some(first) = rx.recv().await else { return };
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(w) => group.push(w),
+                    Err(_) => break,
+                }
+            }
+            let this = this.clone();
+            tokio::spawn(async move {
+                this.commit(group).await;
+                drop(slot);
+            });
+        }
+    }
+
+    async fn commit(&self, group: Vec<Waiting>) {
+        let (mut prepared, replies): (Vec<Prepared>, Vec<_>) = group.into_iter().map(|w| (w.prepared, w.reply)).unzip();
+        // Places on the fast lane, in the group's order; used after the commit.
+        let slots: Vec<_> = prepared
+            .iter_mut()
+            .map(|p| {
+                let slot = self.lane.as_ref().and_then(|l| l.reserve());
+                p.lane = slot.as_ref().map(|s| s.claim());
+                slot
+            })
+            .collect();
+        let together = async { insert_many(&mut *self.db.acquire().await?, &prepared).await }.await;
+        let results: Vec<Result<(Accepted, Vec<LaneRow>)>> = match together {
+            Ok(all) => {
+                crate::metrics::accept_group();
+                all.into_iter().map(Ok).collect()
+            }
+            Err(e) if prepared.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), notifications = prepared.len(), "a group commit failed; inserting its notifications one by one");
+                let mut each = Vec::with_capacity(prepared.len());
+                for p in &prepared {
+                    let one =
+                        async { insert_many(&mut *self.db.acquire().await?, std::slice::from_ref(p)).await }.await;
+                    each.push(one.map(|mut v| v.pop().expect("one result per notification")));
+                }
+                each
+            }
+        };
+        for ((result, slot), reply) in results.into_iter().zip(slots).zip(replies) {
+            let answer = result.map(|(accepted, laned)| {
+                if let Some(slot) = slot {
+                    slot.send(laned);
+                }
+                crate::metrics::accepted();
+                accepted
+            });
+            // A client that went away is not answered; what was committed stays.
+            let _ = reply.send(answer);
+        }
+    }
+}
 
 /// A recipient, parsed: the lowercased address (who the recipient is, for removing
 /// duplicates) and the mailbox (the delivery's target).
@@ -104,6 +195,7 @@ impl Processor {
             max_recipients: 100,
             lane: None,
             catalog: CatalogCache::new("herald_catalog", CATALOG_TTL),
+            group: std::sync::OnceLock::new(),
         }
     }
 
@@ -211,18 +303,15 @@ impl Processor {
             })
             .await?;
 
+        let Some((key, hash)) = idempotency else {
+            // Committed together with whatever else is being accepted (group commit).
+            let (reply, answer) = oneshot::channel();
+            self.group().send(Waiting { prepared, reply }).map_err(|_| anyhow::anyhow!("the group commit stopped"))?;
+            return answer.await.map_err(|_| anyhow::anyhow!("the group commit stopped"))?;
+        };
         // A place on the fast lane, taken before the transaction; used after the commit.
         let slot = self.lane.as_ref().and_then(|l| l.reserve());
         prepared.lane = slot.as_ref().map(|s| s.claim());
-        let Some((key, hash)) = idempotency else {
-            let mut conn = self.db.acquire().await?;
-            let (accepted, laned) = insert_laned(&mut conn, prepared).await?;
-            if let Some(slot) = slot {
-                slot.send(laned);
-            }
-            crate::metrics::accepted();
-            return Ok(accepted);
-        };
         let mut tx = self.db.begin().await?;
         // A concurrent request with the same key blocks here until it commits.
         let fresh = sqlx::query(
@@ -260,6 +349,15 @@ impl Processor {
         }
         crate::metrics::accepted();
         Ok(accepted)
+    }
+
+    /// The group commit's queue; its task starts with the first notification.
+    fn group(&self) -> &mpsc::UnboundedSender<Waiting> {
+        self.group.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(Group { db: self.db.clone(), lane: self.lane.clone() }.run(rx));
+            tx
+        })
     }
 
     /// Validates and renders a submission; nothing is written.
@@ -452,6 +550,7 @@ pub async fn insert(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<Accept
 /// A webhook delivery the accepting statement made, with its bus message.
 #[derive(sqlx::FromRow)]
 struct WebhookRow {
+    notification_id: Uuid,
     id: Uuid,
     target: String,
     endpoint_id: Option<Uuid>,
@@ -461,121 +560,192 @@ struct WebhookRow {
     laned: bool,
 }
 
-/// [`insert`], also returning the webhook messages inserted on the fast lane (claimed
-/// by its token), which the caller hands over after the commit. A notification for more
-/// than `lane::MAX_FAN_OUT` endpoints goes the bus's way.
-async fn insert_laned(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<(Accepted, Vec<LaneRow>)> {
-    let ids: Vec<Uuid> = p.recipients.iter().map(|_| Uuid::now_v7()).collect();
-    let recipient_list: Vec<String> = p.recipients.iter().map(|(_, t)| t.clone()).collect();
-    // Notification, deliveries and their bus messages in one statement: atomic on its
-    // own, and one round trip on the hot path. Bus keys come from herald_ordering_key,
-    // the one definition of a delivery's ordering key.
-    let webhooks: Vec<WebhookRow> = sqlx::query_as(
-        "WITH n AS (
+/// [`insert`] for several notifications in one statement (the group commit's), also
+/// returning each one's webhook messages inserted on the fast lane (claimed by its
+/// token), which the caller hands over after the commit. A notification for more than
+/// `lane::MAX_FAN_OUT` endpoints goes the bus's way. Results come in the order of `ps`.
+async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<Vec<(Accepted, Vec<LaneRow>)>> {
+    // One row per notification ...
+    let n = ps.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut event_types = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut key_ids = Vec::with_capacity(n);
+    let mut owners = Vec::with_capacity(n);
+    let mut emails = Vec::with_capacity(n);
+    let mut webhooks = Vec::with_capacity(n);
+    let mut operational = Vec::with_capacity(n);
+    let mut operational_owners = Vec::with_capacity(n);
+    let mut only_endpoints = Vec::with_capacity(n);
+    let mut addressed = Vec::with_capacity(n);
+    let mut laned = Vec::with_capacity(n);
+    // ... and one per email delivery.
+    let mut r_notifications = Vec::new();
+    let mut r_ids = Vec::new();
+    let mut r_targets = Vec::new();
+    let mut lane_claim = None;
+    for p in ps {
+        ids.push(p.id);
+        event_types.push(p.sub.event_type.as_str());
+        payloads.push(p.sub.payload.clone());
+        key_ids.push(p.sub.key_id);
+        owners.push(p.sub.owner.as_str());
+        emails.push(p.email_content.clone());
+        webhooks.push(p.webhook_content.clone());
+        operational.push(p.operational);
+        operational_owners.push(p.sub.operational_owner.as_deref());
+        only_endpoints.push(p.only_endpoint);
+        addressed.push(p.sub.owners.as_ref().map(|o| serde_json::json!(o)));
+        laned.push(p.lane.is_some());
+        lane_claim = lane_claim.or(p.lane);
+        for (_, target) in &p.recipients {
+            r_notifications.push(p.id);
+            r_ids.push(Uuid::now_v7());
+            r_targets.push(target.as_str());
+        }
+    }
+    // Notifications, deliveries and their bus messages in one statement: atomic on its
+    // own, and one round trip for a whole group. Bus keys come from herald_ordering_key,
+    // the one definition of a delivery's ordering key. Rows go in in the order of `ps`
+    // (outbox ids, hence bus order, follow it).
+    let rows: Vec<WebhookRow> = sqlx::query_as(
+        "WITH i AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[], $5::text[], $6::jsonb[],
+                                 $7::jsonb[], $8::bool[], $9::text[], $10::uuid[], $11::jsonb[], $12::bool[])
+                WITH ORDINALITY AS i(id, event_type, payload, api_key_id, owner, email_content, webhook_content,
+                                     operational, operational_owner, only_endpoint, owners, laned, ord)
+         ), r AS (
+            SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::text[]) WITH ORDINALITY AS r(nid, id, target, ord)
+         ), n AS (
             INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            SELECT i.id, i.event_type, i.payload, ARRAY(SELECT r.target FROM r WHERE r.nid = i.id ORDER BY r.ord),
+                   i.api_key_id, i.owner
+            FROM i ORDER BY i.ord
          ), d AS (
             INSERT INTO deliveries (id, notification_id, channel, target, content, email_template, tracked)
-            SELECT d, $1, 'email', t, $8, $8::jsonb->>'template',
-                   coalesce(($8::jsonb->>'track_opens')::boolean, false) OR coalesce(($8::jsonb->>'track_clicks')::boolean, false)
-            FROM unnest($7::uuid[], $4::text[]) AS x(d, t)
+            SELECT r.id, r.nid, 'email', r.target, i.email_content, i.email_content->>'template',
+                   coalesce((i.email_content->>'track_opens')::boolean, false)
+                   OR coalesce((i.email_content->>'track_clicks')::boolean, false)
+            FROM r JOIN i ON i.id = r.nid ORDER BY r.ord
          ), o AS (
             INSERT INTO outbox (topic, key, payload)
-            SELECT 'email', herald_ordering_key('email', t), jsonb_build_object('delivery_id', d, 'attempt', 1)
-            FROM unnest($7::uuid[], $4::text[]) AS y(d, t)
+            SELECT 'email', herald_ordering_key('email', r.target), jsonb_build_object('delivery_id', r.id, 'attempt', 1)
+            FROM r ORDER BY r.ord
          ), e AS (
-            SELECT id FROM endpoints
-            WHERE CASE WHEN $12::uuid IS NOT NULL THEN id = $12
-                       ELSE enabled AND herald_filter_matches(event_types, $2, $10)
-                            AND ($11::text IS NULL OR owner = $11 OR admin)
-                            -- Visibility (evaluated once per statement): to admins, to
-                            -- everyone when public, to the grantees when granted; Herald's
-                            -- own events besides only to the owner they are about ($11).
-                            AND (admin
-                                 OR CASE (SELECT visibility FROM event_types WHERE name = $2)
-                                        WHEN 'public' THEN true
-                                        WHEN 'granted' THEN owner IN (SELECT grantee FROM event_type_grants
-                                                                      WHERE event_type = $2)
-                                        ELSE false END)
-                            -- Addressed: only these owners' endpoints.
-                            AND ($13::text[] IS NULL OR owner = ANY($13)) END
+            SELECT i.id AS nid, x.id
+            FROM i
+            -- Visibility, read once per notification: to admins, to everyone when
+            -- public, to the grantees when granted; Herald's own events besides only
+            -- to the owner they are about (operational_owner).
+            LEFT JOIN event_types et ON et.name = i.event_type
+            CROSS JOIN LATERAL (
+                SELECT ep.id FROM endpoints ep
+                WHERE CASE WHEN i.only_endpoint IS NOT NULL THEN ep.id = i.only_endpoint
+                           ELSE ep.enabled AND herald_filter_matches(ep.event_types, i.event_type, i.operational)
+                                AND (i.operational_owner IS NULL OR ep.owner = i.operational_owner OR ep.admin)
+                                AND (ep.admin
+                                     OR CASE et.visibility
+                                            WHEN 'public' THEN true
+                                            WHEN 'granted' THEN ep.owner IN (SELECT g.grantee FROM event_type_grants g
+                                                                             WHERE g.event_type = i.event_type)
+                                            ELSE false END)
+                                -- Addressed: only these owners' endpoints.
+                                AND (i.owners IS NULL OR i.owners ? ep.owner) END
+            ) x
          ), lane AS (
             -- The fast lane (bus::lane): messages claimed by its token, their first
             -- attempts started, for the dispatcher of this process.
-            SELECT $14::uuid AS token
-            WHERE $14::uuid IS NOT NULL AND (SELECT count(*) FROM e) <= $16
+            SELECT i.id AS nid FROM i
+            WHERE i.laned AND $16::uuid IS NOT NULL AND (SELECT count(*) FROM e WHERE e.nid = i.id) <= $17
          ), w AS (
             INSERT INTO deliveries (id, notification_id, channel, target, endpoint_id, content,
                                     status, lease_until, unrecorded_starts)
-            SELECT herald_uuid_v7(), $1, 'webhook', e.id::text, e.id, $9,
-                   CASE WHEN lane.token IS NOT NULL THEN 'in_flight' ELSE 'pending' END,
-                   CASE WHEN lane.token IS NOT NULL THEN now() + make_interval(secs => $17) END,
-                   CASE WHEN lane.token IS NOT NULL THEN 1 ELSE 0 END
-            FROM e LEFT JOIN lane ON true
-            RETURNING id, target, endpoint_id
+            SELECT herald_uuid_v7(), e.nid, 'webhook', e.id::text, e.id, i.webhook_content,
+                   CASE WHEN lane.nid IS NOT NULL THEN 'in_flight' ELSE 'pending' END,
+                   CASE WHEN lane.nid IS NOT NULL THEN now() + make_interval(secs => $19) END,
+                   CASE WHEN lane.nid IS NOT NULL THEN 1 ELSE 0 END
+            FROM e JOIN i ON i.id = e.nid LEFT JOIN lane ON lane.nid = e.nid
+            RETURNING id, notification_id, target, endpoint_id, status = 'in_flight' AS laned
          ), wo AS (
             INSERT INTO outbox (topic, key, payload, claimed_until, claim_token, deliveries)
             SELECT 'webhook', herald_ordering_key('webhook', w.target), jsonb_build_object('delivery_id', w.id, 'attempt', 1),
-                   CASE WHEN lane.token IS NOT NULL THEN now() + make_interval(secs => $15) END,
-                   lane.token,
-                   CASE WHEN lane.token IS NOT NULL THEN 1 ELSE 0 END
-            FROM w LEFT JOIN lane ON true
+                   CASE WHEN w.laned THEN now() + make_interval(secs => $18) END,
+                   CASE WHEN w.laned THEN $16::uuid END,
+                   CASE WHEN w.laned THEN 1 ELSE 0 END
+            FROM w JOIN i ON i.id = w.notification_id
+            ORDER BY i.ord, w.target
             RETURNING id, key, (payload->>'delivery_id')::uuid AS delivery_id, claim_token IS NOT NULL AS laned
          )
-         SELECT w.id, w.target, w.endpoint_id, wo.id AS outbox_id, wo.key, wo.laned FROM w JOIN wo ON wo.delivery_id = w.id ORDER BY w.target",
+         SELECT w.notification_id, w.id, w.target, w.endpoint_id, wo.id AS outbox_id, wo.key, wo.laned
+         FROM w JOIN wo ON wo.delivery_id = w.id ORDER BY wo.id",
     )
-    .bind(p.id)
-    .bind(&p.sub.event_type)
-    .bind(&p.sub.payload)
-    .bind(&recipient_list)
-    .bind(p.sub.key_id)
-    .bind(&p.sub.owner)
     .bind(&ids)
-    .bind(p.email_content.as_ref().unwrap_or(&Value::Null))
-    .bind(&p.webhook_content)
-    .bind(p.operational)
-    .bind(p.sub.operational_owner.as_deref())
-    .bind(p.only_endpoint)
-    .bind(&p.sub.owners)
-    .bind(p.lane.map(|l| l.token))
-    .bind(p.lane.map(|l| l.lease_secs).unwrap_or(0.0))
+    .bind(&event_types)
+    .bind(&payloads)
+    .bind(&key_ids)
+    .bind(&owners)
+    .bind(&emails)
+    .bind(&webhooks)
+    .bind(&operational)
+    .bind(&operational_owners)
+    .bind(&only_endpoints)
+    .bind(&addressed)
+    .bind(&laned)
+    .bind(&r_notifications)
+    .bind(&r_ids)
+    .bind(&r_targets)
+    .bind(lane_claim.map(|l| l.token))
     .bind(crate::bus::lane::MAX_FAN_OUT)
-    .bind(p.lane.map(|l| l.attempt_lease_secs).unwrap_or(0.0))
+    .bind(lane_claim.map(|l| l.lease_secs).unwrap_or(0.0))
+    .bind(lane_claim.map(|l| l.attempt_lease_secs).unwrap_or(0.0))
     .fetch_all(conn)
     .await?;
-    let laned: Vec<LaneRow> = webhooks
-        .iter()
-        .filter(|w| w.laned)
-        .map(|w| LaneRow {
-            outbox_id: w.outbox_id,
-            key: w.key.clone(),
-            started: Prestarted {
-                delivery_id: w.id,
-                target: w.target.clone(),
-                endpoint_id: w.endpoint_id,
-                content: p.webhook_content.clone(),
-            },
-        })
-        .collect();
 
-    let mut summaries: Vec<DeliverySummary> = ids
-        .iter()
-        .zip(recipient_list)
-        .map(|(id, target)| DeliverySummary {
-            id: *id,
-            channel: Channel::Email,
-            target,
-            status: DeliveryStatus::Pending,
-        })
-        .collect();
-    summaries.extend(webhooks.into_iter().map(|w| DeliverySummary {
-        id: w.id,
-        channel: Channel::Webhook,
-        target: w.target,
-        status: DeliveryStatus::Pending,
-    }));
-    let status = NotificationStatus::of(summaries.iter().map(|d| d.status));
-    Ok((Accepted { id: p.id, status, deliveries: summaries }, laned))
+    // Each notification's webhook rows are together, in the order of `ps`.
+    let mut rows = rows.into_iter().peekable();
+    let mut r_ids = r_ids.into_iter();
+    let mut out = Vec::with_capacity(n);
+    for p in ps {
+        let mut summaries: Vec<DeliverySummary> = p
+            .recipients
+            .iter()
+            .map(|(_, target)| DeliverySummary {
+                id: r_ids.next().expect("one id per recipient"),
+                channel: Channel::Email,
+                target: target.clone(),
+                status: DeliveryStatus::Pending,
+            })
+            .collect();
+        let mut lane_rows = Vec::new();
+        while let Some(w) = rows.next_if(|w| w.notification_id == p.id) {
+            if w.laned {
+                lane_rows.push(LaneRow {
+                    outbox_id: w.outbox_id,
+                    key: w.key,
+                    started: Prestarted {
+                        delivery_id: w.id,
+                        target: w.target.clone(),
+                        endpoint_id: w.endpoint_id,
+                        content: p.webhook_content.clone(),
+                    },
+                });
+            }
+            summaries.push(DeliverySummary {
+                id: w.id,
+                channel: Channel::Webhook,
+                target: w.target,
+                status: DeliveryStatus::Pending,
+            });
+        }
+        let status = NotificationStatus::of(summaries.iter().map(|d| d.status));
+        out.push((Accepted { id: p.id, status, deliveries: summaries }, lane_rows));
+    }
+    Ok(out)
+}
+
+/// [`insert_many`] for one notification.
+async fn insert_laned(conn: &mut sqlx::PgConnection, p: Prepared) -> Result<(Accepted, Vec<LaneRow>)> {
+    Ok(insert_many(conn, std::slice::from_ref(&p)).await?.pop().expect("one result per notification"))
 }
 
 #[cfg(test)]

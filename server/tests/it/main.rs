@@ -10,6 +10,7 @@ mod catalog;
 mod cli;
 mod errors;
 mod flow;
+mod group;
 mod hardening;
 mod history;
 mod in_process;
