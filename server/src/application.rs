@@ -96,8 +96,12 @@ async fn topics_ready(k: &KafkaSettings, stop: &watch::Receiver<bool>) -> bool {
 
 /// Runs a dispatcher, supervised, on the configured bus: the outbox table, or a Kafka
 /// consumer group (`<prefix><topic>-dispatchers`) once the topics exist. `make` builds a
-/// fresh dispatcher for every (re)start. With `own_thread`, it runs on a thread of its
-/// own (`supervise::on_own_thread`).
+/// fresh dispatcher for every (re)start, on the pool it is given.
+///
+/// With `own_thread`, it runs on a thread of its own (`supervise::on_own_thread`) with a
+/// pool of its own (half of `HERALD_DB_MAX_CONNECTIONS`, at least 2), opened and closed
+/// with that thread: a connection belongs to the runtime that opened it, so none of the
+/// process's shared pool may be opened there and outlive it.
 #[allow(clippy::too_many_arguments)]
 fn spawn_dispatcher<D, M>(
     sup: &mut Supervisor,
@@ -111,19 +115,20 @@ fn spawn_dispatcher<D, M>(
     make: M,
 ) where
     D: Dispatcher,
-    M: Fn() -> anyhow::Result<D> + Send + Sync + 'static,
+    M: Fn(sqlx::PgPool) -> anyhow::Result<D> + Send + Sync + 'static,
 {
     let make = Arc::new(make);
     sup.spawn(name, stop.clone(), move || {
         let (config, pool, stop, make, lane) = (config.clone(), pool.clone(), stop.clone(), make.clone(), lane.clone());
-        let run = async move {
-            let dispatcher = make()?;
+        let run = move |pool: sqlx::PgPool| async move {
+            let dispatcher = make(pool.clone())?;
             match &config.kafka {
                 None => {
                     let consumer =
-                        PgConsumer::new(pool, Some(topic), config.bus_claim_timeout, config.bus_poll_interval).await?;
+                        PgConsumer::new(pool.clone(), Some(topic), config.bus_claim_timeout, config.bus_poll_interval)
+                            .await?;
                     match lane {
-                        Some(lane) => dispatcher.run(Laned::new(consumer, lane).await, stop).await,
+                        Some(lane) => dispatcher.run(Laned::new(consumer, lane, pool).await, stop).await,
                         None => dispatcher.run(consumer, stop).await,
                     }
                 }
@@ -133,7 +138,7 @@ fn spawn_dispatcher<D, M>(
                     }
                     let consumer = KafkaConsumer::new(k, topic, &k.topic(&format!("{}-dispatchers", topic.as_str())))?;
                     match lane {
-                        Some(lane) => dispatcher.run(Laned::new(consumer, lane).await, stop).await,
+                        Some(lane) => dispatcher.run(Laned::new(consumer, lane, pool).await, stop).await,
                         None => dispatcher.run(consumer, stop).await,
                     }
                 }
@@ -141,11 +146,21 @@ fn spawn_dispatcher<D, M>(
             Ok(())
         };
         async move {
-            if own_thread {
-                herald_core::supervise::on_own_thread(name, run).await
-            } else {
-                run.await
+            if !own_thread {
+                return run(pool).await;
             }
+            let (url, size) = (pool.connect_options(), (pool.options().get_max_connections() / 2).max(2));
+            herald_core::supervise::on_own_thread(name, async move {
+                let own = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(size)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with((*url).clone())
+                    .await?;
+                let result = run(own.clone()).await;
+                own.close().await;
+                result
+            })
+            .await
         }
     });
 }
@@ -248,7 +263,7 @@ impl Application {
             });
         }
         if config.roles.email {
-            let (c, p, smtp) = (config.clone(), pool.clone(), smtp.clone());
+            let (c, smtp) = (config.clone(), smtp.clone());
             spawn_dispatcher(
                 &mut sup,
                 "email dispatcher",
@@ -258,13 +273,13 @@ impl Application {
                 None,
                 stop_rx.clone(),
                 false,
-                move || Ok(EmailDispatcher::from_config(&c, p.clone(), smtp.clone())),
+                move |p| Ok(EmailDispatcher::from_config(&c, p, smtp.clone())),
             );
         }
         // The webhook dispatcher's endpoint cache, which the server also empties.
         let endpoints = EndpointCache::new();
         if config.roles.webhook {
-            let (c, p, proc_, endpoints) = (config.clone(), pool.clone(), processor.clone(), endpoints.clone());
+            let (c, endpoints) = (config.clone(), endpoints.clone());
             spawn_dispatcher(
                 &mut sup,
                 "webhook dispatcher",
@@ -276,7 +291,12 @@ impl Application {
                 // Webhooks are what end-to-end latency waits for: their dispatcher is not
                 // queued behind the API's requests.
                 true,
-                move || WebhookDispatcher::from_config(&c, p.clone(), proc_.clone(), &endpoints),
+                move |p| {
+                    // Its own processor (for Herald's own events, such as endpoint.disabled)
+                    // on its own pool.
+                    let processor = Arc::new(Processor::new(p.clone()).with_max_recipients(c.max_recipients));
+                    WebhookDispatcher::from_config(&c, p, processor, &endpoints)
+                },
             );
         }
         if config.roles.email || config.roles.webhook {

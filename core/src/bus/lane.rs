@@ -196,6 +196,8 @@ fn lane_id(m: &Received) -> Option<i64> {
 pub struct Laned<C: Consumer> {
     inner: C,
     lane: Arc<Lane>,
+    /// Where its lane rows are settled (the dispatcher's pool).
+    db: PgPool,
     rx: OwnedMutexGuard<mpsc::Receiver<Vec<Received>>>,
     /// A notification's messages that did not fit in the last batch.
     held: Option<Vec<Received>>,
@@ -204,10 +206,10 @@ pub struct Laned<C: Consumer> {
 
 impl<C: Consumer> Laned<C> {
     /// Waits until no other consumer reads the lane (a restarted dispatcher's
-    /// predecessor is dropped first).
-    pub async fn new(inner: C, lane: Arc<Lane>) -> Self {
+    /// predecessor is dropped first). `db`: the pool its lane rows are settled on.
+    pub async fn new(inner: C, lane: Arc<Lane>, db: PgPool) -> Self {
         let rx = lane.rx.clone().lock_owned().await;
-        Self { inner, lane, rx, held: None, last_bus: Instant::now() }
+        Self { inner, lane, db, rx, held: None, last_bus: Instant::now() }
     }
 
     /// What the lane holds now, up to `max` messages (a notification's messages are
@@ -267,12 +269,13 @@ fn split(msgs: &[Received]) -> (Vec<i64>, std::borrow::Cow<'_, [Received]>) {
 pub struct LanedAcks<A: Acks> {
     inner: A,
     lane: Arc<Lane>,
+    db: PgPool,
 }
 
 impl<A: Acks> Acks for LanedAcks<A> {
     async fn ack(&self, msgs: &[Received]) -> anyhow::Result<()> {
         let (lane, rest) = split(msgs);
-        settle::ack(&self.lane.db, self.lane.token, &lane).await?;
+        settle::ack(&self.db, self.lane.token, &lane).await?;
         if !rest.is_empty() {
             self.inner.ack(&rest).await?;
         }
@@ -281,7 +284,7 @@ impl<A: Acks> Acks for LanedAcks<A> {
 
     async fn redeliver(&self, msgs: &[Received]) -> anyhow::Result<()> {
         let (lane, rest) = split(msgs);
-        settle::redeliver(&self.lane.db, self.lane.token, &lane).await?;
+        settle::redeliver(&self.db, self.lane.token, &lane).await?;
         if !rest.is_empty() {
             self.inner.redeliver(&rest).await?;
         }
@@ -290,7 +293,7 @@ impl<A: Acks> Acks for LanedAcks<A> {
 
     async fn keep_alive(&self, msgs: &[Received]) {
         let (lane, rest) = split(msgs);
-        settle::keep_alive(&self.lane.db, self.lane.token, &lane, self.lane.lease).await;
+        settle::keep_alive(&self.db, self.lane.token, &lane, self.lane.lease).await;
         if !rest.is_empty() {
             self.inner.keep_alive(&rest).await;
         }
@@ -301,7 +304,7 @@ impl<C: Consumer> Consumer for Laned<C> {
     type Acks = LanedAcks<C::Acks>;
 
     fn acks(&self) -> Self::Acks {
-        LanedAcks { inner: self.inner.acks(), lane: self.lane.clone() }
+        LanedAcks { inner: self.inner.acks(), lane: self.lane.clone(), db: self.db.clone() }
     }
 
     async fn poll(&mut self, max: usize) -> anyhow::Result<Vec<Received>> {
@@ -353,7 +356,7 @@ impl<C: Consumer> Consumer for Laned<C> {
     async fn dead_letter(&mut self, msg: &Received, reason: &str) -> anyhow::Result<()> {
         match lane_id(msg) {
             Some(id) => {
-                settle::dead_letter(&self.lane.db, self.lane.token, id, &msg.raw, reason).await?;
+                settle::dead_letter(&self.db, self.lane.token, id, &msg.raw, reason).await?;
                 crate::metrics::dead_lettered(&msg.topic);
                 Ok(())
             }
