@@ -42,7 +42,11 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let key = idempotency_key(&headers)?;
-    let hash = body.as_ref().map(|b| request_hash(b)).unwrap_or_default();
+    // Only a request with an idempotency key needs its body's hash.
+    let hash = match (&key, &body) {
+        (Some(_), Ok(b)) => request_hash(b),
+        _ => Vec::new(),
+    };
     let req: NotificationRequest = json_body(body, s.config.max_body_bytes)?;
     let accepted = s.processor.accept(&who, req, key.as_deref().map(|k| (k, hash.as_slice()))).await?;
     tracing::info!(notification_id = %accepted.id, deliveries = accepted.deliveries.len(), "notification accepted");

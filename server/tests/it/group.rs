@@ -29,7 +29,7 @@ async fn concurrent_notifications_are_committed_in_groups_each_answered_with_its
     }
     const N: usize = 200;
     let sends = (0..N).map(|i| {
-        let owner = if i % 2 == 0 { "acme" } else { "globex" };
+        let owner = if i.is_multiple_of(2) { "acme" } else { "globex" };
         // Some with two recipients, some with one: groups mix email fan-outs too.
         let recipients: Vec<String> = (0..1 + i % 2).map(|r| format!("u{i}.{r}@example.test")).collect();
         let body = json!({
@@ -86,7 +86,7 @@ async fn concurrent_notifications_are_committed_in_groups_each_answered_with_its
     for r in &requests {
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         let i: usize = v["data"]["user"]["name"].as_str().unwrap().trim_start_matches("User ").parse().unwrap();
-        assert_eq!(r.path, if i % 2 == 0 { "/acme" } else { "/globex" });
+        assert_eq!(r.path, if i.is_multiple_of(2) { "/acme" } else { "/globex" });
     }
     // They were committed in groups: fewer commits than notifications.
     let groups = metric(&h, "herald_accept_groups_total").await;
