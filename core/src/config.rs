@@ -179,6 +179,9 @@ pub struct Config {
     /// `HERALD_LANE_CAPACITY`: notifications whose webhooks may wait on the fast lane for
     /// the dispatcher of the accepting process (`bus::lane`); 0 turns the lane off.
     pub lane_capacity: usize,
+    /// `HERALD_ACCEPT_COMMITS`: group commits of accepted notifications in flight at once
+    /// (`notifications::accept`).
+    pub accept_commits: usize,
     /// Starts of one attempt without its outcome being recorded before the delivery is
     /// failed and its message dead-lettered.
     pub bus_max_redeliveries: i32,
@@ -439,6 +442,12 @@ impl Config {
                     .filter(|n| *n <= 1_000_000)
                     .ok_or_else(|| format!("'{v}' is not a whole number from 0 to 1000000"))
             })?,
+            accept_commits: s.parsed("HERALD_ACCEPT_COMMITS", 1, |v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("'{v}' is not a whole number from 1 to 64"))
+            })?,
             bus_max_redeliveries: s.parsed("HERALD_BUS_MAX_REDELIVERIES", 5, positive)?,
             max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
             retention: s.parsed("HERALD_RETENTION", Duration::from_secs(30 * 86400), at_least(Duration::from_secs(1)))?,
@@ -521,6 +530,7 @@ mod tests {
         assert_eq!(c.bus, BusKind::Postgres);
         assert_eq!(c.webhook.retry_schedule.max_attempts(), 8);
         assert_eq!(c.webhook.disable_after, Duration::from_secs(5 * 86400));
+        assert_eq!(c.accept_commits, 1);
         assert!(!format!("{c:?}").contains(KEY), "the secret key never appears in Debug output");
     }
 
@@ -571,6 +581,13 @@ mod tests {
         let mut pairs = BASE.to_vec();
         pairs.push(("HERALD_WEBHOOK_RETRY_SCHEDULE", "8d"));
         assert_eq!(Config::from_settings(&settings(&pairs)).unwrap_err().var, "HERALD_WEBHOOK_RETRY_SCHEDULE");
+        for bad in ["0", "65", "-1", "99999999999999999999", "two"] {
+            let mut pairs = BASE.to_vec();
+            pairs.push(("HERALD_ACCEPT_COMMITS", bad));
+            let e = Config::from_settings(&settings(&pairs)).unwrap_err();
+            assert_eq!(e.var, "HERALD_ACCEPT_COMMITS", "{bad}");
+            assert!(e.message.contains("from 1 to 64"), "{e}");
+        }
     }
 
     #[test]

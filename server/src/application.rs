@@ -248,7 +248,9 @@ impl Application {
             let attempt_lease = WebhookDispatcher::attempt_lease(&config);
             Lane::new(pool.clone(), Topic::Webhook, config.bus_claim_timeout, attempt_lease, config.lane_capacity)
         });
-        let mut processor = Processor::new(pool.clone()).with_max_recipients(config.max_recipients);
+        let mut processor = Processor::new(pool.clone())
+            .with_max_recipients(config.max_recipients)
+            .with_group_commits(config.accept_commits);
         if let Some(lane) = &webhook_lane {
             processor = processor.with_lane(lane.clone());
         }

@@ -80,6 +80,8 @@ pub struct Processor {
     catalog: Arc<CatalogCache>,
     /// The group commit's queue, started at the first notification (see [`Group`]).
     group: std::sync::OnceLock<mpsc::UnboundedSender<Waiting>>,
+    /// Group commits in flight at once.
+    group_commits: usize,
 }
 
 type CatalogCache = crate::cache::Watched<String, Arc<EventTypeRow>>;
@@ -90,19 +92,25 @@ const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Group commit: notifications accepted at the same time are inserted by one statement
 /// (one round trip and one durable commit for all of them) and each is answered only
 /// after that commit. Nothing waits to form a group: a notification goes at once when a
-/// commit slot is free, and those that arrive while all [`GROUP_SLOTS`] are busy go
-/// together in the next. If a group's statement fails, each of its notifications is
+/// commit slot is free (`HERALD_ACCEPT_COMMITS`, 1 by default), and those that arrive
+/// while every slot is busy go together in the next. One slot measured best on two
+/// cores: the groups grow with the load, so PostgreSQL's work per notification falls as
+/// it rises. If a group's statement fails, each of its notifications is
 /// inserted on its own, so one that cannot be stored never fails the others.
 struct Group {
+    /// The group commit's own connections (see [`Group::pool`]).
     db: PgPool,
     lane: Option<Arc<Lane>>,
+    /// Groups being committed at once (`HERALD_ACCEPT_COMMITS`).
+    slots: usize,
 }
-
-/// Groups being committed at once.
-const GROUP_SLOTS: usize = 4;
 
 /// The most notifications in one group.
 const GROUP_MAX: usize = 256;
+
+/// About the most bytes of notifications in one group (a larger notification goes
+/// alone), so that large payloads make several statements instead of one huge one.
+const GROUP_BYTES: usize = 4 << 20;
 
 /// A notification waiting for its group's commit, and where its answer goes.
 struct Waiting {
@@ -111,16 +119,44 @@ struct Waiting {
 }
 
 impl Group {
+    /// One connection per commit slot, opened when first needed, planning the group's
+    /// statement once (`plan_cache_mode = force_generic_plan`): left to choose,
+    /// PostgreSQL plans it anew for every execution (its arrays make every custom plan
+    /// look cheaper than the generic one), which costs more than running it.
+    fn pool(db: &PgPool, slots: usize) -> PgPool {
+        let options = (*db.connect_options()).clone().options([("plan_cache_mode", "force_generic_plan")]);
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(slots as u32)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_lazy_with(options)
+    }
+
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Waiting>) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(GROUP_SLOTS));
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.slots));
         let this = Arc::new(self);
+        // What did not fit in the last group: the first of the next.
+        let mut carried: Option<Waiting> = None;
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else { return };
-            let Some(first) = rx.recv().await else { return };
+            let first = match carried.take() {
+                Some(w) => w,
+                None => match rx.recv().await {
+                    Some(w) => w,
+                    None => return,
+                },
+            };
+            let mut bytes = first.prepared.weight;
             let mut group = vec![first];
             while group.len() < GROUP_MAX {
                 match rx.try_recv() {
-                    Ok(w) => group.push(w),
+                    Ok(w) if bytes + w.prepared.weight > GROUP_BYTES => {
+                        carried = Some(w);
+                        break;
+                    }
+                    Ok(w) => {
+                        bytes += w.prepared.weight;
+                        group.push(w);
+                    }
                     Err(_) => break,
                 }
             }
@@ -196,6 +232,7 @@ impl Processor {
             lane: None,
             catalog: CatalogCache::new("herald_catalog", CATALOG_TTL),
             group: std::sync::OnceLock::new(),
+            group_commits: 1,
         }
     }
 
@@ -238,6 +275,12 @@ impl Processor {
     /// directly (`bus::lane`).
     pub fn with_lane(mut self, lane: Arc<Lane>) -> Self {
         self.lane = Some(lane);
+        self
+    }
+
+    /// Group commits in flight at once (`HERALD_ACCEPT_COMMITS`, at least 1).
+    pub fn with_group_commits(mut self, n: usize) -> Self {
+        self.group_commits = n.max(1);
         self
     }
 
@@ -312,7 +355,8 @@ impl Processor {
         // A place on the fast lane, taken before the transaction; used after the commit.
         let slot = self.lane.as_ref().and_then(|l| l.reserve());
         prepared.lane = slot.as_ref().map(|s| s.claim());
-        let mut tx = self.db.begin().await?;
+        // The accepting statement's plan is made once per connection (see `Group::pool`).
+        let mut tx = self.db.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan").await?;
         // A concurrent request with the same key blocks here until it commits.
         let fresh = sqlx::query(
             "INSERT INTO idempotency_keys (owner, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -355,7 +399,8 @@ impl Processor {
     fn group(&self) -> &mpsc::UnboundedSender<Waiting> {
         self.group.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(Group { db: self.db.clone(), lane: self.lane.clone() }.run(rx));
+            let slots = self.group_commits;
+            tokio::spawn(Group { db: Group::pool(&self.db, slots), lane: self.lane.clone(), slots }.run(rx));
             tx
         })
     }
@@ -419,6 +464,7 @@ impl Processor {
         // send it to, and one without cannot take recipients (client errors). Herald's own
         // events skip email when there is no address to send to.
         let operational = sub.operational_owner.is_some();
+        let mut email_bytes = 0;
         let email_content = match template {
             None if !operational && sub.recipients.as_ref().is_some_and(|r| !r.is_empty()) => {
                 return Err(Error::NoRecipient(format!(
@@ -436,6 +482,7 @@ impl Processor {
             }
             Some(template) => {
                 let content = render_email(&template, &sub.payload).map_err(Error::TemplateRender)?;
+                email_bytes = content.subject.len() + content.html.len() + content.text.len();
                 Some(serde_json::to_value(&content)?)
             }
         };
@@ -449,12 +496,14 @@ impl Processor {
             timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             data: &sub.payload,
         })?;
+        let weight = 2 * body.len() + email_bytes * recipients.len().max(1);
         Ok(Prepared {
             id: Uuid::now_v7(),
             sub,
             operational: et.operational,
             recipients,
             email_content,
+            weight,
             webhook_content: serde_json::json!({ "body": body }),
             only_endpoint: None,
             lane: None,
@@ -520,6 +569,9 @@ pub struct Prepared {
     only_endpoint: Option<Uuid>,
     /// The fast lane's claim on the webhook messages and their deliveries.
     lane: Option<LaneClaim>,
+    /// About how many bytes it is to insert: its payload (stored, and serialized in the
+    /// webhook body) and its email content once per recipient.
+    weight: usize,
 }
 
 impl Prepared {
@@ -610,41 +662,44 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
     // (outbox ids, hence bus order, follow it).
     let rows: Vec<WebhookRow> = sqlx::query_as(
         "WITH i AS (
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[], $5::text[], $6::jsonb[],
-                                 $7::jsonb[], $8::bool[], $9::text[], $10::uuid[], $11::jsonb[], $12::bool[])
-                WITH ORDINALITY AS i(id, event_type, payload, api_key_id, owner, email_content, webhook_content,
+            -- Visibility, read once per notification: to admins, to everyone when
+            -- public, to the grantees when granted.
+            SELECT u.*, (SELECT et.visibility FROM event_types et WHERE et.name = u.event_type) AS visibility
+            FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[], $5::text[], $6::jsonb[],
+                        $7::jsonb[], $8::bool[], $9::text[], $10::uuid[], $11::jsonb[], $12::bool[])
+                WITH ORDINALITY AS u(id, event_type, payload, api_key_id, owner, email_content, webhook_content,
                                      operational, operational_owner, only_endpoint, owners, laned, ord)
          ), r AS (
             SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::text[]) WITH ORDINALITY AS r(nid, id, target, ord)
          ), n AS (
             INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
-            SELECT i.id, i.event_type, i.payload, ARRAY(SELECT r.target FROM r WHERE r.nid = i.id ORDER BY r.ord),
-                   i.api_key_id, i.owner
-            FROM i ORDER BY i.ord
+            SELECT i.id, i.event_type, i.payload, coalesce(ra.targets, '{}'), i.api_key_id, i.owner
+            FROM i LEFT JOIN (SELECT nid, array_agg(target ORDER BY ord) AS targets FROM r GROUP BY nid) ra ON ra.nid = i.id
          ), d AS (
             INSERT INTO deliveries (id, notification_id, channel, target, content, email_template, tracked)
             SELECT r.id, r.nid, 'email', r.target, i.email_content, i.email_content->>'template',
                    coalesce((i.email_content->>'track_opens')::boolean, false)
                    OR coalesce((i.email_content->>'track_clicks')::boolean, false)
-            FROM r JOIN i ON i.id = r.nid ORDER BY r.ord
+            FROM r JOIN i ON i.id = r.nid
          ), o AS (
             INSERT INTO outbox (topic, key, payload)
             SELECT 'email', herald_ordering_key('email', r.target), jsonb_build_object('delivery_id', r.id, 'attempt', 1)
             FROM r ORDER BY r.ord
          ), e AS (
-            SELECT i.id AS nid, x.id
+            -- A notification's webhooks go on the fast lane (bus::lane: messages claimed
+            -- by its token, their first attempts started, for the dispatcher of this
+            -- process) when it has a place there and not too many endpoints.
+            SELECT i.id AS nid, i.webhook_content, x.id,
+                   i.laned AND $16::uuid IS NOT NULL AND count(*) OVER (PARTITION BY i.id) <= $17 AS on_lane
             FROM i
-            -- Visibility, read once per notification: to admins, to everyone when
-            -- public, to the grantees when granted; Herald's own events besides only
-            -- to the owner they are about (operational_owner).
-            LEFT JOIN event_types et ON et.name = i.event_type
             CROSS JOIN LATERAL (
                 SELECT ep.id FROM endpoints ep
                 WHERE CASE WHEN i.only_endpoint IS NOT NULL THEN ep.id = i.only_endpoint
                            ELSE ep.enabled AND herald_filter_matches(ep.event_types, i.event_type, i.operational)
+                                -- Herald's own events only to the owner they are about.
                                 AND (i.operational_owner IS NULL OR ep.owner = i.operational_owner OR ep.admin)
                                 AND (ep.admin
-                                     OR CASE et.visibility
+                                     OR CASE i.visibility
                                             WHEN 'public' THEN true
                                             WHEN 'granted' THEN ep.owner IN (SELECT g.grantee FROM event_type_grants g
                                                                              WHERE g.event_type = i.event_type)
@@ -652,19 +707,14 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
                                 -- Addressed: only these owners' endpoints.
                                 AND (i.owners IS NULL OR i.owners ? ep.owner) END
             ) x
-         ), lane AS (
-            -- The fast lane (bus::lane): messages claimed by its token, their first
-            -- attempts started, for the dispatcher of this process.
-            SELECT i.id AS nid FROM i
-            WHERE i.laned AND $16::uuid IS NOT NULL AND (SELECT count(*) FROM e WHERE e.nid = i.id) <= $17
          ), w AS (
             INSERT INTO deliveries (id, notification_id, channel, target, endpoint_id, content,
                                     status, lease_until, unrecorded_starts)
-            SELECT herald_uuid_v7(), e.nid, 'webhook', e.id::text, e.id, i.webhook_content,
-                   CASE WHEN lane.nid IS NOT NULL THEN 'in_flight' ELSE 'pending' END,
-                   CASE WHEN lane.nid IS NOT NULL THEN now() + make_interval(secs => $19) END,
-                   CASE WHEN lane.nid IS NOT NULL THEN 1 ELSE 0 END
-            FROM e JOIN i ON i.id = e.nid LEFT JOIN lane ON lane.nid = e.nid
+            SELECT herald_uuid_v7(), e.nid, 'webhook', e.id::text, e.id, e.webhook_content,
+                   CASE WHEN e.on_lane THEN 'in_flight' ELSE 'pending' END,
+                   CASE WHEN e.on_lane THEN now() + make_interval(secs => $19) END,
+                   CASE WHEN e.on_lane THEN 1 ELSE 0 END
+            FROM e
             RETURNING id, notification_id, target, endpoint_id, status = 'in_flight' AS laned
          ), wo AS (
             INSERT INTO outbox (topic, key, payload, claimed_until, claim_token, deliveries)

@@ -98,7 +98,8 @@ async fn concurrent_notifications_are_committed_in_groups_each_answered_with_its
 
 #[tokio::test]
 async fn a_notification_that_cannot_be_stored_fails_alone_in_its_group() {
-    let (_sink, h, key) = setup(&[], &[]).await;
+    // Several group commits in flight at once.
+    let (_sink, h, key) = setup(&[], &[("HERALD_ACCEPT_COMMITS", "3")]).await;
     // A database that refuses some rows (as a constraint or a full disk might): the
     // group holding them fails, and each of its notifications is tried on its own.
     sqlx::raw_sql(
@@ -140,5 +141,31 @@ async fn a_notification_that_cannot_be_stored_fails_alone_in_its_group() {
     assert_eq!(accepted, N - N / 10);
     assert_eq!(h.count("notifications").await, accepted as i64, "every 202 stored, nothing else");
     assert_eq!(h.count("deliveries").await, accepted as i64, "one email each");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn large_notifications_are_split_into_several_groups() {
+    let (_sink, h, key) = setup(&[], &[("HERALD_MAX_BODY_BYTES", "400000")]).await;
+    // 40 notifications of 200 kB each: about 16 MB to insert, so at least four groups
+    // of at most 4 MiB, whatever arrives together.
+    const N: usize = 40;
+    let filler = "x".repeat(200_000);
+    let sends = (0..N).map(|i| {
+        let mut body = welcome(&format!("User {i}"), &format!("u{i}@example.test"));
+        body["payload"]["filler"] = json!(filler);
+        let (h, key) = (&h, key.clone());
+        async move { h.post(&key, &body).await.status().as_u16() }
+    });
+    let statuses = futures::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE length(payload->>'filler') = 200000")
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+    assert_eq!(stored, N as i64);
+    let groups = metric(&h, "herald_accept_groups_total").await;
+    assert!(groups >= 4.0, "{groups} groups for {N} large notifications");
     h.stop().await;
 }
