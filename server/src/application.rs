@@ -151,11 +151,7 @@ fn spawn_dispatcher<D, M>(
             }
             let (url, size) = (pool.connect_options(), (pool.options().get_max_connections() / 2).max(2));
             herald_core::supervise::on_own_thread(name, async move {
-                let own = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(size)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with((*url).clone())
-                    .await?;
+                let own = db::pool_options(size).connect_with((*url).clone()).await?;
                 let result = run(own.clone()).await;
                 own.close().await;
                 result

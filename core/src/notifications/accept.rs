@@ -125,10 +125,7 @@ impl Group {
     /// look cheaper than the generic one), which costs more than running it.
     fn pool(db: &PgPool, slots: usize) -> PgPool {
         let options = (*db.connect_options()).clone().options([("plan_cache_mode", "force_generic_plan")]);
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(slots as u32)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_lazy_with(options)
+        crate::db::pool_options(slots as u32).connect_lazy_with(options)
     }
 
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Waiting>) {
@@ -168,6 +165,34 @@ impl Group {
         }
     }
 
+    /// The group's results, in its order: all of it in one statement, or, if that
+    /// fails, each notification on its own on the same connection. Without a connection
+    /// (the database unreachable), every one fails at once.
+    async fn insert(&self, prepared: &[Prepared]) -> Vec<Result<(Accepted, Vec<LaneRow>)>> {
+        let mut conn = match self.db.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context("no connection for a group commit");
+                return prepared.iter().map(|_| Err(anyhow::anyhow!("{e:#}").into())).collect();
+            }
+        };
+        let e = match insert_many(&mut conn, prepared).await {
+            Ok(all) => {
+                crate::metrics::accept_group();
+                return all.into_iter().map(Ok).collect();
+            }
+            Err(e) if prepared.len() == 1 => return vec![Err(e)],
+            Err(e) => e,
+        };
+        tracing::warn!(error = %format!("{e:#}"), notifications = prepared.len(), "a group commit failed; inserting its notifications one by one");
+        let mut each = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let one = insert_many(&mut conn, std::slice::from_ref(p)).await;
+            each.push(one.map(|mut v| v.pop().expect("one result per notification")));
+        }
+        each
+    }
+
     async fn commit(&self, group: Vec<Waiting>) {
         let (mut prepared, replies): (Vec<Prepared>, Vec<_>) = group.into_iter().map(|w| (w.prepared, w.reply)).unzip();
         // Places on the fast lane, in the group's order; used after the commit.
@@ -179,24 +204,7 @@ impl Group {
                 slot
             })
             .collect();
-        let together = async { insert_many(&mut *self.db.acquire().await?, &prepared).await }.await;
-        let results: Vec<Result<(Accepted, Vec<LaneRow>)>> = match together {
-            Ok(all) => {
-                crate::metrics::accept_group();
-                all.into_iter().map(Ok).collect()
-            }
-            Err(e) if prepared.len() == 1 => vec![Err(e)],
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), notifications = prepared.len(), "a group commit failed; inserting its notifications one by one");
-                let mut each = Vec::with_capacity(prepared.len());
-                for p in &prepared {
-                    let one =
-                        async { insert_many(&mut *self.db.acquire().await?, std::slice::from_ref(p)).await }.await;
-                    each.push(one.map(|mut v| v.pop().expect("one result per notification")));
-                }
-                each
-            }
-        };
+        let results = self.insert(&prepared).await;
         for ((result, slot), reply) in results.into_iter().zip(slots).zip(replies) {
             let answer = result.map(|(accepted, laned)| {
                 if let Some(slot) = slot {
@@ -639,11 +647,11 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
     for p in ps {
         ids.push(p.id);
         event_types.push(p.sub.event_type.as_str());
-        payloads.push(p.sub.payload.clone());
+        payloads.push(&p.sub.payload);
         key_ids.push(p.sub.key_id);
         owners.push(p.sub.owner.as_str());
-        emails.push(p.email_content.clone());
-        webhooks.push(p.webhook_content.clone());
+        emails.push(p.email_content.as_ref());
+        webhooks.push(&p.webhook_content);
         operational.push(p.operational);
         operational_owners.push(p.sub.operational_owner.as_deref());
         only_endpoints.push(p.only_endpoint);

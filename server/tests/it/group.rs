@@ -124,7 +124,8 @@ async fn a_notification_that_cannot_be_stored_fails_alone_in_its_group() {
             (name, status, ct, r.json::<Value>().await.unwrap())
         }
     });
-    let answers = futures::future::join_all(sends).await;
+    // Held back, so that the group after the held one mixes refused and good rows.
+    let answers = holding_commits(&h, futures::future::join_all(sends)).await;
     let mut accepted = 0;
     for (name, status, ct, v) in &answers {
         if name == "poison" {
@@ -148,7 +149,7 @@ async fn a_notification_that_cannot_be_stored_fails_alone_in_its_group() {
 async fn large_notifications_are_split_into_several_groups() {
     let (_sink, h, key) = setup(&[], &[("HERALD_MAX_BODY_BYTES", "400000")]).await;
     // 40 notifications of 200 kB each: about 16 MB to insert, so at least four groups
-    // of at most 4 MiB, whatever arrives together.
+    // of at most 4 MiB after the held one.
     const N: usize = 40;
     let filler = "x".repeat(200_000);
     let sends = (0..N).map(|i| {
@@ -157,7 +158,9 @@ async fn large_notifications_are_split_into_several_groups() {
         let (h, key) = (&h, key.clone());
         async move { h.post(&key, &body).await.status().as_u16() }
     });
-    let statuses = futures::future::join_all(sends).await;
+    // The one commit slot is held while they arrive: the first notification waits in
+    // it, the other 39 queue, and without the cap they would all go in the next group.
+    let statuses = holding_commits(&h, futures::future::join_all(sends)).await;
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM notifications WHERE length(payload->>'filler') = 200000")
@@ -166,6 +169,30 @@ async fn large_notifications_are_split_into_several_groups() {
             .unwrap();
     assert_eq!(stored, N as i64);
     let groups = metric(&h, "herald_accept_groups_total").await;
-    assert!(groups >= 4.0, "{groups} groups for {N} large notifications");
+    assert!(groups >= 5.0, "{groups} groups for {N} large notifications");
     h.stop().await;
+}
+
+/// Runs `sends` while the group commit is held: a lock on `notifications` stops the
+/// first group's statement until it is seen waiting and a second has passed for the
+/// other requests to queue behind it.
+async fn holding_commits<T>(h: &Herald, sends: impl std::future::Future<Output = T>) -> T {
+    let mut tx = h.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE notifications IN SHARE MODE").execute(&mut *tx).await.unwrap();
+    let release = async {
+        eventually(Duration::from_secs(20), "a group commit waiting on the lock", || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH i AS%'",
+            )
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.commit().await.unwrap();
+    };
+    let (out, ()) = tokio::join!(sends, release);
+    out
 }
