@@ -53,11 +53,8 @@ fn rows(types: Vec<herald_core::catalog::EventType>) -> Vec<EventTypeRow> {
 /// The catalog's event types (admins; `None` for anyone else).
 #[server(prefix = "/console/fn", endpoint = "event-types/list")]
 pub async fn list_event_types() -> Result<Option<Vec<EventTypeRow>>, ServerFnError> {
-    if !crate::principal()?.is_admin() {
-        return Ok(None);
-    }
-    let types = herald_core::catalog::list_event_types(&crate::db()?).await.map_err(crate::readable)?;
-    Ok(Some(rows(types)))
+    let who = crate::principal()?;
+    Ok(crate::allowed(herald_core::catalog::list_event_types(&crate::db()?, &who).await)?.map(rows))
 }
 
 /// The event catalog as the caller sees it (an owner: the types they may receive).

@@ -46,14 +46,12 @@ pub struct HistoryPage {
 #[cfg(feature = "ssr")]
 const PAGE: i64 = 50;
 
-/// One page of the history (admins; `None` for anyone else).
+/// One page of the history: the caller's owner's notifications (an admin: everyone's;
+/// `None` for a caller without `notifications:read`).
 #[server(prefix = "/console/fn", endpoint = "history")]
 pub async fn history(q: HistoryParams) -> Result<Option<HistoryPage>, ServerFnError> {
     use herald_core::notifications::read::{self, HistoryQuery};
     let who = crate::principal()?;
-    if !who.is_admin() {
-        return Ok(None);
-    }
     let query = HistoryQuery {
         event_type: q.event_type,
         status: q.status,
@@ -66,7 +64,7 @@ pub async fn history(q: HistoryParams) -> Result<Option<HistoryPage>, ServerFnEr
         limit: Some(PAGE),
     };
     let (filter, limit) = query.filter().map_err(crate::readable)?;
-    let page = read::list(&crate::db()?, &who, &filter, limit).await.map_err(crate::readable)?;
+    let Some(page) = crate::allowed(read::list(&crate::db()?, &who, &filter, limit).await)? else { return Ok(None) };
     let next_before = (page.len() as i64 == limit).then(|| page.last().map(|n| n.id.to_string())).flatten();
     let rows = page
         .into_iter()
@@ -340,19 +338,13 @@ pub struct NotificationPage {
     pub deliveries: Vec<DeliveryRow>,
 }
 
-/// One notification (admins; `None` for anyone else, and for an unknown id).
+/// One notification (`None` for one the caller may not see, and for an unknown id).
 #[server(prefix = "/console/fn", endpoint = "notification")]
 pub async fn notification(id: String) -> Result<Option<NotificationPage>, ServerFnError> {
-    use herald_core::error::Error;
     let who = crate::principal()?;
-    if !who.is_admin() {
-        return Ok(None);
-    }
     let Ok(id) = id.parse() else { return Ok(None) };
-    let n = match herald_core::notifications::read::get(&crate::db()?, &who, id).await {
-        Ok(n) => n,
-        Err(Error::NotFound) => return Ok(None),
-        Err(e) => return Err(crate::readable(e)),
+    let Some(n) = crate::allowed(herald_core::notifications::read::get(&crate::db()?, &who, id).await)? else {
+        return Ok(None);
     };
     let word = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
     let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string();
@@ -410,14 +402,11 @@ pub async fn notification(id: String) -> Result<Option<NotificationPage>, Server
     }))
 }
 
-/// Sends a finished webhook delivery again (admins).
+/// Sends a finished webhook delivery again (the endpoint's manager).
 #[server(prefix = "/console/fn", endpoint = "notification/resend")]
 pub async fn resend_delivery(endpoint: String, delivery: String) -> Result<String, ServerFnError> {
     let who = crate::principal()?;
     let not_found = || ServerFnError::new("no such delivery");
-    if !who.is_admin() {
-        return Err(not_found());
-    }
     let (endpoint, delivery) = (endpoint.parse().map_err(|_| not_found())?, delivery.parse().map_err(|_| not_found())?);
     herald_core::webhooks::deliveries::resend(&crate::db()?, &who, endpoint, delivery)
         .await
@@ -425,14 +414,11 @@ pub async fn resend_delivery(endpoint: String, delivery: String) -> Result<Strin
     Ok("Queued again.".into())
 }
 
-/// Sends every finished webhook delivery of a notification again (admins).
+/// Sends every finished webhook delivery of a notification again (its sender).
 #[server(prefix = "/console/fn", endpoint = "notification/replay")]
 pub async fn replay_notification(id: String) -> Result<String, ServerFnError> {
     let who = crate::principal()?;
     let not_found = || ServerFnError::new("no such notification");
-    if !who.is_admin() {
-        return Err(not_found());
-    }
     let id = id.parse().map_err(|_| not_found())?;
     let ids = herald_core::webhooks::deliveries::replay_notification(&crate::db()?, &who, id)
         .await

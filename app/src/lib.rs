@@ -74,10 +74,9 @@ pub struct AuditParams {
 /// request.
 #[server(prefix = "/console/fn", endpoint = "audit")]
 pub async fn audit_log(#[server(default)] q: AuditParams) -> Result<Option<AuditView>, ServerFnError> {
-    use herald_core::audit::{self, Filter, Verdict};
-    if !session_user().is_some_and(|u| u.admin) {
-        return Ok(None);
-    }
+    use herald_core::audit::{Filter, Verdict};
+    use herald_core::auditing;
+    let who = principal()?;
     let db = db()?;
     let text = |v: Option<String>| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let time = |name: &str, v: Option<String>| {
@@ -94,12 +93,11 @@ pub async fn audit_log(#[server(default)] q: AuditParams) -> Result<Option<Audit
         until: time("until", q.until)?,
         before,
     };
-    let unreadable = |_| ServerFnError::new("the audit log could not be read; see Herald's log");
     const PAGE: i64 = 50;
-    let entries = audit::list(&db, &filter, PAGE).await.map_err(unreadable)?;
+    let Some(entries) = allowed(auditing::list(&db, &who, &filter, PAGE).await)? else { return Ok(None) };
     let next_before = (entries.len() as i64 == PAGE).then(|| entries.last().map(|e| e.seq)).flatten();
-    let chain = match audit::verify(&db).await.map_err(unreadable)? {
-        Verdict::Intact { count, head } => format!(
+    let chain = match auditing::chain(&db, &who).await.map_err(readable)? {
+        Verdict::Intact { count, head, .. } => format!(
             "Chain verified: {count} entries, head {}",
             head.map(|h| h.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()).unwrap_or_default()
         ),
@@ -281,7 +279,19 @@ fn principal() -> Result<herald_core::apikeys::Principal, ServerFnError> {
         .as_ref()
         .and_then(|p| p.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>())
         .map(|c| c.0.ip().to_string());
-    Ok(user.principal(request_id.map(str::to_owned), source))
+    Ok(user.principal(herald_core::access::request_id(request_id), source))
+}
+
+/// What a page shows of an operation the access policy may refuse: `None` (the page
+/// says "Page not found") for what the caller may not see or do, the result otherwise.
+#[cfg(feature = "ssr")]
+fn allowed<T>(r: Result<T, herald_core::error::Error>) -> Result<Option<T>, ServerFnError> {
+    use herald_core::error::Error;
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::Forbidden(_) | Error::NotFound) => Ok(None),
+        Err(e) => Err(readable(e)),
+    }
 }
 
 /// A domain error as a person reads it (internal causes stay in the log).
@@ -301,7 +311,7 @@ fn readable(e: herald_core::error::Error) -> ServerFnError {
 pub async fn list_keys() -> Result<Vec<KeyRow>, ServerFnError> {
     let who = principal()?;
     let db = db()?;
-    let keys = herald_core::apikeys::list_own(&db, &who).await.map_err(readable)?;
+    let keys = herald_core::apikeys::list(&db, &who).await.map_err(readable)?;
     Ok(keys
         .into_iter()
         .map(|k| KeyRow {
@@ -328,7 +338,8 @@ pub async fn create_key(name: String, scopes: String, owner: String) -> Result<S
         scopes.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let owner = Some(owner.trim().to_owned()).filter(|o| !o.is_empty());
     let new = herald_core::apikeys::NewKey { name, scopes, owner, rate_limit: None, addressable_owners: None };
-    let created = herald_core::apikeys::create_own(&db, &who, new).await.map_err(readable)?;
+    let rate = state()?.config.api_rate_limit;
+    let created = herald_core::apikeys::create(&db, &who, new, None, rate).await.map_err(readable)?;
     Ok(created.secret)
 }
 
@@ -338,7 +349,7 @@ pub async fn revoke_key(id: String) -> Result<(), ServerFnError> {
     let who = principal()?;
     let db = db()?;
     let id = id.parse().map_err(|_| ServerFnError::new("no such key"))?;
-    herald_core::apikeys::revoke_own(&db, &who, id).await.map_err(readable)
+    herald_core::apikeys::revoke(&db, &who, id).await.map_err(readable)
 }
 
 /// API keys: the caller's (an admin: everyone's), create one, revoke one.

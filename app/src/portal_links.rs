@@ -21,11 +21,10 @@ pub struct LinkRow {
 #[server(prefix = "/console/fn", endpoint = "portal-links/list")]
 pub async fn list_links() -> Result<Option<Vec<LinkRow>>, ServerFnError> {
     let who = crate::principal()?;
-    if !who.is_admin() {
-        return Ok(None);
-    }
     let now = chrono::Utc::now();
-    let links = herald_core::identity::portal::list(&crate::db()?, &who).await.map_err(crate::readable)?;
+    let Some(links) = crate::allowed(herald_core::identity::portal::list(&crate::db()?, &who).await)? else {
+        return Ok(None);
+    };
     Ok(Some(
         links
             .into_iter()

@@ -20,10 +20,10 @@ pub struct TemplateRow {
 /// The templates (admins; `None` for anyone else).
 #[server(prefix = "/console/fn", endpoint = "templates/list")]
 pub async fn list_templates() -> Result<Option<Vec<TemplateRow>>, ServerFnError> {
-    if !crate::principal()?.is_admin() {
+    let who = crate::principal()?;
+    let Some(rows) = crate::allowed(herald_core::catalog::list_templates(&crate::db()?, &who).await)? else {
         return Ok(None);
-    }
-    let rows = herald_core::catalog::list_templates(&crate::db()?).await.map_err(crate::readable)?;
+    };
     Ok(Some(
         rows.into_iter()
             .map(|t| TemplateRow { key: t.key, published: t.published_version, latest: t.latest_version })
@@ -160,14 +160,10 @@ pub struct TemplateDetail {
 /// A template and its versions (admins; `None` for anyone else or an unknown key).
 #[server(prefix = "/console/fn", endpoint = "templates/get")]
 pub async fn template(key: String) -> Result<Option<TemplateDetail>, ServerFnError> {
-    use herald_core::error::Error;
-    if !crate::principal()?.is_admin() {
+    let who = crate::principal()?;
+    let Some((t, versions)) = crate::allowed(herald_core::catalog::get_template(&crate::db()?, &who, &key).await)?
+    else {
         return Ok(None);
-    }
-    let (t, versions) = match herald_core::catalog::get_template(&crate::db()?, &key).await {
-        Ok(found) => found,
-        Err(Error::NotFound) => return Ok(None),
-        Err(e) => return Err(crate::readable(e)),
     };
     Ok(Some(TemplateDetail {
         key: t.key,

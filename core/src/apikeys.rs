@@ -12,92 +12,10 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::audit::{self, Actor, ActorKind, Target};
+use crate::audit::{self, ActorKind, Target};
+use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    NotificationsWrite,
-    NotificationsRead,
-    EndpointsRead,
-    EndpointsWrite,
-    /// Makes and revokes portal links (for any owner the key may address).
-    PortalLinks,
-    /// Reaches every owner's resources.
-    Admin,
-}
-
-impl Scope {
-    pub const ALL: [Scope; 6] = [
-        Scope::NotificationsWrite,
-        Scope::NotificationsRead,
-        Scope::EndpointsRead,
-        Scope::EndpointsWrite,
-        Scope::PortalLinks,
-        Scope::Admin,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::NotificationsWrite => "notifications:write",
-            Scope::NotificationsRead => "notifications:read",
-            Scope::EndpointsRead => "endpoints:read",
-            Scope::EndpointsWrite => "endpoints:write",
-            Scope::PortalLinks => "portal_links:write",
-            Scope::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|sc| sc.as_str() == s)
-    }
-}
-
-/// An authenticated caller as the domain layer sees it: an API key, a logged-in user,
-/// or an API client holding the identity provider's token.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub kind: ActorKind,
-    /// The API key id, the user's subject, or the client id.
-    pub id: String,
-    /// Set for API keys (notifications record the key they came with).
-    pub key_id: Option<Uuid>,
-    pub owner: String,
-    /// The key's scopes (a scope this version does not know is dropped).
-    pub scopes: Vec<Scope>,
-    /// The key's own requests-per-second limit (`None`: `HERALD_API_RATE_LIMIT`).
-    pub rate_limit: Option<u32>,
-    /// The owners whose endpoints this caller's notifications may reach (`None`: any).
-    pub addressable: Option<Vec<String>>,
-    /// The request's id (`x-request-id`) and peer address, for the audit log.
-    pub request_id: Option<String>,
-    pub source: Option<String>,
-}
-
-impl Principal {
-    pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
-    }
-    pub fn is_admin(&self) -> bool {
-        self.has(Scope::Admin)
-    }
-
-    /// The rate limiter's key for this caller.
-    pub fn rate_key(&self) -> Uuid {
-        self.key_id
-            .unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("{:?}:{}", self.kind, self.id).as_bytes()))
-    }
-
-    /// This caller as the actor of an audited change.
-    pub fn actor(&self) -> Actor {
-        Actor {
-            kind: self.kind,
-            id: self.id.clone(),
-            owner: Some(self.owner.clone()),
-            request_id: self.request_id.clone(),
-            source: self.source.clone(),
-        }
-    }
-}
+pub use crate::access::{Principal, Scope};
 
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
@@ -109,6 +27,8 @@ pub struct ApiKeyInfo {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Requests per second (`null`: `HERALD_API_RATE_LIMIT`; 0: no limit).
+    pub rate_limit: Option<i32>,
     /// The owners its notifications may address (`null`: any).
     pub addressable_owners: Option<Vec<String>>,
 }
@@ -136,61 +56,121 @@ fn hash(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-/// Creates a key. `owner_email` is where Herald writes to the owner (for example when
-/// it disables one of their endpoints).
-/// What a key may do besides its scopes.
-#[derive(Debug, Clone, Default)]
-pub struct KeyLimits {
-    /// Requests per second (`None`: `HERALD_API_RATE_LIMIT`; 0: none).
+/// The most keys one owner may hold.
+pub const MAX_KEYS_PER_OWNER: i64 = 100;
+
+/// What [`create`] takes: the API's body, the console's form, the CLI's flags.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Only an admin may name another owner.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Requests per second, at most the caller's own (default: the caller's rate or
+    /// `HERALD_API_RATE_LIMIT`, whichever is lower; 0, no limit, only for a caller
+    /// with none).
+    #[serde(default)]
     pub rate_limit: Option<u32>,
-    /// The owners its notifications may address (`None`: any).
-    pub addressable: Option<Vec<String>>,
+    /// The owners its notifications may address (default: any; a limited caller's
+    /// keys are limited to at most the caller's owners).
+    #[serde(default)]
+    pub addressable_owners: Option<Vec<String>>,
 }
 
+/// The rate a new key gets: no more than its creator's. `wanted` as asked (`None`:
+/// unspecified, `Some(0)`: no limit); the creator's effective rate (`None`: no limit).
+fn granted_rate(wanted: Option<u32>, creator: Option<u32>, default: u32) -> Result<Option<u32>> {
+    match (wanted, creator) {
+        (wanted, None) => Ok(wanted),
+        (None, Some(mine)) => Ok((default == 0 || default > mine).then_some(mine)),
+        (Some(0), Some(mine)) => Err(Error::Forbidden(format!(
+            "you cannot give a key no rate limit: yours is {mine} requests per second"
+        ))),
+        (Some(w), Some(mine)) if w > mine => Err(Error::Forbidden(format!(
+            "you cannot give a key {w} requests per second: yours is {mine}"
+        ))),
+        (Some(w), Some(_)) => Ok(Some(w)),
+    }
+}
+
+/// Creates an API key for `who`: with at most the caller's scopes, for the caller's
+/// owner (an admin: any owner), at most the caller's rate, addressing at most the
+/// caller's owners; at most [`MAX_KEYS_PER_OWNER`] active keys per owner, counted under
+/// the owner's lock. A portal link's visitor makes none (a key would outlive the link).
+/// `owner_email` is where Herald writes to the owner (the CLI's `--owner-email`).
+/// Without an owner, the CLI's key is its own owner (`key:<id>`), anyone else's is
+/// the caller's. Audited.
 pub async fn create(
     db: &PgPool,
-    actor: &Actor,
-    name: &str,
-    scopes: &[String],
-    owner: Option<&str>,
+    who: &Principal,
+    new: NewKey,
     owner_email: Option<&str>,
-    limits: KeyLimits,
-) -> anyhow::Result<CreatedKey> {
-    let KeyLimits { rate_limit, addressable } = limits;
-    let name = name.trim();
-    anyhow::ensure!(!name.is_empty() && name.len() <= 200, "the key name must be 1 to 200 characters");
-    anyhow::ensure!(!scopes.is_empty(), "give the key at least one --scope");
-    for s in scopes {
-        anyhow::ensure!(
-            Scope::parse(s).is_some(),
-            "unknown scope '{s}'; known scopes: {}",
-            Scope::ALL.map(Scope::as_str).join(", ")
-        );
+    default_rate: u32,
+) -> Result<CreatedKey> {
+    who.require_account()?;
+    let name = new.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::Invalid("the key name must be 1 to 200 characters".into()));
     }
-    if let Some(owner) = owner {
-        anyhow::ensure!(
-            !owner.trim().is_empty() && owner.len() <= 255 && !owner.starts_with("key:"),
-            "the owner must be 1 to 255 characters and must not start with 'key:'"
-        );
+    if new.scopes.is_empty() {
+        return Err(Error::Invalid("give the key at least one scope".into()));
     }
-    let addressable: Option<Vec<String>> = addressable.map(|a| {
+    let mut scopes = Vec::with_capacity(new.scopes.len());
+    for s in &new.scopes {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            Error::Invalid(format!("unknown scope '{s}'; known scopes: {}", Scope::ALL.map(Scope::as_str).join(", ")))
+        })?;
+        who.require(scope)
+            .map_err(|_| Error::Forbidden(format!("you cannot give a key the scope '{s}', which you do not hold")))?;
+        scopes.push(scope.as_str().to_owned());
+    }
+    scopes.sort();
+    scopes.dedup();
+    let id = Uuid::now_v7();
+    let owner = match new.owner.map(|o| o.trim().to_owned()) {
+        Some(o) if o == who.owner => o,
+        Some(o) if who.is_admin() => {
+            if o.is_empty() || o.len() > 255 || o.starts_with("key:") || o.contains('\0') {
+                return Err(Error::Invalid(
+                    "the owner must be 1 to 255 characters and must not start with 'key:'".into(),
+                ));
+            }
+            o
+        }
+        Some(_) => return Err(Error::Forbidden("only an admin may create keys for another owner".into())),
+        None if who.kind == ActorKind::Cli => format!("key:{id}"),
+        None => who.owner.clone(),
+    };
+    let rate_limit = granted_rate(new.rate_limit, who.effective_rate(default_rate), default_rate)?;
+    let addressable: Option<Vec<String>> = new.addressable_owners.map(|a| {
         let mut a: Vec<String> = a.into_iter().map(|o| o.trim().to_owned()).collect();
         a.sort();
         a.dedup();
         a
     });
     if let Some(a) = &addressable {
-        anyhow::ensure!(
-            !a.is_empty() && a.len() <= 100 && a.iter().all(|o| !o.is_empty() && o.len() <= 255 && !o.contains('\0')),
-            "the owners a key may address must be 1 to 100 names of 1 to 255 characters"
-        );
+        if a.is_empty() || a.len() > 100 || a.iter().any(|o| o.is_empty() || o.len() > 255 || o.contains('\0')) {
+            return Err(Error::Invalid(
+                "the owners a key may address must be 1 to 100 names of 1 to 255 characters".into(),
+            ));
+        }
     }
+    let addressable = match (&who.addressable, addressable) {
+        (None, wanted) => wanted,
+        (Some(mine), None) => Some(mine.clone()),
+        (Some(mine), Some(wanted)) => match wanted.iter().find(|o| !mine.contains(o)) {
+            Some(o) => return Err(Error::Forbidden(format!("you cannot let a key address '{o}', which you may not"))),
+            None => Some(wanted),
+        },
+    };
     let owner_email = match owner_email {
         None => None,
         Some(e) => Some(
             e.trim()
                 .parse::<lettre::Address>()
-                .map_err(|_| anyhow::anyhow!("--owner-email '{e}' is not an email address"))?
+                .map_err(|_| Error::Invalid(format!("'{}' is not an email address", e.replace('\0', ""))))?
                 .to_string(),
         ),
     };
@@ -203,16 +183,23 @@ pub async fn create(
     }
     let prefix = hex::encode(prefix);
     let key = format!("hk_{prefix}_{}", hex::encode(secret));
-    let id = Uuid::now_v7();
-    let owner = owner.map(str::to_owned).unwrap_or_else(|| format!("key:{id}"));
-    let mut scopes = scopes.to_vec();
-    scopes.sort();
-    scopes.dedup();
     let mut tx = db.begin().await?;
+    // One owner's creations queue here, so the count below cannot be raced past.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('api_keys:' || $1, 0))")
+        .bind(&owner)
+        .execute(&mut *tx)
+        .await?;
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE owner = $1 AND revoked_at IS NULL")
+        .bind(&owner)
+        .fetch_one(&mut *tx)
+        .await?;
+    if have >= MAX_KEYS_PER_OWNER {
+        return Err(Error::LimitExceeded(format!("an owner may hold at most {MAX_KEYS_PER_OWNER} active API keys")));
+    }
     let info = sqlx::query_as::<_, ApiKeyInfo>(
         "INSERT INTO api_keys (id, name, prefix, key_hash, scopes, owner, rate_limit, addressable_owners)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         RETURNING id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, addressable_owners",
+         RETURNING id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, rate_limit, addressable_owners",
     )
     .bind(id)
     .bind(name)
@@ -229,45 +216,56 @@ pub async fn create(
     }
     audit::record(
         &mut tx,
-        actor,
+        &who.actor(),
         "api_key.created",
         Target { kind: "api_key", id: info.id.to_string() },
         None,
-        Some(serde_json::to_value(&info)?),
+        Some(serde_json::to_value(&info).map_err(Error::internal)?),
     )
     .await?;
     tx.commit().await?;
     Ok(CreatedKey { info, secret: key })
 }
 
-pub async fn list(db: &PgPool) -> anyhow::Result<Vec<ApiKeyInfo>> {
+/// The caller's owner's keys (an admin: every key), never their secrets.
+pub async fn list(db: &PgPool, who: &Principal) -> Result<Vec<ApiKeyInfo>> {
+    who.require_account()?;
     Ok(sqlx::query_as::<_, ApiKeyInfo>(
-        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, addressable_owners FROM api_keys
-         ORDER BY id",
+        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, rate_limit, addressable_owners
+         FROM api_keys WHERE herald_owns(owner, $1, $2) ORDER BY id",
     )
+    .bind(&who.owner)
+    .bind(who.is_admin())
     .fetch_all(db)
     .await?)
 }
 
-/// Revokes a key. Returns false when no such key exists; revoking twice is harmless.
-pub async fn revoke(db: &PgPool, actor: &Actor, id: Uuid) -> anyhow::Result<bool> {
+/// Revokes one of the caller's owner's keys (an admin: any); another owner's key is
+/// "not found". Revoking twice is harmless and recorded once.
+pub async fn revoke(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
+    who.require_account()?;
     let mut tx = db.begin().await?;
     let revoked: Option<bool> = sqlx::query_scalar(
         "UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now())
-         FROM api_keys old WHERE k.id = $1 AND old.id = k.id
+         FROM api_keys old WHERE k.id = $1 AND old.id = k.id AND herald_owns(k.owner, $2, $3)
          RETURNING old.revoked_at IS NULL",
     )
     .bind(id)
+    .bind(&who.owner)
+    .bind(who.is_admin())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(newly) = revoked else { return Ok(false) };
-    // Revoking twice changes nothing, and is not recorded twice.
+    let Some(newly) = revoked else { return Err(Error::NotFound) };
     if newly {
-        audit::record(&mut tx, actor, "api_key.revoked", Target { kind: "api_key", id: id.to_string() }, None, None)
+        // The endpoints it made as an admin lose their admin reach with it.
+        crate::webhooks::endpoints::revoke_admin_reach(&mut tx, ActorKind::ApiKey, &id.to_string()).await?;
+        audit::record(&mut tx, &who.actor(), "api_key.revoked", Target { kind: "api_key", id: id.to_string() }, None, None)
             .await?;
     }
     tx.commit().await?;
-    Ok(true)
+    crate::cache::changed(crate::cache::API_KEYS);
+    crate::cache::changed(crate::cache::ENDPOINTS);
+    Ok(())
 }
 
 #[derive(Clone, sqlx::FromRow)]
@@ -300,7 +298,7 @@ pub struct CachedKey {
 }
 
 pub fn key_cache() -> std::sync::Arc<KeyCache> {
-    KeyCache::new("herald_api_keys", KEY_TTL)
+    KeyCache::new(crate::cache::API_KEYS, KEY_TTL)
 }
 
 /// Checks a presented key, from `cache` when it holds it. `Ok(None)` for unknown,
@@ -359,106 +357,9 @@ fn principal_of(db: &PgPool, row: KeyRow, presented: &str) -> Option<Principal> 
         scopes: row.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
         rate_limit: row.rate_limit.map(|r| r.max(0) as u32),
         addressable: row.addressable_owners,
+        portal_link: None,
         request_id: None,
         source: None,
     })
 }
 
-/// The most keys one owner may hold through [`create_own`].
-pub const MAX_KEYS_PER_OWNER: i64 = 100;
-
-/// What [`create_own`] takes.
-#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewKey {
-    pub name: String,
-    pub scopes: Vec<String>,
-    /// Only an admin may name another owner.
-    #[serde(default)]
-    pub owner: Option<String>,
-    #[serde(default)]
-    pub rate_limit: Option<u32>,
-    /// The owners its notifications may address (default: any; a limited caller's
-    /// keys are limited to at most the caller's owners).
-    #[serde(default)]
-    pub addressable_owners: Option<Vec<String>>,
-}
-
-/// Creates an API key for the caller: an owner only for themselves and with at most
-/// their own scopes; an admin for any owner. Audited.
-pub async fn create_own(db: &PgPool, who: &Principal, new: NewKey) -> crate::error::Result<CreatedKey> {
-    use crate::error::Error;
-    let mut scopes = Vec::with_capacity(new.scopes.len());
-    for s in &new.scopes {
-        let scope = Scope::parse(s).ok_or_else(|| {
-            Error::Invalid(format!("unknown scope '{s}'; known scopes: {}", Scope::ALL.map(Scope::as_str).join(", ")))
-        })?;
-        if !who.is_admin() && !who.has(scope) {
-            return Err(Error::Forbidden(format!("you cannot give a key the scope '{s}', which you do not hold")));
-        }
-        scopes.push(scope.as_str().to_owned());
-    }
-    let owner = match new.owner {
-        Some(o) if who.is_admin() => o,
-        Some(o) if o == who.owner => o,
-        Some(_) => return Err(Error::Forbidden("only an admin may create keys for another owner".into())),
-        None => who.owner.clone(),
-    };
-    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE owner = $1 AND revoked_at IS NULL")
-        .bind(&owner)
-        .fetch_one(db)
-        .await?;
-    if have >= MAX_KEYS_PER_OWNER {
-        return Err(Error::LimitExceeded(format!("an owner may hold at most {MAX_KEYS_PER_OWNER} active API keys")));
-    }
-    let addressable = match (&who.addressable, new.addressable_owners) {
-        (None, wanted) => wanted,
-        (Some(mine), None) => Some(mine.clone()),
-        (Some(mine), Some(wanted)) => match wanted.iter().find(|o| !mine.contains(o)) {
-            Some(o) => return Err(Error::Forbidden(format!("you cannot let a key address '{o}', which you may not"))),
-            None => Some(wanted),
-        },
-    };
-    create(
-        db,
-        &who.actor(),
-        &new.name,
-        &scopes,
-        Some(&owner),
-        None,
-        KeyLimits { rate_limit: new.rate_limit, addressable },
-    )
-    .await
-    .map_err(|e| {
-        // `create` explains input problems in its message; anything else is internal.
-        match e.downcast::<sqlx::Error>() {
-            Ok(db) => Error::from(db),
-            Err(e) => Error::Invalid(e.to_string()),
-        }
-    })
-}
-
-/// The caller's keys (an admin: every key), never their secrets.
-pub async fn list_own(db: &PgPool, who: &Principal) -> crate::error::Result<Vec<ApiKeyInfo>> {
-    Ok(sqlx::query_as::<_, ApiKeyInfo>(
-        "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, addressable_owners FROM api_keys
-         WHERE owner = $1 OR $2 ORDER BY id",
-    )
-    .bind(&who.owner)
-    .bind(who.is_admin())
-    .fetch_all(db)
-    .await?)
-}
-
-/// Revokes one of the caller's keys (an admin: any). Another owner's key is "not found".
-pub async fn revoke_own(db: &PgPool, who: &Principal, id: Uuid) -> crate::error::Result<()> {
-    let owner: Option<String> =
-        sqlx::query_scalar("SELECT owner FROM api_keys WHERE id = $1").bind(id).fetch_optional(db).await?;
-    match owner {
-        Some(o) if o == who.owner || who.is_admin() => {
-            revoke(db, &who.actor(), id).await.map_err(crate::error::Error::Internal)?;
-            Ok(())
-        }
-        _ => Err(crate::error::Error::NotFound),
-    }
-}

@@ -56,9 +56,47 @@ pub struct Target<'a> {
 /// The advisory lock that serialises writers of the chain.
 const CHAIN_LOCK: i64 = 0x4845_5241_4c44_4155; // "HERALDAU"
 
+/// The chain's key, derived from `HERALD_SECRET_KEY` (`use_key`, at start). The
+/// database never sees it, so the database's own role cannot extend the chain.
+static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+
+/// Loads the chain's key from Herald's secret key. One process, one key: a second,
+/// different key is refused.
+pub fn use_key(secret: &crate::secrets::SecretKey) -> anyhow::Result<()> {
+    let derived = secret.derive(b"herald/audit-chain/v1");
+    let held = KEY.get_or_init(|| derived);
+    anyhow::ensure!(*held == derived, "the audit chain's key is already loaded with another HERALD_SECRET_KEY");
+    Ok(())
+}
+
+fn key() -> sqlx::Result<&'static [u8; 32]> {
+    KEY.get().ok_or_else(|| sqlx::Error::Protocol("the audit chain's key is not loaded (HERALD_SECRET_KEY)".into()))
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// A keyed entry's hash: HMAC-SHA256(key, prev_hash ‖ canonical content).
+fn keyed_hash(key: &[u8; 32], prev: &[u8], canonical: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(prev);
+    mac.update(canonical);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// An entry from before the chain was keyed: SHA-256(prev_hash ‖ canonical content).
+fn unkeyed_hash(prev: &[u8], canonical: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(prev);
+    h.update(canonical);
+    h.finalize().to_vec()
+}
+
 /// Appends an entry on `conn` (the transaction making the change). Writers queue on
 /// one lock until their transaction ends, so the chain never forks; the entry commits or
-/// rolls back with the change.
+/// rolls back with the change. The database computes the canonical bytes; the hash is
+/// made here, under the chain's key.
 pub async fn record(
     conn: &mut PgConnection,
     actor: &Actor,
@@ -67,18 +105,36 @@ pub async fn record(
     before: Option<Value>,
     after: Option<Value>,
 ) -> sqlx::Result<()> {
+    let key = key()?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *conn).await?;
-    sqlx::query(
+    let (seq, prev, at, canonical): (i64, Vec<u8>, DateTime<Utc>, Vec<u8>) = sqlx::query_as(
         "WITH head AS (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1),
               v AS (SELECT coalesce((SELECT seq FROM head), 0) + 1 AS seq,
                            coalesce((SELECT hash FROM head), decode(repeat('00', 32), 'hex')) AS prev,
                            date_trunc('microseconds', clock_timestamp()) AS at)
-         INSERT INTO audit_log (seq, at, actor_kind, actor, owner, action, target_kind, target, before, after,
-                                request_id, source, prev_hash, hash)
-         SELECT v.seq, v.at, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, v.prev,
-                herald_audit_hash(v.prev, v.seq, v.at, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         SELECT v.seq, v.prev, v.at, herald_audit_canonical(v.seq, v.at, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          FROM v",
     )
+    .bind(actor.kind)
+    .bind(&actor.id)
+    .bind(&actor.owner)
+    .bind(action)
+    .bind(target.kind)
+    .bind(&target.id)
+    .bind(&before)
+    .bind(&after)
+    .bind(&actor.request_id)
+    .bind(&actor.source)
+    .fetch_one(&mut *conn)
+    .await?;
+    let hash = keyed_hash(key, &prev, &canonical);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor_kind, actor, owner, action, target_kind, target, before, after,
+                                request_id, source, prev_hash, hash, keyed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, true)",
+    )
+    .bind(seq)
+    .bind(at)
     .bind(actor.kind)
     .bind(&actor.id)
     .bind(&actor.owner)
@@ -89,6 +145,8 @@ pub async fn record(
     .bind(after)
     .bind(&actor.request_id)
     .bind(&actor.source)
+    .bind(prev)
+    .bind(hash)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -167,26 +225,104 @@ pub async fn list(db: &PgPool, f: &Filter, limit: i64) -> sqlx::Result<Vec<Entry
 /// The result of walking the chain.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every entry links to the one before and hashes to its stored hash.
-    Intact { count: i64, head: Option<Vec<u8>> },
+    /// Every entry links to the one before and hashes to its stored hash. `unkeyed`:
+    /// how many of them (the oldest) were written before the chain was keyed.
+    Intact { count: i64, head: Option<Vec<u8>>, unkeyed: i64 },
     /// The first entry that does not.
     Broken { seq: i64, reason: String },
 }
 
-/// Walks the chain from the first entry: sequence numbers without gaps, each entry's
-/// `prev_hash` equal to the previous entry's hash, and each hash equal to the hash of
-/// the entry's content as stored now.
-pub async fn verify(db: &PgPool) -> sqlx::Result<Verdict> {
-    let mut rows = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>, Vec<u8>)>(
-        "SELECT seq, prev_hash, hash,
-                herald_audit_hash(prev_hash, seq, at, actor_kind, actor, owner, action, target_kind, target, before,
-                                  after, request_id, source)
-         FROM audit_log ORDER BY seq",
-    )
-    .fetch(db);
+/// A point of the chain: an entry's sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub hash: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The checkpoint's tag: HMAC under the chain's key, so only a holder of
+    /// `HERALD_SECRET_KEY` can make one.
+    fn tag(&self, key: &[u8; 32]) -> Vec<u8> {
+        keyed_hash(key, b"herald-audit-checkpoint/v1", &[&self.seq.to_be_bytes()[..], &self.hash].concat())
+    }
+
+    /// The line `herald audit checkpoint` prints, to keep outside the database.
+    pub fn signed_line(&self) -> sqlx::Result<String> {
+        Ok(format!(
+            "herald-audit-checkpoint v1 seq={} hash={} tag={}",
+            self.seq,
+            hex::encode(&self.hash),
+            hex::encode(self.tag(key()?))
+        ))
+    }
+
+    /// Reads a line of [`Checkpoint::signed_line`], checking its tag.
+    pub fn parse_signed(line: &str) -> Result<Checkpoint, String> {
+        let mut seq = None;
+        let mut hash = None;
+        let mut tag = None;
+        let mut words = line.split_whitespace();
+        if (words.next(), words.next()) != (Some("herald-audit-checkpoint"), Some("v1")) {
+            return Err("not a checkpoint line (it starts with 'herald-audit-checkpoint v1')".into());
+        }
+        for w in words {
+            match w.split_once('=') {
+                Some(("seq", v)) => seq = v.parse::<i64>().ok(),
+                Some(("hash", v)) => hash = hex::decode(v).ok(),
+                Some(("tag", v)) => tag = hex::decode(v).ok(),
+                _ => return Err(format!("unexpected '{}' in the checkpoint line", w.chars().take(40).collect::<String>())),
+            }
+        }
+        let (Some(seq), Some(hash), Some(tag)) = (seq, hash, tag) else {
+            return Err("the checkpoint line needs seq=, hash= and tag=".into());
+        };
+        let cp = Checkpoint { seq, hash };
+        let key = key().map_err(|e| e.to_string())?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&cp.tag(key)[..], &tag[..])) {
+            return Err("the checkpoint's tag is not valid under this HERALD_SECRET_KEY (forged, or another key)".into());
+        }
+        Ok(cp)
+    }
+}
+
+/// Walks the chain from the first entry (`from: None`) or from a checkpoint: the
+/// checkpoint's entry must still have its hash, sequence numbers have no gaps, each
+/// entry's `prev_hash` is the previous entry's hash, and each hash is the keyed hash of
+/// the entry's content as stored now (unkeyed SHA-256 only for entries older than every
+/// keyed one).
+pub async fn verify_from(db: &PgPool, from: Option<&Checkpoint>) -> sqlx::Result<Verdict> {
+    let key = key()?;
     let mut expected_seq = 1i64;
     let mut prev = vec![0u8; 32];
-    while let Some((seq, prev_hash, hash, recomputed)) = rows.try_next().await? {
+    if let Some(cp) = from {
+        let at: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1").bind(cp.seq).fetch_optional(db).await?;
+        match at {
+            None => {
+                return Ok(Verdict::Broken {
+                    seq: cp.seq,
+                    reason: "the checkpoint's entry is gone (entries were removed)".into(),
+                })
+            }
+            Some(h) if h != cp.hash => {
+                return Ok(Verdict::Broken { seq: cp.seq, reason: "the checkpoint's entry was rewritten".into() })
+            }
+            Some(_) => {}
+        }
+        expected_seq = cp.seq + 1;
+        prev = cp.hash.clone();
+    }
+    let mut rows = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>, bool, Vec<u8>)>(
+        "SELECT seq, prev_hash, hash, keyed,
+                herald_audit_canonical(seq, at, actor_kind, actor, owner, action, target_kind, target, before,
+                                       after, request_id, source)
+         FROM audit_log WHERE seq >= $1 ORDER BY seq",
+    )
+    .bind(expected_seq)
+    .fetch(db);
+    let mut unkeyed = 0i64;
+    let mut seen_keyed = from.is_some();
+    while let Some((seq, prev_hash, hash, keyed, canonical)) = rows.try_next().await? {
         if seq != expected_seq {
             return Ok(Verdict::Broken {
                 seq: expected_seq,
@@ -196,6 +332,15 @@ pub async fn verify(db: &PgPool) -> sqlx::Result<Verdict> {
         if prev_hash != prev {
             return Ok(Verdict::Broken { seq, reason: "it does not link to the entry before it".into() });
         }
+        let recomputed = if keyed {
+            seen_keyed = true;
+            keyed_hash(key, &prev_hash, &canonical)
+        } else if seen_keyed {
+            return Ok(Verdict::Broken { seq, reason: "an unkeyed entry after keyed ones".into() });
+        } else {
+            unkeyed += 1;
+            unkeyed_hash(&prev_hash, &canonical)
+        };
         if hash != recomputed {
             return Ok(Verdict::Broken { seq, reason: "its content does not match its hash".into() });
         }
@@ -203,5 +348,68 @@ pub async fn verify(db: &PgPool) -> sqlx::Result<Verdict> {
         expected_seq += 1;
     }
     let count = expected_seq - 1;
-    Ok(Verdict::Intact { count, head: (count > 0).then_some(prev) })
+    Ok(Verdict::Intact { count, head: (count > 0).then_some(prev), unkeyed })
+}
+
+/// Walks the whole chain, and checks every stored checkpoint whose tag is valid
+/// against the entry it names.
+pub async fn verify(db: &PgPool) -> sqlx::Result<Verdict> {
+    let verdict = verify_from(db, None).await?;
+    if let Verdict::Intact { .. } = verdict {
+        for cp in checkpoints(db).await? {
+            let hash: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1").bind(cp.seq).fetch_optional(db).await?;
+            if hash.as_ref() != Some(&cp.hash) {
+                return Ok(Verdict::Broken {
+                    seq: cp.seq,
+                    reason: "the entry does not match a checkpoint recorded earlier".into(),
+                });
+            }
+        }
+    }
+    Ok(verdict)
+}
+
+/// The stored checkpoints whose tags are valid, newest first (forged ones are skipped).
+async fn checkpoints(db: &PgPool) -> sqlx::Result<Vec<Checkpoint>> {
+    let key = key()?;
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash, tag FROM audit_checkpoints ORDER BY seq DESC").fetch_all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, hash, tag)| (Checkpoint { seq, hash }, tag))
+        .filter(|(cp, tag)| bool::from(subtle::ConstantTimeEq::ct_eq(&cp.tag(key)[..], &tag[..])))
+        .map(|(cp, _)| cp)
+        .collect())
+}
+
+/// Records the chain's head as a checkpoint (after walking the chain up to it) and
+/// returns it; `None` while the chain is empty. Refuses a broken chain.
+pub async fn checkpoint(db: &PgPool) -> sqlx::Result<Result<Option<Checkpoint>, Verdict>> {
+    match verify_incremental(db).await? {
+        Verdict::Intact { count, head: Some(hash), .. } => Ok(Ok(Some(Checkpoint { seq: count, hash }))),
+        Verdict::Intact { .. } => Ok(Ok(None)),
+        broken => Ok(Err(broken)),
+    }
+}
+
+/// Verifies only what was appended since the newest valid stored checkpoint (the
+/// console's check on every view), then stores the head as the new checkpoint. What
+/// lies before that checkpoint is checked by [`verify`] (`herald audit verify`).
+pub async fn verify_incremental(db: &PgPool) -> sqlx::Result<Verdict> {
+    let key = key()?;
+    let from = checkpoints(db).await?.into_iter().next();
+    let verdict = verify_from(db, from.as_ref()).await?;
+    if let Verdict::Intact { count, head: Some(hash), .. } = &verdict {
+        let cp = Checkpoint { seq: *count, hash: hash.clone() };
+        if from.as_ref().is_none_or(|f| f.seq < cp.seq) {
+            sqlx::query("INSERT INTO audit_checkpoints (seq, hash, tag) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING")
+                .bind(cp.seq)
+                .bind(&cp.hash)
+                .bind(cp.tag(key))
+                .execute(db)
+                .await?;
+        }
+    }
+    Ok(verdict)
 }

@@ -19,6 +19,46 @@ use sqlx::PgPool;
 /// The most entries kept; past it the cache starts over.
 const MAX_ENTRIES: usize = 10_000;
 
+/// The channels, one per kind of row cached (the triggers of the `…_lane.sql`
+/// migration notify them).
+pub const API_KEYS: &str = "herald_api_keys";
+pub const CATALOG: &str = "herald_catalog";
+pub const ENDPOINTS: &str = "herald_endpoints";
+
+trait Invalidate: Send + Sync {
+    fn channel(&self) -> &'static str;
+    fn invalidate(&self);
+}
+
+/// Every cache of this process, by channel, so that a change empties them itself.
+static LOCAL: Mutex<Vec<std::sync::Weak<dyn Invalidate>>> = Mutex::new(Vec::new());
+
+/// Empties this process's caches of `channel` at once. Every domain operation that
+/// changes cached rows calls it after its commit, so the process's very next request
+/// sees the change (other processes learn it by the trigger's NOTIFY, within
+/// milliseconds). Reads never call it.
+pub fn changed(channel: &str) {
+    let mut local = LOCAL.lock().expect("cache registry");
+    local.retain(|w| match w.upgrade() {
+        Some(c) => {
+            if c.channel() == channel {
+                c.invalidate();
+            }
+            true
+        }
+        None => false,
+    });
+}
+
+impl<K: Eq + Hash + Send + 'static, V: Clone + Send + 'static> Invalidate for Watched<K, V> {
+    fn channel(&self) -> &'static str {
+        self.channel
+    }
+    fn invalidate(&self) {
+        Watched::invalidate(self)
+    }
+}
+
 pub struct Watched<K, V> {
     channel: &'static str,
     ttl: Duration,
@@ -27,15 +67,18 @@ pub struct Watched<K, V> {
     live: AtomicBool,
 }
 
-impl<K: Eq + Hash, V: Clone> Watched<K, V> {
+impl<K: Eq + Hash + Send + 'static, V: Clone + Send + 'static> Watched<K, V> {
     pub fn new(channel: &'static str, ttl: Duration) -> Arc<Self> {
-        Arc::new(Self {
+        let cache = Arc::new(Self {
             channel,
             ttl,
             map: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             live: AtomicBool::new(false),
-        })
+        });
+        let weak: std::sync::Weak<dyn Invalidate> = Arc::downgrade(&cache) as std::sync::Weak<dyn Invalidate>;
+        LOCAL.lock().expect("cache registry").push(weak);
+        cache
     }
 
     /// A fresh entry, while the channel is listened to.

@@ -8,18 +8,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::apikeys::Principal;
+use crate::access::Principal;
 use crate::audit::{self, Target};
 use crate::error::{Error, FieldError, Result};
 use crate::model::lookup;
 use crate::templates::{render_email, EmailTemplate, RenderedEmail};
 
+/// The catalog is managed and read whole by admins only (owners read what they may
+/// receive, `receivable_event_types`).
 fn admin_only(who: &Principal) -> Result<()> {
-    if who.is_admin() {
-        Ok(())
-    } else {
-        Err(Error::Forbidden("only admins manage event types and templates".into()))
-    }
+    who.require_admin()
 }
 
 /// An event type as the catalog shows it.
@@ -183,7 +181,8 @@ async fn set_grants(conn: &mut sqlx::PgConnection, name: &str, grants: &[String]
     Ok(grants)
 }
 
-pub async fn list_event_types(db: &PgPool) -> Result<Vec<EventType>> {
+pub async fn list_event_types(db: &PgPool, who: &Principal) -> Result<Vec<EventType>> {
+    admin_only(who)?;
     Ok(sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM event_types ORDER BY name")).fetch_all(db).await?)
 }
 
@@ -207,7 +206,8 @@ pub async fn receivable_event_types(db: &PgPool, who: &Principal) -> Result<Vec<
     Ok(types)
 }
 
-pub async fn get_event_type(db: &PgPool, name: &str) -> Result<EventType> {
+pub async fn get_event_type(db: &PgPool, who: &Principal, name: &str) -> Result<EventType> {
+    admin_only(who)?;
     sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM event_types WHERE name = $1"))
         .bind(name)
         .fetch_optional(db)
@@ -248,6 +248,7 @@ pub async fn create_event_type(db: &PgPool, who: &Principal, e: NewEventType) ->
     let t = Target { kind: "event_type", id: created.name.clone() };
     audit::record(&mut tx, &who.actor(), "event_type.created", t, None, snapshot(&created)).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::CATALOG);
     Ok(created)
 }
 
@@ -300,6 +301,7 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
     let t = Target { kind: "event_type", id: name.to_owned() };
     audit::record(&mut tx, &who.actor(), "event_type.updated", t, snapshot(&cur), snapshot(&updated)).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::CATALOG);
     Ok(updated)
 }
 
@@ -375,11 +377,13 @@ fn compile(c: &Content) -> Result<()> {
     Ok(())
 }
 
-pub async fn list_templates(db: &PgPool) -> Result<Vec<Template>> {
+pub async fn list_templates(db: &PgPool, who: &Principal) -> Result<Vec<Template>> {
+    admin_only(who)?;
     Ok(sqlx::query_as(&format!("{TEMPLATE_SELECT} ORDER BY t.key")).fetch_all(db).await?)
 }
 
-pub async fn get_template(db: &PgPool, key: &str) -> Result<(Template, Vec<Version>)> {
+pub async fn get_template(db: &PgPool, who: &Principal, key: &str) -> Result<(Template, Vec<Version>)> {
+    admin_only(who)?;
     let t: Template = sqlx::query_as(&format!("{TEMPLATE_SELECT} WHERE t.key = $1"))
         .bind(key)
         .fetch_optional(db)
@@ -429,7 +433,8 @@ pub async fn create_template(db: &PgPool, who: &Principal, n: NewTemplate) -> Re
     let t = Target { kind: "template", id: n.key.clone() };
     audit::record(&mut tx, &who.actor(), "template.created", t, None, Some(json!({ "version": 1 }))).await?;
     tx.commit().await?;
-    Ok(get_template(db, &n.key).await?.0)
+    crate::cache::changed(crate::cache::CATALOG);
+    Ok(get_template(db, who, &n.key).await?.0)
 }
 
 async fn insert_version(conn: &mut sqlx::PgConnection, key: &str, version: i32, c: &Content) -> Result<()> {
@@ -470,6 +475,7 @@ pub async fn add_version(db: &PgPool, who: &Principal, key: &str, c: Content) ->
     let t = Target { kind: "template", id: key.to_owned() };
     audit::record(&mut tx, &who.actor(), "template.version_added", t, None, Some(json!({ "version": next }))).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::CATALOG);
     Ok(next)
 }
 
@@ -503,7 +509,8 @@ pub async fn publish(db: &PgPool, who: &Principal, key: &str, version: i32) -> R
     let (b, a) = (json!({ "published_version": before }), json!({ "published_version": version }));
     audit::record(&mut tx, &who.actor(), "template.published", t, Some(b), Some(a)).await?;
     tx.commit().await?;
-    Ok(get_template(db, key).await?.0)
+    crate::cache::changed(crate::cache::CATALOG);
+    Ok(get_template(db, who, key).await?.0)
 }
 
 /// What a preview renders: a stored version or unsaved content, against a payload or
@@ -525,7 +532,7 @@ pub struct PreviewRequest {
 /// is a `TemplateRender` error naming the part and line.
 pub async fn preview(db: &PgPool, who: &Principal, key: &str, req: PreviewRequest) -> Result<RenderedEmail> {
     admin_only(who)?;
-    let (template, versions) = get_template(db, key).await?;
+    let (template, versions) = get_template(db, who, key).await?;
     let (version, content) = match (req.content, req.version) {
         (Some(c), _) => (0, c),
         (None, v) => {
@@ -548,7 +555,7 @@ pub async fn preview(db: &PgPool, who: &Principal, key: &str, req: PreviewReques
     };
     let payload = match (req.payload, req.event_type) {
         (Some(p), _) => p,
-        (None, Some(et)) => get_event_type(db, &et).await?.sample_payload.unwrap_or(json!({})),
+        (None, Some(et)) => get_event_type(db, who, &et).await?.sample_payload.unwrap_or(json!({})),
         (None, None) => {
             // The sample of an event type that routes to this template, if any.
             sqlx::query_scalar::<_, Option<Value>>(
@@ -586,7 +593,7 @@ pub struct DiffLine {
 /// The line diff between two versions of a template, part by part.
 pub async fn diff(db: &PgPool, who: &Principal, key: &str, from: i32, to: i32) -> Result<Vec<DiffLine>> {
     admin_only(who)?;
-    let (_, versions) = get_template(db, key).await?;
+    let (_, versions) = get_template(db, who, key).await?;
     let find = |v: i32| {
         versions
             .iter()

@@ -76,6 +76,15 @@ impl Settings {
         }
     }
 
+    /// `HERALD_SECRET_KEY`, checked.
+    pub fn secret_key(&self) -> Result<crate::secrets::SecretKey, ConfigError> {
+        crate::secrets::SecretKey::parse_hex(&self.required(
+            "HERALD_SECRET_KEY",
+            "it encrypts webhook signing secrets at rest and keys the audit chain; generate one with `openssl rand -hex 32` and keep it safe",
+        )?)
+        .map_err(|m| ConfigError::new("HERALD_SECRET_KEY", m))
+    }
+
     pub fn database_url(&self) -> Result<String, ConfigError> {
         let url =
             self.required("DATABASE_URL", "set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1/herald")?;
@@ -471,11 +480,7 @@ impl Config {
                 _ => Err(format!("'{v}' is not true or false")),
             })?,
             site_root: s.parsed("HERALD_SITE_ROOT", "target/site".to_owned(), |v| Ok(v.to_owned()))?,
-            secret_key: crate::secrets::SecretKey::parse_hex(&s.required(
-                "HERALD_SECRET_KEY",
-                "it encrypts webhook signing secrets at rest; generate one with `openssl rand -hex 32` and keep it safe",
-            )?)
-            .map_err(|m| ConfigError::new("HERALD_SECRET_KEY", m))?,
+            secret_key: s.secret_key()?,
             webhook: WebhookConfig {
                 retry_schedule: s.parsed("HERALD_WEBHOOK_RETRY_SCHEDULE", RetrySchedule::webhook_default(), |v| {
                     RetrySchedule::parse(v)

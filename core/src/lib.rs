@@ -3,9 +3,11 @@
 //! `app` (Leptos) and `server` (the `herald` binary) depend on this crate; it never
 //! depends on them. See ARCHITECTURE.md for the map.
 
+pub mod access;
 pub mod api;
 pub mod apikeys;
 pub mod audit;
+pub mod auditing;
 pub mod bus;
 pub mod cache;
 pub mod catalog;

@@ -8,7 +8,8 @@
 //! `herald_endpoints_disabled_total`, `herald_webhook_ssrf_refused_total`,
 //! `herald_webhook_deferred_total`, `herald_lane_carried_total{topic}`,
 //! `herald_lane_overflows_total{topic}`, `herald_accept_groups_total` (group commits of
-//! accepted notifications: `herald_notifications_accepted_total` ÷ this is the mean group).
+//! accepted notifications: `herald_notifications_accepted_total` ÷ this is the mean group),
+//! `herald_login_failures_unrecorded_total{why}`.
 
 use std::sync::OnceLock;
 
@@ -121,6 +122,12 @@ pub fn pruned(table: &'static str, n: u64) {
 }
 
 /// API requests refused by a key's rate limit.
+/// A failed login the audit log did not record (over the failure budget, or no login
+/// in progress: anonymous callbacks).
+pub fn login_failure_unrecorded(why: &'static str) {
+    metrics::counter!("herald_login_failures_unrecorded_total", "why" => why).increment(1);
+}
+
 pub fn rate_limited() {
     metrics::counter!("herald_api_rate_limited_total").increment(1);
 }

@@ -30,8 +30,6 @@ pub enum ApiError {
     TooManyRequests(u64),
     #[error("{0}")]
     Unauthorized(&'static str),
-    #[error("the API key lacks the scope '{0}'")]
-    Forbidden(&'static str),
     #[error("not found")]
     NotFound,
     #[error("this method is not allowed on this path")]
@@ -91,7 +89,6 @@ impl ApiError {
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large"),
             TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
-            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
             Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout", "Request timeout"),

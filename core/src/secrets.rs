@@ -54,6 +54,14 @@ impl SecretKey {
         Self(key)
     }
 
+    /// A key of its own for one purpose (`label`), derived from this one:
+    /// HMAC-SHA256(key, label). Knowing a derived key reveals nothing of this one.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length");
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&self.0).into())
     }
@@ -114,6 +122,21 @@ impl SecretKey {
     /// associated data so no sealed secret or header map passes for one).
     pub fn seal_token(&self, msg: &[u8]) -> String {
         URL_B64.encode(self.seal_bytes(TOKEN_AAD, msg))
+    }
+
+    /// An opaque URL-safe token for one `purpose` (its associated data): a token sealed
+    /// for one purpose never opens for another, nor as a tracking token or a secret.
+    pub fn seal_for(&self, purpose: &str, msg: &[u8]) -> String {
+        URL_B64.encode(self.seal_bytes(format!("herald/{purpose}").as_bytes(), msg))
+    }
+
+    /// What a token from [`Self::seal_for`] with the same `purpose` carries; `None` for
+    /// anything else (forged, altered, another purpose or key, over 2 KiB).
+    pub fn open_for(&self, purpose: &str, token: &str) -> Option<Vec<u8>> {
+        if token.len() > 2048 {
+            return None;
+        }
+        self.open_bytes(format!("herald/{purpose}").as_bytes(), &URL_B64.decode(token).ok()?)
     }
 
     /// What a token from [`Self::seal_token`] carries; `None` for anything forged,

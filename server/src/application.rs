@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::Method;
 use axum::Router;
 use herald_core::api::{self, AppState, BusProbe};
 use herald_core::bus::kafka::{self, KafkaConsumer, KafkaSettings, Relay};
@@ -185,6 +184,7 @@ impl Application {
         let prometheus = metrics::install();
         let pool = db::connect(&config.database_url, config.db_max_connections).await?;
         db::migrate(&pool).await?;
+        herald_core::audit::use_key(&config.secret_key)?;
         let sealed = herald_core::webhooks::endpoints::seal_legacy_headers(&pool, &config.secret_key).await?;
         if sealed > 0 {
             tracing::info!(endpoints = sealed, "sealed the custom header values of endpoints stored before sealing");
@@ -377,6 +377,18 @@ impl Application {
         }
         let layers = tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            // A client's x-request-id is kept only when it is short and plain (it reaches
+            // logs and the audit log); otherwise Herald makes one.
+            .layer(axum::middleware::map_request(|mut req: axum::extract::Request| async move {
+                let plain = herald_core::access::request_id(
+                    req.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+                )
+                .is_some();
+                if !plain {
+                    req.headers_mut().remove("x-request-id");
+                }
+                req
+            }))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
                 tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
@@ -387,25 +399,10 @@ impl Application {
                 herald_core::problem::ApiError::Timeout(REQUEST_TIMEOUT.as_secs())
             }))
             .layer(tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT));
-        // A change made through this process is seen by its very next request: the
-        // caches of API keys and event types are emptied before the answer of any request
-        // that may change them leaves (other processes learn it by NOTIFY).
-        let (keys, processor) = (state.keys.clone(), state.processor.clone());
+        // A change made through this process is seen by its very next request: each
+        // domain operation that changes cached rows empties the caches itself
+        // (`cache::changed`), so reads (console server functions are POSTs) empty nothing.
         let app = app
-            .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let (keys, processor, endpoints) = (keys.clone(), processor.clone(), endpoints.clone());
-                async move {
-                    let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-                        && req.uri().path() != "/api/v1/notifications";
-                    let response = next.run(req).await;
-                    if changes {
-                        keys.invalidate();
-                        processor.forget_catalog();
-                        endpoints.invalidate();
-                    }
-                    response
-                }
-            }))
             .layer(layers.clone());
         let listener = tokio::net::TcpListener::bind(config.listen_addr)
             .await

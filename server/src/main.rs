@@ -40,9 +40,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Walk the hash chain: prints OK with the entry count and head hash, or the first
-    /// broken entry (exit status 1).
-    Verify,
+    /// Walk the keyed hash chain: prints OK with the entry count and head hash, or the
+    /// first broken entry (exit status 1).
+    Verify {
+        /// Verify from a checkpoint line printed earlier by `herald audit checkpoint`
+        /// (the line itself, or @FILE): its tag, its entry's hash, and every entry since.
+        #[arg(long = "since-checkpoint", value_name = "LINE|@FILE")]
+        since_checkpoint: Option<String>,
+    },
+    /// Verify the chain and print its head as a signed checkpoint line, to keep outside
+    /// the database (a later `verify --since-checkpoint` then detects any rewrite or
+    /// removal up to it).
+    Checkpoint,
 }
 
 #[derive(Subcommand)]
@@ -94,10 +103,11 @@ fn hex_encode(bytes: Vec<u8>) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The CLI as the actor of audited changes: the OS user running it.
-fn cli_actor() -> herald_core::audit::Actor {
+/// The CLI as a caller of the domain (and the actor of audited changes): the OS user
+/// running it, an operator holding the database's credentials.
+fn cli_principal() -> herald_core::access::Principal {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    herald_core::audit::Actor::cli(&user)
+    herald_core::access::Principal::cli(&user)
 }
 
 #[tokio::main]
@@ -129,38 +139,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify) => {
+        Command::Audit(cmd) => {
+            use herald_core::audit::{self, Checkpoint, Verdict};
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;
-            match herald_core::audit::verify(&pool).await? {
-                herald_core::audit::Verdict::Intact { count, head } => {
+            audit::use_key(&settings.secret_key()?)?;
+            let verdict = match cmd {
+                AuditCommand::Verify { since_checkpoint: None } => audit::verify(&pool).await?,
+                AuditCommand::Verify { since_checkpoint: Some(line) } => {
+                    let line = match line.strip_prefix('@') {
+                        Some(path) => std::fs::read_to_string(path)
+                            .map_err(|e| anyhow::anyhow!("--since-checkpoint: cannot read {path}: {e}"))?,
+                        None => line,
+                    };
+                    let cp = Checkpoint::parse_signed(line.trim()).map_err(|m| anyhow::anyhow!("--since-checkpoint: {m}"))?;
+                    audit::verify_from(&pool, Some(&cp)).await?
+                }
+                AuditCommand::Checkpoint => match audit::checkpoint(&pool).await? {
+                    Ok(Some(cp)) => {
+                        println!("{}", cp.signed_line()?);
+                        return Ok(());
+                    }
+                    Ok(None) => anyhow::bail!("the audit log is empty: there is no head to checkpoint"),
+                    Err(broken) => broken,
+                },
+            };
+            match verdict {
+                Verdict::Intact { count, head, unkeyed } => {
                     let head = head.map(hex_encode).unwrap_or_else(|| "none".into());
-                    println!("OK: {count} entries, head {head}");
+                    let older = if unkeyed > 0 {
+                        format!(" ({unkeyed} written before the chain was keyed, checked by SHA-256 only)")
+                    } else {
+                        String::new()
+                    };
+                    println!("OK: {count} entries, head {head}{older}");
                     Ok(())
                 }
-                herald_core::audit::Verdict::Broken { seq, reason } => {
-                    anyhow::bail!("the audit log is broken at entry {seq}: {reason}")
-                }
+                Verdict::Broken { seq, reason } => anyhow::bail!("the audit log is broken at entry {seq}: {reason}"),
             }
         }
         Command::ApiKey(cmd) => {
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;
+            herald_core::audit::use_key(&settings.secret_key()?)?;
             match cmd {
                 ApiKeyCommand::Create { name, scopes, owner, owner_email, rate_limit, address_owners } => {
-                    let k = apikeys::create(
-                        &pool,
-                        &cli_actor(),
-                        &name,
-                        &scopes,
-                        owner.as_deref(),
-                        owner_email.as_deref(),
-                        apikeys::KeyLimits {
-                            rate_limit,
-                            addressable: (!address_owners.is_empty()).then_some(address_owners),
-                        },
-                    )
-                    .await?;
+                    let new = apikeys::NewKey {
+                        name,
+                        scopes,
+                        owner,
+                        rate_limit,
+                        addressable_owners: (!address_owners.is_empty()).then_some(address_owners),
+                    };
+                    let k = apikeys::create(&pool, &cli_principal(), new, owner_email.as_deref(), 0).await?;
                     println!(
                         "created API key {} ({}) with scopes {} for owner {}",
                         k.info.id,
@@ -176,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{:<36}  {:<20}  {:<12}  {:<8}  {:<30}  SCOPES",
                         "ID", "NAME", "PREFIX", "STATE", "LAST USED"
                     );
-                    for k in apikeys::list(&pool).await? {
+                    for k in apikeys::list(&pool, &cli_principal()).await? {
                         println!(
                             "{:<36}  {:<20}  {:<12}  {:<8}  {:<30}  {}",
                             k.id,
@@ -191,7 +222,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ApiKeyCommand::Revoke { id } => {
                     let id: uuid::Uuid =
                         id.parse().map_err(|_| anyhow::anyhow!("'{id}' is not an API key id (a UUID)"))?;
-                    anyhow::ensure!(apikeys::revoke(&pool, &cli_actor(), id).await?, "no API key with id {id}");
+                    match apikeys::revoke(&pool, &cli_principal(), id).await {
+                        Err(herald_core::error::Error::NotFound) => anyhow::bail!("no API key with id {id}"),
+                        other => other?,
+                    }
                     println!("revoked API key {id}");
                 }
             }

@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{Admin, Auth};
+use super::auth::Auth;
 use super::AppState;
-use crate::audit::{self, Filter};
+use crate::audit::Filter;
+use crate::auditing;
 use crate::problem::ApiError;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -37,7 +38,7 @@ pub struct AuditQuery {
 )]
 pub async fn list(
     State(s): State<AppState>,
-    _: Auth<Admin>,
+    Auth(who): Auth,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
@@ -47,7 +48,7 @@ pub async fn list(
     }
     let filter =
         Filter { actor: q.actor, action: q.action, target: q.target, since: q.since, until: q.until, before: q.before };
-    let entries = audit::list(&s.db, &filter, limit).await?;
+    let entries = auditing::list(&s.db, &who, &filter, limit).await?;
     let next = if entries.len() as i64 == limit { entries.last().map(|e| e.seq) } else { None };
     Ok(Json(json!({ "data": entries, "next_before": next })))
 }

@@ -1,62 +1,21 @@
-//! Authentication as an extractor: a handler that takes `Auth<S>` cannot run without
-//! a valid API key holding scope `S`.
-
-use std::marker::PhantomData;
+//! Authentication as an extractor: a handler that takes `Auth` cannot run without a
+//! valid API key or access token. It decides nothing else: each domain operation asks
+//! the access policy (`crate::access`) whether this caller may do it.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::AppState;
-use crate::apikeys::{self, Principal, Scope};
+use crate::apikeys::{self, Principal};
 use crate::identity::{self, tokens::TokenVerifier};
 use crate::problem::ApiError;
 
-pub trait RequiredScope {
-    /// `None`: any authenticated caller (the operation checks what it may do).
-    const SCOPE: Option<Scope>;
-}
+/// The authenticated caller. What it may do is the domain's to decide
+/// (`access::Principal::require` in each operation); this only says who it is.
+pub struct Auth(pub Principal);
 
-/// Any authenticated caller.
-pub struct Any;
-impl RequiredScope for Any {
-    const SCOPE: Option<Scope> = None;
-}
-
-pub struct NotificationsWrite;
-impl RequiredScope for NotificationsWrite {
-    const SCOPE: Option<Scope> = Some(Scope::NotificationsWrite);
-}
-
-pub struct NotificationsRead;
-impl RequiredScope for NotificationsRead {
-    const SCOPE: Option<Scope> = Some(Scope::NotificationsRead);
-}
-
-pub struct EndpointsRead;
-impl RequiredScope for EndpointsRead {
-    const SCOPE: Option<Scope> = Some(Scope::EndpointsRead);
-}
-
-pub struct EndpointsWrite;
-impl RequiredScope for EndpointsWrite {
-    const SCOPE: Option<Scope> = Some(Scope::EndpointsWrite);
-}
-
-pub struct PortalLinks;
-impl RequiredScope for PortalLinks {
-    const SCOPE: Option<Scope> = Some(Scope::PortalLinks);
-}
-
-/// Admin-only operations (the audit log).
-pub struct Admin;
-impl RequiredScope for Admin {
-    const SCOPE: Option<Scope> = Some(Scope::Admin);
-}
-
-pub struct Auth<S: RequiredScope>(pub Principal, pub PhantomData<S>);
-
-impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
+impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
@@ -82,7 +41,7 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
                 .await?
                 .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?,
         };
-        principal.request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        principal.request_id = crate::access::request_id(parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
         principal.source =
             parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
         let limit = principal.rate_limit.unwrap_or(state.config.api_rate_limit);
@@ -90,11 +49,6 @@ impl<S: RequiredScope + Send + Sync> FromRequestParts<AppState> for Auth<S> {
             crate::metrics::rate_limited();
             return Err(ApiError::TooManyRequests(wait));
         }
-        if let Some(scope) = S::SCOPE {
-            if !principal.has(scope) && !principal.is_admin() {
-                return Err(ApiError::Forbidden(scope.as_str()));
-            }
-        }
-        Ok(Auth(principal, PhantomData))
+        Ok(Auth(principal))
     }
 }

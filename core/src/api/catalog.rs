@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{Admin, Auth};
+use super::auth::Auth;
 use super::{json_body, AppState};
 use crate::catalog::{self, Content, EventType, EventTypePatch, NewEventType, NewTemplate, PreviewRequest};
 use crate::problem::ApiError;
@@ -22,8 +22,8 @@ use crate::problem::ApiError;
     summary = "The event types (admins)",
     responses((status = 200, description = "Event types", body = crate::api::openapi::EventTypeList), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
 )]
-pub async fn list_event_types(State(s): State<AppState>, _: Auth<Admin>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": catalog::list_event_types(&s.db).await? })))
+pub async fn list_event_types(State(s): State<AppState>, Auth(who): Auth) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "data": catalog::list_event_types(&s.db, &who).await? })))
 }
 
 #[utoipa::path(
@@ -37,10 +37,10 @@ pub async fn list_event_types(State(s): State<AppState>, _: Auth<Admin>) -> Resu
 )]
 pub async fn get_event_type(
     State(s): State<AppState>,
-    _: Auth<Admin>,
+    Auth(who): Auth,
     Path(name): Path<String>,
 ) -> Result<Json<EventType>, ApiError> {
-    Ok(Json(catalog::get_event_type(&s.db, &name).await?))
+    Ok(Json(catalog::get_event_type(&s.db, &who, &name).await?))
 }
 
 #[utoipa::path(
@@ -54,7 +54,7 @@ pub async fn get_event_type(
 )]
 pub async fn create_event_type(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<EventType>), ApiError> {
     let new: NewEventType = json_body(body, s.config.max_body_bytes)?;
@@ -73,7 +73,7 @@ pub async fn create_event_type(
 )]
 pub async fn update_event_type(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EventType>, ApiError> {
@@ -89,8 +89,8 @@ pub async fn update_event_type(
     summary = "The templates (admins)",
     responses((status = 200, description = "Templates", body = crate::api::openapi::TemplateList), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
 )]
-pub async fn list_templates(State(s): State<AppState>, _: Auth<Admin>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": catalog::list_templates(&s.db).await? })))
+pub async fn list_templates(State(s): State<AppState>, Auth(who): Auth) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "data": catalog::list_templates(&s.db, &who).await? })))
 }
 
 #[utoipa::path(
@@ -104,10 +104,10 @@ pub async fn list_templates(State(s): State<AppState>, _: Auth<Admin>) -> Result
 )]
 pub async fn get_template(
     State(s): State<AppState>,
-    _: Auth<Admin>,
+    Auth(who): Auth,
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (t, versions) = catalog::get_template(&s.db, &key).await?;
+    let (t, versions) = catalog::get_template(&s.db, &who, &key).await?;
     let mut v = serde_json::to_value(t).map_err(anyhow::Error::from)?;
     v["versions"] = serde_json::to_value(versions).map_err(anyhow::Error::from)?;
     Ok(Json(v))
@@ -124,7 +124,7 @@ pub async fn get_template(
 )]
 pub async fn create_template(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewTemplate = json_body(body, s.config.max_body_bytes)?;
@@ -144,7 +144,7 @@ pub async fn create_template(
 )]
 pub async fn add_version(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     Path(key): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -171,7 +171,7 @@ pub struct Publish {
 )]
 pub async fn publish(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     Path(key): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -192,7 +192,7 @@ pub async fn publish(
 )]
 pub async fn preview(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     Path(key): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -224,7 +224,7 @@ pub struct DiffQuery {
 )]
 pub async fn diff(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     Path(key): Path<String>,
     q: Result<Query<DiffQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -245,7 +245,7 @@ pub async fn diff(
 )]
 pub async fn test_send(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Admin>,
+    Auth(who): Auth,
     Path(key): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<crate::notifications::accept::Accepted>), ApiError> {
@@ -264,7 +264,7 @@ pub async fn test_send(
 )]
 pub async fn receivable(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<super::auth::Any>,
+    Auth(who): Auth,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "data": catalog::receivable_event_types(&s.db, &who).await? })))
 }

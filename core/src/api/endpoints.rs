@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::auth::{Auth, EndpointsRead, EndpointsWrite, NotificationsWrite};
+use super::auth::Auth;
 use super::{json_body, AppState};
 use crate::model::DeliveryStatus;
 use crate::notifications::accept::Accepted;
@@ -42,7 +42,7 @@ pub struct Created {
 )]
 pub async fn create(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let new: NewEndpoint = json_body(body, s.config.max_body_bytes)?;
@@ -92,7 +92,7 @@ impl Page {
 )]
 pub async fn list(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsRead>,
+    Auth(who): Auth,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(page) = page.map_err(|r| ApiError::InvalidRequest(format!("query string: {}", r.body_text())))?;
@@ -113,7 +113,7 @@ pub async fn list(
 )]
 pub async fn get(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsRead>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
     Ok(Json(endpoints::get(&s.db, &who, id(&raw)?).await?))
@@ -131,7 +131,7 @@ pub async fn get(
 )]
 pub async fn update(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Endpoint>, ApiError> {
@@ -151,7 +151,7 @@ pub async fn update(
 )]
 pub async fn delete(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     endpoints::delete(&s.db, &who, id(&raw)?).await?;
@@ -169,7 +169,7 @@ pub async fn delete(
 )]
 pub async fn enable(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
     Ok(Json(endpoints::set_enabled(&s.db, &who, id(&raw)?, true).await?))
@@ -186,7 +186,7 @@ pub async fn enable(
 )]
 pub async fn disable(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
     Ok(Json(endpoints::set_enabled(&s.db, &who, id(&raw)?, false).await?))
@@ -204,7 +204,7 @@ pub async fn disable(
 )]
 pub async fn secret(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let key = signing::secret(&s.db, &s.config.secret_key, &who, id(&raw)?).await?;
@@ -223,7 +223,7 @@ pub async fn secret(
 )]
 pub async fn headers(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let h = endpoints::headers(&s.db, &s.config.secret_key, &who, id(&raw)?).await?;
@@ -250,7 +250,7 @@ pub struct Rotate {
 )]
 pub async fn rotate(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -276,7 +276,7 @@ pub async fn rotate(
 )]
 pub async fn test(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let accepted = lifecycle::send_test(&s.db, &s.processor, &who, id(&raw)?).await?;
@@ -301,7 +301,7 @@ pub struct Recover {
 )]
 pub async fn recover(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -323,7 +323,7 @@ pub async fn recover(
 )]
 pub async fn deliveries(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsRead>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Vec<EndpointDelivery>>, ApiError> {
@@ -356,7 +356,7 @@ pub async fn deliveries(
 )]
 pub async fn delivery(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsRead>,
+    Auth(who): Auth,
     Path((raw, delivery)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (d, attempts) = deliveries::delivery(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
@@ -376,7 +376,7 @@ pub async fn delivery(
 )]
 pub async fn resend(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<EndpointsWrite>,
+    Auth(who): Auth,
     Path((raw, delivery)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     deliveries::resend(&s.db, &who, id(&raw)?, id(&delivery)?).await?;
@@ -396,7 +396,7 @@ pub async fn resend(
 )]
 pub async fn replay(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<NotificationsWrite>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ids = deliveries::replay_notification(&s.db, &who, id(&raw)?).await?;

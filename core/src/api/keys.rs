@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::auth::{Any, Auth};
+use super::auth::Auth;
 use super::{json_body, AppState};
 use crate::apikeys::{self, NewKey};
 use crate::problem::ApiError;
@@ -25,11 +25,11 @@ use crate::problem::ApiError;
 )]
 pub async fn create(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Any>,
+    Auth(who): Auth,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewKey = json_body(body, s.config.max_body_bytes)?;
-    let k = apikeys::create_own(&s.db, &who, new).await?;
+    let k = apikeys::create(&s.db, &who, new, None, s.config.api_rate_limit).await?;
     let mut v = serde_json::to_value(&k.info).map_err(anyhow::Error::from)?;
     v["key"] = json!(k.secret);
     Ok((StatusCode::CREATED, Json(v)))
@@ -43,8 +43,8 @@ pub async fn create(
     summary = "The caller's keys (an admin: everyone's)",
     responses((status = 200, description = "Keys", body = crate::api::openapi::KeyList), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
 )]
-pub async fn list(State(s): State<AppState>, Auth(who, ..): Auth<Any>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "data": apikeys::list_own(&s.db, &who).await? })))
+pub async fn list(State(s): State<AppState>, Auth(who): Auth) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "data": apikeys::list(&s.db, &who).await? })))
 }
 
 #[utoipa::path(
@@ -58,10 +58,10 @@ pub async fn list(State(s): State<AppState>, Auth(who, ..): Auth<Any>) -> Result
 )]
 pub async fn revoke(
     State(s): State<AppState>,
-    Auth(who, ..): Auth<Any>,
+    Auth(who): Auth,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = raw.parse().map_err(|_| ApiError::NotFound)?;
-    apikeys::revoke_own(&s.db, &who, id).await?;
+    apikeys::revoke(&s.db, &who, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

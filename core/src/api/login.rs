@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -25,8 +26,15 @@ use crate::identity::oidc::{Oidc, Pending};
 use crate::identity::{self, SessionUser};
 use crate::problem::ApiError;
 
-const PENDING: &str = "herald.login";
 const USER: &str = "herald.user";
+
+/// The cookie that carries a login in progress (sealed under `HERALD_SECRET_KEY`), so an
+/// anonymous `GET /auth/login` stores nothing on the server.
+const LOGIN_COOKIE: &str = "herald_login";
+/// How long a login in progress may take at the provider.
+const LOGIN_TTL_SECS: i64 = 600;
+/// The longest reason a failed login records (the provider's words, sanitised).
+const MAX_REASON: usize = 300;
 
 /// The routes under `/auth`.
 pub fn router(state: AppState) -> Router {
@@ -41,7 +49,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The request's id and peer address, for the audit log.
 fn request_meta(req_headers: &HeaderMap, ext: &axum::http::Extensions) -> (Option<String>, Option<String>) {
-    let id = req_headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let id = crate::access::request_id(req_headers.get("x-request-id").and_then(|v| v.to_str().ok()));
     let source = ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
     (id, source)
 }
@@ -73,14 +81,104 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
-/// Only a path on Herald itself (no open redirect).
+/// Only a path on Herald itself (no open redirect): `next` must be a path (not
+/// scheme-relative, no backslash, no control character or space anywhere, since
+/// browsers drop tabs and newlines and would read `/\t/evil` as `//evil`), and, parsed
+/// as a URL against Herald's origin, must stay on that origin. What is sent on is the
+/// parsed path and query, re-serialised. Anything else is ignored (home instead).
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with("/auth/") => {
-            n.to_owned()
-        }
-        _ => "/".to_owned(),
+    let home = || "/".to_owned();
+    let Some(n) = next else { return home() };
+    if n.len() > 2048
+        || !n.starts_with('/')
+        || n.starts_with("//")
+        || n.chars().any(|c| c == '\\' || c.is_control() || c.is_whitespace())
+    {
+        return home();
     }
+    let base = url::Url::parse("http://herald.invalid/").expect("a valid base");
+    let Ok(u) = base.join(n) else { return home() };
+    if u.origin() != base.origin() || u.path().starts_with("//") || u.path().starts_with("/auth/") {
+        return home();
+    }
+    match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_owned(),
+    }
+}
+
+/// A login in progress, as its cookie carries it.
+#[derive(serde::Serialize, Deserialize)]
+struct Started {
+    pending: Pending,
+    /// When the login began (Unix seconds).
+    at: i64,
+}
+
+fn https(s: &AppState) -> bool {
+    s.config.public_url.starts_with("https://")
+}
+
+/// The `Set-Cookie` value for the login cookie (`value` empty: delete it).
+fn login_cookie(s: &AppState, value: &str) -> HeaderValue {
+    let max_age = if value.is_empty() { 0 } else { LOGIN_TTL_SECS };
+    let secure = if https(s) { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{LOGIN_COOKIE}={value}; Path=/auth/callback; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+    ))
+    .expect("a sealed token is URL-safe base64")
+}
+
+/// The login in progress in this browser: the cookie opened, not expired.
+fn started(s: &AppState, headers: &HeaderMap) -> Option<Pending> {
+    let token = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(LOGIN_COOKIE)?.strip_prefix('='))?;
+    let plain = s.config.secret_key.open_for("login-in-progress", token)?;
+    let started: Started = serde_json::from_slice(&plain).ok()?;
+    let age = chrono::Utc::now().timestamp() - started.at;
+    (0..=LOGIN_TTL_SECS).contains(&age).then_some(started.pending)
+}
+
+/// Text from outside (the provider's error) as a failed login records it: control
+/// characters dropped, at most [`MAX_REASON`] characters.
+fn bounded(text: &str) -> String {
+    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    match clean.char_indices().nth(MAX_REASON) {
+        Some((i, _)) => format!("{}…", &clean[..i]),
+        None => clean,
+    }
+}
+
+/// Failed logins the audit log records, at most 10 a minute from one source and 60 a
+/// minute in all (beyond, they are counted and logged only), so that no one can fill
+/// the append-only log or hold its lock by failing logins.
+fn may_record_failure(source: Option<&str>) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    struct Budget {
+        window: Instant,
+        total: u32,
+        per_source: HashMap<String, u32>,
+    }
+    static BUDGET: Mutex<Option<Budget>> = Mutex::new(None);
+    let mut guard = BUDGET.lock().expect("failure budget");
+    let now = Instant::now();
+    let b = guard.get_or_insert_with(|| Budget { window: now, total: 0, per_source: HashMap::new() });
+    if now.duration_since(b.window) >= Duration::from_secs(60) {
+        *b = Budget { window: now, total: 0, per_source: HashMap::new() };
+    }
+    let mine = b.per_source.entry(source.unwrap_or("").to_owned()).or_insert(0);
+    if *mine >= 10 || b.total >= 60 {
+        return false;
+    }
+    *mine += 1;
+    b.total += 1;
+    true
 }
 
 #[derive(Deserialize)]
@@ -88,11 +186,19 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-async fn login(State(s): State<AppState>, session: Session, Query(q): Query<LoginQuery>) -> Result<Response, ApiError> {
+/// `GET /auth/login`: sends the browser to the provider. The login in progress (state,
+/// nonce, PKCE verifier, where to go next) travels in a sealed cookie, not a session
+/// row: an anonymous request stores nothing.
+async fn login(State(s): State<AppState>, q: Result<Query<LoginQuery>, QueryRejection>) -> Result<Response, ApiError> {
     let oidc = oidc(&s)?;
-    let (url, pending) = oidc.begin(safe_next(q.next.as_deref()));
-    session.insert(PENDING, &pending).await.map_err(|e| anyhow::anyhow!("session store: {e}"))?;
-    Ok(Redirect::to(&url).into_response())
+    let next = q.ok().and_then(|Query(q)| q.next);
+    let (url, pending) = oidc.begin(safe_next(next.as_deref()));
+    let sealed = serde_json::to_vec(&Started { pending, at: chrono::Utc::now().timestamp() })
+        .map_err(|e| anyhow::anyhow!("login state: {e}"))?;
+    let token = s.config.secret_key.seal_for("login-in-progress", &sealed);
+    let mut resp = Redirect::to(&url).into_response();
+    resp.headers_mut().append(header::SET_COOKIE, login_cookie(&s, &token));
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -116,23 +222,36 @@ async fn callback(State(s): State<AppState>, session: Session, req: Request) -> 
         request_id: request_id.clone(),
         source: source.clone(),
     };
-    // One use only: a replayed callback finds nothing pending.
-    let pending: Option<Pending> = session.remove(PENDING).await.map_err(|e| anyhow::anyhow!("session store: {e}"))?;
+    // One use only: the cookie is deleted with this answer, so a replayed callback
+    // finds nothing in progress.
+    let pending = started(&s, req.headers());
     let outcome = match (&pending, &q) {
-        (_, Callback { error: Some(e), error_description, .. }) => {
-            Err(format!("the identity provider refused the login: {e} {}", error_description.as_deref().unwrap_or("")))
-        }
+        (_, Callback { error: Some(e), error_description, .. }) => Err(format!(
+            "the identity provider refused the login: {} {}",
+            bounded(e),
+            bounded(error_description.as_deref().unwrap_or(""))
+        )),
         (None, _) => Err("no login is in progress in this browser (the link was replayed or has expired)".to_owned()),
         (Some(p), Callback { code: Some(code), state: Some(state), .. }) => {
-            oidc.finish(p, state, code).await.map_err(|e| e.to_string())
+            oidc.finish(p, state, code).await.map_err(|e| bounded(&e.to_string()))
         }
         (Some(_), _) => Err("the identity provider's answer has no code or state".to_owned()),
     };
-    match outcome {
+    let mut resp = match outcome {
         Err(reason) => {
-            tracing::warn!(reason = %reason, "login refused");
-            identity::record_failed_login(&s.db, &reason, &anonymous).await?;
-            Ok(page(StatusCode::BAD_REQUEST, "Login failed", &reason))
+            // Only a login Herald started is on record, within a budget: nothing
+            // anonymous writes to the append-only log.
+            if pending.is_none() {
+                crate::metrics::login_failure_unrecorded("not_started");
+                tracing::info!("callback without a login in progress refused");
+            } else if !may_record_failure(source.as_deref()) {
+                crate::metrics::login_failure_unrecorded("over_budget");
+                tracing::warn!("login refused (over the failure budget: not recorded in the audit log)");
+            } else {
+                tracing::warn!(reason = %reason, "login refused");
+                identity::record_failed_login(&s.db, &reason, &anonymous).await?;
+            }
+            page(StatusCode::BAD_REQUEST, "Login failed", &reason)
         }
         Ok(logged_in) => {
             let user = SessionUser::from_login(logged_in, oidc.config());
@@ -142,9 +261,11 @@ async fn callback(State(s): State<AppState>, session: Session, req: Request) -> 
             identity::record_login(&s.db, &user, &user.actor(request_id, source)).await?;
             tracing::info!(role = user.role(), "user logged in");
             let next = pending.map(|p| p.next).unwrap_or_else(|| "/".into());
-            Ok(Redirect::to(&next).into_response())
+            Redirect::to(&safe_next(Some(&next))).into_response()
         }
-    }
+    };
+    resp.headers_mut().append(header::SET_COOKIE, login_cookie(&s, ""));
+    Ok(resp)
 }
 
 async fn logout(State(s): State<AppState>, session: Session, req: Request) -> Result<Response, ApiError> {

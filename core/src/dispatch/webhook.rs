@@ -64,7 +64,7 @@ pub struct EndpointCache(Arc<TargetCache>);
 
 impl EndpointCache {
     pub fn new() -> Self {
-        Self(TargetCache::new("herald_endpoints", TARGET_TTL))
+        Self(TargetCache::new(crate::cache::ENDPOINTS, TARGET_TTL))
     }
 
     pub fn invalidate(&self) {

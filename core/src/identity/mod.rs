@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::apikeys::{Principal, Scope};
+use crate::access::{Principal, Scope, OWNER_SCOPES, PORTAL_SCOPES};
 use crate::audit::{self, Actor, ActorKind, Target};
 use crate::config::OidcConfig;
 
@@ -24,6 +24,10 @@ pub struct SessionUser {
     pub issuer: String,
     pub subject: String,
     pub email: Option<String>,
+    /// The provider vouches for `email`: only then does it count for a role or as the
+    /// owner's contact address.
+    #[serde(default)]
+    pub email_verified: bool,
     pub name: Option<String>,
     pub admin: bool,
     pub team: Option<String>,
@@ -41,8 +45,15 @@ pub struct SessionUser {
 impl SessionUser {
     /// Builds the session's user from a verified login and the role settings.
     pub fn from_login(login: oidc::LoggedIn, cfg: &OidcConfig) -> Self {
-        let admin = claim_values(&login.claims, &cfg.admin_claim).iter().any(|v| cfg.admin_values.contains(v));
-        let team = cfg.team_claim.as_deref().and_then(|c| claim_values(&login.claims, c).into_iter().next());
+        // An unverified email is only what the user typed: it grants nothing.
+        let counts = |claim: &str| !claim.starts_with("email") || login.email_verified;
+        let admin = counts(&cfg.admin_claim)
+            && claim_values(&login.claims, &cfg.admin_claim).iter().any(|v| cfg.admin_values.contains(v));
+        let team = cfg
+            .team_claim
+            .as_deref()
+            .filter(|c| counts(c))
+            .and_then(|c| claim_values(&login.claims, c).into_iter().next());
         let owner = match &team {
             Some(t) => t.clone(),
             None => format!("user:{}", login.subject),
@@ -51,6 +62,7 @@ impl SessionUser {
             issuer: login.issuer,
             subject: login.subject,
             email: login.email,
+            email_verified: login.email_verified,
             name: login.name,
             admin,
             team,
@@ -67,6 +79,7 @@ impl SessionUser {
             issuer: "herald:portal-link".into(),
             subject: format!("portal:{}", link.id),
             email: None,
+            email_verified: false,
             name: Some(format!("{} (portal link)", link.owner)),
             admin: false,
             team: None,
@@ -87,10 +100,10 @@ impl SessionUser {
 
     /// What the user may do, as the domain layer's caller.
     pub fn principal(&self, request_id: Option<String>, source: Option<String>) -> Principal {
-        let scopes = if self.admin {
-            vec![Scope::Admin]
-        } else {
-            vec![Scope::EndpointsRead, Scope::EndpointsWrite, Scope::NotificationsRead]
+        let scopes = match (self.admin, self.portal_link) {
+            (true, _) => vec![Scope::Admin],
+            (false, Some(_)) => PORTAL_SCOPES.to_vec(),
+            (false, None) => OWNER_SCOPES.to_vec(),
         };
         Principal {
             kind: ActorKind::User,
@@ -100,6 +113,7 @@ impl SessionUser {
             scopes,
             rate_limit: None,
             addressable: None,
+            portal_link: self.portal_link,
             request_id,
             source,
         }
@@ -131,6 +145,7 @@ pub fn client_principal(claims: &tokens::AccessClaims) -> Option<Principal> {
         scopes,
         rate_limit: None,
         addressable: None,
+        portal_link: None,
         request_id: None,
         source: None,
     })
@@ -138,7 +153,7 @@ pub fn client_principal(claims: &tokens::AccessClaims) -> Option<Principal> {
 
 /// Records a login: the user (subject, email, name, role, team, last login), the
 /// owner's contact address (for mail about their endpoints), and an audit entry.
-pub async fn record_login(db: &PgPool, user: &SessionUser, actor: &Actor) -> sqlx::Result<()> {
+pub async fn record_login(db: &PgPool, user: &SessionUser, actor: &Actor) -> crate::error::Result<()> {
     let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO users (issuer, subject, email, name, roles, team, owner, last_login_at)
@@ -148,20 +163,26 @@ pub async fn record_login(db: &PgPool, user: &SessionUser, actor: &Actor) -> sql
     )
     .bind(&user.issuer)
     .bind(&user.subject)
-    .bind(&user.email)
+    .bind(user.email.as_ref().filter(|_| user.email_verified))
     .bind(&user.name)
     .bind(vec![user.role()])
     .bind(&user.team)
     .bind(&user.owner)
     .execute(&mut *tx)
     .await?;
-    if let (Some(email), false) = (&user.email, user.admin) {
+    if !user.admin {
+        // An admin who comes back as an owner takes no admin reach along.
+        crate::webhooks::endpoints::revoke_admin_reach(&mut tx, ActorKind::User, &user.subject).await?;
+    }
+    if let (Some(email), false, true) = (&user.email, user.admin, user.email_verified) {
         crate::apikeys::set_owner_email(&mut tx, &user.owner, email).await?;
     }
     let after = serde_json::json!({ "name": user.name, "email": user.email, "role": user.role(), "team": user.team });
     audit::record(&mut tx, actor, "user.login", Target { kind: "user", id: user.subject.clone() }, None, Some(after))
         .await?;
-    tx.commit().await
+    tx.commit().await?;
+    crate::cache::changed(crate::cache::ENDPOINTS);
+    Ok(())
 }
 
 /// Records a refused login (the reason, never a token).
@@ -199,6 +220,7 @@ mod tests {
             issuer: "http://idp".into(),
             subject: "u1".into(),
             email: None,
+            email_verified: false,
             name: None,
             claims,
             id_token: String::new(),
@@ -218,5 +240,19 @@ mod tests {
         assert_eq!(team.owner, "acme");
         let no_team = SessionUser::from_login(login(serde_json::json!({})), &cfg(Some("team")));
         assert_eq!(no_team.owner, "user:u1");
+    }
+
+    #[test]
+    fn an_unverified_email_grants_no_role() {
+        let mut by_email = cfg(None);
+        by_email.admin_claim = "email".into();
+        by_email.admin_values = vec!["boss@example.test".into()];
+        let claims = serde_json::json!({"email": "boss@example.test"});
+        let mut l = login(claims.clone());
+        l.email = Some("boss@example.test".into());
+        let unverified = SessionUser::from_login(l.clone(), &by_email);
+        assert!(!unverified.admin && !unverified.email_verified);
+        l.email_verified = true;
+        assert!(SessionUser::from_login(l, &by_email).admin);
     }
 }

@@ -62,6 +62,8 @@ pub struct LoggedIn {
     pub issuer: String,
     pub subject: String,
     pub email: Option<String>,
+    /// The provider vouches for `email` (`email_verified`); absent counts as false.
+    pub email_verified: bool,
     pub name: Option<String>,
     /// Every claim of the verified ID token (for roles and teams).
     pub claims: Value,
@@ -218,6 +220,7 @@ impl Oidc {
                 issuer: claims.issuer().to_string(),
                 subject: claims.subject().to_string(),
                 email: claims.email().map(|e| e.to_string()),
+                email_verified: claims.email_verified().unwrap_or(false),
                 name: claims.name().and_then(|n| n.get(None)).map(|n| n.to_string()),
                 claims: claims_json,
                 id_token: raw,

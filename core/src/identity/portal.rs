@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::apikeys::Principal;
+use crate::access::{Principal, Scope};
 use crate::audit::{self, Actor, Target};
 use crate::error::{Error, Result};
 
@@ -51,16 +51,9 @@ pub fn url(public_url: &str, token: &str) -> String {
     format!("{}/auth/portal?token={token}", public_url.trim_end_matches('/'))
 }
 
-/// Admins, and API clients with `portal_links:write` (for the owners they may address).
-fn may_manage(who: &Principal) -> bool {
-    who.is_admin() || who.has(crate::apikeys::Scope::PortalLinks)
-}
-
 /// Makes a link (admins, or a key with `portal_links:write`). Returns it and its token, shown once.
 pub async fn create(db: &PgPool, who: &Principal, new: NewPortalLink) -> Result<(PortalLink, String)> {
-    if !may_manage(who) {
-        return Err(Error::Forbidden("only admins and keys with portal_links:write make portal links".into()));
-    }
+    who.require(Scope::PortalLinks)?;
     let owner = new.owner.trim().to_owned();
     if owner.is_empty() || owner.len() > 255 || owner.contains('\0') || owner.starts_with("key:") {
         return Err(Error::Invalid("owner must be 1 to 255 characters (a team or user:<subject>)".into()));
@@ -101,9 +94,7 @@ pub async fn create(db: &PgPool, who: &Principal, new: NewPortalLink) -> Result<
 
 /// The links (admins), newest first.
 pub async fn list(db: &PgPool, who: &Principal) -> Result<Vec<PortalLink>> {
-    if !may_manage(who) {
-        return Err(Error::Forbidden("only admins and keys with portal_links:write see portal links".into()));
-    }
+    who.require(Scope::PortalLinks)?;
     Ok(sqlx::query_as(
         "SELECT id, owner, created_by, created_at, expires_at, revoked_at FROM portal_links
          WHERE $1::text[] IS NULL OR owner = ANY($1) ORDER BY id DESC LIMIT 500",
@@ -115,9 +106,7 @@ pub async fn list(db: &PgPool, who: &Principal) -> Result<Vec<PortalLink>> {
 
 /// Revokes a link (admins, or a key with `portal_links:write` for its owners): it stops opening the portal, and sessions opened with it end.
 pub async fn revoke(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
-    if !may_manage(who) {
-        return Err(Error::NotFound);
-    }
+    who.require(Scope::PortalLinks)?;
     let mut tx = db.begin().await?;
     let newly: Option<bool> = sqlx::query_scalar(
         "UPDATE portal_links l SET revoked_at = coalesce(l.revoked_at, now()) FROM portal_links old

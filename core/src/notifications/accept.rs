@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::apikeys::Principal;
+use crate::access::{Principal, Scope};
 use crate::bus::lane::{Lane, LaneClaim, LaneRow, Prestarted};
 use crate::error::{Error, FieldError, Result};
 use crate::model::{lookup, Channel, DeliveryStatus, NotificationStatus};
@@ -238,7 +238,7 @@ impl Processor {
             schemas: RwLock::new(HashMap::new()),
             max_recipients: 100,
             lane: None,
-            catalog: CatalogCache::new("herald_catalog", CATALOG_TTL),
+            catalog: CatalogCache::new(crate::cache::CATALOG, CATALOG_TTL),
             group: std::sync::OnceLock::new(),
             group_commits: 1,
         }
@@ -336,6 +336,7 @@ impl Processor {
         req: NotificationRequest,
         idempotency: Option<(&str, &[u8])>,
     ) -> Result<Accepted> {
+        who.require(Scope::NotificationsWrite)?;
         if let Some((key, hash)) = idempotency {
             if let Some(previous) = self.replay(&who.owner, key, hash).await? {
                 return Ok(previous);
@@ -670,13 +671,17 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
     // (outbox ids, hence bus order, follow it).
     let rows: Vec<WebhookRow> = sqlx::query_as(
         "WITH i AS (
-            -- Visibility, read once per notification: to admins, to everyone when
-            -- public, to the grantees when granted.
-            SELECT u.*, (SELECT et.visibility FROM event_types et WHERE et.name = u.event_type) AS visibility
+            -- Visibility and grantees, read once per notification; who may receive
+            -- is herald_visible's to say, per endpoint.
+            SELECT u.*, v.visibility,
+                   CASE WHEN v.visibility = 'granted'
+                        THEN ARRAY(SELECT g.grantee FROM event_type_grants g WHERE g.event_type = u.event_type)
+                   END AS grantees
             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[], $5::text[], $6::jsonb[],
                         $7::jsonb[], $8::bool[], $9::text[], $10::uuid[], $11::jsonb[], $12::bool[])
                 WITH ORDINALITY AS u(id, event_type, payload, api_key_id, owner, email_content, webhook_content,
                                      operational, operational_owner, only_endpoint, owners, laned, ord)
+            LEFT JOIN LATERAL (SELECT et.visibility FROM event_types et WHERE et.name = u.event_type) v ON true
          ), r AS (
             SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::text[]) WITH ORDINALITY AS r(nid, id, target, ord)
          ), n AS (
@@ -706,12 +711,7 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
                            ELSE ep.enabled AND herald_filter_matches(ep.event_types, i.event_type, i.operational)
                                 -- Herald's own events only to the owner they are about.
                                 AND (i.operational_owner IS NULL OR ep.owner = i.operational_owner OR ep.admin)
-                                AND (ep.admin
-                                     OR CASE i.visibility
-                                            WHEN 'public' THEN true
-                                            WHEN 'granted' THEN ep.owner IN (SELECT g.grantee FROM event_type_grants g
-                                                                             WHERE g.event_type = i.event_type)
-                                            ELSE false END)
+                                AND herald_visible(i.visibility, i.grantees, ep.owner, ep.admin)
                                 -- Addressed: only these owners' endpoints.
                                 AND (i.owners IS NULL OR i.owners ? ep.owner) END
             ) x

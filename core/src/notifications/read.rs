@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::apikeys::Principal;
+use crate::access::{Principal, Scope};
 use crate::error::{Error, Result};
 use crate::model::{v7_floor, Channel, DeliveryStatus, NotificationStatus};
 
@@ -75,6 +75,7 @@ pub(crate) const ATTEMPT_COLUMNS: &str = "a.delivery_id, a.attempt_no AS attempt
 /// A webhook endpoint's responses belong to the endpoint's owner: the sender sees the
 /// status of deliveries to other owners' endpoints, not what those servers said.
 pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<NotificationView> {
+    who.require(Scope::NotificationsRead)?;
     let mut n: NotificationView = sqlx::query_as(
         "SELECT id, event_type, payload, recipients, created_at, owner FROM notifications WHERE id = $1",
     )
@@ -82,9 +83,7 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<NotificationV
     .fetch_optional(db)
     .await?
     .ok_or(Error::NotFound)?;
-    if n.owner != who.owner && !who.is_admin() {
-        return Err(Error::NotFound);
-    }
+    who.visible(&n.owner, ())?;
     n.deliveries = sqlx::query_as(
         "SELECT id, channel, target, status, attempts AS attempt_count, next_attempt_at, last_error, created_at,
                 updated_at, endpoint_id, CASE WHEN channel = 'email' THEN content END AS email
@@ -107,7 +106,7 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<NotificationV
         let own: Vec<Uuid> = if endpoints.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_scalar("SELECT id FROM endpoints WHERE id = ANY($1) AND owner = $2")
+            sqlx::query_scalar("SELECT id FROM endpoints WHERE id = ANY($1) AND herald_manages(owner, admin, $2, false)")
                 .bind(&endpoints)
                 .bind(&who.owner)
                 .fetch_all(db)
@@ -245,6 +244,7 @@ pub const HISTORY_PAGE_MAX: i64 = 200;
 /// everyone's). Keyset-paginated on the time-ordered id, so every page costs the same
 /// however deep it is.
 pub async fn list(db: &PgPool, who: &Principal, f: &HistoryFilter, limit: i64) -> Result<Vec<NotificationSummary>> {
+    who.require(Scope::NotificationsRead)?;
     if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
         return Err(Error::Invalid(format!("limit must be between 1 and {HISTORY_PAGE_MAX}")));
     }

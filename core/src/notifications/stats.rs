@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::apikeys::Principal;
+use crate::access::Principal;
 use crate::config::TrackingMode;
 use crate::error::{Error, Result};
 use crate::model::{Channel, DeliveryStatus};

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::endpoints::get;
-use crate::apikeys::Principal;
+use crate::access::{Principal, Scope};
 use crate::audit::{self, Target};
 use crate::bus::{self, BusMessage, Topic};
 use crate::error::{Error, Result};
@@ -146,6 +146,7 @@ pub enum ResendFilter<'a> {
 
 /// Resends one webhook delivery of an endpoint. 409 if it is still in progress.
 pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid) -> Result<()> {
+    who.require(Scope::EndpointsWrite)?;
     get(db, who, endpoint).await?;
     let mut tx = db.begin().await?;
     let done = resend_where(&mut tx, ResendFilter::Delivery { delivery, endpoint }).await?;
@@ -169,6 +170,7 @@ pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid
 
 /// Resends every failed delivery of an endpoint created since `since`.
 pub async fn recover(db: &PgPool, who: &Principal, endpoint: Uuid, since: DateTime<Utc>) -> Result<Vec<Uuid>> {
+    who.require(Scope::EndpointsWrite)?;
     get(db, who, endpoint).await?;
     let mut tx = db.begin().await?;
     let ids = resend_where(&mut tx, ResendFilter::Endpoint { endpoint, since: &since }).await?;
@@ -180,16 +182,16 @@ pub async fn recover(db: &PgPool, who: &Principal, endpoint: Uuid, since: DateTi
 }
 
 /// Replays a notification to its endpoints: every finished webhook delivery of it is
-/// resent. Visible to the notification's owner (or an admin).
+/// resent. The notification's sender may (`notifications:write`, its owner; an admin
+/// any), the same through every door.
 pub async fn replay_notification(db: &PgPool, who: &Principal, notification: Uuid) -> Result<Vec<Uuid>> {
+    who.require(Scope::NotificationsWrite)?;
     let owner: String = sqlx::query_scalar("SELECT owner FROM notifications WHERE id = $1")
         .bind(notification)
         .fetch_optional(db)
         .await?
         .ok_or(Error::NotFound)?;
-    if owner != who.owner && !who.is_admin() {
-        return Err(Error::NotFound);
-    }
+    who.visible(&owner, ())?;
     let mut tx = db.begin().await?;
     let ids = resend_where(&mut tx, ResendFilter::Notification(notification)).await?;
     let t = Target { kind: "notification", id: notification.to_string() };

@@ -2,8 +2,9 @@
 //! scoping. Secrets are in `signing`, deliveries in `deliveries`, test events and
 //! disabling in `lifecycle`.
 //!
-//! Owner scoping: every query takes the caller's owner and whether it is an admin, and
-//! filters with `owner = $owner OR $admin`. Another owner's endpoint is "not found".
+//! Access: each operation asks the policy (`crate::access`) for its scope, and every
+//! query filters with `herald_manages(owner, admin, $caller_owner, $caller_admin)`:
+//! another owner's endpoint, or one with admin reach for a non-admin, is "not found".
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::apikeys::Principal;
+use crate::access::{Principal, Scope};
 use crate::audit::{self, Target};
 use crate::error::{Error, Result};
 use crate::retry::RetrySchedule;
@@ -287,13 +288,17 @@ pub async fn create(
     e: NewEndpoint,
     max_per_owner: i64,
 ) -> Result<(Endpoint, String)> {
+    who.require(Scope::EndpointsWrite)?;
     let enabled = e.enabled;
     let v = validate(db, guard, &who.owner, who.is_admin(), e).await?;
     let id = Uuid::now_v7();
     let secret = secrets::generate_secret();
     let mut tx = db.begin().await?;
     // One owner's creations queue here, so the count below cannot be raced past.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(&who.owner).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('endpoints:' || $1, 0))")
+        .bind(&who.owner)
+        .execute(&mut *tx)
+        .await?;
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE owner = $1")
         .bind(&who.owner)
         .fetch_one(&mut *tx)
@@ -305,8 +310,8 @@ pub async fn create(
     }
     let ep: Endpoint = sqlx::query_as(&format!(
         "INSERT INTO endpoints (id, owner, url, description, event_types, enabled, rate_limit, headers, retry_schedule, admin,
-                                headers_sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
+                                headers_sealed, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&who.owner)
@@ -319,6 +324,7 @@ pub async fn create(
     .bind(&v.retry_schedule)
     .bind(who.is_admin())
     .bind(seal_headers(key, id, &v.headers)?)
+    .bind(creator(who))
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, generation, sealed) VALUES ($1, 1, $2)")
@@ -328,12 +334,14 @@ pub async fn create(
         .await?;
     audit::record(&mut tx, &who.actor(), "endpoint.created", target(id), None, snapshot(&ep)).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::ENDPOINTS);
     Ok((ep, secret))
 }
 
 pub async fn list(db: &PgPool, who: &Principal, limit: i64, after: Option<Uuid>) -> Result<Vec<Endpoint>> {
+    who.require(Scope::EndpointsRead)?;
     Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM endpoints WHERE (owner = $1 OR $2) AND ($3::uuid IS NULL OR id > $3)
+        "SELECT {COLUMNS} FROM endpoints WHERE herald_manages(owner, admin, $1, $2) AND ($3::uuid IS NULL OR id > $3)
          ORDER BY id LIMIT $4"
     ))
     .bind(&who.owner)
@@ -345,7 +353,8 @@ pub async fn list(db: &PgPool, who: &Principal, limit: i64, after: Option<Uuid>)
 }
 
 pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<Endpoint> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)"))
+    who.require(Scope::EndpointsRead)?;
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3)"))
         .bind(id)
         .bind(&who.owner)
         .bind(who.is_admin())
@@ -371,9 +380,10 @@ pub async fn update(
         headers_sealed: Option<Vec<u8>>,
         admin: bool,
     }
+    who.require(Scope::EndpointsWrite)?;
     let mut tx = db.begin().await?;
     let Locked { cur, headers_sealed, admin } = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, headers_sealed, admin FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR NO KEY UPDATE"
+        "SELECT {COLUMNS}, headers_sealed, admin FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE"
     ))
     .bind(id)
     .bind(&who.owner)
@@ -422,13 +432,15 @@ pub async fn update(
     .await?;
     audit::record(&mut tx, &who.actor(), "endpoint.updated", target(id), before, snapshot(&ep)).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::ENDPOINTS);
     Ok(ep)
 }
 
 /// An endpoint's custom headers with their values (a write-level read, like the secret).
 pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<BTreeMap<String, String>> {
+    who.require(Scope::EndpointsWrite)?;
     let (legacy, sealed): (Value, Option<Vec<u8>>) =
-        sqlx::query_as("SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND (owner = $2 OR $3)")
+        sqlx::query_as("SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3)")
             .bind(id)
             .bind(&who.owner)
             .bind(who.is_admin())
@@ -441,9 +453,10 @@ pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) ->
 }
 
 pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
+    who.require(Scope::EndpointsWrite)?;
     let mut tx = db.begin().await?;
     let gone: Endpoint =
-        sqlx::query_as(&format!("DELETE FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) RETURNING {COLUMNS}"))
+        sqlx::query_as(&format!("DELETE FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) RETURNING {COLUMNS}"))
             .bind(id)
             .bind(&who.owner)
             .bind(who.is_admin())
@@ -452,18 +465,20 @@ pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
             .ok_or(Error::NotFound)?;
     audit::record(&mut tx, &who.actor(), "endpoint.deleted", target(id), snapshot(&gone), None).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::ENDPOINTS);
     Ok(())
 }
 
 /// Enables (and resets the auto-disable clock) or disables an endpoint on request.
 pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) -> Result<Endpoint> {
+    who.require(Scope::EndpointsWrite)?;
     let mut tx = db.begin().await?;
     let ep: Endpoint = sqlx::query_as(&format!(
         "UPDATE endpoints SET enabled = $4,
                 disabled_at = CASE WHEN $4 THEN NULL WHEN enabled THEN now() ELSE disabled_at END,
                 disabled_reason = CASE WHEN $4 THEN NULL WHEN enabled THEN 'disabled on request' ELSE disabled_reason END,
                 failing_since = NULL, updated_at = now()
-         WHERE id = $1 AND (owner = $2 OR $3) RETURNING {COLUMNS}"
+         WHERE id = $1 AND herald_manages(owner, admin, $2, $3) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&who.owner)
@@ -475,5 +490,24 @@ pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) 
     let action = if enabled { "endpoint.enabled" } else { "endpoint.disabled" };
     audit::record(&mut tx, &who.actor(), action, target(id), None, snapshot(&ep)).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::ENDPOINTS);
     Ok(ep)
+}
+
+/// Who made an endpoint, as `endpoints.created_by` keeps it.
+fn creator(who: &Principal) -> String {
+    format!("{}:{}", who.kind.as_str(), who.id)
+}
+
+/// Takes admin reach from the endpoints `creator` (an actor kind and id) made as an
+/// admin, when that creator is no longer one: a person who logs in without the admin
+/// role, an admin key revoked. The endpoints stay their owner's, managed by that
+/// owner from now on, and receive what any of the owner's endpoints may.
+pub async fn revoke_admin_reach(conn: &mut sqlx::PgConnection, kind: crate::audit::ActorKind, id: &str) -> Result<u64> {
+    let creator = format!("{}:{id}", kind.as_str());
+    Ok(sqlx::query("UPDATE endpoints SET admin = false, updated_at = now() WHERE created_by = $1 AND admin")
+        .bind(creator)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::endpoints::get;
 use super::endpoints::target;
-use crate::apikeys::Principal;
+use crate::access::{Principal, Scope};
 use crate::audit::{self, Actor};
 use crate::error::{Error, Result};
 use crate::notifications::accept::{self, Accepted, Processor, Submission};
@@ -16,6 +16,7 @@ use crate::notifications::accept::{self, Accepted, Processor, Submission};
 /// Sends a `webhook.test` event to one endpoint (whatever its filter). Returns the
 /// notification.
 pub async fn send_test(db: &PgPool, processor: &Processor, who: &Principal, endpoint: Uuid) -> Result<Accepted> {
+    who.require(Scope::EndpointsWrite)?;
     let ep = get(db, who, endpoint).await?;
     if !ep.enabled {
         return Err(Error::Conflict("the endpoint is disabled; enable it before sending a test event".into()));
@@ -92,6 +93,7 @@ pub async fn disable_and_notify(db: &PgPool, processor: &Processor, id: Uuid, re
     let after = json!({ "enabled": false, "disabled_reason": reason });
     audit::record(&mut tx, &Actor::system(), "endpoint.disabled", target(id), None, Some(after)).await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::ENDPOINTS);
     tracing::warn!(endpoint_id = %id, reason, "webhook endpoint disabled");
     crate::metrics::endpoint_disabled();
     Ok(true)

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::endpoints::target;
-use crate::apikeys::Principal;
+use crate::access::{Principal, Scope};
 use crate::audit;
 use crate::error::{Error, Result};
 use crate::secrets::{self, SecretKey};
@@ -29,9 +29,10 @@ pub fn grace(requested: Option<&str>, default: Duration) -> Result<Duration> {
 
 /// The current signing secret.
 pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<String> {
+    who.require(Scope::EndpointsWrite)?;
     let sealed: Vec<u8> = sqlx::query_scalar(
         "SELECT s.sealed FROM endpoint_secrets s JOIN endpoints e ON e.id = s.endpoint_id
-         WHERE e.id = $1 AND (e.owner = $2 OR $3) AND s.expires_at IS NULL",
+         WHERE e.id = $1 AND herald_manages(e.owner, e.admin, $2, $3) AND s.expires_at IS NULL",
     )
     .bind(id)
     .bind(&who.owner)
@@ -47,9 +48,12 @@ pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> 
 /// Makes a new current secret; the old one keeps signing for `grace`. At most
 /// [`MAX_OLD_SECRETS`] old secrets are kept; expired ones are dropped.
 pub async fn rotate(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid, grace: Duration) -> Result<String> {
+    who.require(Scope::EndpointsWrite)?;
     let mut tx = db.begin().await?;
     let found: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM endpoints WHERE id = $1 AND (owner = $2 OR $3) FOR NO KEY UPDATE")
+        sqlx::query_scalar(
+            "SELECT id FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE",
+        )
             .bind(id)
             .bind(&who.owner)
             .bind(who.is_admin())
@@ -95,5 +99,6 @@ pub async fn rotate(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid, gra
     )
     .await?;
     tx.commit().await?;
+    crate::cache::changed(crate::cache::ENDPOINTS);
     Ok(secret)
 }

@@ -25,19 +25,13 @@ async fn application_builds_serves_and_stops_in_process() {
     }));
 
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    let scopes = ["notifications:write".to_owned(), "notifications:read".to_owned()];
-    let key = herald_core::apikeys::create(
-        &pool,
-        &herald_core::audit::Actor::cli("test"),
-        "in-process",
-        &scopes,
-        None,
-        None,
-        Default::default(),
-    )
-    .await
-    .unwrap()
-    .secret;
+    let new = herald_core::apikeys::NewKey {
+        name: "in-process".into(),
+        scopes: vec!["notifications:write".to_owned(), "notifications:read".to_owned()],
+        ..Default::default()
+    };
+    let cli = herald_core::access::Principal::cli("test");
+    let key = herald_core::apikeys::create(&pool, &cli, new, None, 0).await.unwrap().secret;
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{base}/api/v1/notifications"))
