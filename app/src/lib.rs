@@ -23,16 +23,38 @@ pub struct Me {
     pub name: String,
     pub email: Option<String>,
     pub role: String,
+    /// The console's pages this user may use, as the access policy says (display
+    /// hints: every server function asks the policy again).
+    pub pages: Vec<String>,
 }
 
 /// The logged-in user (`None` when login is not configured). The server's login gate
 /// put the session's user on the request; nothing here trusts the browser.
 #[server(prefix = "/console/fn", endpoint = "me")]
 pub async fn current_user() -> Result<Option<Me>, ServerFnError> {
-    Ok(session_user().map(|u| Me {
+    use herald_core::access::Scope;
+    let Some(u) = session_user() else { return Ok(None) };
+    let who = u.principal(None, None);
+    let pages = [
+        ("endpoints", who.require(Scope::EndpointsRead).is_ok()),
+        ("catalog", true),
+        ("keys", who.require_account().is_ok()),
+        ("notifications", who.require(Scope::NotificationsRead).is_ok()),
+        ("portal-links", who.require(Scope::PortalLinks).is_ok()),
+        ("dashboard", who.require_admin().is_ok()),
+        ("event-types", who.require_admin().is_ok()),
+        ("templates", who.require_admin().is_ok()),
+        ("audit", who.require_admin().is_ok()),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| *ok)
+    .map(|(p, _)| p.to_owned())
+    .collect();
+    Ok(Some(Me {
         name: u.name.clone().or_else(|| u.email.clone()).unwrap_or_else(|| u.subject.clone()),
         email: u.email.clone(),
         role: u.role().to_owned(),
+        pages,
     }))
 }
 
@@ -472,20 +494,30 @@ fn UserBox() -> impl IntoView {
                 me.get()
                     .map(|r| match r {
                         Ok(Some(m)) => {
-                            let admin = m.role == "admin";
+                            let links = [
+                                ("endpoints", "Endpoints"),
+                                ("catalog", "Event catalog"),
+                                ("keys", "API keys"),
+                                ("dashboard", "Dashboard"),
+                                ("notifications", "Notifications"),
+                                ("event-types", "Event types"),
+                                ("templates", "Templates"),
+                                ("portal-links", "Portal links"),
+                                ("audit", "Audit log"),
+                            ]
+                                .into_iter()
+                                .filter(|(p, _)| m.pages.iter().any(|q| q == p))
+                                .map(|(p, label)| {
+                                    view! {
+                                        <a class="nav" href=format!("/{p}") data-testid=format!("nav-{p}")>
+                                            {label}
+                                        </a>
+                                    }
+                                })
+                                .collect_view();
                             view! {
                                 <span class="user">
-                                    <a class="nav" href="/endpoints" data-testid="nav-endpoints">"Endpoints"</a>
-                                    <a class="nav" href="/catalog" data-testid="nav-catalog">"Event catalog"</a>
-                                    <a class="nav" href="/keys" data-testid="nav-keys">"API keys"</a>
-                                    <Show when=move || admin>
-                                        <a class="nav" href="/dashboard" data-testid="nav-dashboard">"Dashboard"</a>
-                                        <a class="nav" href="/notifications" data-testid="nav-notifications">"Notifications"</a>
-                                        <a class="nav" href="/event-types" data-testid="nav-event-types">"Event types"</a>
-                                        <a class="nav" href="/templates" data-testid="nav-templates">"Templates"</a>
-                                        <a class="nav" href="/portal-links" data-testid="nav-portal-links">"Portal links"</a>
-                                        <a class="nav" href="/audit" data-testid="nav-audit">"Audit log"</a>
-                                    </Show>
+                                    {links}
                                     <span data-testid="user-name">{m.name}</span>
                                     <span class="role" data-testid="user-role">{m.role}</span>
                                     <form method="post" action="/auth/logout">

@@ -85,12 +85,12 @@ fn granted_rate(wanted: Option<u32>, creator: Option<u32>, default: u32) -> Resu
     match (wanted, creator) {
         (wanted, None) => Ok(wanted),
         (None, Some(mine)) => Ok((default == 0 || default > mine).then_some(mine)),
-        (Some(0), Some(mine)) => Err(Error::Forbidden(format!(
-            "you cannot give a key no rate limit: yours is {mine} requests per second"
-        ))),
-        (Some(w), Some(mine)) if w > mine => Err(Error::Forbidden(format!(
-            "you cannot give a key {w} requests per second: yours is {mine}"
-        ))),
+        (Some(0), Some(mine)) => {
+            Err(Error::Forbidden(format!("you cannot give a key no rate limit: yours is {mine} requests per second")))
+        }
+        (Some(w), Some(mine)) if w > mine => {
+            Err(Error::Forbidden(format!("you cannot give a key {w} requests per second: yours is {mine}")))
+        }
         (Some(w), Some(_)) => Ok(Some(w)),
     }
 }
@@ -259,8 +259,15 @@ pub async fn revoke(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
     if newly {
         // The endpoints it made as an admin lose their admin reach with it.
         crate::webhooks::endpoints::revoke_admin_reach(&mut tx, ActorKind::ApiKey, &id.to_string()).await?;
-        audit::record(&mut tx, &who.actor(), "api_key.revoked", Target { kind: "api_key", id: id.to_string() }, None, None)
-            .await?;
+        audit::record(
+            &mut tx,
+            &who.actor(),
+            "api_key.revoked",
+            Target { kind: "api_key", id: id.to_string() },
+            None,
+            None,
+        )
+        .await?;
     }
     tx.commit().await?;
     crate::cache::changed(crate::cache::API_KEYS);
@@ -362,4 +369,3 @@ fn principal_of(db: &PgPool, row: KeyRow, presented: &str) -> Option<Principal> 
         source: None,
     })
 }
-

@@ -270,7 +270,12 @@ impl Checkpoint {
                 Some(("seq", v)) => seq = v.parse::<i64>().ok(),
                 Some(("hash", v)) => hash = hex::decode(v).ok(),
                 Some(("tag", v)) => tag = hex::decode(v).ok(),
-                _ => return Err(format!("unexpected '{}' in the checkpoint line", w.chars().take(40).collect::<String>())),
+                _ => {
+                    return Err(format!(
+                        "unexpected '{}' in the checkpoint line",
+                        w.chars().take(40).collect::<String>()
+                    ))
+                }
             }
         }
         let (Some(seq), Some(hash), Some(tag)) = (seq, hash, tag) else {
@@ -279,7 +284,9 @@ impl Checkpoint {
         let cp = Checkpoint { seq, hash };
         let key = key().map_err(|e| e.to_string())?;
         if !bool::from(subtle::ConstantTimeEq::ct_eq(&cp.tag(key)[..], &tag[..])) {
-            return Err("the checkpoint's tag is not valid under this HERALD_SECRET_KEY (forged, or another key)".into());
+            return Err(
+                "the checkpoint's tag is not valid under this HERALD_SECRET_KEY (forged, or another key)".into()
+            );
         }
         Ok(cp)
     }
@@ -403,12 +410,14 @@ pub async fn verify_incremental(db: &PgPool) -> sqlx::Result<Verdict> {
     if let Verdict::Intact { count, head: Some(hash), .. } = &verdict {
         let cp = Checkpoint { seq: *count, hash: hash.clone() };
         if from.as_ref().is_none_or(|f| f.seq < cp.seq) {
-            sqlx::query("INSERT INTO audit_checkpoints (seq, hash, tag) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING")
-                .bind(cp.seq)
-                .bind(&cp.hash)
-                .bind(cp.tag(key))
-                .execute(db)
-                .await?;
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (seq, hash, tag) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(cp.seq)
+            .bind(&cp.hash)
+            .bind(cp.tag(key))
+            .execute(db)
+            .await?;
         }
     }
     Ok(verdict)

@@ -439,10 +439,13 @@ impl Config {
             roles: s.parsed("HERALD_ROLES", Roles::ALL, Roles::parse)?,
             sweep_after: s.parsed("HERALD_SWEEP_AFTER", Duration::from_secs(600), duration)?,
             email_concurrency: s.parsed("HERALD_EMAIL_CONCURRENCY", 64, positive)?,
-            email_retry_schedule: s.parsed("HERALD_EMAIL_RETRY_SCHEDULE", RetrySchedule::email_default(), |v| {
-                RetrySchedule::parse(v)
-            })?,
-            bus_claim_timeout: s.parsed("HERALD_BUS_CLAIM_TIMEOUT", Duration::from_secs(60), at_least(Duration::from_secs(1)))?,
+            email_retry_schedule: s
+                .parsed("HERALD_EMAIL_RETRY_SCHEDULE", RetrySchedule::email_default(), |v| RetrySchedule::parse(v))?,
+            bus_claim_timeout: s.parsed(
+                "HERALD_BUS_CLAIM_TIMEOUT",
+                Duration::from_secs(60),
+                at_least(Duration::from_secs(1)),
+            )?,
             bus_poll_interval: s.parsed("HERALD_BUS_POLL_INTERVAL", Duration::from_secs(1), duration)?,
             bus_batch_size: s.parsed("HERALD_BUS_BATCH_SIZE", 128, positive)?,
             lane_capacity: s.parsed("HERALD_LANE_CAPACITY", 1024, |v| {
@@ -459,19 +462,31 @@ impl Config {
             })?,
             bus_max_redeliveries: s.parsed("HERALD_BUS_MAX_REDELIVERIES", 5, positive)?,
             max_body_bytes: s.parsed("HERALD_MAX_BODY_BYTES", 256 * 1024, positive)?,
-            retention: s.parsed("HERALD_RETENTION", Duration::from_secs(30 * 86400), at_least(Duration::from_secs(1)))?,
+            retention: s.parsed(
+                "HERALD_RETENTION",
+                Duration::from_secs(30 * 86400),
+                at_least(Duration::from_secs(1)),
+            )?,
             api_rate_limit: s.parsed("HERALD_API_RATE_LIMIT", 5000, |v| {
-                v.parse::<u32>().map_err(|_| format!("'{v}' is not a whole number of requests per second (0: no limit)"))
+                v.parse::<u32>()
+                    .map_err(|_| format!("'{v}' is not a whole number of requests per second (0: no limit)"))
             })?,
             max_endpoints_per_owner: s.parsed("HERALD_MAX_ENDPOINTS_PER_OWNER", 100, positive)?,
             max_recipients: s.parsed("HERALD_MAX_RECIPIENTS", 100, positive)?,
             admin_listen_addr: match s.get("HERALD_ADMIN_LISTEN_ADDR") {
                 None => None,
                 Some(v) => Some(v.trim().parse().map_err(|_| {
-                    ConfigError::new("HERALD_ADMIN_LISTEN_ADDR", format!("'{v}' is not an address such as 127.0.0.1:9090"))
+                    ConfigError::new(
+                        "HERALD_ADMIN_LISTEN_ADDR",
+                        format!("'{v}' is not an address such as 127.0.0.1:9090"),
+                    )
                 })?),
             },
-            http_header_timeout: s.parsed("HERALD_HTTP_HEADER_TIMEOUT", Duration::from_secs(10), at_least(Duration::from_millis(100)))?,
+            http_header_timeout: s.parsed(
+                "HERALD_HTTP_HEADER_TIMEOUT",
+                Duration::from_secs(10),
+                at_least(Duration::from_millis(100)),
+            )?,
             http_max_connections: s.parsed("HERALD_HTTP_MAX_CONNECTIONS", 1024, positive)?,
             tracking: s.parsed("HERALD_TRACKING", TrackingMode::Full, TrackingMode::parse)?,
             tracking_text_links: s.parsed("HERALD_TRACKING_TEXT_LINKS", true, |v| match v {

@@ -20,7 +20,8 @@ const BASE: &[&str] = &[
     "ssrf",
     "supervise",
 ];
-const DOMAIN: &[&str] = &["access", "apikeys", "auditing", "catalog", "identity", "notifications", "templates", "tracking", "webhooks"];
+const DOMAIN: &[&str] =
+    &["access", "apikeys", "auditing", "catalog", "identity", "notifications", "templates", "tracking", "webhooks"];
 const EDGE: &[&str] = &["api", "dispatch", "problem", "retention"];
 
 fn layer(module: &str) -> Option<usize> {

@@ -380,10 +380,9 @@ impl Application {
             // A client's x-request-id is kept only when it is short and plain (it reaches
             // logs and the audit log); otherwise Herald makes one.
             .layer(axum::middleware::map_request(|mut req: axum::extract::Request| async move {
-                let plain = herald_core::access::request_id(
-                    req.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
-                )
-                .is_some();
+                let plain =
+                    herald_core::access::request_id(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()))
+                        .is_some();
                 if !plain {
                     req.headers_mut().remove("x-request-id");
                 }
@@ -402,8 +401,7 @@ impl Application {
         // A change made through this process is seen by its very next request: each
         // domain operation that changes cached rows empties the caches itself
         // (`cache::changed`), so reads (console server functions are POSTs) empty nothing.
-        let app = app
-            .layer(layers.clone());
+        let app = app.layer(layers.clone());
         let listener = tokio::net::TcpListener::bind(config.listen_addr)
             .await
             .map_err(|e| anyhow::anyhow!("HERALD_LISTEN_ADDR: cannot listen on {}: {e}", config.listen_addr))?;

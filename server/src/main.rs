@@ -152,7 +152,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             .map_err(|e| anyhow::anyhow!("--since-checkpoint: cannot read {path}: {e}"))?,
                         None => line,
                     };
-                    let cp = Checkpoint::parse_signed(line.trim()).map_err(|m| anyhow::anyhow!("--since-checkpoint: {m}"))?;
+                    let cp = Checkpoint::parse_signed(line.trim())
+                        .map_err(|m| anyhow::anyhow!("--since-checkpoint: {m}"))?;
                     audit::verify_from(&pool, Some(&cp)).await?
                 }
                 AuditCommand::Checkpoint => match audit::checkpoint(&pool).await? {

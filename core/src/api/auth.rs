@@ -41,7 +41,8 @@ impl FromRequestParts<AppState> for Auth {
                 .await?
                 .ok_or(ApiError::Unauthorized("the API key is invalid or revoked"))?,
         };
-        principal.request_id = crate::access::request_id(parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
+        principal.request_id =
+            crate::access::request_id(parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
         principal.source =
             parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
         let limit = principal.rate_limit.unwrap_or(state.config.api_rate_limit);

@@ -262,9 +262,6 @@ pub async fn test_send(
     summary = "The event catalog as the caller sees it: the types it may receive, with description, schema and sample",
     responses((status = 200, description = "Event types", body = crate::api::openapi::EventTypeList), (status = "4XX", description = "A problem (RFC 9457)", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
 )]
-pub async fn receivable(
-    State(s): State<AppState>,
-    Auth(who): Auth,
-) -> Result<Json<Value>, ApiError> {
+pub async fn receivable(State(s): State<AppState>, Auth(who): Auth) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "data": catalog::receivable_event_types(&s.db, &who).await? })))
 }

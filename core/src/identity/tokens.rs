@@ -142,6 +142,12 @@ impl TokenVerifier {
     /// Verifies a token; the error says why it was refused (for the log, never the client).
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        // An access token says so (RFC 9068 `typ: at+jwt`): an ID token, which a
+        // browser login hands to the client, is never an API credential.
+        let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+        if !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {
+            return Err("not an access token (its typ is not at+jwt)".into());
+        }
         if !ALLOWED.contains(&header.alg) {
             return Err(format!("algorithm {:?} is not accepted", header.alg));
         }

@@ -106,11 +106,13 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<NotificationV
         let own: Vec<Uuid> = if endpoints.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_scalar("SELECT id FROM endpoints WHERE id = ANY($1) AND herald_manages(owner, admin, $2, false)")
-                .bind(&endpoints)
-                .bind(&who.owner)
-                .fetch_all(db)
-                .await?
+            sqlx::query_scalar(
+                "SELECT id FROM endpoints WHERE id = ANY($1) AND herald_manages(owner, admin, $2, false)",
+            )
+            .bind(&endpoints)
+            .bind(&who.owner)
+            .fetch_all(db)
+            .await?
         };
         n.deliveries
             .iter()

@@ -439,14 +439,15 @@ pub async fn update(
 /// An endpoint's custom headers with their values (a write-level read, like the secret).
 pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> Result<BTreeMap<String, String>> {
     who.require(Scope::EndpointsWrite)?;
-    let (legacy, sealed): (Value, Option<Vec<u8>>) =
-        sqlx::query_as("SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3)")
-            .bind(id)
-            .bind(&who.owner)
-            .bind(who.is_admin())
-            .fetch_optional(db)
-            .await?
-            .ok_or(Error::NotFound)?;
+    let (legacy, sealed): (Value, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3)",
+    )
+    .bind(id)
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .fetch_optional(db)
+    .await?
+    .ok_or(Error::NotFound)?;
     let headers = open_headers(key, id, sealed.as_deref(), &legacy).map_err(|m| anyhow::anyhow!(m))?;
     audit::record_alone(db, &who.actor(), "endpoint.headers.revealed", target(id), None).await?;
     Ok(headers)
@@ -455,14 +456,15 @@ pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) ->
 pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
     who.require(Scope::EndpointsWrite)?;
     let mut tx = db.begin().await?;
-    let gone: Endpoint =
-        sqlx::query_as(&format!("DELETE FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) RETURNING {COLUMNS}"))
-            .bind(id)
-            .bind(&who.owner)
-            .bind(who.is_admin())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(Error::NotFound)?;
+    let gone: Endpoint = sqlx::query_as(&format!(
+        "DELETE FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(Error::NotFound)?;
     audit::record(&mut tx, &who.actor(), "endpoint.deleted", target(id), snapshot(&gone), None).await?;
     tx.commit().await?;
     crate::cache::changed(crate::cache::ENDPOINTS);

@@ -50,15 +50,14 @@ pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> 
 pub async fn rotate(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid, grace: Duration) -> Result<String> {
     who.require(Scope::EndpointsWrite)?;
     let mut tx = db.begin().await?;
-    let found: Option<Uuid> =
-        sqlx::query_scalar(
-            "SELECT id FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE",
-        )
-            .bind(id)
-            .bind(&who.owner)
-            .bind(who.is_admin())
-            .fetch_optional(&mut *tx)
-            .await?;
+    let found: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE",
+    )
+    .bind(id)
+    .bind(&who.owner)
+    .bind(who.is_admin())
+    .fetch_optional(&mut *tx)
+    .await?;
     if found.is_none() {
         return Err(Error::NotFound);
     }

@@ -146,23 +146,95 @@ async fn the_log_is_append_only_and_verify_catches_tampering() {
     assert!(!ok);
     assert!(err.contains("broken at entry 4: its content does not match its hash"), "{err}");
 
-    // Recomputing the entry's own hash does not help: the next one no longer links to it.
+    // Herald's own role cannot rewrite the chain either: recomputing the edited entry's
+    // hash and every later one without HERALD_SECRET_KEY (the unkeyed SHA-256 that the
+    // database can compute) does not pass, since every entry is keyed.
+    let (ok, checkpoint, err) = run_cli(&h.env, &["audit", "checkpoint"]).await;
+    assert!(!ok, "a broken chain is not checkpointed: {checkpoint}");
+    assert!(err.contains("broken at entry 4"), "{err}");
+    let rechain = "UPDATE audit_log a SET prev_hash = x.prev, hash = x.hash FROM (
+            WITH RECURSIVE c AS (
+                SELECT seq, prev_hash AS prev, herald_audit_hash(prev_hash, seq, at, actor_kind, actor, owner, action,
+                        target_kind, target, before, after, request_id, source) AS hash
+                FROM audit_log WHERE seq = 1
+                UNION ALL
+                SELECT l.seq, c.hash, herald_audit_hash(c.hash, l.seq, l.at, l.actor_kind, l.actor, l.owner, l.action,
+                        l.target_kind, l.target, l.before, l.after, l.request_id, l.source)
+                FROM audit_log l JOIN c ON l.seq = c.seq + 1)
+            SELECT * FROM c) x WHERE a.seq = x.seq";
+    sqlx::query(rechain).execute(&mut *conn).await.unwrap();
+    let (ok, _, err) = run_cli(&h.env, &["audit", "verify"]).await;
+    assert!(!ok, "a chain rewritten without the key must not verify");
+    assert!(err.contains("broken at entry 1: its content does not match its hash"), "{err}");
+    // A removed entry is a gap.
+    sqlx::query("DELETE FROM audit_log WHERE seq = 1").execute(&mut *conn).await.unwrap();
+    let (ok, _, err) = run_cli(&h.env, &["audit", "verify"]).await;
+    assert!(!ok);
+    assert!(err.contains("broken at entry 1: entry 1 is missing"), "{err}");
+    drop(conn);
+    h.stop().await;
+}
+
+/// A signed checkpoint kept outside the database detects what the chain alone cannot:
+/// entries removed from its end, and a chain rewritten whole into the unkeyed form of
+/// entries from before the chain was keyed.
+#[tokio::test]
+async fn a_checkpoint_kept_outside_detects_removal_and_rewriting() {
+    let (_sink, h, _key) = setup(&[], &[]).await;
+    let owner = h.api_key_for(ENDPOINT_SCOPES, Some("acme"), None).await;
+    let rx = Receiver::start().await;
+    for i in 0..2 {
+        h.create_endpoint(&owner, &json!({"url": rx.url(&format!("/{i}")), "event_types": ["*"]})).await;
+    }
+    let (ok, line, err) = run_cli(&h.env, &["audit", "checkpoint"]).await;
+    assert!(ok, "{err}");
+    let line = line.trim().to_owned();
+    assert!(line.starts_with("herald-audit-checkpoint v1 seq=4 hash="), "{line}");
+    let (ok, out, err) = run_cli(&h.env, &["audit", "verify", "--since-checkpoint", &line]).await;
+    assert!(ok && out.starts_with("OK: 4 entries"), "{out} {err}");
+    // From a file too; a forged or altered line is refused.
+    let file = std::env::temp_dir().join(format!("herald-checkpoint-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&file, &line).unwrap();
+    let arg = format!("@{}", file.display());
+    assert!(run_cli(&h.env, &["audit", "verify", "--since-checkpoint", &arg]).await.0);
+    let forged = line.replace("seq=4", "seq=3");
+    let (ok, _, err) = run_cli(&h.env, &["audit", "verify", "--since-checkpoint", &forged]).await;
+    assert!(!ok && err.contains("tag is not valid"), "{err}");
+    // Later entries verify from the checkpoint on.
+    h.create_endpoint(&owner, &json!({"url": rx.url("/2"), "event_types": ["*"]})).await;
+    let (ok, out, err) = run_cli(&h.env, &["audit", "verify", "--since-checkpoint", &line]).await;
+    assert!(ok && out.starts_with("OK: 5 entries"), "{out} {err}");
+
+    // The database's role rewrites the whole chain in the unkeyed form: the chain alone
+    // cannot tell (it reports the entries as unkeyed), the checkpoint can.
+    let mut conn = h.db.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3").execute(&mut *conn).await.unwrap();
     sqlx::query(
-        "UPDATE audit_log SET hash = herald_audit_hash(prev_hash, seq, at, actor_kind, actor, owner, action,
-                target_kind, target, before, after, request_id, source) WHERE seq = 4",
+        "UPDATE audit_log a SET keyed = false, prev_hash = x.prev, hash = x.hash FROM (
+            WITH RECURSIVE c AS (
+                SELECT seq, prev_hash AS prev, herald_audit_hash(prev_hash, seq, at, actor_kind, actor, owner, action,
+                        target_kind, target, before, after, request_id, source) AS hash
+                FROM audit_log WHERE seq = 1
+                UNION ALL
+                SELECT l.seq, c.hash, herald_audit_hash(c.hash, l.seq, l.at, l.actor_kind, l.actor, l.owner, l.action,
+                        l.target_kind, l.target, l.before, l.after, l.request_id, l.source)
+                FROM audit_log l JOIN c ON l.seq = c.seq + 1)
+            SELECT * FROM c) x WHERE a.seq = x.seq",
     )
     .execute(&mut *conn)
     .await
     .unwrap();
-    let (ok, _, err) = run_cli(&h.env, &["audit", "verify"]).await;
-    assert!(!ok);
-    assert!(err.contains("broken at entry 5: it does not link to the entry before it"), "{err}");
-
-    // A removed entry is a gap.
-    sqlx::query("DELETE FROM audit_log WHERE seq = 2").execute(&mut *conn).await.unwrap();
-    let (ok, _, err) = run_cli(&h.env, &["audit", "verify"]).await;
-    assert!(!ok);
-    assert!(err.contains("broken at entry 2: entry 2 is missing"), "{err}");
+    sqlx::query("DELETE FROM audit_checkpoints").execute(&mut *conn).await.unwrap();
+    let (ok, out, _) = run_cli(&h.env, &["audit", "verify"]).await;
+    assert!(ok && out.contains("5 written before the chain was keyed"), "{out}");
+    let (ok, _, err) = run_cli(&h.env, &["audit", "verify", "--since-checkpoint", &line]).await;
+    assert!(!ok && err.contains("broken at entry 4: the checkpoint's entry was rewritten"), "{err}");
+    // Entries removed from the end leave an intact chain; the checkpoint sees them gone.
+    sqlx::query("DELETE FROM audit_log WHERE seq >= 4").execute(&mut *conn).await.unwrap();
+    let (ok, _, err) = run_cli(&h.env, &["audit", "verify", "--since-checkpoint", &line]).await;
+    assert!(!ok && err.contains("the checkpoint's entry is gone"), "{err}");
     drop(conn);
+    let _ = std::fs::remove_file(file);
     h.stop().await;
 }

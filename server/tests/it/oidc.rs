@@ -193,17 +193,56 @@ async fn tampered_and_replayed_logins_are_refused() {
     assert!(r.text().await.unwrap().contains("state does not match"));
     assert_eq!(me(&fresh, &base).await.0, StatusCode::UNAUTHORIZED);
 
-    // The provider's error is shown, not followed.
-    let r =
-        browser().get(format!("{base}/auth/callback?error=access_denied&error_description=no")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(audit(&h, "user.login_failed").await.len(), 3);
+    // Only a login Herald started is on record: the forged state above is, the
+    // replayed callback is not, and neither are anonymous callbacks, however many
+    // (each used to write a permanent entry holding the attacker's text).
+    let big = "x".repeat(4000);
+    for i in 0..300 {
+        let url = format!("{base}/auth/callback?error=access_denied&error_description={big}{i}");
+        let r = browser().get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(audit(&h, "user.login_failed").await.len(), 1, "anonymous callbacks write nothing");
+    assert!(metric(&h, "herald_login_failures_unrecorded_total").await >= 300.0);
+    // A login Herald started records the provider's refusal, bounded and without control
+    // characters; repeated failures from one source stop being recorded after ten a minute.
+    for i in 0..15 {
+        let b = browser();
+        let r = b.get(format!("{base}/auth/login")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let url = format!("{base}/auth/callback?error=denied%0A{i}&error_description={big}%0D%0Aforged-line");
+        let r = b.get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+    let failed = audit(&h, "user.login_failed").await;
+    assert_eq!(failed.len(), 10, "ten a minute from one source");
+    for e in &failed {
+        let reason = e["after"]["reason"].as_str().unwrap();
+        assert!(reason.chars().count() < 700 && !reason.contains('\n') && !reason.contains('\r'), "{reason}");
+    }
+
+    // An anonymous GET /auth/login stores nothing on the server (the login in progress
+    // travels in a sealed cookie).
+    let sessions = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tower_sessions.session").fetch_one(&h.db).await.unwrap()
+    };
+    let before = sessions().await;
+    for _ in 0..50 {
+        assert_eq!(browser().get(format!("{base}/auth/login")).send().await.unwrap().status(), StatusCode::SEE_OTHER);
+    }
+    assert_eq!(sessions().await, before);
+
     // An open redirect is not possible through `next`: after login the browser lands on
-    // Herald's home, not on another site; a path on Herald is honoured.
+    // Herald's home, not on another site; a path on Herald is honoured. A tab or a
+    // newline (which browsers drop, making `/\t/evil` into `//evil`) is refused, and a
+    // CR LF answers no 500.
     let r = browser().get(format!("{base}/auth/login?next=//evil.test/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     log_in_then(&browser(), &base, "bob", "//evil.test/", "/").await;
     log_in_then(&browser(), &base, "bob", "https://evil.test/", "/").await;
+    log_in_then(&browser(), &base, "bob", "/\t/evil.example", "/").await;
+    log_in_then(&browser(), &base, "bob", "/\\evil.example", "/").await;
+    log_in_then(&browser(), &base, "bob", "/ok\r\nSet-Cookie: x=1", "/").await;
     log_in_then(&browser(), &base, "bob", "/no/such/page?x=1", "/no/such/page?x=1").await;
     h.stop().await;
     idp.stop().await;
@@ -365,6 +404,8 @@ mod forging {
         UnknownKey,
         /// The provider rotated its keys: it publishes and signs with a new one.
         Rotated,
+        /// An honest token whose email the provider vouches for (`email_verified`).
+        VerifiedEmail,
     }
 
     struct Inner {
@@ -491,6 +532,7 @@ mod forging {
                 claims["iat"] = json!(now - 7200);
                 claims["exp"] = json!(now - 3600);
             }
+            Forgery::VerifiedEmail => claims["email_verified"] = json!(true),
             Forgery::None | Forgery::UnknownKey | Forgery::Rotated => {}
         }
         let pem = if matches!(forgery, Forgery::UnknownKey | Forgery::Rotated) { &f.0.other_pem } else { &f.0.pem };
@@ -649,4 +691,73 @@ async fn a_portal_link_opens_the_portal_for_its_owner_until_revoked_or_expired()
     for action in ["portal_link.created", "portal_link.used", "portal_link.revoked"] {
         assert!(!audit(&h, action).await.is_empty(), "{action} is on record");
     }
+}
+
+/// Attack 6: with `HERALD_OIDC_ADMIN_CLAIM=email`, an address the provider does not
+/// vouch for (`email_verified` false or absent) made its holder an admin, and became
+/// the owner's contact address. It counts for neither now.
+#[tokio::test]
+async fn an_unverified_email_grants_no_role_and_no_contact_address() {
+    use forging::{Forger, Forgery};
+    let forger = Forger::start().await;
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let issuer = forger.issuer();
+    let settings = [
+        ("HERALD_OIDC_ISSUER", issuer.as_str()),
+        ("HERALD_OIDC_CLIENT_ID", "herald"),
+        ("HERALD_OIDC_CLIENT_SECRET", "s"),
+        ("HERALD_OIDC_ADMIN_CLAIM", "email"),
+        ("HERALD_OIDC_ADMIN_VALUES", "mallory@example.test"),
+    ];
+    let h = Herald::start(&db, &sink.url(), &settings).await;
+    let base = h.base.clone();
+    let login = |what: Forgery| {
+        let (forger, base) = (forger.clone(), base.clone());
+        async move {
+            forger.forge(what);
+            let b = browser();
+            let r = b.get(format!("{base}/auth/login")).send().await.unwrap();
+            let r = b.get(location(&r)).send().await.unwrap();
+            let r = b.get(location(&r)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::SEE_OTHER);
+            me(&b, &base).await.1
+        }
+    };
+    let unverified = login(Forgery::None).await;
+    assert_eq!(unverified["role"], "owner", "{unverified}");
+    let contact: Option<String> = sqlx::query_scalar("SELECT email FROM owners WHERE subject = 'user:mallory'")
+        .fetch_optional(&h.db)
+        .await
+        .unwrap();
+    assert_eq!(contact, None, "an unverified address is no contact address");
+    let verified = login(Forgery::VerifiedEmail).await;
+    assert_eq!(verified["role"], "admin", "{verified}");
+    h.stop().await;
+}
+
+/// An ID token (which a login hands to the browser's client) is never an API
+/// credential, even from the configured issuer for the configured audience: only a
+/// token typed `at+jwt` is (RFC 9068).
+#[tokio::test]
+async fn an_id_token_is_not_an_api_credential() {
+    use forging::Forger;
+    let forger = Forger::start().await;
+    let sink = SmtpSink::start().await;
+    let db = fresh_database().await;
+    let issuer = forger.issuer();
+    let settings = [
+        ("HERALD_OIDC_ISSUER", issuer.as_str()),
+        ("HERALD_OIDC_CLIENT_ID", "herald"),
+        ("HERALD_OIDC_CLIENT_SECRET", "s"),
+        ("HERALD_OIDC_AUDIENCE", "herald"),
+    ];
+    let h = Herald::start(&db, &sink.url(), &settings).await;
+    let answer: Value =
+        reqwest::Client::new().post(format!("{issuer}/token")).send().await.unwrap().json().await.unwrap();
+    let id_token = answer["id_token"].as_str().unwrap();
+    let (status, v) = h.call(Method::GET, "/api/v1/catalog", id_token, None).await;
+    assert_eq!(status, 401, "an ID token is refused: {v}");
+    assert_eq!(v["type"], "urn:herald:problem:unauthorized");
+    h.stop().await;
 }
