@@ -4,6 +4,7 @@
 mod broker;
 mod harness;
 
+mod access;
 mod audit;
 mod bus_contract;
 mod catalog;

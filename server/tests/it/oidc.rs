@@ -7,17 +7,17 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const AUDIENCE: &str = "urn:herald:api";
+pub(crate) const AUDIENCE: &str = "urn:herald:api";
 
-struct Idp {
-    h: Herald,
-    idp: Provider,
-    _sink: SmtpSink,
+pub(crate) struct Idp {
+    pub(crate) h: Herald,
+    pub(crate) idp: Provider,
+    pub(crate) _sink: SmtpSink,
 }
 
 /// Herald with login configured against a fresh provider (team claim on; access tokens
 /// for `token_audience` accepted when Herald expects `AUDIENCE`).
-async fn start(provider_audience: &str) -> Idp {
+pub(crate) async fn start(provider_audience: &str) -> Idp {
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let idp = Provider::start(&public, provider_audience).await;
@@ -37,11 +37,11 @@ async fn start(provider_audience: &str) -> Idp {
     Idp { h, idp, _sink: sink }
 }
 
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
-fn location(r: &reqwest::Response) -> String {
+pub(crate) fn location(r: &reqwest::Response) -> String {
     let l = r.headers().get("location").unwrap_or_else(|| panic!("no Location on {} {}", r.status(), r.url()));
     let l = l.to_str().unwrap();
     r.url().join(l).unwrap().to_string()
@@ -58,7 +58,7 @@ fn session_cookie(r: &reqwest::Response) -> Option<String> {
 
 /// Logs `user` in through the provider's real login form. Returns the browser, the
 /// session cookie before and after login, and the callback URL the provider sent.
-async fn log_in(b: &reqwest::Client, base: &str, user: &str) -> (Option<String>, String, String) {
+pub(crate) async fn log_in(b: &reqwest::Client, base: &str, user: &str) -> (Option<String>, String, String) {
     log_in_then(b, base, user, "/", "/").await
 }
 
@@ -95,7 +95,7 @@ async fn log_in_then(
     (before, after, next)
 }
 
-async fn me(b: &reqwest::Client, base: &str) -> (StatusCode, Value) {
+pub(crate) async fn me(b: &reqwest::Client, base: &str) -> (StatusCode, Value) {
     let r = b.get(format!("{base}/auth/me")).send().await.unwrap();
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
