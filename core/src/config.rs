@@ -439,8 +439,11 @@ impl Config {
             roles: s.parsed("HERALD_ROLES", Roles::ALL, Roles::parse)?,
             sweep_after: s.parsed("HERALD_SWEEP_AFTER", Duration::from_secs(600), duration)?,
             email_concurrency: s.parsed("HERALD_EMAIL_CONCURRENCY", 64, positive)?,
-            email_retry_schedule: s
-                .parsed("HERALD_EMAIL_RETRY_SCHEDULE", RetrySchedule::email_default(), |v| RetrySchedule::parse(v))?,
+            email_retry_schedule: s.parsed(
+                "HERALD_EMAIL_RETRY_SCHEDULE",
+                RetrySchedule::email_default(),
+                RetrySchedule::parse,
+            )?,
             bus_claim_timeout: s.parsed(
                 "HERALD_BUS_CLAIM_TIMEOUT",
                 Duration::from_secs(60),

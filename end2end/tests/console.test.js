@@ -240,8 +240,10 @@ test('history: a notification sent through the API is found by recipient, with i
   const owner = await loggedIn('alice', `/notifications/${id}`);
   await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
   assert.ok(!(await owner.page.textContent('main')).includes(email), 'an owner sees nothing of it');
+  // The history is theirs to read, as on the API: their own notifications only.
   await owner.page.goto(`${base}/notifications`);
-  await owner.page.getByTestId('not-found').waitFor({ timeout: 15000 });
+  await owner.page.locator('[data-testid="history-empty"], [data-testid="history-row"]').first().waitFor({ timeout: 15000 });
+  assert.ok(!(await owner.page.textContent('main')).includes(email), 'not the admin\'s notification');
   await owner.context.close();
 });
 
