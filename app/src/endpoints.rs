@@ -78,7 +78,11 @@ pub async fn list_endpoints(owner: String, state_is: String) -> Result<Option<Ve
             break;
         }
     }
-    let owner = owner.trim();
+    // The filter names an owner as the API does (a bare name is a team).
+    let owner = match owner.trim() {
+        "" => String::new(),
+        o => herald_core::access::owner_name(o).map_err(crate::readable)?,
+    };
     Ok(Some(
         all.into_iter()
             .filter(|e| owner.is_empty() || e.owner == owner)

@@ -187,6 +187,32 @@ impl Principal {
     }
 }
 
+/// The kinds of owner, each its own namespace: `team:<name>`, `user:<subject>`,
+/// `client:<id>`, and `key:<id>` (a key that is its own owner, named by Herald only).
+pub const OWNER_KINDS: [&str; 4] = ["team", "user", "client", "key"];
+
+/// The owner `raw` names, as Herald stores it: `team:…`, `user:…` or `client:…` as
+/// given, a bare name as a team (`acme` is `team:acme`). `key:` owners are made by
+/// Herald alone; control characters, and names over 255 characters, are refused.
+pub fn owner_name(raw: &str) -> Result<String> {
+    let o = raw.trim();
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "owner '{}': {why}",
+            o.chars().filter(|c| !c.is_control()).take(60).collect::<String>()
+        )))
+    };
+    if o.is_empty() || o.len() > 255 || o.chars().any(char::is_control) {
+        return bad("an owner is 1 to 255 characters without control characters");
+    }
+    match o.split_once(':') {
+        None => Ok(format!("team:{o}")),
+        Some(("key", _)) => bad("key: owners are named by Herald for keys that are their own owner"),
+        Some((kind, rest)) if OWNER_KINDS.contains(&kind) && !rest.is_empty() => Ok(o.to_owned()),
+        Some(_) => bad("an owner is team:<name>, user:<subject> or client:<id> (a bare name is a team)"),
+    }
+}
+
 /// A client-supplied request id as Herald records it: at most 64 characters of
 /// `[A-Za-z0-9._:-]`, anything else refused (`None`), so a request id can neither
 /// flood the audit log nor forge a line in a log viewer.
@@ -231,6 +257,17 @@ mod tests {
         assert!(admin.manages("team:acme", true));
         let portal = Principal { portal_link: Some(Uuid::nil()), ..reader.clone() };
         assert!(portal.require_account().is_err() && reader.require_account().is_ok());
+    }
+
+    #[test]
+    fn owners_have_kinds_that_never_meet() {
+        assert_eq!(owner_name(" acme ").unwrap(), "team:acme");
+        assert_eq!(owner_name("team:acme").unwrap(), "team:acme");
+        assert_eq!(owner_name("client:acme").unwrap(), "client:acme");
+        assert_eq!(owner_name("user:abc").unwrap(), "user:abc");
+        for bad in ["", "key:01", "team:", "other:x", "a\nb", &"x".repeat(256)] {
+            assert!(owner_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

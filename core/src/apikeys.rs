@@ -129,34 +129,30 @@ pub async fn create(
     scopes.sort();
     scopes.dedup();
     let id = Uuid::now_v7();
-    let owner = match new.owner.map(|o| o.trim().to_owned()) {
-        Some(o) if o == who.owner => o,
-        Some(o) if who.is_admin() => {
-            if o.is_empty() || o.len() > 255 || o.starts_with("key:") || o.contains('\0') {
-                return Err(Error::Invalid(
-                    "the owner must be 1 to 255 characters and must not start with 'key:'".into(),
-                ));
-            }
-            o
-        }
+    let named = match new.owner.as_deref().map(str::trim) {
+        None => None,
+        Some(o) if o == who.owner => Some(o.to_owned()),
+        Some(o) => Some(crate::access::owner_name(o)?),
+    };
+    let owner = match named {
+        Some(o) if o == who.owner || who.is_admin() => o,
         Some(_) => return Err(Error::Forbidden("only an admin may create keys for another owner".into())),
         None if who.kind == ActorKind::Cli => format!("key:{id}"),
         None => who.owner.clone(),
     };
     let rate_limit = granted_rate(new.rate_limit, who.effective_rate(default_rate), default_rate)?;
-    let addressable: Option<Vec<String>> = new.addressable_owners.map(|a| {
-        let mut a: Vec<String> = a.into_iter().map(|o| o.trim().to_owned()).collect();
-        a.sort();
-        a.dedup();
-        a
-    });
-    if let Some(a) = &addressable {
-        if a.is_empty() || a.len() > 100 || a.iter().any(|o| o.is_empty() || o.len() > 255 || o.contains('\0')) {
-            return Err(Error::Invalid(
-                "the owners a key may address must be 1 to 100 names of 1 to 255 characters".into(),
-            ));
+    let addressable: Option<Vec<String>> = match new.addressable_owners {
+        None => None,
+        Some(a) if a.is_empty() || a.len() > 100 => {
+            return Err(Error::Invalid("the owners a key may address must be 1 to 100 owners".into()))
         }
-    }
+        Some(a) => {
+            let mut a = a.iter().map(|o| crate::access::owner_name(o)).collect::<Result<Vec<_>>>()?;
+            a.sort();
+            a.dedup();
+            Some(a)
+        }
+    };
     let addressable = match (&who.addressable, addressable) {
         (None, wanted) => wanted,
         (Some(mine), None) => Some(mine.clone()),

@@ -169,7 +169,7 @@ async fn check(db: &PgPool, e: &NewEventType) -> Result<()> {
 
 /// Replaces an event type's grants; returns them sorted.
 async fn set_grants(conn: &mut sqlx::PgConnection, name: &str, grants: &[String]) -> Result<Vec<String>> {
-    let mut grants: Vec<String> = grants.iter().map(|g| g.trim().to_owned()).collect();
+    let mut grants = grants.iter().map(|g| crate::access::owner_name(g)).collect::<Result<Vec<String>>>()?;
     grants.sort();
     grants.dedup();
     sqlx::query("DELETE FROM event_type_grants WHERE event_type = $1").bind(name).execute(&mut *conn).await?;

@@ -591,7 +591,7 @@ test('portal link: opens the portal for its owner only, without a login, until r
   await page.getByTestId('link-row').filter({ hasText: 'acme' }).first().waitFor({ timeout: 15000 });
   const key = await createKey(page, 'portal-links', 'admin');
   const listed = await (await page.request.get(`${base}/api/v1/portal-links`, { headers: { authorization: `Bearer ${key}` } })).json();
-  const link = { url, id: listed.data.find((l) => l.owner === 'acme' && !l.revoked_at).id };
+  const link = { url, id: listed.data.find((l) => l.owner === 'team:acme' && !l.revoked_at).id };
   await context.close();
 
   // A stranger's browser: no login at the provider, straight into acme's portal.
@@ -599,7 +599,7 @@ test('portal link: opens the portal for its owner only, without a login, until r
   const v = await visitor.newPage();
   await v.goto(link.url);
   assert.equal(v.url(), `${base}/endpoints`);
-  await v.getByTestId('user-name').filter({ hasText: 'acme (portal link)' }).waitFor({ timeout: 15000 });
+  await v.getByTestId('user-name').filter({ hasText: 'team:acme (portal link)' }).waitFor({ timeout: 15000 });
   assert.equal(await v.getByTestId('user-role').textContent(), 'owner');
   await v.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
   await v.goto(`${base}/audit`);

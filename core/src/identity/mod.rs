@@ -54,8 +54,10 @@ impl SessionUser {
             .as_deref()
             .filter(|c| counts(c))
             .and_then(|c| claim_values(&login.claims, c).into_iter().next());
+        // Each kind of owner has its own prefix, so a team, a person and an API client
+        // of the same name never share endpoints.
         let owner = match &team {
-            Some(t) => t.clone(),
+            Some(t) => format!("team:{t}"),
             None => format!("user:{}", login.subject),
         };
         SessionUser {
@@ -136,12 +138,13 @@ fn claim_values(claims: &Value, name: &str) -> Vec<String> {
 /// An API client holding a verified access token.
 pub fn client_principal(claims: &tokens::AccessClaims) -> Option<Principal> {
     let client = claims.client()?.to_owned();
+    let owner = format!("client:{client}");
     let scopes: Vec<Scope> = claims.scopes().iter().filter_map(|s| Scope::parse(s)).collect();
     Some(Principal {
         kind: ActorKind::Client,
-        id: client.clone(),
+        id: client,
         key_id: None,
-        owner: client,
+        owner,
         scopes,
         rate_limit: None,
         addressable: None,
@@ -237,7 +240,7 @@ mod tests {
         assert_eq!(owner.owner, "user:u1");
         assert!(!owner.principal(None, None).is_admin());
         let team = SessionUser::from_login(login(serde_json::json!({"team": "acme"})), &cfg(Some("team")));
-        assert_eq!(team.owner, "acme");
+        assert_eq!(team.owner, "team:acme");
         let no_team = SessionUser::from_login(login(serde_json::json!({})), &cfg(Some("team")));
         assert_eq!(no_team.owner, "user:u1");
     }

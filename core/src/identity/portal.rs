@@ -54,10 +54,7 @@ pub fn url(public_url: &str, token: &str) -> String {
 /// Makes a link (admins, or a key with `portal_links:write`). Returns it and its token, shown once.
 pub async fn create(db: &PgPool, who: &Principal, new: NewPortalLink) -> Result<(PortalLink, String)> {
     who.require(Scope::PortalLinks)?;
-    let owner = new.owner.trim().to_owned();
-    if owner.is_empty() || owner.len() > 255 || owner.contains('\0') || owner.starts_with("key:") {
-        return Err(Error::Invalid("owner must be 1 to 255 characters (a team or user:<subject>)".into()));
-    }
+    let owner = crate::access::owner_name(&new.owner)?;
     if who.addressable.as_ref().is_some_and(|allowed| !allowed.contains(&owner)) {
         return Err(Error::Forbidden(format!("this key may not open a portal for '{owner}'")));
     }

@@ -529,10 +529,7 @@ fn addressed_owners(who: &Principal, named: Option<Vec<String>>) -> Result<Optio
     }
     let mut owners = Vec::with_capacity(named.len());
     for o in named {
-        let o = o.trim().to_owned();
-        if o.is_empty() || o.len() > 255 {
-            return Err(Error::Invalid("owners: each owner is 1 to 255 characters".into()));
-        }
+        let o = crate::access::owner_name(&o)?;
         if who.addressable.as_ref().is_some_and(|allowed| !allowed.contains(&o)) {
             return Err(Error::Forbidden(format!("this key may not address the owner '{o}'")));
         }

@@ -246,7 +246,7 @@ async fn an_admins_endpoint_is_not_an_owners_to_manage() {
     assert_eq!(s, 201, "{v}");
     let ep = h.create_endpoint(&admin_acme, &json!({"url": rx.url("/ops"), "event_types": ["ops.audit"]})).await;
     let id = ep["id"].as_str().unwrap().to_owned();
-    assert_eq!(ep["owner"], "acme");
+    assert_eq!(ep["owner"], "team:acme");
 
     // The owner of the same name does not see it, through either door.
     for (m, path, body) in [
@@ -331,10 +331,11 @@ async fn keys_are_granted_within_the_callers_own_limits() {
     .await;
     assert_eq!(results.iter().filter(|s| **s == 201).count(), 99, "{results:?}");
     assert!(results.iter().all(|s| *s == 201 || *s == 422), "{results:?}");
-    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE owner = 'globex' AND revoked_at IS NULL")
-        .fetch_one(&h.db)
-        .await
-        .unwrap();
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE owner = 'team:globex' AND revoked_at IS NULL")
+            .fetch_one(&h.db)
+            .await
+            .unwrap();
     assert_eq!(active, 100);
 
     // A portal session makes no keys and lists none.
@@ -347,6 +348,33 @@ async fn keys_are_granted_within_the_callers_own_limits() {
     assert!(!allowed && !text.contains("hk_"), "{text}");
     let (allowed, text) = console(&portal, &h.base, "keys/list", &[]).await;
     assert!(!allowed, "{text}");
+    h.stop().await;
+    idp.stop().await;
+}
+
+/// One namespace for owners with a prefix per kind: a team and an API client of the
+/// same name used to be one owner (each saw the other's endpoints).
+#[tokio::test]
+async fn a_team_and_a_client_of_the_same_name_are_two_owners() {
+    let crate::oidc::Idp { h, idp, .. } = start(AUDIENCE).await;
+    let rx = herald_testkit::receiver::Receiver::start().await;
+    let client = idp.client_token("endpoints:read endpoints:write").await;
+    let ep = h.create_endpoint(&client, &json!({"url": rx.url("/ci"), "event_types": ["*"]})).await;
+    assert_eq!(ep["owner"], "client:acme-ci");
+    // A team that happens to bear the client's name.
+    let team = h.api_key_for(OWNER, Some("acme-ci"), None).await;
+    let (s, list) = h.call(Method::GET, "/api/v1/endpoints", &team, None).await;
+    assert_eq!(s, 200);
+    assert!(list["data"].as_array().unwrap().is_empty(), "{list}");
+    let (s, _) = h.call(Method::GET, &format!("/api/v1/endpoints/{}", ep["id"].as_str().unwrap()), &team, None).await;
+    assert_eq!(s, 404);
+    // Owners are named with their kind; Herald's own `key:` owners cannot be claimed.
+    let admin = h.api_key(&["admin"]).await;
+    for (owner, want) in [("client:acme-ci", 201), ("user:someone", 201), ("key:01234", 400), ("other:x", 400)] {
+        let body = json!({"name": "k", "scopes": ["endpoints:read"], "owner": owner});
+        let (s, v) = h.call(Method::POST, "/api/v1/api-keys", &admin, Some(&body)).await;
+        assert_eq!(s, want, "{owner}: {v}");
+    }
     h.stop().await;
     idp.stop().await;
 }

@@ -63,7 +63,7 @@ async fn every_change_is_recorded_once_with_its_actor() {
     );
     for e in &ours {
         assert_eq!(e["actor_kind"], "api_key", "{e}");
-        assert_eq!(e["owner"], "acme");
+        assert_eq!(e["owner"], "team:acme");
         assert_eq!(e["source"], "127.0.0.1");
         assert!(e["request_id"].as_str().is_some_and(|r| r.len() >= 32), "{e}");
     }

@@ -16,7 +16,7 @@ async fn owners_manage_their_own_keys_within_their_scopes() {
         .call(Method::POST, "/api/v1/api-keys", &acme, Some(&json!({"name": "ci", "scopes": ["endpoints:read"]})))
         .await;
     assert_eq!(status, 201, "{k}");
-    assert_eq!(k["owner"], "acme");
+    assert_eq!(k["owner"], "team:acme");
     let new_key = k["key"].as_str().unwrap().to_owned();
     assert_eq!(h.call(Method::GET, "/api/v1/endpoints", &new_key, None).await.0, 200);
     assert_eq!(
@@ -43,7 +43,7 @@ async fn owners_manage_their_own_keys_within_their_scopes() {
     // An owner sees only their keys; another owner's key is not found.
     let (_, list) = h.call(Method::GET, "/api/v1/api-keys", &acme, None).await;
     let owners: Vec<&str> = list["data"].as_array().unwrap().iter().map(|k| k["owner"].as_str().unwrap()).collect();
-    assert_eq!(owners, ["acme", "acme"]);
+    assert_eq!(owners, ["team:acme", "team:acme"]);
     assert!(!list.to_string().contains("key_hash") && !list.to_string().contains(&new_key));
     let (_, theirs) = h.call(Method::GET, "/api/v1/api-keys", &other_owner_key, None).await;
     let foreign = theirs["data"][0]["id"].as_str().unwrap().to_owned();
@@ -69,7 +69,7 @@ async fn owners_manage_their_own_keys_within_their_scopes() {
         created["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect::<Vec<_>>();
     assert_eq!(actions, ["api_key.revoked", "api_key.created"]);
     let entries: &Vec<Value> = created["data"].as_array().unwrap();
-    assert!(entries.iter().all(|e| e["actor_kind"] == "api_key" && e["owner"] == "acme"));
+    assert!(entries.iter().all(|e| e["actor_kind"] == "api_key" && e["owner"] == "team:acme"));
     h.stop().await;
 }
 

@@ -133,9 +133,9 @@ async fn an_admin_and_an_owner_log_in_and_out() {
     log_in(&owner, &base, "alice").await;
     let (_, v) = me(&owner, &base).await;
     assert_eq!(v["role"], "owner");
-    assert_eq!(v["owner"], "acme", "the team claim names the owner");
+    assert_eq!(v["owner"], "team:acme", "the team claim names the owner");
     let email: String =
-        sqlx::query_scalar("SELECT email FROM owners WHERE subject = 'acme'").fetch_one(&h.db).await.unwrap();
+        sqlx::query_scalar("SELECT email FROM owners WHERE subject = 'team:acme'").fetch_one(&h.db).await.unwrap();
     assert_eq!(email, "alice@acme.test", "Herald writes to the owner at the provider's address");
     let roles: Vec<String> =
         sqlx::query_scalar("SELECT roles[1] FROM users ORDER BY subject").fetch_all(&h.db).await.unwrap();
@@ -626,7 +626,7 @@ async fn a_portal_link_opens_the_portal_for_its_owner_until_revoked_or_expired()
     let r = b.get(&url).send().await.unwrap();
     assert_eq!((r.status().is_redirection(), location(&r)), (true, format!("{}/endpoints", h.base)));
     let (s, who) = me(&b, &h.base).await;
-    assert_eq!((s, who["owner"].as_str(), who["role"].as_str()), (StatusCode::OK, Some("acme"), Some("owner")));
+    assert_eq!((s, who["owner"].as_str(), who["role"].as_str()), (StatusCode::OK, Some("team:acme"), Some("owner")));
     let page = b.get(format!("{}/endpoints", h.base)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(&acme_url) && !page.contains(&globex_url), "the portal shows acme's endpoint only");
     let audit_page = b.get(format!("{}/audit", h.base)).send().await.unwrap().text().await.unwrap();
@@ -677,7 +677,7 @@ async fn a_portal_link_opens_the_portal_for_its_owner_until_revoked_or_expired()
     let (s, _) = h.call(Method::POST, "/api/v1/portal-links", &saas, Some(&json!({"owner": "globex"}))).await;
     assert_eq!(s, 403, "not for an owner it may not address");
     let (_, theirs) = h.call(Method::GET, "/api/v1/portal-links", &saas, None).await;
-    assert!(theirs["data"].as_array().unwrap().iter().all(|l| l["owner"] == "acme"));
+    assert!(theirs["data"].as_array().unwrap().iter().all(|l| l["owner"] == "team:acme"));
     let (s, _) =
         h.call(Method::DELETE, &format!("/api/v1/portal-links/{}", made["id"].as_str().unwrap()), &saas, None).await;
     assert_eq!(s, 204);

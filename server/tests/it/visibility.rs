@@ -99,7 +99,7 @@ async fn visibility_and_grants_decide_who_subscribes_and_who_receives() {
             Some(&json!({"visibility": "granted", "grants": ["acme", " acme", "acme"]})),
         )
         .await;
-    assert_eq!((s, v["grants"].clone()), (200, json!(["acme"])), "{v}");
+    assert_eq!((s, v["grants"].clone()), (200, json!(["team:acme"])), "{v}");
     let seen = catalog(&acme).await;
     let paid = seen.iter().find(|t| t["name"] == "invoice.paid").expect("granted: in acme's catalog");
     assert_eq!(paid["grants"], json!([]), "an owner does not see who else is granted");
@@ -158,8 +158,8 @@ async fn visibility_and_grants_decide_who_subscribes_and_who_receives() {
         h.call(Method::GET, "/api/v1/audit?action=event_type.updated&target=invoice.paid", &admin, None).await;
     let entries = log["data"].as_array().unwrap();
     assert_eq!(entries.len(), 3, "{log}");
-    assert_eq!(entries[2]["after"]["grants"], json!(["acme"]));
-    assert_eq!(entries[1]["before"]["grants"], json!(["acme"]));
+    assert_eq!(entries[2]["after"]["grants"], json!(["team:acme"]));
+    assert_eq!(entries[1]["before"]["grants"], json!(["team:acme"]));
     assert_eq!(entries[1]["after"]["grants"], json!([]));
 }
 
@@ -257,7 +257,7 @@ async fn addressed_notifications_reach_only_those_owners_and_a_limited_key_only_
             Some(&json!({"name": "y", "scopes": ["notifications:write"]})),
         )
         .await;
-    assert_eq!((s, v["addressable_owners"].clone()), (201, json!(["acme"])), "{v}");
+    assert_eq!((s, v["addressable_owners"].clone()), (201, json!(["team:acme"])), "{v}");
     let child = v["key"].as_str().unwrap().to_owned();
     let (s, _) = send(&child, Some(json!(["globex"]))).await;
     assert_eq!(s, 403);
