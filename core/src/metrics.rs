@@ -9,7 +9,7 @@
 //! `herald_webhook_deferred_total`, `herald_lane_carried_total{topic}`,
 //! `herald_lane_overflows_total{topic}`, `herald_accept_groups_total` (group commits of
 //! accepted notifications: `herald_notifications_accepted_total` ÷ this is the mean group),
-//! `herald_login_failures_unrecorded_total{why}`.
+//! `herald_login_failures_unrecorded_total{why}`, `herald_sweeps_total`.
 
 use std::sync::OnceLock;
 
@@ -126,6 +126,11 @@ pub fn pruned(table: &'static str, n: u64) {
 /// in progress: anonymous callbacks).
 pub fn login_failure_unrecorded(why: &'static str) {
     metrics::counter!("herald_login_failures_unrecorded_total", "why" => why).increment(1);
+}
+
+/// One pass of the sweeper (tests wait on it instead of on time).
+pub fn swept() {
+    metrics::counter!("herald_sweeps_total").increment(1);
 }
 
 pub fn rate_limited() {

@@ -50,7 +50,9 @@ pub async fn run(db: PgPool, grace: Duration, mut shutdown: watch::Receiver<bool
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep(every) => {}
         }
-        match sweep_once(&db, grace).await {
+        let swept = sweep_once(&db, grace).await;
+        crate::metrics::swept();
+        match swept {
             Ok(0) => {}
             Ok(n) => tracing::warn!(deliveries = n, "sweeper re-enqueued stuck deliveries"),
             Err(e) => tracing::warn!(error = %e, "sweeper failed"),

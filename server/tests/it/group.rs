@@ -80,7 +80,9 @@ async fn concurrent_notifications_are_committed_in_groups_each_answered_with_its
 
     // Every webhook arrives once, at its owner's receiver path.
     eventually(Duration::from_secs(30), "200 webhooks", || async { (rx.count() >= N).then_some(()) }).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A duplicate would be a message still in the outbox (acked only once its attempt
+    // is recorded, after the request): with the outbox empty, nothing more is coming.
+    h.wait_count("outbox", 0).await;
     let requests = rx.requests();
     assert_eq!(requests.len(), N, "no duplicates");
     for r in &requests {

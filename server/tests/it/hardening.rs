@@ -42,8 +42,9 @@ async fn a_nul_byte_in_a_response_does_not_stall_anyone() {
         assert_eq!(delivery_to(&n, &good_ep)["status"], "succeeded", "{n}");
         assert_eq!(delivery_to(&n, &bad_ep)["status"], "succeeded", "{n}");
     }
-    // Each was POSTed once: no batch was handed back and re-sent.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each was POSTed once: no batch was handed back and re-sent (with the outbox empty,
+    // no message is left that could send one again).
+    h.wait_count("outbox", 0).await;
     assert_eq!((bad.count(), good.count()), (5, 5));
     let n = h.get_notification(&key, &ids[0]).await;
     let d = owner_view(&h, &hostile, &bad_ep, delivery_to(&n, &bad_ep)).await;

@@ -155,8 +155,8 @@ async fn broker_down_still_accepts_and_delivers_later() {
     assert_eq!(h.count("outbox").await, 1);
     let ready = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sink.accepted_count(), 0);
+    let status: String = sqlx::query_scalar("SELECT status FROM deliveries").fetch_one(&h.db).await.unwrap();
+    assert_eq!((status.as_str(), sink.accepted_count()), ("pending", 0), "nothing goes out without a broker");
     // The broker comes up on the configured address; Herald connects by itself.
     let broker = Broker::on_port(port).await;
     let n = h.wait_terminal(&key, &id).await;
@@ -375,7 +375,12 @@ async fn the_sweeper_leaves_published_deliveries_in_consumer_lag_alone() {
     const N: usize = 5;
     post_many(&api, &key, 0..N).await;
     api.wait_count("outbox", 0).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The sweeper has looked at least twice since every message was published.
+    let passes = metric(&api, "herald_sweeps_total").await;
+    eventually(Duration::from_secs(20), "two sweeps", || async {
+        (metric(&api, "herald_sweeps_total").await >= passes + 2.0).then_some(())
+    })
+    .await;
     let swept: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE next_attempt_at IS NOT NULL")
         .fetch_one(&api.db)
         .await

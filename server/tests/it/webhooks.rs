@@ -194,7 +194,7 @@ async fn gone_disables_the_endpoint_and_tells_the_owner_by_email_and_operational
         disable_mail_to(&sink, "crm-team@example.test").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.wait_count("outbox", 0).await;
     assert_eq!(foreign_ops.count(), 0, "another owner's endpoint is not told");
     assert_eq!(star.count(), 1, "'*' got user.registered but not endpoint.disabled");
     // Clients cannot post operational events.
@@ -294,7 +294,7 @@ async fn endpoints_failing_for_the_window_are_disabled_and_the_owner_is_emailed(
     .await;
     // Deliveries still queued for it fail without reaching it.
     let before = rx.count();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.wait_count("outbox", 0).await;
     assert_eq!(rx.count(), before, "a disabled endpoint receives nothing");
 
     // Re-enabling resets the clock.
@@ -370,7 +370,7 @@ async fn the_ssrf_guard_refuses_non_global_targets() {
     let error = attempts[0]["error"].as_str().unwrap();
     assert!(error.contains("refused by the network policy"), "{error}");
     assert!(!error.contains("127.") && !error.contains("::1") && !error.contains("loopback"), "{error}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.wait_count("outbox", 0).await;
     assert_eq!(rx.count(), 0, "the listener on 127.0.0.1 received nothing");
     h.stop().await;
 }
