@@ -403,7 +403,7 @@ pub async fn run_recorder(
 #[derive(sqlx::FromRow)]
 struct DeliveryRow {
     id: Uuid,
-    status: String,
+    status: crate::model::DeliveryStatus,
     updated_at: DateTime<Utc>,
     content: serde_json::Value,
     notification_id: Uuid,
@@ -462,7 +462,7 @@ pub async fn record(db: &PgPool, processor: &Processor, hits: Vec<Hit>, mode: Tr
         if (kind == Kind::Open && !content.track_opens) || (kind == Kind::Click && !content.track_clicks) {
             continue;
         }
-        let delivered = d.status == "succeeded";
+        let delivered = d.status == crate::model::DeliveryStatus::Succeeded;
         let too_soon = !delivered || h.at < d.updated_at + chrono::Duration::from_std(TOO_SOON).expect("a second fits");
         let machine = h.machine.or(too_soon.then_some("too_soon"));
         let link = (kind == Kind::Click).then_some(h.token.link as i32);
