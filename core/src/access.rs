@@ -187,6 +187,32 @@ impl Principal {
     }
 }
 
+/// Binds the caller to an owner-scoped statement: its owner, then whether it is an admin,
+/// as `herald_owns(row_owner, $n, $n+1)` and `herald_manages(…, $n, $n+1)` take them.
+pub trait BindCaller<'q> {
+    fn bind_caller(self, who: &'q Principal) -> Self;
+}
+
+type Args = sqlx::postgres::PgArguments;
+
+impl<'q> BindCaller<'q> for sqlx::query::Query<'q, sqlx::Postgres, Args> {
+    fn bind_caller(self, who: &'q Principal) -> Self {
+        self.bind(&who.owner).bind(who.is_admin())
+    }
+}
+
+impl<'q, O> BindCaller<'q> for sqlx::query::QueryAs<'q, sqlx::Postgres, O, Args> {
+    fn bind_caller(self, who: &'q Principal) -> Self {
+        self.bind(&who.owner).bind(who.is_admin())
+    }
+}
+
+impl<'q, O> BindCaller<'q> for sqlx::query::QueryScalar<'q, sqlx::Postgres, O, Args> {
+    fn bind_caller(self, who: &'q Principal) -> Self {
+        self.bind(&who.owner).bind(who.is_admin())
+    }
+}
+
 /// The kinds of owner, each its own namespace: `team:<name>`, `user:<subject>`,
 /// `client:<id>`, and `key:<id>` (a key that is its own owner, named by Herald only).
 pub const OWNER_KINDS: [&str; 4] = ["team", "user", "client", "key"];

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::audit::{self, ActorKind, Target};
 use crate::error::{Error, Result};
 
+use crate::access::BindCaller;
 pub use crate::access::{Principal, Scope};
 
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -230,8 +231,7 @@ pub async fn list(db: &PgPool, who: &Principal) -> Result<Vec<ApiKeyInfo>> {
         "SELECT id, name, prefix, scopes, owner, created_at, revoked_at, last_used_at, rate_limit, addressable_owners
          FROM api_keys WHERE herald_owns(owner, $1, $2) ORDER BY id",
     )
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_all(db)
     .await?)
 }
@@ -247,8 +247,7 @@ pub async fn revoke(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
          RETURNING old.revoked_at IS NULL",
     )
     .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(newly) = revoked else { return Err(Error::NotFound) };

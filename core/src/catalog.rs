@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::access::Principal;
+use crate::access::{BindCaller, Principal};
 use crate::audit::{self, Target};
 use crate::error::{Error, FieldError, Result};
 use crate::model::lookup;
@@ -194,8 +194,7 @@ pub async fn receivable_event_types(db: &PgPool, who: &Principal) -> Result<Vec<
         "SELECT {EVENT_COLUMNS} FROM event_types WHERE $2 OR herald_may_receive(name, $1, false)
          ORDER BY name"
     ))
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_all(db)
     .await?;
     if !who.is_admin() {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::access::{Principal, Scope};
+use crate::access::{BindCaller, Principal, Scope};
 use crate::audit::{self, Target};
 use crate::error::{Error, Result};
 use crate::retry::RetrySchedule;
@@ -344,8 +344,7 @@ pub async fn list(db: &PgPool, who: &Principal, limit: i64, after: Option<Uuid>)
         "SELECT {COLUMNS} FROM endpoints WHERE herald_manages(owner, admin, $1, $2) AND ($3::uuid IS NULL OR id > $3)
          ORDER BY id LIMIT $4"
     ))
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .bind(after)
     .bind(limit)
     .fetch_all(db)
@@ -356,8 +355,7 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<Endpoint> {
     who.require(Scope::EndpointsRead)?;
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3)"))
         .bind(id)
-        .bind(&who.owner)
-        .bind(who.is_admin())
+        .bind_caller(who)
         .fetch_optional(db)
         .await?
         .ok_or(Error::NotFound)
@@ -386,8 +384,7 @@ pub async fn update(
         "SELECT {COLUMNS}, headers_sealed, admin FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE"
     ))
     .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::NotFound)?;
@@ -443,8 +440,7 @@ pub async fn headers(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) ->
         "SELECT headers, headers_sealed FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3)",
     )
     .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_optional(db)
     .await?
     .ok_or(Error::NotFound)?;
@@ -460,8 +456,7 @@ pub async fn delete(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
         "DELETE FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) RETURNING {COLUMNS}"
     ))
     .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::NotFound)?;
@@ -483,8 +478,7 @@ pub async fn set_enabled(db: &PgPool, who: &Principal, id: Uuid, enabled: bool) 
          WHERE id = $1 AND herald_manages(owner, admin, $2, $3) RETURNING {COLUMNS}"
     ))
     .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .bind(enabled)
     .fetch_optional(&mut *tx)
     .await?

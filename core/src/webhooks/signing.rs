@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::endpoints::target;
-use crate::access::{Principal, Scope};
+use crate::access::{BindCaller, Principal, Scope};
 use crate::audit;
 use crate::error::{Error, Result};
 use crate::secrets::{self, SecretKey};
@@ -35,8 +35,7 @@ pub async fn secret(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid) -> 
          WHERE e.id = $1 AND herald_manages(e.owner, e.admin, $2, $3) AND s.expires_at IS NULL",
     )
     .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_optional(db)
     .await?
     .ok_or(Error::NotFound)?;
@@ -54,8 +53,7 @@ pub async fn rotate(db: &PgPool, key: &SecretKey, who: &Principal, id: Uuid, gra
         "SELECT id FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE",
     )
     .bind(id)
-    .bind(&who.owner)
-    .bind(who.is_admin())
+    .bind_caller(who)
     .fetch_optional(&mut *tx)
     .await?;
     if found.is_none() {

@@ -10,6 +10,19 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
+/// What the database's own role can do without `HERALD_SECRET_KEY` (triggers off):
+/// recompute every entry's hash, from the first, in the unkeyed form.
+const RECHAIN: &str = "UPDATE audit_log a SET prev_hash = x.prev, hash = x.hash FROM (
+            WITH RECURSIVE c AS (
+                SELECT seq, prev_hash AS prev, herald_audit_hash(prev_hash, seq, at, actor_kind, actor, owner, action,
+                        target_kind, target, before, after, request_id, source) AS hash
+                FROM audit_log WHERE seq = 1
+                UNION ALL
+                SELECT l.seq, c.hash, herald_audit_hash(c.hash, l.seq, l.at, l.actor_kind, l.actor, l.owner, l.action,
+                        l.target_kind, l.target, l.before, l.after, l.request_id, l.source)
+                FROM audit_log l JOIN c ON l.seq = c.seq + 1)
+            SELECT * FROM c) x WHERE a.seq = x.seq";
+
 const ENDPOINT_SCOPES: &[&str] = &["endpoints:read", "endpoints:write", "notifications:write", "notifications:read"];
 
 async fn entries(h: &Herald, admin: &str, query: &str) -> Vec<Value> {
@@ -152,17 +165,7 @@ async fn the_log_is_append_only_and_verify_catches_tampering() {
     let (ok, checkpoint, err) = run_cli(&h.env, &["audit", "checkpoint"]).await;
     assert!(!ok, "a broken chain is not checkpointed: {checkpoint}");
     assert!(err.contains("broken at entry 4"), "{err}");
-    let rechain = "UPDATE audit_log a SET prev_hash = x.prev, hash = x.hash FROM (
-            WITH RECURSIVE c AS (
-                SELECT seq, prev_hash AS prev, herald_audit_hash(prev_hash, seq, at, actor_kind, actor, owner, action,
-                        target_kind, target, before, after, request_id, source) AS hash
-                FROM audit_log WHERE seq = 1
-                UNION ALL
-                SELECT l.seq, c.hash, herald_audit_hash(c.hash, l.seq, l.at, l.actor_kind, l.actor, l.owner, l.action,
-                        l.target_kind, l.target, l.before, l.after, l.request_id, l.source)
-                FROM audit_log l JOIN c ON l.seq = c.seq + 1)
-            SELECT * FROM c) x WHERE a.seq = x.seq";
-    sqlx::query(rechain).execute(&mut *conn).await.unwrap();
+    sqlx::query(RECHAIN).execute(&mut *conn).await.unwrap();
     let (ok, _, err) = run_cli(&h.env, &["audit", "verify"]).await;
     assert!(!ok, "a chain rewritten without the key must not verify");
     assert!(err.contains("broken at entry 1: its content does not match its hash"), "{err}");
@@ -210,21 +213,8 @@ async fn a_checkpoint_kept_outside_detects_removal_and_rewriting() {
     let mut conn = h.db.acquire().await.unwrap();
     sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3").execute(&mut *conn).await.unwrap();
-    sqlx::query(
-        "UPDATE audit_log a SET keyed = false, prev_hash = x.prev, hash = x.hash FROM (
-            WITH RECURSIVE c AS (
-                SELECT seq, prev_hash AS prev, herald_audit_hash(prev_hash, seq, at, actor_kind, actor, owner, action,
-                        target_kind, target, before, after, request_id, source) AS hash
-                FROM audit_log WHERE seq = 1
-                UNION ALL
-                SELECT l.seq, c.hash, herald_audit_hash(c.hash, l.seq, l.at, l.actor_kind, l.actor, l.owner, l.action,
-                        l.target_kind, l.target, l.before, l.after, l.request_id, l.source)
-                FROM audit_log l JOIN c ON l.seq = c.seq + 1)
-            SELECT * FROM c) x WHERE a.seq = x.seq",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    sqlx::query("UPDATE audit_log SET keyed = false").execute(&mut *conn).await.unwrap();
+    sqlx::query(RECHAIN).execute(&mut *conn).await.unwrap();
     sqlx::query("DELETE FROM audit_checkpoints").execute(&mut *conn).await.unwrap();
     let (ok, out, _) = run_cli(&h.env, &["audit", "verify"]).await;
     assert!(ok && out.contains("5 written before the chain was keyed"), "{out}");

@@ -545,19 +545,26 @@ mod forging {
     }
 }
 
-#[tokio::test]
-async fn forged_id_tokens_are_refused_at_login() {
-    use forging::{Forger, Forgery};
-    let forger = Forger::start().await;
+/// Herald logging in at a forging provider, with `extra` settings.
+async fn forged(extra: &[(&str, &str)]) -> (forging::Forger, Herald, SmtpSink) {
+    let forger = forging::Forger::start().await;
     let sink = SmtpSink::start().await;
     let db = fresh_database().await;
     let issuer = forger.issuer();
-    let settings = [
+    let mut settings = vec![
         ("HERALD_OIDC_ISSUER", issuer.as_str()),
         ("HERALD_OIDC_CLIENT_ID", "herald"),
         ("HERALD_OIDC_CLIENT_SECRET", "s"),
     ];
+    settings.extend_from_slice(extra);
     let h = Herald::start(&db, &sink.url(), &settings).await;
+    (forger, h, sink)
+}
+
+#[tokio::test]
+async fn forged_id_tokens_are_refused_at_login() {
+    use forging::Forgery;
+    let (forger, h, _sink) = forged(&[]).await;
     let base = h.base.clone();
     let attempt = |what: Forgery| {
         let (forger, base) = (forger.clone(), base.clone());
@@ -698,19 +705,9 @@ async fn a_portal_link_opens_the_portal_for_its_owner_until_revoked_or_expired()
 /// the owner's contact address. It counts for neither now.
 #[tokio::test]
 async fn an_unverified_email_grants_no_role_and_no_contact_address() {
-    use forging::{Forger, Forgery};
-    let forger = Forger::start().await;
-    let sink = SmtpSink::start().await;
-    let db = fresh_database().await;
-    let issuer = forger.issuer();
-    let settings = [
-        ("HERALD_OIDC_ISSUER", issuer.as_str()),
-        ("HERALD_OIDC_CLIENT_ID", "herald"),
-        ("HERALD_OIDC_CLIENT_SECRET", "s"),
-        ("HERALD_OIDC_ADMIN_CLAIM", "email"),
-        ("HERALD_OIDC_ADMIN_VALUES", "mallory@example.test"),
-    ];
-    let h = Herald::start(&db, &sink.url(), &settings).await;
+    use forging::Forgery;
+    let (forger, h, _sink) =
+        forged(&[("HERALD_OIDC_ADMIN_CLAIM", "email"), ("HERALD_OIDC_ADMIN_VALUES", "mallory@example.test")]).await;
     let base = h.base.clone();
     let login = |what: Forgery| {
         let (forger, base) = (forger.clone(), base.clone());
@@ -741,20 +738,9 @@ async fn an_unverified_email_grants_no_role_and_no_contact_address() {
 /// token typed `at+jwt` is (RFC 9068).
 #[tokio::test]
 async fn an_id_token_is_not_an_api_credential() {
-    use forging::Forger;
-    let forger = Forger::start().await;
-    let sink = SmtpSink::start().await;
-    let db = fresh_database().await;
-    let issuer = forger.issuer();
-    let settings = [
-        ("HERALD_OIDC_ISSUER", issuer.as_str()),
-        ("HERALD_OIDC_CLIENT_ID", "herald"),
-        ("HERALD_OIDC_CLIENT_SECRET", "s"),
-        ("HERALD_OIDC_AUDIENCE", "herald"),
-    ];
-    let h = Herald::start(&db, &sink.url(), &settings).await;
+    let (forger, h, _sink) = forged(&[("HERALD_OIDC_AUDIENCE", "herald")]).await;
     let answer: Value =
-        reqwest::Client::new().post(format!("{issuer}/token")).send().await.unwrap().json().await.unwrap();
+        reqwest::Client::new().post(format!("{}/token", forger.issuer())).send().await.unwrap().json().await.unwrap();
     let id_token = answer["id_token"].as_str().unwrap();
     let (status, v) = h.call(Method::GET, "/api/v1/catalog", id_token, None).await;
     assert_eq!(status, 401, "an ID token is refused: {v}");
