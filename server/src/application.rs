@@ -376,9 +376,8 @@ impl Application {
             });
         }
         let layers = tower::ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             // A client's x-request-id is kept only when it is short and plain (it reaches
-            // logs and the audit log); otherwise Herald makes one.
+            // logs and the audit log); otherwise Herald makes one (the next layer).
             .layer(axum::middleware::map_request(|mut req: axum::extract::Request| async move {
                 let plain =
                     herald_core::access::request_id(req.headers().get("x-request-id").and_then(|v| v.to_str().ok()))
@@ -388,6 +387,7 @@ impl Application {
                 }
                 req
             }))
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
                 tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)

@@ -228,3 +228,35 @@ async fn a_checkpoint_kept_outside_detects_removal_and_rewriting() {
     let _ = std::fs::remove_file(file);
     h.stop().await;
 }
+
+/// A client's `x-request-id` is recorded (and logged, and answered) only when it is
+/// short and plain; a long one, or one with a newline, is replaced by one Herald makes.
+#[tokio::test]
+async fn a_hostile_request_id_is_replaced_not_recorded() {
+    let (_sink, h, _key) = setup(&[], &[]).await;
+    let admin = h.api_key(&["admin"]).await;
+    let owner = h.api_key_for(ENDPOINT_SCOPES, Some("acme"), None).await;
+    let rx = Receiver::start().await;
+    let long = "r".repeat(5000);
+    for (sent, kept) in [("req-7.a:b_c", true), (long.as_str(), false), ("two\tparts", false)] {
+        let r = h
+            .http
+            .post(format!("{}/api/v1/endpoints", h.base))
+            .bearer_auth(&owner)
+            .header("x-request-id", sent)
+            .json(&json!({"url": rx.url("/"), "event_types": ["*"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let answered = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let recorded = entries(&h, &admin, &format!("?target={id}")).await[0]["request_id"].clone();
+        assert_eq!(recorded.as_str(), Some(answered.as_str()));
+        assert_eq!(answered == sent, kept, "{sent:.20}: answered {answered:.40}");
+        if !kept {
+            assert_eq!(answered.len(), 36, "a UUID of Herald's: {answered}");
+        }
+    }
+    h.stop().await;
+}
