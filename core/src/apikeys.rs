@@ -136,7 +136,7 @@ pub async fn create(
         Some(o) => Some(crate::access::owner_name(o)?),
     };
     let owner = match named {
-        Some(o) if o == who.owner || who.is_admin() => o,
+        Some(o) if who.owns(&o) => o,
         Some(_) => return Err(Error::Forbidden("only an admin may create keys for another owner".into())),
         None if who.kind == ActorKind::Cli => format!("key:{id}"),
         None => who.owner.clone(),
