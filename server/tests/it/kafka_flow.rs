@@ -375,7 +375,17 @@ async fn the_sweeper_leaves_published_deliveries_in_consumer_lag_alone() {
     const N: usize = 5;
     post_many(&api, &key, 0..N).await;
     api.wait_count("outbox", 0).await;
-    // The sweeper has looked at least twice since every message was published.
+    // Once the deliveries are older than HERALD_SWEEP_AFTER, the sweeper looks at least
+    // twice: each look would have re-enqueued them, were they taken for stuck.
+    eventually(Duration::from_secs(20), "the deliveries to be older than the sweep grace", || async {
+        let young: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE created_at > now() - interval '1.2 seconds'")
+                .fetch_one(&api.db)
+                .await
+                .unwrap();
+        (young == 0).then_some(())
+    })
+    .await;
     let passes = metric(&api, "herald_sweeps_total").await;
     eventually(Duration::from_secs(20), "two sweeps", || async {
         (metric(&api, "herald_sweeps_total").await >= passes + 2.0).then_some(())
