@@ -172,8 +172,12 @@ fn may_record_failure(source: Option<&str>) -> bool {
     if now.duration_since(b.window) >= Duration::from_secs(60) {
         *b = Budget { window: now, total: 0, per_source: HashMap::new() };
     }
+    // The total first: the map holds at most 60 sources.
+    if b.total >= 60 {
+        return false;
+    }
     let mine = b.per_source.entry(source.unwrap_or("").to_owned()).or_insert(0);
-    if *mine >= 10 || b.total >= 60 {
+    if *mine >= 10 {
         return false;
     }
     *mine += 1;
