@@ -395,3 +395,36 @@ pub async fn require_login(State(s): State<AppState>, session: Session, req: Req
         page(StatusCode::UNAUTHORIZED, "Not logged in", "Log in to use the console.")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_a_path_on_herald_or_home() {
+        for (given, went) in [
+            ("/endpoints", "/endpoints"),
+            ("/no/such/page?x=1", "/no/such/page?x=1"),
+            ("//evil.example/", "/"),
+            ("/\t/evil.example", "/"),
+            ("/\\evil.example", "/"),
+            ("\\\\evil.example", "/"),
+            ("https://evil.example/", "/"),
+            ("/ok\r\nSet-Cookie: x=1", "/"),
+            ("/a b", "/"),
+            ("/auth/login", "/"),
+            ("/%2F%2Fevil.example", "/%2F%2Fevil.example"),
+            ("", "/"),
+        ] {
+            assert_eq!(safe_next(Some(given)), went, "{given:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn reasons_are_bounded_and_plain() {
+        assert_eq!(bounded("denied\r\nforged"), "deniedforged");
+        let long = bounded(&"é".repeat(1000));
+        assert_eq!(long.chars().count(), MAX_REASON + 1);
+    }
+}
