@@ -364,3 +364,24 @@ fn principal_of(db: &PgPool, row: KeyRow, presented: &str) -> Option<Principal> 
         source: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_runs_no_faster_than_its_creator() {
+        // A creator without a limit grants anything, unspecified stays the default.
+        assert_eq!(granted_rate(Some(0), None, 100).unwrap(), Some(0));
+        assert_eq!(granted_rate(None, None, 100).unwrap(), None);
+        // A creator at 5/s: no "no limit", nothing above 5, unspecified becomes 5.
+        assert!(matches!(granted_rate(Some(0), Some(5), 100), Err(Error::Forbidden(_))));
+        assert!(matches!(granted_rate(Some(6), Some(5), 100), Err(Error::Forbidden(_))));
+        assert_eq!(granted_rate(Some(5), Some(5), 100).unwrap(), Some(5));
+        assert_eq!(granted_rate(None, Some(5), 100).unwrap(), Some(5));
+        // Unspecified under a default no higher than the creator's: the default.
+        assert_eq!(granted_rate(None, Some(500), 100).unwrap(), None);
+        // A default of "no limit" never passes to a limited creator's key.
+        assert_eq!(granted_rate(None, Some(5), 0).unwrap(), Some(5));
+    }
+}
