@@ -39,6 +39,8 @@ $$;
 ALTER TABLE endpoints ADD COLUMN created_by text;
 UPDATE endpoints e SET created_by = a.actor_kind || ':' || a.actor
 FROM audit_log a WHERE a.action = 'endpoint.created' AND a.target = e.id::text;
+-- Looked up at every login of an owner and every key revocation (revoke_admin_reach).
+CREATE INDEX endpoints_admin_reach_idx ON endpoints (created_by) WHERE admin;
 
 -- Keys made from portal links outlived them; a portal visitor can make none now, and
 -- those it made end here.

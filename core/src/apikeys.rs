@@ -251,9 +251,11 @@ pub async fn revoke(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
     .fetch_optional(&mut *tx)
     .await?;
     let Some(newly) = revoked else { return Err(Error::NotFound) };
+    let mut reach_taken = false;
     if newly {
         // The endpoints it made as an admin lose their admin reach with it.
-        crate::webhooks::endpoints::revoke_admin_reach(&mut tx, ActorKind::ApiKey, &id.to_string()).await?;
+        reach_taken =
+            crate::webhooks::endpoints::revoke_admin_reach(&mut tx, ActorKind::ApiKey, &id.to_string()).await? > 0;
         audit::record(
             &mut tx,
             &who.actor(),
@@ -266,7 +268,9 @@ pub async fn revoke(db: &PgPool, who: &Principal, id: Uuid) -> Result<()> {
     }
     tx.commit().await?;
     crate::cache::changed(crate::cache::API_KEYS);
-    crate::cache::changed(crate::cache::ENDPOINTS);
+    if reach_taken {
+        crate::cache::changed(crate::cache::ENDPOINTS);
+    }
     Ok(())
 }
 

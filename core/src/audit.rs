@@ -363,10 +363,22 @@ pub async fn verify_from(db: &PgPool, from: Option<&Checkpoint>) -> sqlx::Result
 pub async fn verify(db: &PgPool) -> sqlx::Result<Verdict> {
     let verdict = verify_from(db, None).await?;
     if let Verdict::Intact { .. } = verdict {
-        for cp in checkpoints(db).await? {
-            let hash: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1").bind(cp.seq).fetch_optional(db).await?;
-            if hash.as_ref() != Some(&cp.hash) {
+        // Every stored checkpoint with its entry's hash now, in one read.
+        #[derive(sqlx::FromRow)]
+        struct Stored {
+            seq: i64,
+            hash: Vec<u8>,
+            tag: Vec<u8>,
+            now: Option<Vec<u8>>,
+        }
+        let rows: Vec<Stored> = sqlx::query_as(
+            "SELECT c.seq, c.hash, c.tag, a.hash AS now FROM audit_checkpoints c LEFT JOIN audit_log a ON a.seq = c.seq
+             ORDER BY c.seq",
+        )
+        .fetch_all(db)
+        .await?;
+        for (cp, now) in genuine(rows.into_iter().map(|r| (Checkpoint { seq: r.seq, hash: r.hash }, r.tag, r.now)))? {
+            if now.as_ref() != Some(&cp.hash) {
                 return Ok(Verdict::Broken {
                     seq: cp.seq,
                     reason: "the entry does not match a checkpoint recorded earlier".into(),
@@ -377,17 +389,24 @@ pub async fn verify(db: &PgPool) -> sqlx::Result<Verdict> {
     Ok(verdict)
 }
 
-/// The stored checkpoints whose tags are valid, newest first (forged ones are skipped).
-async fn checkpoints(db: &PgPool) -> sqlx::Result<Vec<Checkpoint>> {
+/// The checkpoints among `rows` whose tags are valid (forged ones are skipped).
+fn genuine<X>(rows: impl Iterator<Item = (Checkpoint, Vec<u8>, X)>) -> sqlx::Result<Vec<(Checkpoint, X)>> {
     let key = key()?;
-    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
-        sqlx::query_as("SELECT seq, hash, tag FROM audit_checkpoints ORDER BY seq DESC").fetch_all(db).await?;
     Ok(rows
-        .into_iter()
-        .map(|(seq, hash, tag)| (Checkpoint { seq, hash }, tag))
-        .filter(|(cp, tag)| bool::from(subtle::ConstantTimeEq::ct_eq(&cp.tag(key)[..], &tag[..])))
-        .map(|(cp, _)| cp)
+        .filter(|(cp, tag, _)| bool::from(subtle::ConstantTimeEq::ct_eq(&cp.tag(key)[..], &tag[..])))
+        .map(|(cp, _, x)| (cp, x))
         .collect())
+}
+
+/// The newest stored checkpoint whose tag is valid, among the newest few (past forged
+/// ones, the walk starts from the first entry).
+async fn newest_checkpoint(db: &PgPool) -> sqlx::Result<Option<Checkpoint>> {
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash, tag FROM audit_checkpoints ORDER BY seq DESC LIMIT 16").fetch_all(db).await?;
+    Ok(genuine(rows.into_iter().map(|(seq, hash, tag)| (Checkpoint { seq, hash }, tag, ())))?
+        .into_iter()
+        .next()
+        .map(|(cp, ())| cp))
 }
 
 /// Records the chain's head as a checkpoint (after walking the chain up to it) and
@@ -405,7 +424,7 @@ pub async fn checkpoint(db: &PgPool) -> sqlx::Result<Result<Option<Checkpoint>, 
 /// lies before that checkpoint is checked by [`verify`] (`herald audit verify`).
 pub async fn verify_incremental(db: &PgPool) -> sqlx::Result<Verdict> {
     let key = key()?;
-    let from = checkpoints(db).await?.into_iter().next();
+    let from = newest_checkpoint(db).await?;
     let verdict = verify_from(db, from.as_ref()).await?;
     if let Verdict::Intact { count, head: Some(hash), .. } = &verdict {
         let cp = Checkpoint { seq: *count, hash: hash.clone() };

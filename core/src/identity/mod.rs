@@ -173,10 +173,9 @@ pub async fn record_login(db: &PgPool, user: &SessionUser, actor: &Actor) -> cra
     .bind(&user.owner)
     .execute(&mut *tx)
     .await?;
-    if !user.admin {
-        // An admin who comes back as an owner takes no admin reach along.
-        crate::webhooks::endpoints::revoke_admin_reach(&mut tx, ActorKind::User, &user.subject).await?;
-    }
+    // An admin who comes back as an owner takes no admin reach along.
+    let reach_taken = !user.admin
+        && crate::webhooks::endpoints::revoke_admin_reach(&mut tx, ActorKind::User, &user.subject).await? > 0;
     if let (Some(email), false, true) = (&user.email, user.admin, user.email_verified) {
         crate::apikeys::set_owner_email(&mut tx, &user.owner, email).await?;
     }
@@ -184,7 +183,9 @@ pub async fn record_login(db: &PgPool, user: &SessionUser, actor: &Actor) -> cra
     audit::record(&mut tx, actor, "user.login", Target { kind: "user", id: user.subject.clone() }, None, Some(after))
         .await?;
     tx.commit().await?;
-    crate::cache::changed(crate::cache::ENDPOINTS);
+    if reach_taken {
+        crate::cache::changed(crate::cache::ENDPOINTS);
+    }
     Ok(())
 }
 

@@ -91,9 +91,7 @@ pub struct Dashboard {
 
 /// The dashboard (admins).
 pub async fn dashboard(db: &PgPool, who: &Principal, window: Window, tracking: TrackingMode) -> Result<Dashboard> {
-    if !who.is_admin() {
-        return Err(Error::Forbidden("only admins see the dashboard".into()));
-    }
+    who.require_admin()?;
     let now = Utc::now();
     let since = now - window.length();
     let from = crate::model::v7_floor(since);

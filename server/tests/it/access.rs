@@ -447,3 +447,54 @@ async fn a_team_and_a_client_of_the_same_name_are_two_owners() {
     h.stop().await;
     idp.stop().await;
 }
+
+/// The console's audit page verifies only what was written since its last view: it
+/// starts from the newest stored checkpoint whose tag is valid (a forged one is passed
+/// over), stores the head as the next, and sees a change made after it. What lies
+/// before is `herald audit verify`'s to walk.
+#[tokio::test]
+async fn the_audit_page_verifies_from_its_last_checkpoint() {
+    let crate::oidc::Idp { h, idp, .. } = start(AUDIENCE).await;
+    let admin = browser();
+    log_in(&admin, &h.base, "admin").await;
+    let head =
+        || async { sqlx::query_scalar::<_, i64>("SELECT max(seq) FROM audit_log").fetch_one(&h.db).await.unwrap() };
+    let checkpoints = || async {
+        sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_checkpoints ORDER BY seq").fetch_all(&h.db).await.unwrap()
+    };
+    let view = || async { console(&admin, &h.base, "audit", &[]).await.1 };
+    let page = view().await;
+    assert!(page.contains("Chain verified"), "{page}");
+    let first = head().await;
+    assert_eq!(checkpoints().await, [first]);
+
+    // A new entry: the next view stores the new head.
+    h.api_key(&["endpoints:read"]).await;
+    assert!(view().await.contains("Chain verified"));
+    let second = head().await;
+    assert_eq!(checkpoints().await, [first, second]);
+
+    // A forged checkpoint far ahead (its tag is not Herald's) is passed over.
+    sqlx::query("INSERT INTO audit_checkpoints (seq, hash, tag) VALUES ($1, '\\x00', '\\x00')")
+        .bind(second + 1000)
+        .execute(&h.db)
+        .await
+        .unwrap();
+    // An entry before the last checkpoint, rewritten behind Herald's back: the page no
+    // longer walks that far (the CLI's full walk finds it); one after it is found.
+    h.api_key(&["endpoints:read"]).await;
+    let mut conn = h.db.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = $1").bind(first).execute(&mut *conn).await.unwrap();
+    assert!(view().await.contains("Chain verified"), "only what came after the checkpoint is walked");
+    let (ok, _, err) = run_cli(&h.env, &["audit", "verify"]).await;
+    assert!(!ok && err.contains(&format!("broken at entry {first}")), "{err}");
+    h.api_key(&["endpoints:read"]).await;
+    let last = head().await;
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = $1").bind(last).execute(&mut *conn).await.unwrap();
+    let page = view().await;
+    assert!(page.contains(&format!("Chain broken at entry {last}")), "{page}");
+    drop(conn);
+    h.stop().await;
+    idp.stop().await;
+}
