@@ -7,7 +7,7 @@
 #      in memory): accepted/s, accept p50/p99, delivered/s, end-to-end p50/p99, RSS;
 #   3. a soak of BENCH_SOAK (100,000) notifications at 64 concurrent requests: RSS at
 #      the start, peak and end.
-# Usage: scripts/bench.sh [herald binary]   (default: a release build of this tree)
+# Usage: scripts/bench.sh [herald binary]   (default: this tree's shipped static build)
 # BENCH_CONCURRENCY="4 16 64 256", BENCH_BUSES="postgres kafka", BENCH_SOAK=100000 (0: none).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -16,9 +16,11 @@ ensure_rust
 ensure_postgres
 BUSES="${BENCH_BUSES:-postgres kafka}"
 case " $BUSES " in *" kafka "*) ensure_nisshi ;; esac
-log "building herald and herald-bench (release)"
-cargo build --release -q -p herald-server -p herald-testkit --bin herald --bin herald-bench
-HERALD="${1:-$ROOT/target/release/herald}"
+npm_ci "$ROOT/tools"
+build_release   # the shipped static binary
+log "building herald-bench (release)"
+cargo build --release -q -p herald-testkit --bin herald-bench
+HERALD="${1:-$HERALD_BIN}"
 BENCH="$ROOT/target/release/herald-bench"
 OUT="$(mktemp -d)"
 

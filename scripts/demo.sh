@@ -23,8 +23,7 @@ build_release
 export DATABASE_URL="${DATABASE_URL:-$PG_ADMIN_URL/herald}"
 export HERALD_SMTP_URL="${HERALD_SMTP_URL:-smtp://127.0.0.1:1025}"
 export HERALD_EMAIL_FROM="${HERALD_EMAIL_FROM:-Herald Demo <herald@localhost>}"
-export HERALD_SITE_ROOT="${HERALD_SITE_ROOT:-$ROOT/target/site}"
-HERALD="$ROOT/target/release/herald"
+HERALD="$HERALD_BIN"
 STATE="$ROOT/.herald"
 mkdir -p "$STATE"
 # HERALD_SECRET_KEY seals webhook signing secrets at rest; the demo keeps one in .herald/.

@@ -5,7 +5,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="$HOME/.cargo/bin:$ROOT/tools/node_modules/.bin:$PATH"
 
-CARGO_LEPTOS_VERSION=0.3.10
 WASM_BINDGEN_VERSION=0.2.130
 PG_ADMIN_URL="${HERALD_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432}"
 
@@ -29,16 +28,18 @@ ensure_rust() {
     log "adding the rustfmt and clippy components"
     rustup component add rustfmt clippy
   fi
-  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-    log "adding the wasm32-unknown-unknown target"
-    rustup target add wasm32-unknown-unknown
-  fi
-  if ! cargo leptos --version 2>/dev/null | grep -q "$CARGO_LEPTOS_VERSION"; then
-    log "installing cargo-leptos $CARGO_LEPTOS_VERSION (offline build tools; takes ~10 minutes once)"
-    cargo install cargo-leptos@"$CARGO_LEPTOS_VERSION" --locked --features no_downloads
-  fi
+  local t
+  for t in wasm32-unknown-unknown "$RELEASE_TARGET"; do
+    if ! rustup target list --installed | grep -qx "$t"; then
+      log "adding the $t target"
+      rustup target add "$t"
+    fi
+  done
+  # The static build links with musl-gcc (Debian's musl-tools); librdkafka builds with cmake.
+  apt_install musl-tools cmake
   if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
-    log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+    log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (about 3 minutes once)"
+    # Not --locked: its lock file names a webpki-roots release the registry no longer serves.
     cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
   fi
 }
@@ -85,9 +86,50 @@ ensure_database() { # ensure_database NAME
   fi
 }
 
+RELEASE_TARGET=x86_64-unknown-linux-musl
+# The one release binary every script, test and artifact uses.
+HERALD_BIN="$ROOT/target/$RELEASE_TARGET/release/herald"
+
+install_if_changed() { # install_if_changed SRC DEST: keeps DEST (and its mtime) when equal
+  cmp -s "$1" "$2" 2>/dev/null || { mkdir -p "$(dirname "$2")" && cp "$1" "$2.tmp" && mv "$2.tmp" "$2"; }
+}
+
+build_bundle() { # the console's hydrate bundle into target/site/pkg (see scripts/build.sh)
+  log "building the console bundle (wasm32, wasm-bindgen, wasm-opt)"
+  (cd "$ROOT" && cargo build --quiet --target wasm32-unknown-unknown --profile wasm-release -p frontend)
+  local raw="$ROOT/target/wasm32-unknown-unknown/wasm-release/frontend.wasm"
+  local gen="$ROOT/target/wasm-bindgen"
+  rm -rf "$gen" && mkdir -p "$gen"
+  wasm-bindgen --target web --no-typescript --out-name herald --out-dir "$gen" "$raw"
+  # wasm-opt takes minutes; its output is kept by the hash of its input.
+  local key cache="$ROOT/target/wasm-opt-cache"
+  key="$(sha256sum "$gen/herald_bg.wasm" | cut -c1-32)"
+  if [ ! -s "$cache/$key.wasm" ]; then
+    log "optimising the bundle (wasm-opt -Oz)"
+    mkdir -p "$cache"
+    find "$cache" -name '*.wasm' -mtime +7 -delete
+    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+      --enable-mutable-globals --enable-reference-types --enable-multivalue \
+      -o "$cache/$key.wasm.tmp" "$gen/herald_bg.wasm"
+    mv "$cache/$key.wasm.tmp" "$cache/$key.wasm"
+  fi
+  local site="$ROOT/target/site"
+  install_if_changed "$cache/$key.wasm" "$site/pkg/herald_bg.wasm"
+  install_if_changed "$gen/herald.js" "$site/pkg/herald.js"
+  if [ -d "$gen/snippets" ]; then
+    (cd "$gen" && find snippets -type f) | while read -r f; do install_if_changed "$gen/$f" "$site/pkg/$f"; done
+  fi
+  # The same layout `cargo leptos watch` makes, for HERALD_SITE_ROOT in development.
+  install_if_changed "$ROOT/style/main.css" "$site/pkg/herald.css"
+  for f in "$ROOT"/public/*; do [ -f "$f" ] && install_if_changed "$f" "$site/$(basename "$f")"; done
+  return 0
+}
+
 build_release() {
-  log "building Herald (cargo leptos build --release)"
-  (cd "$ROOT" && cargo leptos build --release)
+  build_bundle
+  log "building Herald (cargo build --release --target $RELEASE_TARGET)"
+  (cd "$ROOT" && HERALD_WASM_DIR="$ROOT/target/site/pkg" cargo build --release --target "$RELEASE_TARGET" -p herald-server --bin herald)
+  [ -x "$HERALD_BIN" ] || die "the build made no $HERALD_BIN"
 }
 
 start_oidc_provider() { # start_oidc_provider PORT HERALD_PUBLIC_URL LOGFILE: the dev/test OIDC provider, in the background
@@ -109,4 +151,13 @@ ensure_python_tools() { # the Python tools the tests use (tools/requirements.txt
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tools/requirements.txt"
     touch "$venv/.installed"
   fi
+}
+
+# Podman as it runs on these machines (rootful, cgroup v1, no rlimit raising): runc and
+# cgroupfs, and a containers.conf that sets no default ulimits.
+podman_cmd() {
+  command -v podman >/dev/null || apt_install podman runc
+  local conf="$ROOT/target/containers.conf"
+  [ -f "$conf" ] || { mkdir -p "$ROOT/target" && printf '[containers]\ndefault_ulimits = []\n' >"$conf"; }
+  CONTAINERS_CONF="$conf" podman --runtime runc --cgroup-manager=cgroupfs "$@"
 }

@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-apt_install chromium curl openssl postgresql-client
+apt_install chromium curl openssl postgresql-client podman runc docker-compose systemd
 ensure_rust
 ensure_nisshi
 npm_ci "$ROOT/tools"
@@ -37,10 +37,15 @@ HERALD_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 DATABASE_URL="$PG_ADMIN_URL/$E2E_DB" HERALD_SMTP_URL="smtp://127.0.0.1:1" HERALD_LISTEN_ADDR="127.0.0.1:$PORT" HERALD_WEBHOOK_ALLOW_CIDRS="127.0.0.1/32" \
   HERALD_OIDC_ISSUER="http://127.0.0.1:$OIDC_PORT" HERALD_OIDC_CLIENT_ID=herald HERALD_OIDC_CLIENT_SECRET=herald-dev-secret \
   HERALD_OIDC_SCOPES="openid email profile groups" HERALD_OIDC_TEAM_CLAIM=team \
-  HERALD_SITE_ROOT="$ROOT/target/site" "$ROOT/target/release/herald" serve &
+  bash -c 'cd "$(mktemp -d)" && exec "$0" serve' "$HERALD_BIN" &  # from an empty directory: the console is inside
 HERALD_PID=$!
 trap 'kill $HERALD_PID $OIDC_PID 2>/dev/null || true; psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $E2E_DB" >/dev/null 2>&1 || true' EXIT
 wait_http "http://127.0.0.1:$PORT/healthz" 60 || die "herald did not start for the browser tests"
 (cd end2end && HERALD_E2E_URL="http://127.0.0.1:$PORT" npm test)
+kill $HERALD_PID 2>/dev/null || true
+
+log "artifacts: the static binary, the container image, the Debian package, the compose file"
+"$ROOT/scripts/package.sh" --image
+"$ROOT/tools/.venv/bin/python" "$ROOT/tools/artifacts/test_artifacts.py"
 
 log "all tests passed"

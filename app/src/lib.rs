@@ -5,7 +5,7 @@
 //! only DTOs cross the wire.
 
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_meta::{provide_meta_context, MetaTags, Title};
 use leptos_router::components::{Route, Router, Routes};
 use leptos_router::{path, StaticSegment};
 use serde::{Deserialize, Serialize};
@@ -534,13 +534,17 @@ fn UserBox() -> impl IntoView {
     }
 }
 
-pub fn shell(options: LeptosOptions) -> impl IntoView {
+/// The document around the console. `stylesheet` is the (content-hashed) address of
+/// the console's CSS, which the server knows from the assets it embeds.
+pub fn shell(options: LeptosOptions, stylesheet: &'static str) -> impl IntoView {
     view! {
         <!DOCTYPE html>
         <html lang="en">
             <head>
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <link rel="stylesheet" href=stylesheet/>
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
                 <HydrationScripts options/>
                 <MetaTags/>
             </head>
@@ -555,7 +559,6 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 pub fn App() -> impl IntoView {
     provide_meta_context();
     view! {
-        <Stylesheet id="leptos" href="/pkg/herald.css"/>
         <Title text="Herald"/>
         <Router>
             <header class="topbar">

@@ -292,13 +292,143 @@ impl Checkpoint {
     }
 }
 
+/// The action of the entry a key rotation ends the old key's segment with.
+pub const KEY_ROTATED: &str = "secret_key.rotated";
+const CHAIN_KEY_PURPOSE: &str = "audit-chain-key";
+
+/// The chain's keys by segment. `herald secret-key rotate` ends a segment with a
+/// [`KEY_ROTATED`] entry — hashed under that segment's key, like every entry of it —
+/// carrying the segment's key sealed under the next segment's key. From the current key
+/// alone, the walk opens them newest first; a rotation entry whose key does not open
+/// (altered, forged, or another `HERALD_SECRET_KEY`) breaks the chain there.
+struct Schedule(Vec<(i64, [u8; 32])>);
+
+impl Schedule {
+    /// The key of the segment holding entry `seq`.
+    fn key_for(&self, seq: i64) -> &[u8; 32] {
+        &self.0.iter().find(|(last, _)| seq <= *last).expect("the last segment is unbounded").1
+    }
+}
+
+fn seal_chain_key(next: &[u8; 32], previous: &[u8; 32]) -> String {
+    crate::secrets::SecretKey::from_bytes(*next).seal_for(CHAIN_KEY_PURPOSE, previous)
+}
+
+fn open_chain_key(next: &[u8; 32], sealed: &str) -> Option<[u8; 32]> {
+    crate::secrets::SecretKey::from_bytes(*next).open_for(CHAIN_KEY_PURPOSE, sealed)?.try_into().ok()
+}
+
+async fn key_schedule(db: &PgPool) -> sqlx::Result<Result<Schedule, Verdict>> {
+    let mut k = *key()?;
+    let rows: Vec<(i64, Option<Value>)> =
+        sqlx::query_as("SELECT seq, after FROM audit_log WHERE action = $1 ORDER BY seq DESC")
+            .bind(KEY_ROTATED)
+            .fetch_all(db)
+            .await?;
+    let mut segments = vec![(i64::MAX, k)];
+    for (seq, after) in rows {
+        let sealed = after.as_ref().and_then(|a| a.get("previous_chain_key")).and_then(Value::as_str);
+        match sealed.and_then(|s| open_chain_key(&k, s)) {
+            Some(previous) => {
+                segments.push((seq, previous));
+                k = previous;
+            }
+            None => {
+                return Ok(Err(Verdict::Broken {
+                    seq,
+                    reason: "a key rotation whose previous key does not open under the key after it \
+                             (altered, or another HERALD_SECRET_KEY)"
+                        .into(),
+                }))
+            }
+        }
+    }
+    segments.reverse();
+    Ok(Ok(Schedule(segments)))
+}
+
+/// What [`rotate_secret_key`] re-sealed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rotated {
+    pub endpoint_secrets: usize,
+    pub endpoint_headers: usize,
+    /// The rotation's entry in the audit log.
+    pub seq: i64,
+}
+
+/// Replaces `HERALD_SECRET_KEY` (`old`, whose chain key this process holds) with `new`,
+/// in one transaction: checks the audit chain, re-seals every endpoint signing secret
+/// (current and rotated-out) and every custom header set under `new`, and ends the
+/// chain's segment with a [`KEY_ROTATED`] entry so later walks with `new` alone still
+/// verify every entry. Every Herald process must be stopped first (one still running
+/// holds `old`): start them again with `new`.
+pub async fn rotate_secret_key(
+    db: &PgPool,
+    old: &crate::secrets::SecretKey,
+    new: &crate::secrets::SecretKey,
+    actor: &Actor,
+) -> anyhow::Result<Rotated> {
+    let old_chain = old.derive(b"herald/audit-chain/v1");
+    let new_chain = new.derive(b"herald/audit-chain/v1");
+    anyhow::ensure!(old_chain != new_chain, "the new key is the current key");
+    anyhow::ensure!(*key()? == old_chain, "the audit chain's key is not the current HERALD_SECRET_KEY's");
+    let mut tx = db.begin().await?;
+    // Writers of the chain wait; so do the endpoints' secrets and headers.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
+    sqlx::query("LOCK TABLE endpoint_secrets, endpoints IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+    match verify(db).await? {
+        Verdict::Intact { .. } => {}
+        Verdict::Broken { seq, reason } => {
+            anyhow::bail!("the audit log is broken at entry {seq}: {reason}; it is not rotated onto a new key")
+        }
+    }
+    let secrets: Vec<(uuid::Uuid, i32, Vec<u8>)> =
+        sqlx::query_as("SELECT endpoint_id, generation, sealed FROM endpoint_secrets").fetch_all(&mut *tx).await?;
+    for (endpoint, generation, sealed) in &secrets {
+        let plain = old
+            .open(*endpoint, sealed)
+            .map_err(|e| anyhow::anyhow!("endpoint {endpoint}, secret generation {generation}: {e}"))?;
+        sqlx::query("UPDATE endpoint_secrets SET sealed = $3 WHERE endpoint_id = $1 AND generation = $2")
+            .bind(endpoint)
+            .bind(generation)
+            .bind(new.seal(*endpoint, &plain))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let headers: Vec<(uuid::Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, headers_sealed FROM endpoints WHERE headers_sealed IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (endpoint, sealed) in &headers {
+        let plain =
+            old.open_headers(*endpoint, sealed).map_err(|e| anyhow::anyhow!("endpoint {endpoint}, headers: {e}"))?;
+        sqlx::query("UPDATE endpoints SET headers_sealed = $2 WHERE id = $1")
+            .bind(endpoint)
+            .bind(new.seal_headers(*endpoint, &plain))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let after = serde_json::json!({
+        "previous_chain_key": seal_chain_key(&new_chain, &old_chain),
+        "endpoint_secrets": secrets.len(),
+        "endpoint_headers": headers.len(),
+    });
+    record(&mut tx, actor, KEY_ROTATED, Target { kind: "herald", id: "secret-key".into() }, None, Some(after)).await?;
+    let seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Rotated { endpoint_secrets: secrets.len(), endpoint_headers: headers.len(), seq })
+}
+
 /// Walks the chain from the first entry (`from: None`) or from a checkpoint: the
 /// checkpoint's entry must still have its hash, sequence numbers have no gaps, each
 /// entry's `prev_hash` is the previous entry's hash, and each hash is the keyed hash of
 /// the entry's content as stored now (unkeyed SHA-256 only for entries older than every
 /// keyed one).
 pub async fn verify_from(db: &PgPool, from: Option<&Checkpoint>) -> sqlx::Result<Verdict> {
-    let key = key()?;
+    let schedule = match key_schedule(db).await? {
+        Ok(s) => s,
+        Err(broken) => return Ok(broken),
+    };
     let mut expected_seq = 1i64;
     let mut prev = vec![0u8; 32];
     if let Some(cp) = from {
@@ -341,7 +471,7 @@ pub async fn verify_from(db: &PgPool, from: Option<&Checkpoint>) -> sqlx::Result
         }
         let recomputed = if keyed {
             seen_keyed = true;
-            keyed_hash(key, &prev_hash, &canonical)
+            keyed_hash(schedule.key_for(seq), &prev_hash, &canonical)
         } else if seen_keyed {
             return Ok(Verdict::Broken { seq, reason: "an unkeyed entry after keyed ones".into() });
         } else {

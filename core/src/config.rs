@@ -24,9 +24,39 @@ impl ConfigError {
     }
 }
 
-/// Raw settings: name → value, from the file and the environment.
+/// Raw settings: name → value, from the file and the environment (and which of the two
+/// each came from).
 #[derive(Debug, Default, Clone)]
-pub struct Settings(HashMap<String, String>);
+pub struct Settings(HashMap<String, String>, HashMap<String, Source>);
+
+/// Where a setting's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Environment,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Environment => "environment",
+        }
+    }
+}
+
+/// What `herald config check` reports.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Every setting: name, value as shown (secrets hidden, URL passwords masked), source.
+    pub rows: Vec<(String, String, Source)>,
+    /// What stops Herald from starting, one per setting.
+    pub problems: Vec<ConfigError>,
+    /// What is likely a mistake but does not stop it (an unknown `HERALD_` variable).
+    pub warnings: Vec<String>,
+}
 
 impl Settings {
     /// Reads the optional TOML file, then overlays every environment variable.
@@ -53,12 +83,83 @@ impl Settings {
                 map.insert(k, value);
             }
         }
-        map.extend(std::env::vars());
-        Ok(Self(map))
+        let mut sources: HashMap<String, Source> = map.keys().map(|k| (k.clone(), Source::File)).collect();
+        for (k, v) in std::env::vars() {
+            sources.insert(k.clone(), Source::Environment);
+            map.insert(k, v);
+        }
+        Ok(Self(map, sources))
     }
 
     pub fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
-        Self(pairs.into_iter().collect())
+        let map: HashMap<String, String> = pairs.into_iter().collect();
+        let sources = map.keys().map(|k| (k.clone(), Source::Environment)).collect();
+        Self(map, sources)
+    }
+
+    /// Where `var`'s value comes from (`Default` when it is unset or empty).
+    pub fn source(&self, var: &str) -> Source {
+        match self.get(var) {
+            None => Source::Default,
+            Some(_) => self.1.get(var).copied().unwrap_or(Source::Environment),
+        }
+    }
+
+    /// Validates every setting: every problem (not just the first), each setting's value
+    /// and source, and names nobody reads (a typo in the file is a problem; an unknown
+    /// `HERALD_` variable in the environment a warning).
+    pub fn check(&self) -> CheckReport {
+        use crate::reference::{Shown, SETTINGS};
+        let mut report = CheckReport::default();
+        for doc in SETTINGS.iter().filter(|d| !d.name.contains('<')) {
+            let source = self.source(doc.name);
+            let value = match (self.get(doc.name), doc.shown) {
+                (None, _) => doc.default.trim_matches('`').to_owned(),
+                (Some(_), Shown::Secret) => "(set, hidden)".to_owned(),
+                (Some(v), Shown::Url) => mask_url(v),
+                (Some(v), Shown::Plain) => v.to_owned(),
+            };
+            report.rows.push((doc.name.to_owned(), value, source));
+        }
+        let known = |k: &str| SETTINGS.iter().any(|d| d.name == k) || k.starts_with("HERALD_KAFKA_");
+        let mut extra: Vec<&String> =
+            self.0.keys().filter(|k| k.starts_with("HERALD_KAFKA_") && !known_exact(k)).collect();
+        extra.sort();
+        for k in extra {
+            let v = if is_secretish(k) { "(set, hidden)".to_owned() } else { self.0[k].clone() };
+            report.rows.push((k.clone(), v, self.source(k)));
+        }
+        let mut unknown: Vec<(&String, Source)> = self
+            .1
+            .iter()
+            .filter(|(k, src)| !known(k) && (k.starts_with("HERALD_") || **src == Source::File))
+            .map(|(k, s)| (k, *s))
+            .collect();
+        unknown.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, src) in unknown {
+            if src == Source::File {
+                report.problems.push(ConfigError::new(k, "is not a Herald setting (a typo?)"));
+            } else {
+                report.warnings.push(format!("{k}: is not a Herald setting (a typo?)"));
+            }
+        }
+        // Config::from_settings stops at the first problem: take each out in turn (a
+        // missing required setting gets a valid stand-in) until the rest pass.
+        let mut probe = self.clone();
+        for _ in 0..SETTINGS.len() + 16 {
+            let Err(e) = Config::from_settings(&probe) else { break };
+            let var = e.var.clone();
+            report.problems.push(e);
+            let stand_in = SETTINGS.iter().find(|d| d.name == var).and_then(|d| d.placeholder);
+            match stand_in {
+                Some(v) => {
+                    probe.0.insert(var, v.to_owned());
+                }
+                None if probe.0.remove(&var).is_some() => {}
+                None => break,
+            }
+        }
+        report
     }
 
     fn get(&self, var: &str) -> Option<&str> {
@@ -93,6 +194,28 @@ impl Settings {
         }
         Ok(url)
     }
+}
+
+fn known_exact(k: &str) -> bool {
+    crate::reference::SETTINGS.iter().any(|d| d.name == k)
+}
+
+fn is_secretish(k: &str) -> bool {
+    ["PASSWORD", "SECRET", "KEY", "TOKEN"].iter().any(|w| k.contains(w))
+}
+
+/// A URL with the password of its user part masked.
+pub fn mask_url(v: &str) -> String {
+    let Some(scheme_end) = v.find("://") else { return v.to_owned() };
+    let rest = &v[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return v.to_owned() };
+    let user = &rest[..at];
+    let shown = match user.split_once(':') {
+        Some((name, _)) => format!("{name}:********"),
+        None => user.to_owned(),
+    };
+    format!("{}{}{}", &v[..scheme_end + 3], shown, &rest[at..])
 }
 
 /// What a `herald serve` process does. Several processes with different or equal
@@ -212,13 +335,16 @@ pub struct Config {
     pub http_header_timeout: Duration,
     /// `HERALD_HTTP_MAX_CONNECTIONS`: open connections per listener; more wait to be accepted.
     pub http_max_connections: usize,
-    pub site_root: String,
+    pub site_root: Option<String>,
     /// `HERALD_TRACKING`: full (default), anonymous or off.
     pub tracking: TrackingMode,
     /// `HERALD_TRACKING_TEXT_LINKS`: also rewrite the links of the text part (default true).
     pub tracking_text_links: bool,
     /// `HERALD_SECRET_KEY`: seals webhook signing secrets at rest.
     pub secret_key: crate::secrets::SecretKey,
+    /// `HERALD_PREVIOUS_SECRET_KEY`: the key before the last rotation; only opens
+    /// tracking links in emails sent before it.
+    pub previous_secret_key: Option<crate::secrets::SecretKey>,
     pub webhook: WebhookConfig,
 }
 
@@ -497,8 +623,15 @@ impl Config {
                 "false" => Ok(false),
                 _ => Err(format!("'{v}' is not true or false")),
             })?,
-            site_root: s.parsed("HERALD_SITE_ROOT", "target/site".to_owned(), |v| Ok(v.to_owned()))?,
+            site_root: s.get("HERALD_SITE_ROOT").map(|v| v.trim().to_owned()),
             secret_key: s.secret_key()?,
+            previous_secret_key: match s.get("HERALD_PREVIOUS_SECRET_KEY") {
+                None => None,
+                Some(v) => Some(
+                    crate::secrets::SecretKey::parse_hex(v)
+                        .map_err(|m| ConfigError::new("HERALD_PREVIOUS_SECRET_KEY", m))?,
+                ),
+            },
             webhook: WebhookConfig {
                 retry_schedule: s.parsed("HERALD_WEBHOOK_RETRY_SCHEDULE", RetrySchedule::webhook_default(), |v| {
                     RetrySchedule::parse(v)
@@ -543,6 +676,41 @@ mod tests {
         ("HERALD_SMTP_URL", "smtp://127.0.0.1:1025"),
         ("HERALD_SECRET_KEY", KEY),
     ];
+
+    #[test]
+    fn check_reports_every_problem_and_hides_secrets() {
+        let mut s = settings(&[
+            ("DATABASE_URL", "postgres://herald:hunter2@db/herald"),
+            ("HERALD_LISTEN_ADDR", "nowhere"),
+            ("HERALD_BUS", "rabbit"),
+            ("HERALD_SECRET_KEY", KEY),
+            ("HERALD_WEBHOK_TIMEOUT", "5s"),
+            ("HERALD_KAFKA_SASL_PASSWORD", "pw"),
+        ]);
+        s.1.insert("HERALD_SMTP_TIMOUT".into(), Source::File);
+        s.0.insert("HERALD_SMTP_TIMOUT".into(), "5s".into());
+        let r = s.check();
+        let vars: Vec<&str> = r.problems.iter().map(|p| p.var.as_str()).collect();
+        for v in ["HERALD_LISTEN_ADDR", "HERALD_SMTP_URL", "HERALD_BUS", "HERALD_SMTP_TIMOUT"] {
+            assert!(vars.contains(&v), "{v} in {vars:?}");
+        }
+        assert!(r.warnings.iter().any(|w| w.starts_with("HERALD_WEBHOK_TIMEOUT")), "{:?}", r.warnings);
+        let shown = format!("{:?}", r.rows);
+        assert!(!shown.contains("hunter2") && !shown.contains(KEY) && !shown.contains("\"pw\""), "{shown}");
+        assert!(shown.contains("postgres://herald:********@db/herald"), "{shown}");
+        let row = |n: &str| r.rows.iter().find(|(k, _, _)| k == n).unwrap().clone();
+        assert_eq!(row("HERALD_WEBHOOK_TIMEOUT"), ("HERALD_WEBHOOK_TIMEOUT".into(), "15s".into(), Source::Default));
+        assert_eq!(row("HERALD_SECRET_KEY").2, Source::Environment);
+        // A valid configuration has no problems.
+        assert!(settings(BASE).check().problems.is_empty());
+    }
+
+    #[test]
+    fn urls_are_masked() {
+        assert_eq!(mask_url("smtp://u:p@h:25"), "smtp://u:********@h:25");
+        assert_eq!(mask_url("smtp://h:25"), "smtp://h:25");
+        assert_eq!(mask_url("postgres://u@h/d?x=@"), "postgres://u@h/d?x=@");
+    }
 
     #[test]
     fn defaults_apply() {

@@ -312,6 +312,7 @@ pub struct Hit {
 #[derive(Clone)]
 pub struct Tracker {
     key: SecretKey,
+    previous: Option<SecretKey>,
     tx: mpsc::Sender<Hit>,
     pub mode: TrackingMode,
 }
@@ -320,16 +321,18 @@ pub struct Tracker {
 pub type HitQueue = Arc<Mutex<mpsc::Receiver<Hit>>>;
 
 impl Tracker {
-    pub fn new(key: SecretKey, mode: TrackingMode) -> (Self, HitQueue) {
+    /// `previous`: the key before the last rotation, which sealed the links of emails
+    /// sent before it (`HERALD_PREVIOUS_SECRET_KEY`).
+    pub fn new(key: SecretKey, previous: Option<SecretKey>, mode: TrackingMode) -> (Self, HitQueue) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Self { key, tx, mode }, Arc::new(Mutex::new(rx)))
+        (Self { key, previous, tx, mode }, Arc::new(Mutex::new(rx)))
     }
 
     pub fn token(&self, token: &str) -> Option<Token> {
         if self.mode == TrackingMode::Off {
             return None;
         }
-        Token::open(&self.key, token)
+        Token::open(&self.key, token).or_else(|| Token::open(self.previous.as_ref()?, token))
     }
 
     /// Queues a hit without waiting; a full queue drops it (counted).
@@ -785,6 +788,18 @@ mod tests {
         assert_eq!(Token::open(&key, &s), Some(t));
         assert_eq!(Token::open(&SecretKey::from_bytes([4; 32]), &s), None);
         assert_eq!(Token::open(&key, "not-a-token"), None);
+    }
+
+    #[tokio::test]
+    async fn links_sealed_before_a_rotation_open_with_the_previous_key() {
+        let (old, new) = (SecretKey::from_bytes([3; 32]), SecretKey::from_bytes([4; 32]));
+        let t = Token { delivery: Uuid::now_v7(), kind: Kind::Open, link: 0 };
+        let sent_before = t.seal(&old);
+        let (without, _) = Tracker::new(new.clone(), None, TrackingMode::Full);
+        assert_eq!(without.token(&sent_before), None);
+        let (with, _) = Tracker::new(new.clone(), Some(old), TrackingMode::Full);
+        assert_eq!(with.token(&sent_before), Some(t));
+        assert_eq!(with.token(&t.seal(&new)), Some(t));
     }
 
     #[test]

@@ -25,6 +25,8 @@ use herald_core::supervise::Supervisor;
 use herald_core::tracking::{self, Tracker};
 use herald_core::{db, metrics, retention};
 use leptos::prelude::LeptosOptions;
+
+use crate::assets::Site;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -37,27 +39,52 @@ use tower_sessions_sqlx_store::PostgresStore;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn console(config: &Config, state: api::AppState) -> Router {
+    let site = Site::new(config.site_root.as_deref());
+    if !site.has_bundle() {
+        tracing::warn!("this binary was built without the console bundle: pages render but do not hydrate");
+    }
     let options = LeptosOptions::builder()
-        .output_name("herald")
-        .site_root(config.site_root.as_str())
+        .output_name(site.output_name())
+        // Assets are served by `assets::Site`, never by Leptos from this directory (a
+        // path nothing can be read under, for the embedded assets).
+        .site_root(config.site_root.clone().unwrap_or_else(|| "/dev/null".to_owned()))
         .site_pkg_dir("pkg")
         .site_addr(config.listen_addr)
         .build();
+    let css = site.stylesheet();
     let routes = generate_route_list(app::App);
+    let context = {
+        let state = state.clone();
+        move || {
+            leptos::prelude::provide_context(state.db.clone());
+            leptos::prelude::provide_context(state.clone());
+        }
+    };
+    // An embedded asset, or the console's own "not found" page with status 404.
+    let not_found = leptos_axum::render_app_to_stream_with_context(context.clone(), {
+        let options = options.clone();
+        move || app::shell(options.clone(), css)
+    });
+    let fallback = move |req: axum::extract::Request| {
+        let site = site.clone();
+        let not_found = not_found.clone();
+        async move {
+            if let Some(r) = site.serve(req.method(), req.uri().path(), req.headers()).await {
+                return r;
+            }
+            let mut res = not_found(req).await;
+            if res.status() == axum::http::StatusCode::OK {
+                *res.status_mut() = axum::http::StatusCode::NOT_FOUND;
+            }
+            res
+        }
+    };
     Router::new()
-        .leptos_routes_with_context(
-            &options,
-            routes,
-            move || {
-                leptos::prelude::provide_context(state.db.clone());
-                leptos::prelude::provide_context(state.clone());
-            },
-            {
-                let options = options.clone();
-                move || app::shell(options.clone())
-            },
-        )
-        .fallback(leptos_axum::file_and_error_handler(app::shell))
+        .leptos_routes_with_context(&options, routes, context, {
+            let options = options.clone();
+            move || app::shell(options.clone(), css)
+        })
+        .fallback(fallback)
         .with_state(options)
 }
 
@@ -252,7 +279,8 @@ impl Application {
         }
         let processor = Arc::new(processor);
         // Email tracking: the API takes opens and clicks; one task records them.
-        let (tracker, hits) = Tracker::new(config.secret_key.clone(), config.tracking);
+        let (tracker, hits) =
+            Tracker::new(config.secret_key.clone(), config.previous_secret_key.clone(), config.tracking);
         if config.roles.api && config.tracking != TrackingMode::Off {
             let (p, proc_, stop) = (pool.clone(), processor.clone(), stop_rx.clone());
             let mode = config.tracking;

@@ -2,6 +2,7 @@
 //! what tests can run in-process.
 
 mod application;
+pub mod assets;
 pub mod http;
 
 pub use application::{shutdown_signal, Application};

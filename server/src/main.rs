@@ -1,5 +1,6 @@
 //! `herald`: the one binary. `serve` runs the API, the console and the dispatchers;
-//! `migrate` applies migrations; `api-key` manages API keys.
+//! `migrate` applies migrations; `api-key` manages API keys; `config` and `doctor`
+//! check a deployment.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,17 @@ use herald_core::config::{Config, Roles, Settings};
 use herald_core::{apikeys, db};
 use herald_server::{shutdown_signal, Application};
 
+// musl's allocator serialises threads on one lock; the static build uses mimalloc
+// (measured in docs/operations.md).
+#[cfg(all(target_env = "musl", not(feature = "system-alloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("HERALD_COMMIT"), ", ", env!("HERALD_TARGET"), ")");
+
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Herald, a self-hosted notification service")]
+#[command(name = "herald", version = VERSION, about = "Herald, a self-hosted notification service")]
 struct Cli {
     /// Optional TOML file with settings named like the environment variables
     /// (`DATABASE_URL = "..."`); the environment wins over it.
@@ -36,6 +46,41 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// HERALD_SECRET_KEY.
+    #[command(subcommand)]
+    SecretKey(SecretKeyCommand),
+    /// Check or describe the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Try every dependency the configuration names (database, bus, SMTP, identity
+    /// provider) and report each with its latency or why it failed (exit status 1).
+    Doctor,
+    /// Exit 0 when this host's `herald serve` answers `/healthz` (for a container's
+    /// HEALTHCHECK: the image has no shell or curl). Asks HERALD_LISTEN_ADDR, or --addr.
+    Healthcheck {
+        #[arg(long)]
+        addr: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretKeyCommand {
+    /// Move everything sealed under HERALD_SECRET_KEY to the key in HERALD_NEW_SECRET_KEY
+    /// (endpoint signing secrets, custom headers, the audit chain), in one transaction.
+    /// Stop every Herald process first; start them with the new key (and the old one as
+    /// HERALD_PREVIOUS_SECRET_KEY, so tracking links already sent keep working).
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate every setting; print each with its value (secrets hidden) and source
+    /// (default, file or environment); exit 1 naming each problem.
+    Check,
+    /// Print the reference of every setting as a Markdown table.
+    Reference,
+    /// Print a settings file with every setting commented out at its default.
+    Template,
 }
 
 #[derive(Subcommand)]
@@ -91,12 +136,46 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("HERALD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("HERALD_LOG_FORMAT").as_deref() == Ok("json") {
+    let to_stdout = std::env::var("HERALD_LOG_OUTPUT").is_ok_and(|v| v.trim().eq_ignore_ascii_case("stdout"));
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+        if to_stdout {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::io::stderr())
+        }
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    if std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v.trim() == "json") {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// GET /healthz on the listen address (a wildcard address is asked on loopback), within 3 s.
+async fn healthcheck(addr: Option<String>) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = addr.or_else(|| std::env::var("HERALD_LISTEN_ADDR").ok()).unwrap_or_else(|| "127.0.0.1:3000".into());
+    let mut sock: std::net::SocketAddr =
+        addr.trim().parse().map_err(|_| anyhow::anyhow!("'{addr}' is not an address such as 127.0.0.1:3000"))?;
+    if sock.ip().is_unspecified() {
+        sock.set_ip(if sock.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(sock).await?;
+        s.write_all(format!("GET /healthz HTTP/1.0\r\nHost: {sock}\r\n\r\n").as_bytes()).await?;
+        let mut head = vec![0u8; 64];
+        let n = s.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    let head = tokio::time::timeout(std::time::Duration::from_secs(3), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("{sock}: no answer within 3s"))?
+        .map_err(|e| anyhow::anyhow!("{sock}: {e}"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    anyhow::ensure!(status == "200", "{sock}/healthz answered {status:?}");
+    println!("healthy");
+    Ok(())
 }
 
 fn hex_encode(bytes: Vec<u8>) -> String {
@@ -124,8 +203,93 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Config(ConfigCommand::Reference) => {
+            print!("{}", herald_core::reference::markdown_table());
+            return Ok(());
+        }
+        Command::Config(ConfigCommand::Template) => {
+            print!("{}", herald_core::reference::toml_template());
+            return Ok(());
+        }
+        _ => {}
+    }
+    if let Command::Healthcheck { addr } = &cli.command {
+        return healthcheck(addr.clone()).await;
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Healthcheck { .. } => unreachable!("handled above"),
+        Command::Config(ConfigCommand::Check) => {
+            let report = settings.check();
+            if let Some(file) = &cli.config {
+                println!("settings file: {}", file.display());
+            }
+            let width = report.rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+            for (name, value, source) in &report.rows {
+                println!("{name:width$}  {:<11}  {value}", source.as_str());
+            }
+            for w in &report.warnings {
+                println!("warning: {w}");
+            }
+            if report.problems.is_empty() {
+                println!("configuration OK");
+                return Ok(());
+            }
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+            anyhow::bail!("{} problem(s) in the configuration", report.problems.len());
+        }
+        Command::Config(_) => unreachable!("handled above"),
+        Command::SecretKey(SecretKeyCommand::Rotate) => {
+            use herald_core::audit;
+            let old = settings.secret_key()?;
+            let new = std::env::var("HERALD_NEW_SECRET_KEY")
+                .map_err(|_| {
+                    anyhow::anyhow!("HERALD_NEW_SECRET_KEY: is not set; generate one with `openssl rand -hex 32`")
+                })
+                .and_then(|v| {
+                    herald_core::secrets::SecretKey::parse_hex(&v)
+                        .map_err(|m| anyhow::anyhow!("HERALD_NEW_SECRET_KEY: {m}"))
+                })?;
+            let pool = db::connect(&settings.database_url()?, 2).await?;
+            db::migrate(&pool).await?;
+            audit::use_key(&old)?;
+            let principal = cli_principal();
+            principal.require_admin().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let actor = audit::Actor::cli(&principal.id);
+            let r = audit::rotate_secret_key(&pool, &old, &new, &actor).await?;
+            println!(
+                "rotated: {} endpoint secret(s) and {} header set(s) re-sealed; audit entry {} ends the old key's segment",
+                r.endpoint_secrets, r.endpoint_headers, r.seq
+            );
+            println!(
+                "start Herald with HERALD_SECRET_KEY set to the new key, and HERALD_PREVIOUS_SECRET_KEY to the old one"
+            );
+            Ok(())
+        }
+        Command::Doctor => {
+            let config = Config::from_settings(&settings)?;
+            let checks = herald_core::doctor::run(&config).await;
+            let mut failed = 0;
+            for c in &checks {
+                match &c.result {
+                    Ok(detail) => {
+                        println!("ok    {:<18} {} ({} ms): {detail}", c.name, c.target, c.latency.as_millis())
+                    }
+                    Err(why) => {
+                        failed += 1;
+                        println!("FAIL  {:<18} {} ({} ms): {why}", c.name, c.target, c.latency.as_millis())
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} dependencies failed", checks.len());
+            }
+            println!("all {} dependencies answer", checks.len());
+            Ok(())
+        }
         Command::Serve { roles } => {
             let mut config = Config::from_settings(&settings)?;
             if let Some(r) = roles {

@@ -650,3 +650,73 @@ async fn an_endpoint_that_times_out_does_not_hold_up_the_others() {
     worker.stop().await;
     h.stop().await;
 }
+
+/// `herald secret-key rotate`: every endpoint's signing secrets and custom headers move
+/// to the new key, the audit chain still verifies from its first entry with the new key
+/// alone (and no longer with the old one), webhooks after the restart are signed with
+/// the secrets owners already hold, and a rotation onto the same key or with a wrong
+/// current key changes nothing.
+#[tokio::test]
+async fn the_secret_key_rotates_without_losing_secrets_headers_or_the_chain() {
+    const NEW_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let (_sink, h, key) = setup(&[], &[]).await;
+    let owner = h.api_key(ENDPOINT_SCOPES).await;
+    let rx = Receiver::start().await;
+    let ep = h
+        .create_endpoint(&owner, &json!({"url": rx.url("/"), "event_types": ["*"], "headers": {"X-Tenant": "acme"}}))
+        .await;
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let secret = ep["secret"].as_str().unwrap().to_owned();
+    // A rotated-out secret still in its grace period moves too.
+    let (s, _) = h
+        .call(Method::POST, &format!("/api/v1/endpoints/{id}/secret/rotate"), &owner, Some(&json!({"grace": "1h"})))
+        .await;
+    assert_eq!(s, 200);
+    let (_, current) = h.call(Method::GET, &format!("/api/v1/endpoints/{id}/secret"), &owner, None).await;
+    let current = current["key"].as_str().unwrap().to_owned();
+    let env = h.env.clone();
+    h.stop().await;
+
+    let with = |pairs: &[(&str, &str)]| {
+        let mut e = env.clone();
+        for (k, v) in pairs {
+            e.retain(|(ek, _)| ek != k);
+            e.push((k.to_string(), v.to_string()));
+        }
+        e
+    };
+    let (ok, _, err) = run_cli(&with(&[]), &["secret-key", "rotate"]).await;
+    assert!(!ok && err.contains("HERALD_NEW_SECRET_KEY: is not set"), "{err}");
+    let (ok, _, err) = run_cli(&with(&[("HERALD_NEW_SECRET_KEY", TEST_SECRET_KEY)]), &["secret-key", "rotate"]).await;
+    assert!(!ok && err.contains("the new key is the current key"), "{err}");
+    let wrong = with(&[("HERALD_SECRET_KEY", &"ab".repeat(32)), ("HERALD_NEW_SECRET_KEY", NEW_KEY)]);
+    let (ok, _, err) = run_cli(&wrong, &["secret-key", "rotate"]).await;
+    assert!(!ok && err.contains("audit log is broken"), "a wrong current key rotates nothing: {err}");
+
+    let (ok, out, err) = run_cli(&with(&[("HERALD_NEW_SECRET_KEY", NEW_KEY)]), &["secret-key", "rotate"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("rotated: 2 endpoint secret(s) and 1 header set(s) re-sealed"), "{out}");
+
+    let after = with(&[("HERALD_SECRET_KEY", NEW_KEY), ("HERALD_PREVIOUS_SECRET_KEY", TEST_SECRET_KEY)]);
+    let (ok, out, err) = run_cli(&after, &["audit", "verify"]).await;
+    assert!(ok && out.starts_with("OK: "), "the chain verifies with the new key alone: {out} {err}");
+    let (ok, _, _) = run_cli(&with(&[]), &["audit", "verify"]).await;
+    assert!(!ok, "the old key no longer verifies the chain");
+
+    let h = Herald::start_with_env(after.clone()).await;
+    let (_, read) = h.call(Method::GET, &format!("/api/v1/endpoints/{id}/secret"), &owner, None).await;
+    assert_eq!(read["key"], current.as_str(), "the current secret reads back");
+    let (_, headers) = h.call(Method::GET, &format!("/api/v1/endpoints/{id}/headers"), &owner, None).await;
+    assert_eq!(headers["headers"]["X-Tenant"], "acme");
+    h.send_welcome(&key, "Ada", "ada@example.test").await;
+    let r = wait_requests(&rx, 1).await.remove(0);
+    assert!(verifies(&current, &r) && verifies(&secret, &r), "both live secrets still sign");
+    assert_eq!(header(&r, "x-tenant"), "acme");
+    // New entries go on the chain under the new key, and a checkpoint takes it.
+    h.create_endpoint(&owner, &json!({"url": rx.url("/b"), "event_types": ["*"]})).await;
+    let (ok, out, err) = run_cli(&after, &["audit", "checkpoint"]).await;
+    assert!(ok && out.starts_with("herald-audit-checkpoint v1"), "{out} {err}");
+    let (ok, _, err) = run_cli(&after, &["audit", "verify", "--since-checkpoint", out.trim()]).await;
+    assert!(ok, "{err}");
+    h.stop().await;
+}
