@@ -158,3 +158,33 @@ async fn unknown_paths_methods_and_query_strings_under_api_are_problem_json() {
     assert_eq!(h.http.get(format!("{}/", h.base)).send().await.unwrap().status(), 200);
     h.stop().await;
 }
+
+/// The console's assets come from the binary: an unknown path is the console's own page
+/// with status 404, and nothing outside the embedded assets is served (no file from the
+/// working directory, however the path is spelled).
+#[tokio::test]
+async fn unknown_console_paths_are_404_and_no_file_leaks() {
+    let sink = SmtpSink::start().await;
+    let h = Herald::start(&fresh_database().await, &sink.url(), &[]).await;
+    for path in ["/no-such-page", "/pkg/herald.js", "/Cargo.toml", "/pkg/..%2f..%2fCargo.toml", "/server/build.rs"] {
+        let r = h.http.get(format!("{}{path}", h.base)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("Page not found"), "{path}: the console's own page");
+        assert!(!body.contains("[workspace]") && !body.contains("fn main"), "{path}");
+    }
+    // The stylesheet and the favicon are served from memory, with an ETag that revalidates.
+    let page = h.http.get(format!("{}/", h.base)).send().await.unwrap().text().await.unwrap();
+    let css = page.split("href=\"").find_map(|s| s.split('"').next().filter(|h| h.ends_with(".css"))).unwrap().to_owned();
+    assert!(css.starts_with("/pkg/herald-"), "{css}");
+    let r = h.http.get(format!("{}{css}", h.base)).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let r = h.http.get(format!("{}{css}", h.base)).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+    let r = h.http.get(format!("{}/favicon.svg", h.base)).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "image/svg+xml");
+    h.stop().await;
+}
