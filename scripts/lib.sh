@@ -35,8 +35,8 @@ ensure_rust() {
       rustup target add "$t"
     fi
   done
-  # The static build links with musl-gcc (Debian's musl-tools); librdkafka builds with cmake.
-  apt_install musl-tools cmake
+  # The static build compiles its C parts (librdkafka, zlib, ring, mimalloc) with musl-gcc.
+  apt_install musl-tools
   if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
     log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (about 3 minutes once)"
     # Not --locked: its lock file names a webpki-roots release the registry no longer serves.

@@ -73,7 +73,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "HERALD_SECRET_KEY",
         default: "(required)",
-        meaning: "32 bytes as 64 hex characters (`openssl rand -hex 32`): encrypts webhook signing secrets at rest, seals login state and tracking tokens, and keys the audit chain (a key derived from it; with another key `herald audit verify` fails). Herald refuses to start without a valid one. Keep it with your backups: secrets sealed under one key cannot be read with another.",
+        meaning: "32 bytes as 64 hex characters (`openssl rand -hex 32`): encrypts webhook signing secrets at rest, seals login state and tracking tokens, and keys the audit chain (a key derived from it; with another key `herald audit verify` fails). Herald refuses to start without a valid one. Keep it apart from your database backups, and never lose it: secrets sealed under one key cannot be read with another. Replace it with `herald secret-key rotate` (see docs/operations.md).",
         shown: Shown::Secret,
         placeholder: Some("0000000000000000000000000000000000000000000000000000000000000000"),
     },
@@ -597,9 +597,7 @@ mod tests {
         let uncommented: String = t
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| {
-                l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-            })
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_')))
             .map(|l| format!("{}\n", l.split("    #").next().unwrap()))
             .collect();
         let table: toml::Table = uncommented.parse().expect("every commented line is valid TOML");

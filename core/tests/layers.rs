@@ -14,6 +14,7 @@ const BASE: &[&str] = &[
     "error",
     "metrics",
     "model",
+    "reference",
     "retry",
     "secrets",
     "smtp",
@@ -22,7 +23,7 @@ const BASE: &[&str] = &[
 ];
 const DOMAIN: &[&str] =
     &["access", "apikeys", "auditing", "catalog", "identity", "notifications", "templates", "tracking", "webhooks"];
-const EDGE: &[&str] = &["api", "dispatch", "problem", "retention"];
+const EDGE: &[&str] = &["api", "dispatch", "doctor", "problem", "retention"];
 
 fn layer(module: &str) -> Option<usize> {
     [BASE, DOMAIN, EDGE].iter().position(|l| l.contains(&module))

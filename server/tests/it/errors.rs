@@ -176,7 +176,8 @@ async fn unknown_console_paths_are_404_and_no_file_leaks() {
     }
     // The stylesheet and the favicon are served from memory, with an ETag that revalidates.
     let page = h.http.get(format!("{}/", h.base)).send().await.unwrap().text().await.unwrap();
-    let css = page.split("href=\"").find_map(|s| s.split('"').next().filter(|h| h.ends_with(".css"))).unwrap().to_owned();
+    let css =
+        page.split("href=\"").find_map(|s| s.split('"').next().filter(|h| h.ends_with(".css"))).unwrap().to_owned();
     assert!(css.starts_with("/pkg/herald-"), "{css}");
     let r = h.http.get(format!("{}{css}", h.base)).header("accept-encoding", "gzip").send().await.unwrap();
     assert_eq!(r.status(), 200);
