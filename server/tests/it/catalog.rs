@@ -242,3 +242,29 @@ async fn admins_define_event_types_and_templates_that_the_processor_uses() {
     drop(sink);
     h.stop().await;
 }
+
+/// Every template that ships with Herald previews with the sample of the event type
+/// that routes to it (the console's default preview), and every event type Herald ships
+/// has a sample.
+#[tokio::test]
+async fn every_shipped_template_previews_with_its_own_sample() {
+    let (_sink, h, _key) = setup(&[], &[]).await;
+    let admin = h.api_key(&["admin"]).await;
+    let (s, list) = h.call(Method::GET, "/api/v1/templates", &admin, None).await;
+    assert_eq!(s, 200, "{list}");
+    let keys: Vec<String> =
+        list["data"].as_array().unwrap().iter().map(|t| t["key"].as_str().unwrap().to_owned()).collect();
+    assert!(keys.contains(&"welcome-email".to_owned()) && keys.contains(&"endpoint-disabled".to_owned()), "{keys:?}");
+    for key in keys {
+        let (s, v) = h.call(Method::POST, &format!("/api/v1/templates/{key}/preview"), &admin, Some(&json!({}))).await;
+        assert_eq!(s, 200, "{key}: {v}");
+        assert!(!v["subject"].as_str().unwrap_or_default().is_empty(), "{key}: {v}");
+    }
+    let missing: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM event_types WHERE sample_payload IS NULL ORDER BY name")
+            .fetch_all(&h.db)
+            .await
+            .unwrap();
+    assert!(missing.is_empty(), "shipped event types without a sample: {missing:?}");
+    h.stop().await;
+}
