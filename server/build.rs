@@ -19,6 +19,8 @@ use std::{env, fs};
 
 use sha2::{Digest, Sha256};
 
+include!("src/content_type.rs");
+
 struct Asset {
     path: String,
     file: PathBuf,
@@ -43,6 +45,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", wasm_dir.display());
     println!("cargo:rerun-if-changed={}", css.display());
     println!("cargo:rerun-if-changed={}", public.display());
+    println!("cargo:rerun-if-changed=src/content_type.rs");
 
     let release = env::var("PROFILE").as_deref() == Ok("release");
     let mut assets = Vec::new();
@@ -144,21 +147,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     found.sort();
     found
-}
-
-fn content_type(path: &str) -> &'static str {
-    match path.rsplit('.').next().unwrap_or("") {
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "wasm" => "application/wasm",
-        "css" => "text/css; charset=utf-8",
-        "svg" => "image/svg+xml",
-        "ico" => "image/x-icon",
-        "png" => "image/png",
-        "json" => "application/json",
-        "txt" => "text/plain; charset=utf-8",
-        "html" => "text/html; charset=utf-8",
-        _ => "application/octet-stream",
-    }
 }
 
 fn compressible(kind: &str) -> bool {

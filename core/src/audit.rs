@@ -56,6 +56,9 @@ pub struct Target<'a> {
 /// The advisory lock that serialises writers of the chain.
 const CHAIN_LOCK: i64 = 0x4845_5241_4c44_4155; // "HERALDAU"
 
+/// What the chain's key is derived from `HERALD_SECRET_KEY` with.
+const CHAIN_KEY_LABEL: &[u8] = b"herald/audit-chain/v1";
+
 /// The chain's key, derived from `HERALD_SECRET_KEY` (`use_key`, at start). The
 /// database never sees it, so the database's own role cannot extend the chain.
 static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
@@ -63,7 +66,7 @@ static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
 /// Loads the chain's key from Herald's secret key. One process, one key: a second,
 /// different key is refused.
 pub fn use_key(secret: &crate::secrets::SecretKey) -> anyhow::Result<()> {
-    let derived = secret.derive(b"herald/audit-chain/v1");
+    let derived = secret.derive(CHAIN_KEY_LABEL);
     let held = KEY.get_or_init(|| derived);
     anyhow::ensure!(*held == derived, "the audit chain's key is already loaded with another HERALD_SECRET_KEY");
     Ok(())
@@ -296,7 +299,7 @@ impl Checkpoint {
 pub const KEY_ROTATED: &str = "secret_key.rotated";
 const CHAIN_KEY_PURPOSE: &str = "audit-chain-key";
 
-/// The chain's keys by segment. `herald secret-key rotate` ends a segment with a
+/// The chain's keys by segment. A key rotation (`record_key_rotation`) ends a segment with a
 /// [`KEY_ROTATED`] entry — hashed under that segment's key, like every entry of it —
 /// carrying the segment's key sealed under the next segment's key. From the current key
 /// alone, the walk opens them newest first; a rotation entry whose key does not open
@@ -347,76 +350,28 @@ async fn key_schedule(db: &PgPool) -> sqlx::Result<Result<Schedule, Verdict>> {
     Ok(Ok(Schedule(segments)))
 }
 
-/// What [`rotate_secret_key`] re-sealed.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Rotated {
-    pub endpoint_secrets: usize,
-    pub endpoint_headers: usize,
-    /// The rotation's entry in the audit log.
-    pub seq: i64,
+/// Takes the chain's writer lock for the rest of `conn`'s transaction: no entry is
+/// appended by anyone else until it ends.
+pub async fn lock_chain(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *conn).await?;
+    Ok(())
 }
 
-/// Replaces `HERALD_SECRET_KEY` (`old`, whose chain key this process holds) with `new`,
-/// in one transaction: checks the audit chain, re-seals every endpoint signing secret
-/// (current and rotated-out) and every custom header set under `new`, and ends the
-/// chain's segment with a [`KEY_ROTATED`] entry so later walks with `new` alone still
-/// verify every entry. Every Herald process must be stopped first (one still running
-/// holds `old`): start them again with `new`.
-pub async fn rotate_secret_key(
-    db: &PgPool,
-    old: &crate::secrets::SecretKey,
-    new: &crate::secrets::SecretKey,
+/// Ends the current key's segment of the chain (`rekey::rotate_secret_key`): a
+/// [`KEY_ROTATED`] entry, hashed under the current chain key like the rest of its
+/// segment, carrying that key sealed under `new`'s chain key, so walks with `new` alone
+/// verify every entry. `after` adds what the rotation did. Returns the entry's number.
+pub async fn record_key_rotation(
+    conn: &mut PgConnection,
     actor: &Actor,
-) -> anyhow::Result<Rotated> {
-    let old_chain = old.derive(b"herald/audit-chain/v1");
-    let new_chain = new.derive(b"herald/audit-chain/v1");
-    anyhow::ensure!(old_chain != new_chain, "the new key is the current key");
-    anyhow::ensure!(*key()? == old_chain, "the audit chain's key is not the current HERALD_SECRET_KEY's");
-    let mut tx = db.begin().await?;
-    // Writers of the chain wait; so do the endpoints' secrets and headers.
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
-    sqlx::query("LOCK TABLE endpoint_secrets, endpoints IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-    match verify(db).await? {
-        Verdict::Intact { .. } => {}
-        Verdict::Broken { seq, reason } => {
-            anyhow::bail!("the audit log is broken at entry {seq}: {reason}; it is not rotated onto a new key")
-        }
-    }
-    let secrets: Vec<(uuid::Uuid, i32, Vec<u8>)> =
-        sqlx::query_as("SELECT endpoint_id, generation, sealed FROM endpoint_secrets").fetch_all(&mut *tx).await?;
-    for (endpoint, generation, sealed) in &secrets {
-        let plain = old
-            .open(*endpoint, sealed)
-            .map_err(|e| anyhow::anyhow!("endpoint {endpoint}, secret generation {generation}: {e}"))?;
-        sqlx::query("UPDATE endpoint_secrets SET sealed = $3 WHERE endpoint_id = $1 AND generation = $2")
-            .bind(endpoint)
-            .bind(generation)
-            .bind(new.seal(*endpoint, &plain))
-            .execute(&mut *tx)
-            .await?;
-    }
-    let headers: Vec<(uuid::Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT id, headers_sealed FROM endpoints WHERE headers_sealed IS NOT NULL")
-            .fetch_all(&mut *tx)
-            .await?;
-    for (endpoint, sealed) in &headers {
-        let plain =
-            old.open_headers(*endpoint, sealed).map_err(|e| anyhow::anyhow!("endpoint {endpoint}, headers: {e}"))?;
-        sqlx::query("UPDATE endpoints SET headers_sealed = $2 WHERE id = $1")
-            .bind(endpoint)
-            .bind(new.seal_headers(*endpoint, &plain))
-            .execute(&mut *tx)
-            .await?;
-    }
-    let after = serde_json::json!({
-        "previous_chain_key": seal_chain_key(&new_chain, &old_chain),
-        "endpoint_secrets": secrets.len(),
-        "endpoint_headers": headers.len(),
-    });
-    record(&mut tx, actor, KEY_ROTATED, Target { kind: "herald", id: "secret-key".into() }, None, Some(after)).await?;
-    let seq: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(Rotated { endpoint_secrets: secrets.len(), endpoint_headers: headers.len(), seq })
+    new: &crate::secrets::SecretKey,
+    mut after: Value,
+) -> sqlx::Result<i64> {
+    let old_chain = *key()?;
+    let new_chain = new.derive(CHAIN_KEY_LABEL);
+    after["previous_chain_key"] = Value::String(seal_chain_key(&new_chain, &old_chain));
+    record(conn, actor, KEY_ROTATED, Target { kind: "herald", id: "secret-key".into() }, None, Some(after)).await?;
+    sqlx::query_scalar("SELECT max(seq) FROM audit_log").fetch_one(&mut *conn).await
 }
 
 /// Walks the chain from the first entry (`from: None`) or from a checkpoint: the

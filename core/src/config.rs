@@ -121,7 +121,7 @@ impl Settings {
             };
             report.rows.push((doc.name.to_owned(), value, source));
         }
-        let known = |k: &str| SETTINGS.iter().any(|d| d.name == k) || k.starts_with("HERALD_KAFKA_");
+        let known = |k: &str| known_exact(k) || k.starts_with("HERALD_KAFKA_");
         let mut extra: Vec<&String> =
             self.0.keys().filter(|k| k.starts_with("HERALD_KAFKA_") && !known_exact(k)).collect();
         extra.sort();
@@ -177,13 +177,33 @@ impl Settings {
         }
     }
 
+    /// A 32-byte key given as 64 hex characters, if `var` is set.
+    fn key_setting(&self, var: &str) -> Result<Option<crate::secrets::SecretKey>, ConfigError> {
+        self.get(var).map(|v| crate::secrets::SecretKey::parse_hex(v).map_err(|m| ConfigError::new(var, m))).transpose()
+    }
+
     /// `HERALD_SECRET_KEY`, checked.
     pub fn secret_key(&self) -> Result<crate::secrets::SecretKey, ConfigError> {
-        crate::secrets::SecretKey::parse_hex(&self.required(
-            "HERALD_SECRET_KEY",
-            "it encrypts webhook signing secrets at rest and keys the audit chain; generate one with `openssl rand -hex 32` and keep it safe",
-        )?)
-        .map_err(|m| ConfigError::new("HERALD_SECRET_KEY", m))
+        self.key_setting("HERALD_SECRET_KEY")?.ok_or_else(|| {
+            ConfigError::new(
+                "HERALD_SECRET_KEY",
+                "is not set; it encrypts webhook signing secrets at rest and keys the audit chain; generate one with `openssl rand -hex 32` and keep it safe",
+            )
+        })
+    }
+
+    /// `HERALD_NEW_SECRET_KEY`, the key `herald secret-key rotate` moves to, checked.
+    pub fn new_secret_key(&self) -> Result<crate::secrets::SecretKey, ConfigError> {
+        self.key_setting("HERALD_NEW_SECRET_KEY")?.ok_or_else(|| {
+            ConfigError::new("HERALD_NEW_SECRET_KEY", "is not set; generate one with `openssl rand -hex 32`")
+        })
+    }
+
+    /// `HERALD_LISTEN_ADDR`, checked (also what `herald healthcheck` asks).
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.parsed("HERALD_LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 3000)), |v| {
+            v.parse().map_err(|_| format!("'{v}' is not an address such as 127.0.0.1:3000"))
+        })
     }
 
     pub fn database_url(&self) -> Result<String, ConfigError> {
@@ -518,9 +538,7 @@ fn kafka_settings(s: &Settings) -> Result<crate::bus::kafka::KafkaSettings, Conf
 impl Config {
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
         let database_url = s.database_url()?;
-        let listen_addr = s.parsed("HERALD_LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 3000)), |v| {
-            v.parse().map_err(|_| format!("'{v}' is not an address such as 127.0.0.1:3000"))
-        })?;
+        let listen_addr = s.listen_addr()?;
         let public_url = s.parsed("HERALD_PUBLIC_URL", format!("http://{listen_addr}"), |v| {
             if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len() {
                 Ok(v.trim_end_matches('/').to_owned())
@@ -625,13 +643,7 @@ impl Config {
             })?,
             site_root: s.get("HERALD_SITE_ROOT").map(|v| v.trim().to_owned()),
             secret_key: s.secret_key()?,
-            previous_secret_key: match s.get("HERALD_PREVIOUS_SECRET_KEY") {
-                None => None,
-                Some(v) => Some(
-                    crate::secrets::SecretKey::parse_hex(v)
-                        .map_err(|m| ConfigError::new("HERALD_PREVIOUS_SECRET_KEY", m))?,
-                ),
-            },
+            previous_secret_key: s.key_setting("HERALD_PREVIOUS_SECRET_KEY")?,
             webhook: WebhookConfig {
                 retry_schedule: s.parsed("HERALD_WEBHOOK_RETRY_SCHEDULE", RetrySchedule::webhook_default(), |v| {
                     RetrySchedule::parse(v)

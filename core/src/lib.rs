@@ -22,6 +22,7 @@ pub mod model;
 pub mod notifications;
 pub mod problem;
 pub mod reference;
+pub mod rekey;
 pub mod retention;
 pub mod retry;
 pub mod secrets;

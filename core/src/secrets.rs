@@ -26,6 +26,13 @@ const TOKEN_AAD: &[u8] = b"herald/tracking-token/v1";
 #[derive(Clone)]
 pub struct SecretKey([u8; 32]);
 
+/// Compared in constant time.
+impl PartialEq for SecretKey {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]))
+    }
+}
+
 impl std::fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SecretKey(<redacted>)")

@@ -11,11 +11,7 @@ use crate::config::Config;
 pub type Smtp = AsyncSmtpTransport<Tokio1Executor>;
 
 pub fn transport(config: &Config) -> anyhow::Result<Smtp> {
-    let mut builder = Smtp::from_url(&config.smtp_url)?;
-    if !system_roots() {
-        builder = with_bundled_roots(builder, &config.smtp_url)?;
-    }
-    Ok(builder
+    Ok(with_bundled_roots_if_needed(Smtp::from_url(&config.smtp_url)?, &config.smtp_url)?
         .pool_config(PoolConfig::new().max_size(config.smtp_pool_size).idle_timeout(Duration::from_secs(30)))
         .timeout(Some(config.smtp_timeout))
         .build())
@@ -28,21 +24,25 @@ fn system_roots() -> bool {
     *FOUND.get_or_init(|| !rustls_native_certs::load_native_certs().certs.is_empty())
 }
 
-/// The same TLS mode the URL asks for, verified against the Mozilla roots built into
-/// the binary (the `webpki-roots` crate, as webhooks are).
-fn with_bundled_roots(
+/// Where the URL asks for TLS and the system has no CA certificates: the same TLS mode,
+/// verified against the Mozilla roots built into the binary (the `webpki-roots` crate,
+/// as webhooks are). The system's store is only looked at when TLS is asked for.
+fn with_bundled_roots_if_needed(
     builder: lettre::transport::smtp::AsyncSmtpTransportBuilder,
     url: &str,
 ) -> anyhow::Result<lettre::transport::smtp::AsyncSmtpTransportBuilder> {
     use lettre::transport::smtp::client::{CertificateStore, Tls, TlsParameters};
     let u = url::Url::parse(url)?;
-    let host = u.host_str().unwrap_or_default().to_owned();
-    let params = || TlsParameters::builder(host.clone()).certificate_store(CertificateStore::WebpkiRoots).build();
     let mode = u.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
-    Ok(match (u.scheme(), mode.as_deref()) {
-        ("smtps", _) => builder.tls(Tls::Wrapper(params()?)),
-        ("smtp", Some("required")) => builder.tls(Tls::Required(params()?)),
-        ("smtp", Some("opportunistic")) => builder.tls(Tls::Opportunistic(params()?)),
-        _ => builder,
-    })
+    let wrap: fn(TlsParameters) -> Tls = match (u.scheme(), mode.as_deref()) {
+        ("smtps", _) => Tls::Wrapper,
+        ("smtp", Some("required")) => Tls::Required,
+        ("smtp", Some("opportunistic")) => Tls::Opportunistic,
+        _ => return Ok(builder),
+    };
+    if system_roots() {
+        return Ok(builder);
+    }
+    let host = u.host_str().unwrap_or_default().to_owned();
+    Ok(builder.tls(wrap(TlsParameters::builder(host).certificate_store(CertificateStore::WebpkiRoots).build()?)))
 }

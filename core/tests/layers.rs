@@ -21,8 +21,18 @@ const BASE: &[&str] = &[
     "ssrf",
     "supervise",
 ];
-const DOMAIN: &[&str] =
-    &["access", "apikeys", "auditing", "catalog", "identity", "notifications", "templates", "tracking", "webhooks"];
+const DOMAIN: &[&str] = &[
+    "access",
+    "apikeys",
+    "auditing",
+    "catalog",
+    "identity",
+    "notifications",
+    "rekey",
+    "templates",
+    "tracking",
+    "webhooks",
+];
 const EDGE: &[&str] = &["api", "dispatch", "doctor", "problem", "retention"];
 
 fn layer(module: &str) -> Option<usize> {

@@ -22,6 +22,11 @@ pub struct Embedded {
     pub gzip: Option<&'static [u8]>,
 }
 
+mod types {
+    include!("content_type.rs");
+}
+use types::content_type;
+
 mod generated {
     use super::Embedded;
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -140,15 +145,7 @@ async fn from_disk(root: &Path, path: &str) -> Option<Response> {
     }
     let file = root.join(rel);
     let bytes = tokio::fs::read(&file).await.ok()?;
-    let name = file.to_string_lossy();
-    let kind = match name.rsplit('.').next().unwrap_or("") {
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "wasm" => "application/wasm",
-        "css" => "text/css; charset=utf-8",
-        "svg" => "image/svg+xml",
-        "ico" => "image/x-icon",
-        _ => "application/octet-stream",
-    };
+    let kind = content_type(&file.to_string_lossy());
     Some(
         (
             [

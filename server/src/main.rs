@@ -152,12 +152,16 @@ fn init_logging() {
     }
 }
 
-/// GET /healthz on the listen address (a wildcard address is asked on loopback), within 3 s.
-async fn healthcheck(addr: Option<String>) -> anyhow::Result<()> {
+/// GET /healthz on `--addr` or the listen address the settings name (a wildcard address
+/// is asked on loopback), within 3 s.
+async fn healthcheck(addr: Option<String>, settings: &Settings) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = addr.or_else(|| std::env::var("HERALD_LISTEN_ADDR").ok()).unwrap_or_else(|| "127.0.0.1:3000".into());
-    let mut sock: std::net::SocketAddr =
-        addr.trim().parse().map_err(|_| anyhow::anyhow!("'{addr}' is not an address such as 127.0.0.1:3000"))?;
+    let mut sock: std::net::SocketAddr = match addr {
+        Some(a) => {
+            a.trim().parse().map_err(|_| anyhow::anyhow!("--addr: '{a}' is not an address such as 127.0.0.1:3000"))?
+        }
+        None => settings.listen_addr()?,
+    };
     if sock.ip().is_unspecified() {
         sock.set_ip(if sock.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
@@ -203,6 +207,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // What describes the settings needs none.
     match cli.command {
         Command::Config(ConfigCommand::Reference) => {
             print!("{}", herald_core::reference::markdown_table());
@@ -214,12 +219,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    if let Command::Healthcheck { addr } = &cli.command {
-        return healthcheck(addr.clone()).await;
-    }
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Healthcheck { .. } => unreachable!("handled above"),
+        Command::Healthcheck { addr } => healthcheck(addr, &settings).await,
         Command::Config(ConfigCommand::Check) => {
             let report = settings.check();
             if let Some(file) = &cli.config {
@@ -243,23 +245,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config(_) => unreachable!("handled above"),
         Command::SecretKey(SecretKeyCommand::Rotate) => {
-            use herald_core::audit;
-            let old = settings.secret_key()?;
-            let new = std::env::var("HERALD_NEW_SECRET_KEY")
-                .map_err(|_| {
-                    anyhow::anyhow!("HERALD_NEW_SECRET_KEY: is not set; generate one with `openssl rand -hex 32`")
-                })
-                .and_then(|v| {
-                    herald_core::secrets::SecretKey::parse_hex(&v)
-                        .map_err(|m| anyhow::anyhow!("HERALD_NEW_SECRET_KEY: {m}"))
-                })?;
+            let (old, new) = (settings.secret_key()?, settings.new_secret_key()?);
             let pool = db::connect(&settings.database_url()?, 2).await?;
             db::migrate(&pool).await?;
-            audit::use_key(&old)?;
-            let principal = cli_principal();
-            principal.require_admin().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let actor = audit::Actor::cli(&principal.id);
-            let r = audit::rotate_secret_key(&pool, &old, &new, &actor).await?;
+            let r = herald_core::rekey::rotate_secret_key(&pool, &cli_principal(), &old, &new).await?;
             println!(
                 "rotated: {} endpoint secret(s) and {} header set(s) re-sealed; audit entry {} ends the old key's segment",
                 r.endpoint_secrets, r.endpoint_headers, r.seq
