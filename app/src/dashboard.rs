@@ -7,7 +7,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
 use serde::{Deserialize, Serialize};
 
-use crate::clean;
+use crate::{clean, NotFound};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unhealthy {
@@ -260,7 +260,7 @@ pub fn DashboardPage() -> impl IntoView {
                         </section>
                     }.into_any()
                 }
-                Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                Ok(None) => view! { <NotFound/> }.into_any(),
                 Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
             })}
         </Suspense>

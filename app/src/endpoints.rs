@@ -10,7 +10,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
 use serde::{Deserialize, Serialize};
 
-use crate::clean;
+use crate::{clean, Live, NotFound};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRow {
@@ -177,9 +177,14 @@ pub struct DeliveryLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointPage {
     pub endpoint: EndpointRow,
-    pub deliveries: Vec<DeliveryLine>,
     /// The caller is an admin (notification pages are theirs to open).
     pub admin: bool,
+}
+
+/// An endpoint's recent deliveries, and the attempts of the one asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryLine>,
     /// The attempts of the delivery asked for (`?delivery=`).
     pub attempts: Option<(String, Vec<crate::history::AttemptRow>)>,
 }
@@ -194,18 +199,28 @@ pub struct DeliveryParams {
     pub delivery: String,
 }
 
-/// One endpoint and its recent deliveries (admins; `None` for anyone else or an unknown id).
+/// One endpoint (`None` for one the caller may not see, and for an unknown id).
 #[server(prefix = "/console/fn", endpoint = "endpoints/get")]
-pub async fn endpoint(id: String, #[server(default)] q: DeliveryParams) -> Result<Option<EndpointPage>, ServerFnError> {
-    use herald_core::error::Error;
+pub async fn endpoint(id: String) -> Result<Option<EndpointPage>, ServerFnError> {
     let Some(who) = caller()? else { return Ok(None) };
     let Ok(uid) = id.parse() else { return Ok(None) };
     let db = crate::db()?;
-    let ep = match herald_core::webhooks::endpoints::get(&db, &who, uid).await {
-        Ok(ep) => ep,
-        Err(Error::NotFound) => return Ok(None),
-        Err(e) => return Err(crate::readable(e)),
+    let Some(ep) = crate::allowed(herald_core::webhooks::endpoints::get(&db, &who, uid).await)? else {
+        return Ok(None);
     };
+    Ok(Some(EndpointPage { endpoint: row(ep), admin: who.is_admin() }))
+}
+
+/// An endpoint's recent deliveries, filtered, with one delivery's attempts (`None` for
+/// an endpoint the caller may not see).
+#[server(prefix = "/console/fn", endpoint = "endpoints/deliveries")]
+pub async fn endpoint_deliveries(
+    id: String,
+    #[server(default)] q: DeliveryParams,
+) -> Result<Option<DeliveryList>, ServerFnError> {
+    let Some(who) = caller()? else { return Ok(None) };
+    let Ok(uid) = id.parse() else { return Ok(None) };
+    let db = crate::db()?;
     let time = |name: &str, v: &str| herald_core::model::parse_time(name, v).map_err(crate::readable);
     let filter = herald_core::webhooks::deliveries::DeliveryFilter {
         status: match q.status.trim() {
@@ -216,19 +231,16 @@ pub async fn endpoint(id: String, #[server(default)] q: DeliveryParams) -> Resul
         since: time("since", &q.since)?,
         until: time("until", &q.until)?,
     };
+    let Some(found) = crate::allowed(herald_core::webhooks::deliveries::deliveries(&db, &who, uid, &filter, 50).await)?
+    else {
+        return Ok(None);
+    };
     let attempts = match q.delivery.trim().parse() {
         Err(_) => None,
-        Ok(d) => match herald_core::webhooks::deliveries::delivery(&db, &who, uid, d).await {
-            Ok((_, attempts)) => {
-                Some((d.to_string(), attempts.into_iter().map(crate::history::AttemptRow::from).collect()))
-            }
-            Err(herald_core::error::Error::NotFound) => None,
-            Err(e) => return Err(crate::readable(e)),
-        },
+        Ok(d) => crate::allowed(herald_core::webhooks::deliveries::delivery(&db, &who, uid, d).await)?
+            .map(|(_, attempts)| (d.to_string(), attempts.into_iter().map(crate::history::AttemptRow::from).collect())),
     };
-    let deliveries = herald_core::webhooks::deliveries::deliveries(&db, &who, uid, &filter, 50)
-        .await
-        .map_err(crate::readable)?
+    let deliveries = found
         .into_iter()
         .map(|d| DeliveryLine {
             id: d.id.to_string(),
@@ -240,7 +252,7 @@ pub async fn endpoint(id: String, #[server(default)] q: DeliveryParams) -> Resul
             last_error: d.last_error.unwrap_or_default(),
         })
         .collect();
-    Ok(Some(EndpointPage { endpoint: row(ep), deliveries, admin: who.is_admin(), attempts }))
+    Ok(Some(DeliveryList { deliveries, attempts }))
 }
 
 /// One of an endpoint's actions: `enable`, `disable`, `reveal`, `rotate` (with `grace`),
@@ -327,11 +339,15 @@ pub fn EndpointsPage() -> impl IntoView {
                     .map(|r| match r {
                         Ok(Some(rows)) => {
                             let (owner, state_is) = filter.get();
+                            let all = crate::me_now().is_some_and(|m| m.all_owners);
+                            let filtered = !owner.is_empty() || !state_is.is_empty();
                             view! {
                                 <section class="card">
                                     <h1>"Webhook endpoints"</h1>
                                     <form method="get" action="/endpoints" class="form" aria-label="Filter endpoints">
-                                        <label for="ep-owner">"Owner" <input id="ep-owner" type="text" name="owner" value=owner/></label>
+                                        {all.then(|| view! {
+                                            <label for="ep-owner">"Owner" <input id="ep-owner" type="text" name="owner" value=owner.clone()/></label>
+                                        })}
                                         <label for="ep-state">
                                             "State"
                                             <select id="ep-state" name="state">
@@ -342,35 +358,43 @@ pub fn EndpointsPage() -> impl IntoView {
                                         </label>
                                         <button type="submit">"Filter"</button>
                                     </form>
-                                    <table class="audit">
-                                        <thead>
-                                            <tr>
-                                                <th scope="col">"URL"</th>
-                                                <th scope="col">"Owner"</th>
-                                                <th scope="col">"Event types"</th>
-                                                <th scope="col">"State"</th>
-                                            </tr>
-                                        </thead>
-                                        <tbody>
-                                            {rows.into_iter().map(|e| view! {
-                                                <tr data-testid="endpoint-row">
-                                                    <td><a href=format!("/endpoints/{}", e.id)>{e.url.clone()}</a></td>
-                                                    <td>{e.owner}</td>
-                                                    <td>{e.event_types.join(", ")}</td>
-                                                    <td><span class=format!("pill {}", e.state)>{e.state.clone()}</span></td>
-                                                </tr>
-                                            }).collect_view()}
-                                        </tbody>
-                                    </table>
+                                    {if rows.is_empty() && filtered {
+                                        view! { <p class="empty" data-testid="endpoints-empty">"No endpoints match these filters. " <a href="/endpoints">"Show all"</a></p> }.into_any()
+                                    } else if rows.is_empty() {
+                                        view! { <p class="empty" data-testid="endpoints-empty">"No endpoints yet — " <a href="#register">"register one"</a> "."</p> }.into_any()
+                                    } else {
+                                        view! {
+                                            <table class="audit">
+                                                <thead>
+                                                    <tr>
+                                                        <th scope="col">"URL"</th>
+                                                        {all.then(|| view! { <th scope="col">"Owner"</th> })}
+                                                        <th scope="col">"Event types"</th>
+                                                        <th scope="col">"State"</th>
+                                                    </tr>
+                                                </thead>
+                                                <tbody>
+                                                    {rows.into_iter().map(|e| view! {
+                                                        <tr data-testid="endpoint-row">
+                                                            <td class="wrap"><a href=format!("/endpoints/{}", e.id)>{e.url.clone()}</a></td>
+                                                            {all.then(|| view! { <td>{e.owner.clone()}</td> })}
+                                                            <td>{e.event_types.join(", ")}</td>
+                                                            <td><span class=format!("pill {}", e.state)>{e.state.clone()}</span></td>
+                                                        </tr>
+                                                    }).collect_view()}
+                                                </tbody>
+                                            </table>
+                                        }.into_any()
+                                    }}
                                 </section>
-                                <section class="card">
+                                <section class="card" id="register">
                                     <h2>"Register an endpoint"</h2>
                                     <EndpointForm e=EndpointRow::default() save/>
                                 </section>
                             }
                                 .into_any()
                         }
-                        Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                        Ok(None) => view! { <NotFound/> }.into_any(),
                         Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                     })
             }}
@@ -399,7 +423,7 @@ fn EndpointForm(e: EndpointRow, save: ServerAction<SaveEndpoint>) -> impl IntoVi
                     <input type="text" name="event_types" prop:value=move || picked.get().join(", ")
                         on:input=move |ev| picked.set(split(&event_target_value(&ev))) data-testid="ep-types"/>
                 </label>
-                <fieldset>
+                <fieldset class="checks">
                     <legend>"The catalog"</legend>
                     <Suspense fallback=|| ()>
                         {move || {
@@ -478,10 +502,7 @@ pub fn EndpointDetail() -> impl IntoView {
             }
         })
     });
-    let page = Resource::new(
-        move || (id.get(), params.get(), save.version().get(), act.version().get()),
-        |(id, q, ..)| endpoint(id, q),
-    );
+    let page = Resource::new(move || (id.get(), save.version().get(), act.version().get()), |(id, ..)| endpoint(id));
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
     let button = move |id: String, action: &'static str, label: &'static str| {
@@ -501,11 +522,8 @@ pub fn EndpointDetail() -> impl IntoView {
                 Ok(Some(p)) => {
                     let e = p.endpoint;
                     let (id1, id2, id3, id4, id5) = (e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone(), e.id.clone());
-                    let (id6, id7, id8) = (e.id.clone(), e.id.clone(), e.id.clone());
+                    let (id6, id8) = (e.id.clone(), e.id.clone());
                     let admin_view = p.admin;
-                    let filters = params.get_untracked();
-                    let status_now = filters.status.clone();
-                    let open_attempts = p.attempts.clone();
                     let toggle = if e.state == "disabled" { button(id1, "enable", "Enable") } else { button(id1, "disable", "Disable") };
                     view! {
                         <section class="card">
@@ -539,86 +557,14 @@ pub fn EndpointDetail() -> impl IntoView {
                                 Err(e) => view! { <p class="error" role="alert" data-testid="ep-result">{clean(e)}</p> }.into_any(),
                             })}
                         </section>
-                        <section class="card">
-                            <h2>"Recent deliveries"</h2>
-                            <form method="get" action=format!("/endpoints/{}", id6) class="form" aria-label="Filter deliveries">
-                                <label for="ep-status">"Status"
-                                    <select id="ep-status" name="status" data-testid="ep-status-filter">
-                                        {["", "pending", "in_flight", "retrying", "succeeded", "failed", "cancelled"].into_iter().map(|s| view! {
-                                            <option value=s selected=status_now == s>{if s.is_empty() { "any" } else { s }}</option>
-                                        }).collect_view()}
-                                    </select>
-                                </label>
-                                <label for="ep-type-filter">"Event type"
-                                    <input id="ep-type-filter" type="text" name="event_type" value=filters.event_type.clone() data-testid="ep-type-filter"/>
-                                </label>
-                                <label for="ep-since-filter">"Created from (UTC)"
-                                    <input id="ep-since-filter" type="datetime-local" name="since" value=filters.since.clone()/>
-                                </label>
-                                <label for="ep-until-filter">"Created before (UTC)"
-                                    <input id="ep-until-filter" type="datetime-local" name="until" value=filters.until.clone()/>
-                                </label>
-                                <button type="submit" data-testid="ep-filter">"Filter"</button>
-                            </form>
-                            {open_attempts.map(|(d, rows)| view! {
-                                <h3>"Attempts of delivery " <code>{d}</code></h3>
-                                <table class="audit" data-testid="ep-attempts">
-                                    <thead><tr><th scope="col">"#"</th><th scope="col">"Started"</th><th scope="col">"Duration"</th><th scope="col">"Outcome"</th><th scope="col">"Response"</th></tr></thead>
-                                    <tbody>
-                                        {rows.into_iter().map(|a| view! {
-                                            <tr data-testid="ep-attempt"><td>{a.n}</td><td>{a.at}</td><td>{a.duration_ms} " ms"</td><td>{a.outcome}</td><td>{a.detail}</td></tr>
-                                        }).collect_view()}
-                                    </tbody>
-                                </table>
-                            })}
-                            {if p.deliveries.is_empty() {
-                                view! { <p class="notice">"None yet."</p> }.into_any()
-                            } else {
-                                view! {
-                                    <table class="audit">
-                                        <thead><tr>
-                                            <th scope="col">"Created"</th><th scope="col">"Event type"</th>
-                                            <th scope="col">"Status"</th><th scope="col">"Attempts"</th><th scope="col">"Last error"</th>
-                                        </tr></thead>
-                                        <tbody>
-                                            {p.deliveries.into_iter().map(|d| {
-                                                let finished = matches!(d.status.as_str(), "succeeded" | "failed" | "cancelled");
-                                                let when = if admin_view {
-                                                    view! { <a href=format!("/notifications/{}", d.notification)>{d.at.clone()}</a> }.into_any()
-                                                } else {
-                                                    view! { <span>{d.at.clone()}</span> }.into_any()
-                                                };
-                                                let endpoint_id = id7.clone();
-                                                view! {
-                                                <tr data-testid="ep-delivery">
-                                                    <td>{when}</td>
-                                                    <td>{d.event_type}</td>
-                                                    <td><span class=format!("pill {}", d.status)>{d.status.clone()}</span></td>
-                                                    <td>{d.attempts}</td>
-                                                    <td>{d.last_error}</td>
-                                                    <td><a href=format!("?delivery={}", d.id) data-testid="ep-attempts-link">"Attempts"</a></td>
-                                                    <td>{finished.then(|| view! {
-                                                        <ActionForm action=act>
-                                                            <input type="hidden" name="id" value=endpoint_id/>
-                                                            <input type="hidden" name="action" value="resend"/>
-                                                            <input type="hidden" name="delivery" value=d.id.clone()/>
-                                                            <button type="submit" data-testid="ep-resend">"Resend"</button>
-                                                        </ActionForm>
-                                                    })}</td>
-                                                </tr>
-                                            }}).collect_view()}
-                                        </tbody>
-                                    </table>
-                                }.into_any()
-                            }}
-                        </section>
+                        <Deliveries id=id6 admin=admin_view params act/>
                         <section class="card">
                             <h2>"Verifying Herald's signature"</h2>
                             <p>"Every webhook carries " <code>"webhook-id"</code>", " <code>"webhook-timestamp"</code> " and "
                                <code>"webhook-signature"</code> " (Standard Webhooks). Verify them with the signing secret and the raw body:"</p>
-                            <details open=true><summary>"Python (standardwebhooks)"</summary><pre class="json">{SNIPPET_PY}</pre></details>
-                            <details><summary>"JavaScript (standardwebhooks)"</summary><pre class="json">{SNIPPET_JS}</pre></details>
-                            <details><summary>"Go (standard-webhooks)"</summary><pre class="json">{SNIPPET_GO}</pre></details>
+                            <details open=true><summary>"Python (standardwebhooks)"</summary><pre class="json" tabindex="0">{SNIPPET_PY}</pre></details>
+                            <details><summary>"JavaScript (standardwebhooks)"</summary><pre class="json" tabindex="0">{SNIPPET_JS}</pre></details>
+                            <details><summary>"Go (standard-webhooks)"</summary><pre class="json" tabindex="0">{SNIPPET_GO}</pre></details>
                         </section>
                         <section class="card">
                             <h2>"Edit"</h2>
@@ -636,9 +582,121 @@ pub fn EndpointDetail() -> impl IntoView {
                         </section>
                     }.into_any()
                 }
-                Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                Ok(None) => view! { <NotFound/> }.into_any(),
                 Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
             })}
         </Suspense>
+    }
+}
+
+/// An endpoint's recent deliveries (filtered), the attempts of the one opened, and the
+/// resend buttons; live: new deliveries and attempts appear without a reload.
+#[component]
+fn Deliveries(
+    id: String,
+    admin: bool,
+    params: Memo<DeliveryParams>,
+    act: ServerAction<EndpointAction>,
+) -> impl IntoView {
+    let tick = RwSignal::new(0u32);
+    let list = Resource::new(
+        {
+            let id = id.clone();
+            move || (id.clone(), params.get(), act.version().get(), tick.get())
+        },
+        |(id, q, ..)| endpoint_deliveries(id, q),
+    );
+    let on_change = Callback::new(move |()| tick.update(|t| *t += 1));
+    let filters = params.get_untracked();
+    let status_now = filters.status.clone();
+    let (live_url, action) = (format!("/console/live/endpoints/{id}"), format!("/endpoints/{id}"));
+    view! {
+        <section class="card" aria-labelledby="deliveries-title">
+            <h2 id="deliveries-title">"Recent deliveries"</h2>
+            <Live url=live_url on_change/>
+            <form method="get" action=action class="form" aria-label="Filter deliveries">
+                <label for="ep-status">"Status"
+                    <select id="ep-status" name="status" data-testid="ep-status-filter">
+                        {["", "pending", "in_flight", "retrying", "succeeded", "failed", "cancelled"].into_iter().map(|s| view! {
+                            <option value=s selected=status_now == s>{if s.is_empty() { "any" } else { s }}</option>
+                        }).collect_view()}
+                    </select>
+                </label>
+                <label for="ep-type-filter">"Event type"
+                    <input id="ep-type-filter" type="text" name="event_type" value=filters.event_type.clone() data-testid="ep-type-filter"/>
+                </label>
+                <label for="ep-since-filter">"Created from (UTC)"
+                    <input id="ep-since-filter" type="datetime-local" name="since" value=filters.since.clone()/>
+                </label>
+                <label for="ep-until-filter">"Created before (UTC)"
+                    <input id="ep-until-filter" type="datetime-local" name="until" value=filters.until.clone()/>
+                </label>
+                <button type="submit" data-testid="ep-filter">"Filter"</button>
+            </form>
+            <Transition fallback=|| view! { <p class="notice">"Loading…"</p> }>
+                {move || list.get().map(|r| match r {
+                    Ok(Some(l)) => {
+                        let endpoint_id = id.clone();
+                        view! {
+                            {l.attempts.map(|(d, rows)| view! {
+                                <h3>"Attempts of delivery " <code>{d}</code></h3>
+                                <table class="audit" data-testid="ep-attempts">
+                                    <thead><tr><th scope="col">"#"</th><th scope="col">"Started"</th><th scope="col">"Duration"</th><th scope="col">"Outcome"</th><th scope="col">"Response"</th></tr></thead>
+                                    <tbody>
+                                        {rows.into_iter().map(|a| view! {
+                                            <tr data-testid="ep-attempt"><td>{a.n}</td><td>{a.at}</td><td>{a.duration_ms} " ms"</td><td>{a.outcome}</td><td class="wrap">{a.detail}</td></tr>
+                                        }).collect_view()}
+                                    </tbody>
+                                </table>
+                            })}
+                            {if l.deliveries.is_empty() {
+                                view! { <p class="empty" data-testid="ep-no-deliveries">"No deliveries yet. Send a test event to see one arrive here."</p> }.into_any()
+                            } else {
+                                view! {
+                                    <table class="audit">
+                                        <thead><tr>
+                                            <th scope="col">"Created"</th><th scope="col">"Event type"</th>
+                                            <th scope="col">"Status"</th><th scope="col">"Attempts"</th><th scope="col">"Last error"</th>
+                                            <th scope="col"><span class="sr-only">"Attempts"</span></th>
+                                            <th scope="col"><span class="sr-only">"Actions"</span></th>
+                                        </tr></thead>
+                                        <tbody>
+                                            {l.deliveries.into_iter().map(|d| {
+                                                let finished = matches!(d.status.as_str(), "succeeded" | "failed" | "cancelled");
+                                                let when = if admin {
+                                                    view! { <a href=format!("/notifications/{}", d.notification)>{d.at.clone()}</a> }.into_any()
+                                                } else {
+                                                    view! { <span>{d.at.clone()}</span> }.into_any()
+                                                };
+                                                let endpoint_id = endpoint_id.clone();
+                                                view! {
+                                                <tr data-testid="ep-delivery">
+                                                    <td>{when}</td>
+                                                    <td>{d.event_type}</td>
+                                                    <td><span class=format!("pill {}", d.status) data-testid="ep-delivery-status">{d.status.clone()}</span></td>
+                                                    <td data-testid="ep-delivery-attempts">{d.attempts}</td>
+                                                    <td class="wrap">{d.last_error}</td>
+                                                    <td><a href=format!("?delivery={}", d.id) data-testid="ep-attempts-link">"Attempts"</a></td>
+                                                    <td>{finished.then(|| view! {
+                                                        <ActionForm action=act>
+                                                            <input type="hidden" name="id" value=endpoint_id/>
+                                                            <input type="hidden" name="action" value="resend"/>
+                                                            <input type="hidden" name="delivery" value=d.id.clone()/>
+                                                            <button type="submit" data-testid="ep-resend">"Resend"</button>
+                                                        </ActionForm>
+                                                    })}</td>
+                                                </tr>
+                                            }}).collect_view()}
+                                        </tbody>
+                                    </table>
+                                }.into_any()
+                            }}
+                        }.into_any()
+                    }
+                    Ok(None) => ().into_any(),
+                    Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+                })}
+            </Transition>
+        </section>
     }
 }

@@ -12,7 +12,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
-use crate::clean;
+use crate::{clean, NotFound};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventTypeRow {
@@ -82,10 +82,10 @@ pub fn CatalogPage() -> impl IntoView {
                         <h2><code>{e.name.clone()}</code></h2>
                         <p>{if e.description.is_empty() { "No description.".to_owned() } else { e.description.clone() }}</p>
                         {(!e.schema.is_empty()).then(|| view! {
-                            <details><summary>"JSON Schema"</summary><pre class="json">{e.schema.clone()}</pre></details>
+                            <details><summary>"JSON Schema"</summary><pre class="json" tabindex="0">{e.schema.clone()}</pre></details>
                         })}
                         {(!e.sample.is_empty()).then(|| view! {
-                            <details open=true><summary>"Example payload"</summary><pre class="json">{e.sample.clone()}</pre></details>
+                            <details open=true><summary>"Example payload"</summary><pre class="json" tabindex="0">{e.sample.clone()}</pre></details>
                         })}
                     </section>
                 }).collect_view().into_any(),
@@ -224,7 +224,7 @@ pub fn EventTypesPage() -> impl IntoView {
                             }
                                 .into_any()
                         }
-                        Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                        Ok(None) => view! { <NotFound/> }.into_any(),
                         Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                     })
             }}
@@ -252,7 +252,7 @@ pub fn EventTypeEdit() -> impl IntoView {
                                 <EventTypeForm e save/>
                             </section>
                         }.into_any(),
-                        Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                        Ok(None) => view! { <NotFound/> }.into_any(),
                         Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                     })
             }}

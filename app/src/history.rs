@@ -10,7 +10,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
 use serde::{Deserialize, Serialize};
 
-use crate::clean;
+use crate::{clean, Live, NotFound};
 
 /// The history's filters, as the form and the URL carry them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,7 +209,7 @@ pub fn HistoryPage() -> impl IntoView {
                                 }
                                     .into_any()
                             }
-                            Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                            Ok(None) => view! { <NotFound/> }.into_any(),
                             Err(e) => {
                                 view! { <p class="error" role="alert" data-testid="history-error">{clean(e)}</p> }.into_any()
                             }
@@ -437,8 +437,7 @@ pub fn NotificationDetail() -> impl IntoView {
     let id = Memo::new(move |_| params.with(|p| p.get("id").unwrap_or_default()));
     let resend = ServerAction::<ResendDelivery>::new();
     let replay = ServerAction::<ReplayNotification>::new();
-    let page =
-        Resource::new(move || (id.get(), resend.version().get(), replay.version().get()), |(id, ..)| notification(id));
+    let page = Resource::new(move || (id.get(), replay.version().get()), |(id, ..)| notification(id));
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
     let outcome = move || {
@@ -456,6 +455,7 @@ pub fn NotificationDetail() -> impl IntoView {
                     .map(|r| match r {
                         Ok(Some(n)) => {
                             let has_webhooks = n.deliveries.iter().any(|d| d.channel == "webhook");
+                            let (live_id, replay_id) = (n.id.clone(), n.id.clone());
                             view! {
                                 <section class="card">
                                     <p><a href="/notifications">"← History"</a></p>
@@ -465,29 +465,60 @@ pub fn NotificationDetail() -> impl IntoView {
                                         <dt>"Accepted"</dt><dd>{n.at}</dd>
                                         <dt>"Owner"</dt><dd>{n.owner}</dd>
                                         <dt>"Recipients"</dt><dd>{n.recipients}</dd>
-                                        <dt>"Status"</dt><dd data-testid="detail-status">{n.status}</dd>
                                     </dl>
                                     {has_webhooks.then(|| {
                                         view! {
                                             <ActionForm action=replay>
-                                                <input type="hidden" name="id" value=n.id.clone()/>
+                                                <input type="hidden" name="id" value=replay_id/>
                                                 <button type="submit" data-testid="replay">"Replay webhooks"</button>
                                             </ActionForm>
                                         }
                                     })}
                                     {outcome}
                                     <h2>"Payload"</h2>
-                                    <pre class="json" data-testid="detail-payload">{n.payload}</pre>
+                                    <pre class="json" tabindex="0" data-testid="detail-payload">{n.payload}</pre>
                                 </section>
-                                {n.deliveries.into_iter().map(|d| view! { <DeliveryCard d resend/> }).collect_view()}
+                                <LiveDeliveries id=live_id resend replay/>
                             }
                                 .into_any()
                         }
-                        Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                        Ok(None) => view! { <NotFound/> }.into_any(),
                         Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                     })
             }}
         </Suspense>
+    }
+}
+
+/// A notification's status and deliveries with their attempts, live: the stream says
+/// when they changed and they are read again (the page around them stays).
+#[component]
+fn LiveDeliveries(
+    id: String,
+    resend: ServerAction<ResendDelivery>,
+    replay: ServerAction<ReplayNotification>,
+) -> impl IntoView {
+    let tick = RwSignal::new(0u32);
+    let url = format!("/console/live/notifications/{id}");
+    let page = Resource::new(
+        move || (id.clone(), resend.version().get(), replay.version().get(), tick.get()),
+        |(id, ..)| notification(id),
+    );
+    let on_change = Callback::new(move |()| tick.update(|t| *t += 1));
+    view! {
+        <section class="card" aria-label="Status">
+            <Live url on_change/>
+            <Transition fallback=|| ()>
+                {move || page.get().and_then(|r| r.ok()).flatten().map(|n| view! {
+                    <p>"Status: " <span class=format!("pill {}", n.status) data-testid="detail-status">{n.status.clone()}</span></p>
+                })}
+            </Transition>
+        </section>
+        <Transition fallback=|| ()>
+            {move || page.get().and_then(|r| r.ok()).flatten().map(|n| {
+                n.deliveries.into_iter().map(|d| view! { <DeliveryCard d resend/> }).collect_view()
+            })}
+        </Transition>
     }
 }
 
@@ -518,7 +549,7 @@ fn DeliveryCard(d: DeliveryRow, resend: ServerAction<ResendDelivery>) -> impl In
                     <p><strong>"Subject: "</strong><span data-testid="email-subject">{e.subject}</span></p>
                     <details>
                         <summary>"Text part"</summary>
-                        <pre>{e.text}</pre>
+                        <pre tabindex="0">{e.text}</pre>
                     </details>
                     <iframe
                         class="email"

@@ -7,7 +7,7 @@
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Title};
 use leptos_router::components::{Route, Router, Routes};
-use leptos_router::{path, StaticSegment};
+use leptos_router::{path, SsrMode, StaticSegment};
 use serde::{Deserialize, Serialize};
 
 mod dashboard;
@@ -26,6 +26,9 @@ pub struct Me {
     /// The console's pages this user may use, as the access policy says (display
     /// hints: every server function asks the policy again).
     pub pages: Vec<String>,
+    /// The caller reaches every owner's endpoints and keys (the owner filters and
+    /// columns are shown only then).
+    pub all_owners: bool,
 }
 
 /// The logged-in user (`None` when login is not configured). The server's login gate
@@ -55,6 +58,7 @@ pub async fn current_user() -> Result<Option<Me>, ServerFnError> {
         email: u.email.clone(),
         role: u.role().to_owned(),
         pages,
+        all_owners: who.require_admin().is_ok(),
     }))
 }
 
@@ -230,7 +234,7 @@ fn AuditPage() -> impl IntoView {
                                                                 {(!r.changes.is_empty()).then(|| view! {
                                                                     <details>
                                                                         <summary>{format!("{changed} changed line(s)")}</summary>
-                                                                        <pre class="diff" data-testid="audit-diff">
+                                                                        <pre class="diff" tabindex="0" data-testid="audit-diff">
                                                                             {r.changes.into_iter().map(|(t, l)| {
                                                                                 let class = match t.as_str() { "+" => "add", "-" => "del", _ => "same" };
                                                                                 view! { <span class=class>{format!("{t} {l}\n")}</span> }
@@ -251,7 +255,7 @@ fn AuditPage() -> impl IntoView {
                                 }
                                     .into_any()
                             }
-                            Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                            Ok(None) => view! { <NotFound/> }.into_any(),
                             Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                         })
                 }}
@@ -353,7 +357,11 @@ pub async fn list_keys() -> Result<Vec<KeyRow>, ServerFnError> {
 /// Creates a key (an owner: for themselves, within their scopes). Returns the secret,
 /// shown once.
 #[server(prefix = "/console/fn", endpoint = "keys/create")]
-pub async fn create_key(name: String, scopes: String, owner: String) -> Result<String, ServerFnError> {
+pub async fn create_key(
+    name: String,
+    scopes: String,
+    #[server(default)] owner: String,
+) -> Result<String, ServerFnError> {
     let who = principal()?;
     let db = db()?;
     let scopes: Vec<String> =
@@ -380,6 +388,7 @@ fn KeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
     let revoke = ServerAction::<RevokeKey>::new();
     let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_keys());
+    let me = expect_context::<MeResource>();
     // Effects run only in the browser: the marker says the page is interactive.
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
@@ -395,7 +404,11 @@ fn KeysPage() -> impl IntoView {
                         "Scopes (comma-separated)"
                         <input type="text" name="scopes" value="notifications:write, notifications:read" data-testid="key-scopes"/>
                     </label>
-                    <label>"Owner (admins only; empty: yours)" <input type="text" name="owner" data-testid="key-owner"/></label>
+                    <Suspense fallback=|| ()>
+                        {move || me.get().and_then(|r| r.ok()).flatten().filter(|m| m.all_owners).map(|_| view! {
+                            <label>"Owner (empty: yours)" <input type="text" name="owner" data-testid="key-owner"/></label>
+                        })}
+                    </Suspense>
                     <button type="submit" data-testid="key-create">"Create key"</button>
                 </div>
             </ActionForm>
@@ -422,8 +435,12 @@ fn KeysPage() -> impl IntoView {
                 {move || {
                     keys.get()
                         .map(|r| match r {
+                            Ok(rows) if rows.is_empty() => view! {
+                                <p class="empty" data-testid="keys-empty">"No API keys yet — create one above to call the API from code."</p>
+                            }.into_any(),
                             Ok(rows) => {
                                 view! {
+                                    <h2>"Keys"</h2>
                                     <table class="audit">
                                         <thead>
                                             <tr>
@@ -432,7 +449,7 @@ fn KeysPage() -> impl IntoView {
                                                 <th scope="col">"Scopes"</th>
                                                 <th scope="col">"State"</th>
                                                 <th scope="col">"Last used"</th>
-                                                <th scope="col"></th>
+                                                <th scope="col"><span class="sr-only">"Actions"</span></th>
                                             </tr>
                                         </thead>
                                         <tbody>
@@ -484,46 +501,33 @@ pub(crate) fn clean(e: ServerFnError) -> String {
     s.split_once(": ").map(|(_, rest)| rest.to_owned()).unwrap_or(s)
 }
 
+/// The logged-in user, read once per page load and shared by the top bar, the
+/// navigation and the pages that adapt to what the caller may do.
+pub(crate) type MeResource = OnceResource<Result<Option<Me>, ServerFnError>>;
+
+/// The logged-in user from the page's context (`None` while loading or without login).
+pub(crate) fn me_now() -> Option<Me> {
+    use_context::<MeResource>().and_then(|r| r.get()).and_then(|r| r.ok()).flatten()
+}
+
 /// The signed-in user and the logout button, in the top bar.
 #[component]
 fn UserBox() -> impl IntoView {
-    let me = OnceResource::new(current_user());
+    let me = expect_context::<MeResource>();
     view! {
         <Suspense fallback=|| ()>
             {move || {
                 me.get()
                     .map(|r| match r {
                         Ok(Some(m)) => {
-                            let links = [
-                                ("endpoints", "Endpoints"),
-                                ("catalog", "Event catalog"),
-                                ("keys", "API keys"),
-                                ("dashboard", "Dashboard"),
-                                ("notifications", "Notifications"),
-                                ("event-types", "Event types"),
-                                ("templates", "Templates"),
-                                ("portal-links", "Portal links"),
-                                ("audit", "Audit log"),
-                            ]
-                                .into_iter()
-                                .filter(|(p, _)| m.pages.iter().any(|q| q == p))
-                                .map(|(p, label)| {
-                                    view! {
-                                        <a class="nav" href=format!("/{p}") data-testid=format!("nav-{p}")>
-                                            {label}
-                                        </a>
-                                    }
-                                })
-                                .collect_view();
                             view! {
-                                <span class="user">
-                                    {links}
-                                    <span data-testid="user-name">{m.name}</span>
+                                <div class="user">
+                                    <span class="who" data-testid="user-name">{m.name}</span>
                                     <span class="role" data-testid="user-role">{m.role}</span>
                                     <form method="post" action="/auth/logout">
                                         <button data-testid="logout" type="submit">"Log out"</button>
                                     </form>
-                                </span>
+                                </div>
                             }
                                 .into_any()
                         }
@@ -531,6 +535,218 @@ fn UserBox() -> impl IntoView {
                     })
             }}
         </Suspense>
+    }
+}
+
+/// The console's sections and their pages (`page` as `Me::pages` names it; "" is home,
+/// shown to everyone logged in).
+const SECTIONS: &[(&str, &[(&str, &str)])] = &[
+    ("Overview", &[("", "Home"), ("dashboard", "Dashboard")]),
+    ("Messages", &[("notifications", "Notifications")]),
+    ("Catalog", &[("catalog", "Event catalog"), ("event-types", "Event types"), ("templates", "Templates")]),
+    ("Webhooks", &[("endpoints", "Endpoints"), ("portal-links", "Portal links")]),
+    ("Access", &[("keys", "API keys")]),
+    ("Audit", &[("audit", "Audit log")]),
+];
+
+/// The navigation, grouped by section, showing only the pages the access policy lets
+/// the caller use (a display hint: every page and server function asks again).
+#[component]
+fn Sidebar() -> impl IntoView {
+    let me = expect_context::<MeResource>();
+    let location = leptos_router::hooks::use_location();
+    view! {
+        <Suspense fallback=|| ()>
+            {move || {
+                me.get().and_then(|r| r.ok()).flatten().map(|m| {
+                    let sections = SECTIONS
+                        .iter()
+                        .filter_map(|(title, pages)| {
+                            let links: Vec<_> = pages
+                                .iter()
+                                .filter(|(p, _)| p.is_empty() || m.pages.iter().any(|q| q == p))
+                                .map(|(p, label)| {
+                                    let href = format!("/{p}");
+                                    let here = href.clone();
+                                    let current = move || {
+                                        let path = location.pathname.get();
+                                        let on = if here == "/" { path == "/" } else { path == here || path.starts_with(&format!("{here}/")) };
+                                        on.then_some("page")
+                                    };
+                                    let testid = if p.is_empty() { "nav-home".to_owned() } else { format!("nav-{p}") };
+                                    view! { <li><a href=href aria-current=current data-testid=testid>{*label}</a></li> }
+                                })
+                                .collect();
+                            (!links.is_empty()).then(|| view! {
+                                <div class="section">
+                                    <h2 class="section-title">{*title}</h2>
+                                    <ul>{links}</ul>
+                                </div>
+                            })
+                        })
+                        .collect_view();
+                    view! { <nav class="sidebar" aria-label="Console">{sections}</nav> }
+                })
+            }}
+        </Suspense>
+    }
+}
+
+/// "Page not found", answered with status 404: the console's routes render on the
+/// server before the headers go out (`SsrMode::Async`), so the status is the truth.
+#[component]
+pub(crate) fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(r) = use_context::<leptos_axum::ResponseOptions>() {
+        r.set_status(http::StatusCode::NOT_FOUND);
+    }
+    view! {
+        <Title text="Page not found — Herald"/>
+        <section class="card" data-testid="not-found">
+            <h1>"Page not found"</h1>
+            <p>"There is nothing here, or nothing you may see. " <a href="/">"Go to the start page"</a></p>
+        </section>
+    }
+}
+
+/// Keeps part of a page live: listens to `url` (server-sent events, behind the login
+/// and the access policy) and calls `on_change` when the server says what the page
+/// shows changed, or when it reconnected after a pause. Shows its connection state;
+/// closes while the tab is hidden and reopens (and refreshes) when it is shown again.
+#[component]
+pub(crate) fn Live(url: String, on_change: Callback<()>) -> impl IntoView {
+    let state = RwSignal::new("connecting");
+    #[cfg(feature = "hydrate")]
+    Effect::new({
+        let url = url.clone();
+        move |_| live::follow(url.clone(), state, on_change)
+    });
+    #[cfg(not(feature = "hydrate"))]
+    let _ = (url, on_change);
+    let label = move || match state.get() {
+        "live" => "Live: changes appear as they happen",
+        "paused" => "Paused while this tab is hidden",
+        "reconnecting" => "Connection lost; reconnecting…",
+        "ended" => "Live updates ended; reload the page",
+        _ => "Connecting to live updates…",
+    };
+    view! {
+        <p class="live" role="status" data-testid="live-state" data-state=move || state.get()>
+            <span class="dot" aria-hidden="true"></span>
+            {label}
+        </p>
+    }
+}
+
+#[cfg(feature = "hydrate")]
+mod live {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use leptos::prelude::*;
+    use send_wrapper::SendWrapper;
+    use wasm_bindgen::closure::Closure;
+    use wasm_bindgen::JsCast;
+    use web_sys::{EventSource, VisibilityState};
+
+    type Handler = Closure<dyn FnMut(web_sys::Event)>;
+
+    struct Feed {
+        url: String,
+        state: RwSignal<&'static str>,
+        on_change: Callback<()>,
+        source: Option<EventSource>,
+        handlers: Vec<Handler>,
+        /// Connections opened so far (a reconnection refreshes the page).
+        opened: u32,
+    }
+
+    impl Feed {
+        fn open(this: &Rc<RefCell<Feed>>) {
+            let mut f = this.borrow_mut();
+            if f.source.is_some() {
+                return;
+            }
+            let Ok(es) = EventSource::new(&f.url) else {
+                f.state.set("ended");
+                return;
+            };
+            f.state.set("connecting");
+            let (state, on_change) = (f.state, f.on_change);
+            let weak = Rc::downgrade(this);
+            let ready: Handler = Closure::new(move |_| {
+                state.set("live");
+                if let Some(t) = weak.upgrade() {
+                    let mut f = t.borrow_mut();
+                    f.opened += 1;
+                    if f.opened > 1 {
+                        drop(f);
+                        on_change.run(());
+                    }
+                }
+            });
+            let change: Handler = Closure::new(move |_| on_change.run(()));
+            let weak = Rc::downgrade(this);
+            let gone: Handler = Closure::new(move |_| {
+                if let Some(t) = weak.upgrade() {
+                    t.borrow_mut().close();
+                }
+                state.set("ended");
+                on_change.run(());
+            });
+            let error: Handler = Closure::new({
+                let es = es.clone();
+                move |_| state.set(if es.ready_state() == EventSource::CLOSED { "ended" } else { "reconnecting" })
+            });
+            let _ = es.add_event_listener_with_callback("ready", ready.as_ref().unchecked_ref());
+            let _ = es.add_event_listener_with_callback("change", change.as_ref().unchecked_ref());
+            let _ = es.add_event_listener_with_callback("gone", gone.as_ref().unchecked_ref());
+            es.set_onerror(Some(error.as_ref().unchecked_ref()));
+            f.handlers = vec![ready, change, gone, error];
+            f.source = Some(es);
+        }
+
+        /// Closes the connection. Its handlers stay until the next `open` or the end:
+        /// one of them may be the caller.
+        fn close(&mut self) {
+            if let Some(es) = self.source.take() {
+                es.set_onerror(None);
+                es.close();
+            }
+        }
+    }
+
+    /// Follows `url` until the owning view is cleaned up.
+    pub fn follow(url: String, state: RwSignal<&'static str>, on_change: Callback<()>) {
+        let feed = Rc::new(RefCell::new(Feed { url, state, on_change, source: None, handlers: Vec::new(), opened: 0 }));
+        let doc = document();
+        let visible = || document().visibility_state() == VisibilityState::Visible;
+        if visible() {
+            Feed::open(&feed);
+        } else {
+            state.set("paused");
+        }
+        let on_visibility: Handler = Closure::new({
+            let feed = feed.clone();
+            move |_| {
+                if visible() {
+                    Feed::open(&feed);
+                } else {
+                    feed.borrow_mut().close();
+                    feed.borrow().state.set("paused");
+                }
+            }
+        });
+        let _ = doc.add_event_listener_with_callback("visibilitychange", on_visibility.as_ref().unchecked_ref());
+        let keep = SendWrapper::new((feed, on_visibility));
+        on_cleanup(move || {
+            let (feed, on_visibility) = keep.take();
+            let _ = document()
+                .remove_event_listener_with_callback("visibilitychange", on_visibility.as_ref().unchecked_ref());
+            let mut f = feed.borrow_mut();
+            f.close();
+            f.handlers.clear();
+        });
     }
 }
 
@@ -558,61 +774,126 @@ pub fn shell(options: LeptosOptions, stylesheet: &'static str) -> impl IntoView 
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    let me: MeResource = OnceResource::new(current_user());
+    provide_context(me);
+    // Effects run only in the browser: the marker says the console is interactive.
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| hydrated.set(true));
+    // Every page renders completely on the server before its headers go out, so a page
+    // that finds nothing answers 404 (see `NotFound`).
     view! {
         <Title text="Herald"/>
         <Router>
+            <a class="skip" href="#main">"Skip to the content"</a>
             <header class="topbar">
-                <span class="brand">"Herald"</span>
+                <a class="brand" href="/">"Herald"</a>
                 <span class="tagline">"notification service"</span>
                 <UserBox/>
             </header>
-            <main>
-                <Routes fallback=|| view! { <p class="notice">"Page not found."</p> }>
-                    <Route path=StaticSegment("") view=HomePage/>
-                    <Route path=StaticSegment("audit") view=AuditPage/>
-                    <Route path=StaticSegment("keys") view=KeysPage/>
-                    <Route path=StaticSegment("notifications") view=history::HistoryPage/>
-                    <Route path=path!("/notifications/:id") view=history::NotificationDetail/>
-                    <Route path=StaticSegment("templates") view=templates::TemplatesPage/>
-                    <Route path=path!("/templates/:key") view=templates::TemplateEditor/>
-                    <Route path=StaticSegment("dashboard") view=dashboard::DashboardPage/>
-                    <Route path=StaticSegment("event-types") view=event_types::EventTypesPage/>
-                    <Route path=StaticSegment("endpoints") view=endpoints::EndpointsPage/>
-                    <Route path=StaticSegment("catalog") view=event_types::CatalogPage/>
-                    <Route path=StaticSegment("portal-links") view=portal_links::PortalLinksPage/>
-                    <Route path=path!("/endpoints/:id") view=endpoints::EndpointDetail/>
-                    <Route path=path!("/event-types/:name") view=event_types::EventTypeEdit/>
-                </Routes>
-            </main>
+            {move || hydrated.get().then(|| view! { <span data-testid="console-ready" hidden=true></span> })}
+            <div class="layout">
+                <Sidebar/>
+                <main id="main" tabindex="-1">
+                    <Routes fallback=|| view! { <NotFound/> }>
+                        <Route path=StaticSegment("") view=HomePage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("audit") view=AuditPage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("keys") view=KeysPage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("notifications") view=history::HistoryPage ssr=SsrMode::Async/>
+                        <Route path=path!("/notifications/:id") view=history::NotificationDetail ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("templates") view=templates::TemplatesPage ssr=SsrMode::Async/>
+                        <Route path=path!("/templates/:key") view=templates::TemplateEditor ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("dashboard") view=dashboard::DashboardPage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("event-types") view=event_types::EventTypesPage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("endpoints") view=endpoints::EndpointsPage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("catalog") view=event_types::CatalogPage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("portal-links") view=portal_links::PortalLinksPage ssr=SsrMode::Async/>
+                        <Route path=path!("/endpoints/:id") view=endpoints::EndpointDetail ssr=SsrMode::Async/>
+                        <Route path=path!("/event-types/:name") view=event_types::EventTypeEdit ssr=SsrMode::Async/>
+                    </Routes>
+                </main>
+            </div>
         </Router>
     }
 }
 
-/// The console's landing page. The console pages (templates, endpoints, history,
-/// audit) arrive with OIDC login; until then this page says how to use the API.
+/// `/`: an admin's home is the dashboard; an owner's, a start page with their
+/// endpoints; without login configured, how to use the API.
 #[component]
 fn HomePage() -> impl IntoView {
-    // Proves the WASM bundle loaded: the button only reacts once hydrated.
-    let hydrated = RwSignal::new(false);
-    let clicks = RwSignal::new(0u32);
-    Effect::new(move |_| hydrated.set(true));
+    let me = expect_context::<MeResource>();
+    view! {
+        <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
+            {move || {
+                me.get()
+                    .map(|r| match r {
+                        Ok(Some(m)) if m.pages.iter().any(|p| p == "dashboard") => {
+                            view! { <dashboard::DashboardPage/> }.into_any()
+                        }
+                        Ok(Some(m)) => view! { <OwnerHome me=m/> }.into_any(),
+                        Ok(None) => view! { <ApiHome/> }.into_any(),
+                        Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+                    })
+            }}
+        </Suspense>
+    }
+}
+
+/// An owner's start page: the three first steps and their endpoints.
+#[component]
+fn OwnerHome(me: Me) -> impl IntoView {
+    let may = |p: &str| me.pages.iter().any(|q| q == p);
+    let (endpoints_ok, keys_ok) = (may("endpoints"), may("keys"));
+    let list = Resource::new(|| (), |_| endpoints::list_endpoints(String::new(), String::new()));
+    view! {
+        <Title text="Start — Herald"/>
+        <section class="card">
+            <h1>{format!("Welcome, {}", me.name)}</h1>
+            <p>"Herald sends your services' events to your webhook endpoints, signed, with retries. To start:"</p>
+            <ol class="steps">
+                {endpoints_ok.then(|| view! { <li><a href="/endpoints#register">"Register an endpoint"</a>" — the URL Herald calls, and the events it wants."</li> })}
+                <li><a href="/catalog">"Read the event catalog"</a>" — every event type, its schema and an example."</li>
+                {keys_ok.then(|| view! { <li><a href="/keys">"Make an API key"</a>" — to manage your endpoints from code."</li> })}
+            </ol>
+        </section>
+        {endpoints_ok.then(|| view! {
+            <section class="card">
+                <h2>"Your endpoints"</h2>
+                <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
+                    {move || list.get().map(|r| match r {
+                        Ok(Some(rows)) if rows.is_empty() => view! {
+                            <p class="empty" data-testid="home-empty">"No endpoints yet — "<a href="/endpoints#register">"register one"</a>"."</p>
+                        }.into_any(),
+                        Ok(Some(rows)) => view! {
+                            <ul class="plain">
+                                {rows.into_iter().map(|e| view! {
+                                    <li data-testid="home-endpoint">
+                                        <span class=format!("pill {}", e.state)>{e.state.clone()}</span>" "
+                                        <a href=format!("/endpoints/{}", e.id)>{e.url.clone()}</a>
+                                    </li>
+                                }).collect_view()}
+                            </ul>
+                        }.into_any(),
+                        Ok(None) => ().into_any(),
+                        Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+                    })}
+                </Suspense>
+            </section>
+        })}
+    }
+}
+
+/// Home without login configured: what Herald is and where to start with the API.
+#[component]
+fn ApiHome() -> impl IntoView {
     view! {
         <section class="card">
-            <h1>"Herald console"</h1>
+            <h1>"Herald"</h1>
             <p>
                 "Herald accepts notifications over "
                 <code>"POST /api/v1/notifications"</code>
-                ", renders them, stores them in PostgreSQL and delivers them by email."
+                ", renders them, stores them in PostgreSQL and delivers them by email and signed webhooks. "
+                "The console's pages need login (set " <code>"HERALD_OIDC_ISSUER"</code> ")."
             </p>
-            <p class="status" data-testid="hydration-status">
-                {move || if hydrated.get() { "Console is interactive." } else { "Loading console…" }}
-            </p>
-            <button data-testid="ping" on:click=move |_| clicks.update(|c| *c += 1)>
-                "Ping"
-            </button>
-            <span class="pings" data-testid="ping-count">{move || format!("{} ping(s)", clicks.get())}</span>
-        </section>
-        <section class="card">
             <h2>"Health"</h2>
             <ul>
                 <li><a href="/healthz">"/healthz"</a>" — the process is alive"</li>

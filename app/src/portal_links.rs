@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use serde::{Deserialize, Serialize};
 
-use crate::clean;
+use crate::{clean, NotFound};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkRow {
@@ -74,7 +74,7 @@ pub fn PortalLinksPage() -> impl IntoView {
         {move || hydrated.get().then(|| view! { <span data-testid="links-ready" hidden=true></span> })}
         <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
             {move || links.get().map(|r| match r {
-                Ok(Some(rows)) => view! {
+                Ok(Some(rows)) => { let none = rows.is_empty(); view! {
                     <section class="card">
                         <h1>"Portal links"</h1>
                         <p class="status">"A link opens the owners' portal (endpoints, catalog, keys) for one owner, without an account at the identity provider, until it expires or is revoked."</p>
@@ -93,10 +93,12 @@ pub fn PortalLinksPage() -> impl IntoView {
                         })}
                     </section>
                     <section class="card">
-                        <table class="audit">
+                        <h2>"Links"</h2>
+                        {none.then(|| view! { <p class="empty" data-testid="links-empty">"No portal links yet — make one above and send it to an owner."</p> })}
+                        <table class="audit" hidden=none>
                             <thead><tr>
                                 <th scope="col">"Owner"</th><th scope="col">"Made by"</th><th scope="col">"Expires"</th>
-                                <th scope="col">"State"</th><th scope="col"></th>
+                                <th scope="col">"State"</th><th scope="col"><span class="sr-only">"Actions"</span></th>
                             </tr></thead>
                             <tbody>
                                 {rows.into_iter().map(|l| {
@@ -118,8 +120,8 @@ pub fn PortalLinksPage() -> impl IntoView {
                             </tbody>
                         </table>
                     </section>
-                }.into_any(),
-                Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                }.into_any() }
+                Ok(None) => view! { <NotFound/> }.into_any(),
                 Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
             })}
         </Suspense>

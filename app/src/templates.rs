@@ -8,7 +8,7 @@ use leptos_meta::Title;
 use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
-use crate::clean;
+use crate::{clean, NotFound};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateRow {
@@ -67,10 +67,12 @@ pub fn TemplatesPage() -> impl IntoView {
                 list.get()
                     .map(|r| match r {
                         Ok(Some(rows)) => {
+                            let none = rows.is_empty();
                             view! {
                                 <section class="card">
                                     <h1>"Templates"</h1>
-                                    <table class="audit">
+                                    {none.then(|| view! { <p class="empty" data-testid="templates-empty">"No templates yet — create one below."</p> })}
+                                    <table class="audit" hidden=none>
                                         <thead>
                                             <tr>
                                                 <th scope="col">"Key"</th>
@@ -119,7 +121,7 @@ pub fn TemplatesPage() -> impl IntoView {
                             }
                                 .into_any()
                         }
-                        Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                        Ok(None) => view! { <NotFound/> }.into_any(),
                         Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                     })
             }}
@@ -298,7 +300,7 @@ pub fn TemplateEditor() -> impl IntoView {
                 detail.get()
                     .map(|r| match r {
                         Ok(Some(t)) => view! { <Editor t save publish/> }.into_any(),
-                        Ok(None) => view! { <p class="notice" data-testid="not-found">"Page not found."</p> }.into_any(),
+                        Ok(None) => view! { <NotFound/> }.into_any(),
                         Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
                     })
             }}
@@ -418,7 +420,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
                         Ok(p) => view! {
                             <p><strong>"Subject: "</strong><span data-testid="preview-subject">{p.subject}</span></p>
                             <iframe class="email" title="Preview of the HTML part (sandboxed)" sandbox="" srcdoc=p.html data-testid="preview-html"></iframe>
-                            <pre data-testid="preview-text">{p.text}</pre>
+                            <pre tabindex="0" data-testid="preview-text">{p.text}</pre>
                         }.into_any(),
                         Err(e) => view! { <p class="error" role="alert" data-testid="preview-error">{clean(e)}</p> }.into_any(),
                     })}
@@ -429,7 +431,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
             <h2>"Versions"</h2>
             <table class="audit">
                 <thead>
-                    <tr><th scope="col">"Version"</th><th scope="col">"Saved"</th><th scope="col">"Subject"</th><th scope="col">"Tracks"</th><th scope="col"></th></tr>
+                    <tr><th scope="col">"Version"</th><th scope="col">"Saved"</th><th scope="col">"Subject"</th><th scope="col">"Tracks"</th><th scope="col"><span class="sr-only">"Actions"</span></th></tr>
                 </thead>
                 <tbody>
                     {t.versions.iter().rev().map(|v| {
@@ -500,7 +502,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
             <Suspense fallback=|| ()>
                 {move || diff.get().map(|r| match r {
                     Ok(lines) => view! {
-                        <pre class="diff" data-testid="diff">
+                        <pre class="diff" tabindex="0" data-testid="diff">
                             {lines.into_iter().map(|l| {
                                 let class = match l.tag.as_str() { "+" => "add", "-" => "del", _ => "same" };
                                 view! { <span class=class>{format!("{} {:<9} {}\n", l.tag, l.part, l.text)}</span> }

@@ -1,100 +1,29 @@
 // The console in a real browser (headless Chromium): login through the identity
-// provider's real form (tools/oidc/provider.mjs, started by scripts/test.sh), the
-// server-rendered page hydrating, the signed-in user and role, and logout.
-import { test, before, after } from 'node:test';
+// provider's real form, the server-rendered page hydrating, the signed-in user and
+// role, logout, and every page's workflows as admins and owners use them.
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
-import http from 'node:http';
-import fs from 'node:fs';
-import path from 'node:path';
+import {
+  base, browser, screenshot, until, receiver, createKey, loggedIn,
+} from './helpers.js';
 
-const base = process.env.HERALD_E2E_URL;
-if (!base) throw new Error('HERALD_E2E_URL is not set; run the end2end tests through scripts/test.sh');
-
-let browser;
-before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-});
-after(async () => { await browser?.close(); });
-
-// Screenshots of the main pages (the README shows copies from docs/screenshots).
-const shots = process.env.HERALD_E2E_SCREENSHOTS || path.resolve('..', 'target', 'screenshots');
-fs.mkdirSync(shots, { recursive: true });
-async function screenshot(page, name) {
-  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
-}
-
-// Polls `f` until it returns something truthy.
-async function until(what, f, ms = 20000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-// A real HTTP receiver on loopback that answers `status` (200 unless changed) and keeps
-// what it got.
-async function receiver() {
-  const hits = [];
-  const state = { status: 200 };
-  const server = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => { body += c; });
-    req.on('end', () => { hits.push({ headers: req.headers, body }); res.writeHead(state.status); res.end('ok'); });
-  });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    hits, state, url: `http://127.0.0.1:${server.address().port}/hook`, close: () => server.close(),
-  };
-}
-
-// Creates an API key on the console's keys page; returns its secret.
-async function createKey(page, name, scopes, owner = '') {
-  await page.goto(`${base}/keys`);
-  await page.getByTestId('keys-ready').waitFor({ state: 'attached', timeout: 15000 });
-  await page.getByTestId('key-name').fill(name);
-  await page.getByTestId('key-scopes').fill(scopes);
-  await page.getByTestId('key-owner').fill(owner);
-  await page.getByTestId('key-create').click();
-  return (await page.getByTestId('new-key').textContent({ timeout: 15000 })).trim();
-}
-
-// Opens `path` in a fresh browser context and logs in as `user` on the provider's form.
-async function loggedIn(user, path = '/') {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(String(e)));
-  await page.goto(`${base}${path}`);
-  // The console sent the stranger to the provider's login page.
-  assert.ok(!page.url().startsWith(base), `expected the provider's login page, got ${page.url()}`);
-  await page.fill('input[name="login"]', user);
-  await page.fill('input[name="password"]', 'any password');
-  await Promise.all([
-    page.waitForURL((u) => u.toString().startsWith(base), { timeout: 15000 }),
-    page.click('button[type="submit"]'),
-  ]);
-  return { page, errors, context };
-}
-
-test('an admin logs in, sees the hydrated console with name and role, and logs out', async () => {
+test('an admin logs in, lands on the dashboard with name and role, and logs out', async () => {
   const { page, errors, context } = await loggedIn('admin');
   assert.equal(page.url(), `${base}/`);
-  assert.equal(await page.title(), 'Herald');
+  // An admin's home is the dashboard.
+  assert.equal(await page.title(), 'Dashboard — Herald');
+  await page.getByTestId('fig-accepted').waitFor({ timeout: 15000 });
   await page.getByTestId('user-name').filter({ hasText: 'Ada Admin' }).waitFor({ timeout: 15000 });
   assert.equal(await page.getByTestId('user-role').textContent(), 'admin');
-  // Rendered on the server as "Loading console…"; hydration flips it.
-  await page.getByTestId('hydration-status').filter({ hasText: 'Console is interactive.' }).waitFor({ timeout: 15000 });
-  await page.getByTestId('ping').click();
-  await page.getByTestId('ping').click();
-  await page.getByTestId('ping-count').filter({ hasText: '2 ping(s)' }).waitFor({ timeout: 5000 });
+  // Hydrated: the marker only the browser's effects render.
+  await page.getByTestId('console-ready').waitFor({ state: 'attached', timeout: 15000 });
+  // The grouped navigation, home marked current; every admin page is in it.
+  assert.equal(await page.getByTestId('nav-home').getAttribute('aria-current'), 'page');
+  for (const p of ['dashboard', 'notifications', 'catalog', 'event-types', 'templates', 'endpoints', 'portal-links', 'keys', 'audit']) {
+    assert.equal(await page.getByTestId(`nav-${p}`).count(), 1, `nav-${p}`);
+  }
+  assert.deepEqual(await page.locator('.sidebar .section-title').allTextContents(),
+    ['Overview', 'Messages', 'Catalog', 'Webhooks', 'Access', 'Audit']);
   const css = await page.evaluate(() => getComputedStyle(document.querySelector('.topbar')).display);
   assert.equal(css, 'flex', 'the stylesheet was served');
 
@@ -110,10 +39,36 @@ test('an admin logs in, sees the hydrated console with name and role, and logs o
   await context.close();
 });
 
-test('an owner logs in and is shown as an owner', async () => {
-  const { page, context } = await loggedIn('alice');
-  await page.getByTestId('user-name').filter({ hasText: 'Alice Owner' }).waitFor({ timeout: 15000 });
+test('an owner logs in to a start page: first steps, their endpoints, only their pages', async () => {
+  const { page, context, errors } = await loggedIn('carol');
+  await page.getByTestId('user-name').filter({ hasText: 'Carol' }).waitFor({ timeout: 15000 });
   assert.equal(await page.getByTestId('user-role').textContent(), 'owner');
+  assert.equal(await page.title(), 'Start — Herald');
+  assert.match(await page.textContent('main h1'), /^Welcome, /);
+  for (const step of ['Register an endpoint', 'Read the event catalog', 'Make an API key']) {
+    assert.equal(await page.getByRole('link', { name: step }).count(), 1, step);
+  }
+  // No endpoints yet: the empty state says what to do.
+  assert.match(await page.getByTestId('home-empty').textContent(), /No endpoints yet/);
+  // Admin pages are not offered.
+  for (const p of ['dashboard', 'audit', 'templates', 'event-types', 'portal-links']) {
+    assert.equal(await page.getByTestId(`nav-${p}`).count(), 0, `no nav-${p}`);
+  }
+  // The owner's endpoints page has no "Owner" filter or column, and an empty state.
+  await page.getByTestId('nav-endpoints').click();
+  await page.getByTestId('endpoints-empty').waitFor({ timeout: 15000 });
+  assert.equal(await page.locator('#ep-owner').count(), 0, 'no owner filter for an owner');
+  assert.equal(await page.getByTestId('nav-endpoints').getAttribute('aria-current'), 'page');
+  // The catalog's checkboxes sit beside their labels.
+  await page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
+  const box = await page.getByTestId('ep-type-*').boundingBox();
+  const label = await page.getByTestId('ep-type-*').locator('xpath=..').boundingBox();
+  assert.ok(box.width < 30 && box.x - label.x < 10, `checkbox beside its label: ${JSON.stringify({ box, label })}`);
+  // Keys: no owner field for an owner.
+  await page.goto(`${base}/keys`);
+  await page.getByTestId('keys-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.equal(await page.getByTestId('key-owner').count(), 0);
+  assert.deepEqual(errors, []);
   await context.close();
 });
 
@@ -477,7 +432,7 @@ test('accessibility: titles, a label on every control, and forms that work from 
   // The history filter, with the keyboard only: tab to the recipient field, type, Enter.
   await page.goto(`${base}/notifications`);
   await page.locator('main h1').waitFor();
-  for (let i = 0; i < 40; i += 1) {
+  for (let i = 0; i < 60; i += 1) {
     await page.keyboard.press('Tab');
     if (await page.evaluate(() => document.activeElement && document.activeElement.name === 'recipient')) break;
   }
@@ -595,7 +550,7 @@ test('portal link: opens the portal for its owner only, without a login, until r
   await context.close();
 
   // A stranger's browser: no login at the provider, straight into acme's portal.
-  const visitor = await browser.newContext();
+  const visitor = await browser.it.newContext();
   const v = await visitor.newPage();
   await v.goto(link.url);
   assert.equal(v.url(), `${base}/endpoints`);

@@ -387,6 +387,7 @@ impl Application {
             );
             let browser = console(&config, state.clone())
                 .merge(api::login::router(state.clone()))
+                .merge(api::live::router(state.clone()))
                 .layer(axum::middleware::from_fn_with_state(state.clone(), api::login::require_login))
                 .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))
                 .layer(session_layer);

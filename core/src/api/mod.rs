@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod endpoints;
 pub mod health;
 pub mod keys;
+pub mod live;
 pub mod login;
 pub mod notifications;
 pub mod openapi;
