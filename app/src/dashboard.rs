@@ -191,14 +191,14 @@ pub fn DashboardPage() -> impl IntoView {
                         </section>
                         <section class="card">
                             <h2>"Deliveries by channel and outcome"</h2>
-                            <table class="audit">
+                            <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                                 <thead><tr><th scope="col">"Channel"</th><th scope="col">"Status"</th><th scope="col">"Deliveries"</th></tr></thead>
                                 <tbody>
                                     {f.outcomes.into_iter().map(|(c, s, n)| view! {
                                         <tr data-testid="outcome-row"><td>{c}</td><td><span class=format!("pill {s}")>{s.clone()}</span></td><td>{n}</td></tr>
                                     }).collect_view()}
                                 </tbody>
-                            </table>
+                            </table></div>
                             <p class="status">{format!("{} attempts in the window.", f.attempts)}</p>
                         </section>
                         <section class="card">
@@ -218,7 +218,7 @@ pub fn DashboardPage() -> impl IntoView {
                                     view! { <p class="notice">{note}" No tracked email in this window."</p> }.into_any()
                                 } else {
                                     view! {
-                                        <table class="audit" data-testid="tracking-table">
+                                        <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit" data-testid="tracking-table">
                                             <thead><tr><th scope="col">"Template"</th><th scope="col">"Delivered"</th>
                                                 <th scope="col">{opened}</th><th scope="col">"Open rate"</th>
                                                 <th scope="col">{clicked}</th><th scope="col">"Click rate"</th>
@@ -232,7 +232,7 @@ pub fn DashboardPage() -> impl IntoView {
                                                     </tr>
                                                 }).collect_view()}
                                             </tbody>
-                                        </table>
+                                        </table></div>
                                         <p class="status">{note}</p>
                                     }.into_any()
                                 }
@@ -244,7 +244,7 @@ pub fn DashboardPage() -> impl IntoView {
                                 view! { <p class="notice">"None."</p> }.into_any()
                             } else {
                                 view! {
-                                    <table class="audit">
+                                    <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                                         <thead><tr><th scope="col">"URL"</th><th scope="col">"Owner"</th><th scope="col">"State"</th><th scope="col">"Since"</th><th scope="col">"Why"</th></tr></thead>
                                         <tbody>
                                             {f.unhealthy.into_iter().map(|e| view! {
@@ -254,7 +254,7 @@ pub fn DashboardPage() -> impl IntoView {
                                                 </tr>
                                             }).collect_view()}
                                         </tbody>
-                                    </table>
+                                    </table></div>
                                 }.into_any()
                             }}
                         </section>

@@ -364,7 +364,7 @@ pub fn EndpointsPage() -> impl IntoView {
                                         view! { <p class="empty" data-testid="endpoints-empty">"No endpoints yet — " <a href="#register">"register one"</a> "."</p> }.into_any()
                                     } else {
                                         view! {
-                                            <table class="audit">
+                                            <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                                                 <thead>
                                                     <tr>
                                                         <th scope="col">"URL"</th>
@@ -383,7 +383,7 @@ pub fn EndpointsPage() -> impl IntoView {
                                                         </tr>
                                                     }).collect_view()}
                                                 </tbody>
-                                            </table>
+                                            </table></div>
                                         }.into_any()
                                     }}
                                 </section>
@@ -640,20 +640,20 @@ fn Deliveries(
                         view! {
                             {l.attempts.map(|(d, rows)| view! {
                                 <h3>"Attempts of delivery " <code>{d}</code></h3>
-                                <table class="audit" data-testid="ep-attempts">
+                                <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit" data-testid="ep-attempts">
                                     <thead><tr><th scope="col">"#"</th><th scope="col">"Started"</th><th scope="col">"Duration"</th><th scope="col">"Outcome"</th><th scope="col">"Response"</th></tr></thead>
                                     <tbody>
                                         {rows.into_iter().map(|a| view! {
                                             <tr data-testid="ep-attempt"><td>{a.n}</td><td>{a.at}</td><td>{a.duration_ms} " ms"</td><td>{a.outcome}</td><td class="wrap">{a.detail}</td></tr>
                                         }).collect_view()}
                                     </tbody>
-                                </table>
+                                </table></div>
                             })}
                             {if l.deliveries.is_empty() {
                                 view! { <p class="empty" data-testid="ep-no-deliveries">"No deliveries yet. Send a test event to see one arrive here."</p> }.into_any()
                             } else {
                                 view! {
-                                    <table class="audit">
+                                    <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                                         <thead><tr>
                                             <th scope="col">"Created"</th><th scope="col">"Event type"</th>
                                             <th scope="col">"Status"</th><th scope="col">"Attempts"</th><th scope="col">"Last error"</th>
@@ -688,7 +688,7 @@ fn Deliveries(
                                                 </tr>
                                             }}).collect_view()}
                                         </tbody>
-                                    </table>
+                                    </table></div>
                                 }.into_any()
                             }}
                         }.into_any()

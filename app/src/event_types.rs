@@ -179,7 +179,7 @@ pub fn EventTypesPage() -> impl IntoView {
                             view! {
                                 <section class="card">
                                     <h1>"Event types"</h1>
-                                    <table class="audit">
+                                    <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                                         <thead>
                                             <tr>
                                                 <th scope="col">"Name"</th>
@@ -215,7 +215,7 @@ pub fn EventTypesPage() -> impl IntoView {
                                                 })
                                                 .collect_view()}
                                         </tbody>
-                                    </table>
+                                    </table></div>
                                 </section>
                                 <section class="card">
                                     <h2>"New event type"</h2>

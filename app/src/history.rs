@@ -165,58 +165,66 @@ pub fn HistoryPage() -> impl IntoView {
     let query = use_query_map();
     let params = Memo::new(move |_| query.with(params_from_query));
     let page = Resource::new(move || params.get(), history);
+    // The heading and the filters, shown with the history or its error (never around
+    // "Page not found").
+    let head = move || {
+        let p = params.get();
+        view! {
+            <section class="card">
+                <h1>"Notifications"</h1>
+                <form method="get" action="/notifications" class="form" aria-label="Filter the history">
+                    {text_filter("event_type", "Event type", "text", p.event_type.clone())}
+                    {choice(
+                        "status",
+                        "A delivery that is",
+                        &["pending", "in_flight", "retrying", "succeeded", "failed", "cancelled"],
+                        p.status.clone(),
+                    )}
+                    {choice("channel", "Channel", &["email", "webhook"], p.channel.clone())}
+                    {text_filter("recipient", "Recipient address", "email", p.recipient.clone())}
+                    {text_filter("endpoint", "Endpoint id", "text", p.endpoint.clone())}
+                    {text_filter("since", "Accepted from (UTC)", "datetime-local", p.since.clone())}
+                    {text_filter("until", "Accepted before (UTC)", "datetime-local", p.until.clone())}
+                    <button type="submit" data-testid="filter-apply">"Filter"</button>
+                    <a href="/notifications">"Clear"</a>
+                </form>
+            </section>
+        }
+        .into_any()
+    };
     view! {
         <Title text="Notifications — Herald"/>
-        <section class="card">
-            <h1>"Notifications"</h1>
+        <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
             {move || {
-                let p = params.get();
-                view! {
-                    <form method="get" action="/notifications" class="form" aria-label="Filter the history">
-                        {text_filter("event_type", "Event type", "text", p.event_type.clone())}
-                        {choice(
-                            "status",
-                            "A delivery that is",
-                            &["pending", "in_flight", "retrying", "succeeded", "failed", "cancelled"],
-                            p.status.clone(),
-                        )}
-                        {choice("channel", "Channel", &["email", "webhook"], p.channel.clone())}
-                        {text_filter("recipient", "Recipient address", "email", p.recipient.clone())}
-                        {text_filter("endpoint", "Endpoint id", "text", p.endpoint.clone())}
-                        {text_filter("since", "Accepted from (UTC)", "datetime-local", p.since.clone())}
-                        {text_filter("until", "Accepted before (UTC)", "datetime-local", p.until.clone())}
-                        <button type="submit" data-testid="filter-apply">"Filter"</button>
-                        <a href="/notifications">"Clear"</a>
-                    </form>
-                }
-            }}
-        </section>
-        <section class="card">
-            <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
-                {move || {
-                    page.get()
-                        .map(|r| match r {
-                            Ok(Some(page)) => {
-                                let p = params.get();
-                                let older = page.next_before.as_deref().map(|b| href_with_before(&p, Some(b)));
-                                let newest = p.before.is_some().then(|| href_with_before(&p, None));
-                                view! {
+                page.get()
+                    .map(|r| match r {
+                        Ok(Some(page)) => {
+                            let p = params.get();
+                            let older = page.next_before.as_deref().map(|b| href_with_before(&p, Some(b)));
+                            let newest = p.before.is_some().then(|| href_with_before(&p, None));
+                            view! {
+                                {head()}
+                                <section class="card">
                                     <HistoryTable rows=page.rows/>
                                     <nav class="pager" aria-label="Pages">
                                         {newest.map(|h| view! { <a href=h data-testid="page-newest">"← Newest"</a> })}
                                         {older.map(|h| view! { <a href=h data-testid="page-older">"Older →"</a> })}
                                     </nav>
-                                }
-                                    .into_any()
+                                </section>
                             }
-                            Ok(None) => view! { <NotFound/> }.into_any(),
-                            Err(e) => {
-                                view! { <p class="error" role="alert" data-testid="history-error">{clean(e)}</p> }.into_any()
-                            }
-                        })
-                }}
-            </Suspense>
-        </section>
+                                .into_any()
+                        }
+                        Ok(None) => view! { <NotFound/> }.into_any(),
+                        Err(e) => view! {
+                            {head()}
+                            <section class="card">
+                                <p class="error" role="alert" data-testid="history-error">{clean(e)}</p>
+                            </section>
+                        }
+                            .into_any(),
+                    })
+            }}
+        </Suspense>
     }
 }
 
@@ -226,7 +234,7 @@ fn HistoryTable(rows: Vec<HistoryRow>) -> impl IntoView {
         return view! { <p class="notice" data-testid="history-empty">"No notifications match."</p> }.into_any();
     }
     view! {
-        <table class="audit">
+        <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
             <thead>
                 <tr>
                     <th scope="col">"Accepted"</th>
@@ -256,7 +264,7 @@ fn HistoryTable(rows: Vec<HistoryRow>) -> impl IntoView {
                     })
                     .collect_view()}
             </tbody>
-        </table>
+        </table></div>
     }
     .into_any()
 }
@@ -575,14 +583,14 @@ fn DeliveryCard(d: DeliveryRow, resend: ServerAction<ResendDelivery>) -> impl In
                             {(t.machine_clicks > 0).then(|| format!(" ({} by machines, not counted)", t.machine_clicks))}</p> }.into_any()
                     } else {
                         view! {
-                            <table class="audit" data-testid="tracking-clicks">
+                            <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit" data-testid="tracking-clicks">
                                 <thead><tr><th scope="col">"Link"</th><th scope="col">"Clicks"</th><th scope="col">"First"</th><th scope="col">"Last"</th></tr></thead>
                                 <tbody>
                                     {t.clicks.into_iter().map(|(url, n, first, last)| view! {
                                         <tr data-testid="click-row"><td><code>{url}</code></td><td>{n}</td><td>{first}</td><td>{last}</td></tr>
                                     }).collect_view()}
                                 </tbody>
-                            </table>
+                            </table></div>
                         }.into_any()
                     }}
                 }
@@ -592,7 +600,7 @@ fn DeliveryCard(d: DeliveryRow, resend: ServerAction<ResendDelivery>) -> impl In
                 view! { <p class="notice">"No attempt yet."</p> }.into_any()
             } else {
                 view! {
-                    <table class="audit">
+                    <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                         <thead>
                             <tr>
                                 <th scope="col">"#"</th>
@@ -618,7 +626,7 @@ fn DeliveryCard(d: DeliveryRow, resend: ServerAction<ResendDelivery>) -> impl In
                                 })
                                 .collect_view()}
                         </tbody>
-                    </table>
+                    </table></div>
                 }
                     .into_any()
             }}

@@ -172,24 +172,25 @@ fn AuditPage() -> impl IntoView {
         let (id, for_id) = (format!("audit-{name}"), format!("audit-{name}"));
         view! { <label for=for_id>{label}<input id=id type=kind name=name value=value.unwrap_or_default()/></label> }
     };
+    // The heading and the filters, shown with the log or its error (never around "Page not found").
+    let head = move || {
+        let p = params.get();
+        view! {
+            <h1>"Audit log"</h1>
+            <form method="get" action="/audit" class="form" aria-label="Filter the audit log">
+                {field("actor", "Actor", "text", p.actor)}
+                {field("action", "Action", "text", p.action)}
+                {field("target", "Target", "text", p.target)}
+                {field("since", "From (UTC)", "datetime-local", p.since)}
+                {field("until", "Before (UTC)", "datetime-local", p.until)}
+                <button type="submit" data-testid="audit-filter">"Filter"</button>
+                <a href="/audit">"Clear"</a>
+            </form>
+        }
+        .into_any()
+    };
     view! {
         <Title text="Audit log — Herald"/>
-        <section class="card">
-            <h1>"Audit log"</h1>
-            {move || {
-                let p = params.get();
-                view! {
-                    <form method="get" action="/audit" class="form" aria-label="Filter the audit log">
-                        {field("actor", "Actor", "text", p.actor)}
-                        {field("action", "Action", "text", p.action)}
-                        {field("target", "Target", "text", p.target)}
-                        {field("since", "From (UTC)", "datetime-local", p.since)}
-                        {field("until", "Before (UTC)", "datetime-local", p.until)}
-                        <button type="submit" data-testid="audit-filter">"Filter"</button>
-                        <a href="/audit">"Clear"</a>
-                    </form>
-                }
-            }}
             <Suspense fallback=|| view! { <p class="notice">"Loading…"</p> }>
                 {move || {
                     log.get()
@@ -205,8 +206,10 @@ fn AuditPage() -> impl IntoView {
                                     format!("/audit?{}", q.join("&"))
                                 });
                                 view! {
+                                    <section class="card">
+                                    {head()}
                                     <p class="status" data-testid="audit-chain">{v.chain}</p>
-                                    <table class="audit">
+                                    {view! { <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                                         <thead>
                                             <tr>
                                                 <th scope="col">"#"</th>
@@ -248,19 +251,19 @@ fn AuditPage() -> impl IntoView {
                                                 })
                                                 .collect_view()}
                                         </tbody>
-                                    </table>
+                                    </table></div> }.into_any()}
                                     <nav class="pager" aria-label="Pages">
                                         {older.map(|h| view! { <a href=h data-testid="audit-older">"Older →"</a> })}
                                     </nav>
+                                    </section>
                                 }
                                     .into_any()
                             }
                             Ok(None) => view! { <NotFound/> }.into_any(),
-                            Err(e) => view! { <p class="error" role="alert">{clean(e)}</p> }.into_any(),
+                            Err(e) => view! { <section class="card">{head()}<p class="error" role="alert">{clean(e)}</p></section> }.into_any(),
                         })
                 }}
             </Suspense>
-        </section>
     }
 }
 
@@ -441,7 +444,7 @@ fn KeysPage() -> impl IntoView {
                             Ok(rows) => {
                                 view! {
                                     <h2>"Keys"</h2>
-                                    <table class="audit">
+                                    <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                                         <thead>
                                             <tr>
                                                 <th scope="col">"Name"</th>
@@ -483,7 +486,7 @@ fn KeysPage() -> impl IntoView {
                                                 })
                                                 .collect_view()}
                                         </tbody>
-                                    </table>
+                                    </table></div>
                                 }
                                     .into_any()
                             }

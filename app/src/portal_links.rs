@@ -95,7 +95,7 @@ pub fn PortalLinksPage() -> impl IntoView {
                     <section class="card">
                         <h2>"Links"</h2>
                         {none.then(|| view! { <p class="empty" data-testid="links-empty">"No portal links yet — make one above and send it to an owner."</p> })}
-                        <table class="audit" hidden=none>
+                        <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table" hidden=none><table class="audit">
                             <thead><tr>
                                 <th scope="col">"Owner"</th><th scope="col">"Made by"</th><th scope="col">"Expires"</th>
                                 <th scope="col">"State"</th><th scope="col"><span class="sr-only">"Actions"</span></th>
@@ -118,7 +118,7 @@ pub fn PortalLinksPage() -> impl IntoView {
                                     }
                                 }).collect_view()}
                             </tbody>
-                        </table>
+                        </table></div>
                     </section>
                 }.into_any() }
                 Ok(None) => view! { <NotFound/> }.into_any(),

@@ -72,7 +72,7 @@ pub fn TemplatesPage() -> impl IntoView {
                                 <section class="card">
                                     <h1>"Templates"</h1>
                                     {none.then(|| view! { <p class="empty" data-testid="templates-empty">"No templates yet — create one below."</p> })}
-                                    <table class="audit" hidden=none>
+                                    <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table" hidden=none><table class="audit">
                                         <thead>
                                             <tr>
                                                 <th scope="col">"Key"</th>
@@ -94,7 +94,7 @@ pub fn TemplatesPage() -> impl IntoView {
                                                 })
                                                 .collect_view()}
                                         </tbody>
-                                    </table>
+                                    </table></div>
                                 </section>
                                 <section class="card">
                                     <h2>"New template"</h2>
@@ -429,7 +429,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
         </div>
         <section class="card">
             <h2>"Versions"</h2>
-            <table class="audit">
+            <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit">
                 <thead>
                     <tr><th scope="col">"Version"</th><th scope="col">"Saved"</th><th scope="col">"Subject"</th><th scope="col">"Tracks"</th><th scope="col"><span class="sr-only">"Actions"</span></th></tr>
                 </thead>
@@ -463,7 +463,7 @@ fn Editor(t: TemplateDetail, save: ServerAction<SaveVersion>, publish: ServerAct
                         }
                     }).collect_view()}
                 </tbody>
-            </table>
+            </table></div>
             {move || publish.value().get().map(|r| match r {
                 Ok(m) => view! { <p class="status" role="status" data-testid="publish-result">{m}</p> }.into_any(),
                 Err(e) => view! { <p class="error" role="alert" data-testid="publish-result">{clean(e)}</p> }.into_any(),

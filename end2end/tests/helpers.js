@@ -51,6 +51,7 @@ export async function receiver() {
     req.on('end', () => { hits.push({ headers: req.headers, body }); res.writeHead(state.status); res.end('ok'); });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  server.unref(); // a test that fails before closing it does not keep the runner alive
   return {
     hits, state, url: `http://127.0.0.1:${server.address().port}/hook`, close: () => server.close(),
   };

@@ -4,6 +4,7 @@
 // 390 px, a visible focus; live deliveries; first-byte and interactive times.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import {
   base, browser, screenshot, until, receiver, createKey, loggedIn, axeViolations,
 } from './helpers.js';
@@ -68,7 +69,7 @@ test('every page, every role, desktop and phone: accessible, honest statuses, no
   const plan = {
     admin: {
       ok: ['/', '/dashboard', '/notifications', `/notifications/${notification}`, '/catalog', '/event-types',
-        '/event-types/user.registered', '/templates', '/templates/welcome', '/endpoints', `/endpoints/${adminEndpoint}`,
+        '/event-types/user.registered', '/templates', '/templates/welcome-email', '/templates/endpoint-disabled', '/endpoints', `/endpoints/${adminEndpoint}`,
         '/portal-links', '/keys', '/audit'],
       missing: ['/no/such/page', `/endpoints/${missing}`, `/notifications/${missing}`, '/templates/no-such-template'],
     },
@@ -79,7 +80,7 @@ test('every page, every role, desktop and phone: accessible, honest statuses, no
     },
     visitor: {
       ok: ['/endpoints', '/catalog', `/endpoints/${aliceEndpoint}`],
-      missing: ['/audit', '/dashboard', `/endpoints/${adminEndpoint}`],
+      missing: ['/audit', '/dashboard', '/notifications', `/endpoints/${adminEndpoint}`],
     },
   };
   for (const viewport of [DESKTOP, PHONE]) {
@@ -184,13 +185,25 @@ test('timings: first byte and interactive for the dashboard and the history, and
       rows.push({ path, ttfb_ms: Math.round(nav.responseStart - nav.requestStart), dom_ms: Math.round(nav.domContentLoadedEventEnd), interactive_ms: interactive });
     }
   }
-  const assets = await page.evaluate(() => performance.getEntriesByType('resource')
-    .filter((r) => r.name.includes('/pkg/'))
-    .map((r) => ({ name: r.name.split('/').pop(), transferred: r.transferSize, decoded: r.decodedBodySize })));
+  // The console's assets as a browser fetches them: raw bytes on the wire for brotli,
+  // gzip and none (a plain HTTP client, so nothing decompresses them).
+  const hrefs = await page.evaluate(() => [...new Set(performance.getEntriesByType('resource')
+    .map((r) => r.name).filter((n) => n.includes('/pkg/')))]);
+  const wire = (href, encoding) => new Promise((resolve, reject) => {
+    http.get(href, { headers: { 'accept-encoding': encoding } }, (res) => {
+      let n = 0;
+      res.on('data', (c) => { n += c.length; });
+      res.on('end', () => resolve({ n, as: res.headers['content-encoding'] || 'identity' }));
+    }).on('error', reject);
+  });
   console.log('console timings (ms):');
   for (const r of rows) console.log(`  ${r.path.padEnd(15)} first byte ${String(r.ttfb_ms).padStart(4)}  DOM ready ${String(r.dom_ms).padStart(4)}  interactive ${String(r.interactive_ms).padStart(4)}`);
-  console.log('console bundle (bytes, as sent / decoded):');
-  for (const a of assets) console.log(`  ${a.name.padEnd(34)} ${String(a.transferred).padStart(8)} / ${a.decoded}`);
+  console.log('console bundle (bytes on the wire: brotli / gzip / identity):');
+  for (const href of hrefs) {
+    const [br, gz, id] = [await wire(href, 'br'), await wire(href, 'gzip'), await wire(href, 'identity')];
+    console.log(`  ${href.split('/').pop().padEnd(34)} ${String(br.n).padStart(8)} (${br.as}) / ${String(gz.n).padStart(8)} (${gz.as}) / ${String(id.n).padStart(8)}`);
+    assert.equal(br.as, 'br', `${href} is sent with brotli`);
+  }
   assert.ok(rows.length === 6);
   await context.close();
 });
