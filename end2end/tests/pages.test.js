@@ -169,6 +169,28 @@ test('live: an endpoint page shows a test event\'s delivery and attempts without
   assert.deepEqual(errors, []);
   await other.context.close();
   await context.close();
+
+  // A notification's page is live too: an admin watches a failing webhook's attempts
+  // arrive (the endpoint retries after 1 s).
+  const admin = await loggedIn('admin', '/keys');
+  const key = await createKey(admin.page, 'live-test', 'admin');
+  const auth = { authorization: `Bearer ${key}` };
+  const ep = await admin.page.request.post(`${base}/api/v1/endpoints`, {
+    headers: auth, data: { url: `${hook.url}/live`, event_types: ['user.registered'], retry_schedule: '2s' },
+  });
+  assert.equal(ep.status(), 201, await ep.text());
+  const sent = await admin.page.request.post(`${base}/api/v1/notifications`, {
+    headers: auth, data: { event_type: 'user.registered', payload: { user: { name: 'Lin', email: `lin-${Date.now()}@example.test` } } },
+  });
+  const nid = (await sent.json()).id;
+  const endpointId = (await ep.json()).id;
+  await admin.page.goto(`${base}/notifications/${nid}`);
+  await admin.page.locator('[data-testid="live-state"][data-state="live"]').waitFor({ timeout: 15000 });
+  await admin.page.evaluate(() => { window.__noReload = true; });
+  const webhookAttempts = admin.page.getByTestId('delivery').filter({ hasText: `webhook to ${endpointId}` }).getByTestId('attempt-row');
+  await until('the second attempt, live', async () => (await webhookAttempts.count()) === 2);
+  assert.equal(await admin.page.evaluate(() => window.__noReload), true, 'no reload happened');
+  await admin.context.close();
   hook.close();
 });
 

@@ -30,6 +30,27 @@ use crate::identity::SessionUser;
 pub const EVERY: Duration = Duration::from_secs(1);
 /// How long one stream lasts before the browser reconnects.
 pub const LIFETIME: Duration = Duration::from_secs(300);
+/// Open streams per process at most (each reads once a second); more are answered 503
+/// and the page says live updates ended.
+pub const MAX_OPEN: usize = 256;
+
+static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One open stream, counted while it lives.
+struct Slot;
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        OPEN.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_OPEN).then_some(n + 1)).ok().map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -90,6 +111,10 @@ async fn stream(s: AppState, req: Request, w: Watched) -> Response {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let who = user.principal(None, None);
+    let Some(slot) = Slot::take() else {
+        tracing::warn!(max = MAX_OPEN, "live console stream refused: too many open");
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
     let first = match look(&s, &who, w).await {
         Ok(Some(f)) => f,
         Ok(None) => return StatusCode::NOT_FOUND.into_response(),
@@ -137,6 +162,11 @@ async fn stream(s: AppState, req: Request, w: Watched) -> Response {
         });
     let hello = futures::stream::once(async {
         Ok::<_, std::convert::Infallible>(Event::default().event("ready").retry(Duration::from_secs(2)).data("0"))
+    });
+    // The slot is held for as long as the stream lives.
+    let events = futures::StreamExt::map(events, move |e| {
+        let _held = &slot;
+        e
     });
     let mut res = Sse::new(futures::StreamExt::chain(hello, events)).keep_alive(KeepAlive::default()).into_response();
     // Not for caches or buffering proxies.

@@ -185,6 +185,46 @@ impl Herald {
         .await
     }
 
+    /// Like [`Herald::wait_terminal`], but a timeout panics with what the database holds
+    /// of the deliveries and the outbox (for a failure seen only on a loaded machine).
+    pub async fn wait_terminal_explained(&self, key: &str, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = self.get_notification(key, id).await;
+            let done = n["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| matches!(d["status"].as_str(), Some("succeeded" | "failed" | "cancelled")));
+            if done {
+                return n;
+            }
+            if Instant::now() > deadline {
+                let deliveries: Vec<(String, i32, i32, Option<f64>, Option<f64>)> = sqlx::query_as(
+                    "SELECT status, attempts, unrecorded_starts, extract(epoch FROM lease_until - now())::float8,
+                            extract(epoch FROM next_attempt_at - now())::float8 FROM deliveries",
+                )
+                .fetch_all(&self.db)
+                .await
+                .unwrap();
+                let outbox: Vec<(i64, String, i32, Option<f64>, String)> = sqlx::query_as(
+                    "SELECT id, topic, deliveries, extract(epoch FROM claimed_until - now())::float8, payload::text FROM outbox",
+                )
+                .fetch_all(&self.db)
+                .await
+                .unwrap();
+                let dead: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&self.db).await.unwrap();
+                panic!(
+                    "timed out waiting for deliveries to finish: {n}\ndeliveries (status, attempts, unrecorded starts, \
+                     lease left s, next attempt in s): {deliveries:?}\noutbox (id, topic, deliveries, claim left s, \
+                     payload): {outbox:?}\ndead letters: {dead}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends a request with a key and an optional JSON body; returns (status, JSON body).
     pub async fn call(&self, method: reqwest::Method, path: &str, key: &str, body: Option<&Value>) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
