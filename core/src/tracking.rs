@@ -370,18 +370,19 @@ pub async fn run_recorder(
     let mut rx = queue.lock().await;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let stopping = tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    return Ok(());
-                }
-                false
-            }
+        let (stopping, closed) = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => (false, n == 0),
             r = shutdown.wait_for(|s| *s) => {
                 drop(r);
-                true
+                (true, false)
             }
         };
+        if closed {
+            // Every sender is gone: the HTTP server stopped first on the way out. Not a
+            // failure to restart from; wait for the stop itself.
+            let _ = shutdown.wait_for(|s| *s).await;
+            return Ok(());
+        }
         if stopping {
             // Record what is already queued, then stop.
             while let Ok(h) = rx.try_recv() {

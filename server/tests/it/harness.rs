@@ -39,6 +39,15 @@ where
     }
 }
 
+/// Every delivery of a notification (as the API shows it) is in a terminal state.
+fn all_finished(n: &Value) -> bool {
+    n["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| matches!(d["status"].as_str(), Some("succeeded" | "failed" | "cancelled")))
+}
+
 pub struct Herald {
     pub child: Child,
     pub base: String,
@@ -175,12 +184,7 @@ impl Herald {
     pub async fn wait_terminal(&self, key: &str, id: &str) -> Value {
         eventually(Duration::from_secs(30), "deliveries to finish", || async {
             let n = self.get_notification(key, id).await;
-            let done = n["deliveries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|d| matches!(d["status"].as_str(), Some("succeeded" | "failed" | "cancelled")));
-            done.then_some(n)
+            all_finished(&n).then_some(n)
         })
         .await
     }
@@ -191,12 +195,7 @@ impl Herald {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let n = self.get_notification(key, id).await;
-            let done = n["deliveries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|d| matches!(d["status"].as_str(), Some("succeeded" | "failed" | "cancelled")));
-            if done {
+            if all_finished(&n) {
                 return n;
             }
             if Instant::now() > deadline {
