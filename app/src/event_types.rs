@@ -273,6 +273,10 @@ fn EventTypeForm(e: EventTypeRow, save: ServerAction<SaveEventType>) -> impl Int
             })
         }
     };
+    // The control a problem is about says so to assistive technology too.
+    let invalid = move |field: &'static str| {
+        move || save.value().get().and_then(|r| r.err()).map(clean).filter(|m| field_of(m) == field).map(|_| "true")
+    };
     view! {
         {move || hydrated.get().then(|| view! { <span data-testid="event-type-ready" hidden=true></span> })}
         <ActionForm action=save>
@@ -280,37 +284,37 @@ fn EventTypeForm(e: EventTypeRow, save: ServerAction<SaveEventType>) -> impl Int
             <div class="form column">
                 <label>
                     "Name"
-                    <input type="text" name="name" value=e.name.clone() readonly=editing required data-testid="et-name"/>
+                    <input type="text" name="name" value=e.name.clone() readonly=editing required aria-invalid=invalid("name") data-testid="et-name"/>
                     {problem("name")}
                 </label>
                 <label>
                     "Description"
-                    <input type="text" name="description" value=e.description.clone() data-testid="et-description"/>
+                    <input type="text" name="description" value=e.description.clone() aria-invalid=invalid("description") data-testid="et-description"/>
                     {problem("description")}
                 </label>
                 <label>
                     "Payload JSON Schema (empty: any payload)"
-                    <textarea name="payload_schema" rows="8" data-testid="et-schema">{e.schema.clone()}</textarea>
+                    <textarea name="payload_schema" rows="8" aria-invalid=invalid("payload_schema") data-testid="et-schema">{e.schema.clone()}</textarea>
                     {problem("payload_schema")}
                 </label>
                 <label>
                     "Sample payload (checked against the schema; templates preview with it)"
-                    <textarea name="sample_payload" rows="6" data-testid="et-sample">{e.sample.clone()}</textarea>
+                    <textarea name="sample_payload" rows="6" aria-invalid=invalid("sample_payload") data-testid="et-sample">{e.sample.clone()}</textarea>
                     {problem("sample_payload")}
                 </label>
                 <label>
                     "Email template (a published template's key; empty: no email)"
-                    <input type="text" name="email_template" value=e.template.clone() data-testid="et-template"/>
+                    <input type="text" name="email_template" value=e.template.clone() aria-invalid=invalid("email_template") data-testid="et-template"/>
                     {problem("email_template")}
                 </label>
                 <label>
                     "Recipient path in the payload (such as user.email)"
-                    <input type="text" name="recipient_path" value=e.recipient_path.clone() data-testid="et-recipient"/>
+                    <input type="text" name="recipient_path" value=e.recipient_path.clone() aria-invalid=invalid("recipient_path") data-testid="et-recipient"/>
                     {problem("recipient_path")}
                 </label>
                 <label>
                     "Who receives its webhooks"
-                    <select name="visibility" data-testid="et-visibility">
+                    <select name="visibility" aria-invalid=invalid("visibility") data-testid="et-visibility">
                         {[("public", "every owner (public)"), ("internal", "admins only (internal)"), ("granted", "the owners granted below")]
                             .into_iter()
                             .map(|(v, label)| view! { <option value=v selected=e.visibility == v || (e.visibility.is_empty() && v == "public")>{label}</option> })
@@ -320,7 +324,7 @@ fn EventTypeForm(e: EventTypeRow, save: ServerAction<SaveEventType>) -> impl Int
                 </label>
                 <label>
                     "Granted owners (teams or user:<subject>, comma-separated)"
-                    <input type="text" name="grants" value=e.grants.clone() data-testid="et-grants"/>
+                    <input type="text" name="grants" value=e.grants.clone() aria-invalid=invalid("grants") data-testid="et-grants"/>
                     {problem("grants")}
                 </label>
                 <button type="submit" data-testid="et-save">{if editing { "Save" } else { "Create" }}</button>

@@ -215,6 +215,9 @@ test('catalog: an event type with schema and sample, a template previewed as you
   await page.getByTestId('et-schema').fill('{"type": 12}');
   await page.getByTestId('et-save').click();
   assert.match(await page.getByTestId('error-payload_schema').textContent({ timeout: 15000 }), /not a valid JSON Schema/);
+  // The field says it is invalid to assistive technology; the others do not.
+  assert.equal(await page.getByTestId('et-schema').getAttribute('aria-invalid'), 'true');
+  assert.equal(await page.getByTestId('et-name').getAttribute('aria-invalid'), null);
   const schema = { type: 'object', required: ['order'],
     properties: { order: { type: 'object', required: ['id', 'email'], properties: { id: { type: 'integer' } } } } };
   await page.getByTestId('et-schema').fill(JSON.stringify(schema, null, 2));

@@ -199,25 +199,27 @@ impl Herald {
                 return n;
             }
             if Instant::now() > deadline {
-                let deliveries: Vec<(String, i32, i32, Option<f64>, Option<f64>)> = sqlx::query_as(
-                    "SELECT status, attempts, unrecorded_starts, extract(epoch FROM lease_until - now())::float8,
-                            extract(epoch FROM next_attempt_at - now())::float8 FROM deliveries",
+                // Described by the database itself, one text per table.
+                let deliveries: Option<String> = sqlx::query_scalar(
+                    "SELECT string_agg(format('%s attempts=%s unrecorded_starts=%s lease_left=%s next_attempt_in=%s',
+                            status, attempts, unrecorded_starts, lease_until - now(), next_attempt_at - now()), '; ')
+                     FROM deliveries",
                 )
-                .fetch_all(&self.db)
+                .fetch_one(&self.db)
                 .await
                 .unwrap();
-                let outbox: Vec<(i64, String, i32, Option<f64>, String)> = sqlx::query_as(
-                    "SELECT id, topic, deliveries, extract(epoch FROM claimed_until - now())::float8, payload::text FROM outbox",
+                let outbox: Option<String> = sqlx::query_scalar(
+                    "SELECT string_agg(format('#%s %s deliveries=%s claim_left=%s %s',
+                            id, topic, deliveries, claimed_until - now(), payload), '; ') FROM outbox",
                 )
-                .fetch_all(&self.db)
+                .fetch_one(&self.db)
                 .await
                 .unwrap();
                 let dead: i64 =
                     sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&self.db).await.unwrap();
                 panic!(
-                    "timed out waiting for deliveries to finish: {n}\ndeliveries (status, attempts, unrecorded starts, \
-                     lease left s, next attempt in s): {deliveries:?}\noutbox (id, topic, deliveries, claim left s, \
-                     payload): {outbox:?}\ndead letters: {dead}"
+                    "timed out waiting for deliveries to finish: {n}\ndeliveries: {deliveries:?}\noutbox: {outbox:?}\n\
+                     dead letters: {dead}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
