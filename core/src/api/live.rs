@@ -174,3 +174,17 @@ async fn stream(s: AppState, req: Request, w: Watched) -> Response {
     res.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_streams_are_capped_and_a_closed_one_frees_its_slot() {
+        let held: Vec<Slot> = std::iter::from_fn(Slot::take).take(MAX_OPEN + 1).collect();
+        assert_eq!(held.len(), MAX_OPEN, "no more than MAX_OPEN at once");
+        assert!(Slot::take().is_none());
+        drop(held);
+        assert!(Slot::take().is_some(), "closing streams frees their slots");
+    }
+}
