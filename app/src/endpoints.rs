@@ -599,10 +599,11 @@ fn Deliveries(
     act: ServerAction<EndpointAction>,
 ) -> impl IntoView {
     let tick = RwSignal::new(0u32);
+    // Not keyed on `act`: an action re-reads the whole page, which makes this anew.
     let list = Resource::new(
         {
             let id = id.clone();
-            move || (id.clone(), params.get(), act.version().get(), tick.get())
+            move || (id.clone(), params.get(), tick.get())
         },
         |(id, q, ..)| endpoint_deliveries(id, q),
     );

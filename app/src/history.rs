@@ -463,7 +463,7 @@ pub fn NotificationDetail() -> impl IntoView {
                     .map(|r| match r {
                         Ok(Some(n)) => {
                             let has_webhooks = n.deliveries.iter().any(|d| d.channel == "webhook");
-                            let (live_id, replay_id) = (n.id.clone(), n.id.clone());
+                            let (first, replay_id) = (n.clone(), n.id.clone());
                             view! {
                                 <section class="card">
                                     <p><a href="/notifications">"← History"</a></p>
@@ -486,7 +486,7 @@ pub fn NotificationDetail() -> impl IntoView {
                                     <h2>"Payload"</h2>
                                     <pre class="json" tabindex="0" data-testid="detail-payload">{n.payload}</pre>
                                 </section>
-                                <LiveDeliveries id=live_id resend replay/>
+                                <LiveDeliveries first resend/>
                             }
                                 .into_any()
                         }
@@ -499,33 +499,40 @@ pub fn NotificationDetail() -> impl IntoView {
 }
 
 /// A notification's status and deliveries with their attempts, live: the stream says
-/// when they changed and they are read again (the page around them stays).
+/// when they changed and they are read again (the page around them stays). `first` is
+/// the page's own read, shown until something changes.
 #[component]
-fn LiveDeliveries(
-    id: String,
-    resend: ServerAction<ResendDelivery>,
-    replay: ServerAction<ReplayNotification>,
-) -> impl IntoView {
+fn LiveDeliveries(first: NotificationPage, resend: ServerAction<ResendDelivery>) -> impl IntoView {
     let tick = RwSignal::new(0u32);
-    let url = format!("/console/live/notifications/{id}");
-    let page = Resource::new(
-        move || (id.clone(), resend.version().get(), replay.version().get(), tick.get()),
-        |(id, ..)| notification(id),
+    let url = format!("/console/live/notifications/{}", first.id);
+    let id = first.id.clone();
+    let again = Resource::new(
+        move || (resend.version().get(), tick.get()),
+        move |(resent, changes)| {
+            let id = id.clone();
+            async move {
+                if resent == 0 && changes == 0 {
+                    return Ok(None);
+                }
+                notification(id).await
+            }
+        },
     );
+    let first = StoredValue::new(first);
+    let shown = move || again.get().and_then(|r| r.ok()).flatten().unwrap_or_else(|| first.get_value());
     let on_change = Callback::new(move |()| tick.update(|t| *t += 1));
     view! {
         <section class="card" aria-label="Status">
             <Live url on_change/>
             <Transition fallback=|| ()>
-                {move || page.get().and_then(|r| r.ok()).flatten().map(|n| view! {
-                    <p>"Status: " <span class=format!("pill {}", n.status) data-testid="detail-status">{n.status.clone()}</span></p>
-                })}
+                {move || {
+                    let n = shown();
+                    view! { <p>"Status: " <span class=format!("pill {}", n.status) data-testid="detail-status">{n.status.clone()}</span></p> }
+                }}
             </Transition>
         </section>
         <Transition fallback=|| ()>
-            {move || page.get().and_then(|r| r.ok()).flatten().map(|n| {
-                n.deliveries.into_iter().map(|d| view! { <DeliveryCard d resend/> }).collect_view()
-            })}
+            {move || shown().deliveries.into_iter().map(|d| view! { <DeliveryCard d resend/> }).collect_view()}
         </Transition>
     }
 }

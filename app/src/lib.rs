@@ -391,7 +391,6 @@ fn KeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
     let revoke = ServerAction::<RevokeKey>::new();
     let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_keys());
-    let me = expect_context::<MeResource>();
     // Effects run only in the browser: the marker says the page is interactive.
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
@@ -408,7 +407,7 @@ fn KeysPage() -> impl IntoView {
                         <input type="text" name="scopes" value="notifications:write, notifications:read" data-testid="key-scopes"/>
                     </label>
                     <Suspense fallback=|| ()>
-                        {move || me.get().and_then(|r| r.ok()).flatten().filter(|m| m.all_owners).map(|_| view! {
+                        {move || me_now().filter(|m| m.all_owners).map(|_| view! {
                             <label>"Owner (empty: yours)" <input type="text" name="owner" data-testid="key-owner"/></label>
                         })}
                     </Suspense>

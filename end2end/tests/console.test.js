@@ -24,6 +24,9 @@ test('an admin logs in, lands on the dashboard with name and role, and logs out'
   }
   assert.deepEqual(await page.locator('.sidebar .section-title').allTextContents(),
     ['Overview', 'Messages', 'Catalog', 'Webhooks', 'Access', 'Audit']);
+  // An admin reaches every owner's endpoints: the owner filter is theirs.
+  await page.getByTestId('nav-endpoints').click();
+  await page.locator('#ep-owner').waitFor({ timeout: 15000 });
   const css = await page.evaluate(() => getComputedStyle(document.querySelector('.topbar')).display);
   assert.equal(css, 'flex', 'the stylesheet was served');
 
