@@ -246,13 +246,19 @@ pub struct Roles {
     pub relay: bool,
     pub email: bool,
     pub webhook: bool,
+    /// The inbound SMTP server for bounces and complaints (needs
+    /// `HERALD_INBOUND_SMTP_ADDR`; part of `all` when that is set).
+    pub inbound: bool,
 }
 
 impl Roles {
-    pub const ALL: Roles = Roles { api: true, relay: true, email: true, webhook: true };
+    /// Every role; `inbound` is in `all` only where `HERALD_INBOUND_SMTP_ADDR` is set
+    /// (`Config::from_settings` takes it out otherwise).
+    pub const ALL: Roles = Roles { api: true, relay: true, email: true, webhook: true, inbound: true };
+    const NONE: Roles = Roles { api: false, relay: false, email: false, webhook: false, inbound: false };
 
     pub fn parse(v: &str) -> Result<Roles, String> {
-        let mut r = Roles { api: false, relay: false, email: false, webhook: false };
+        let mut r = Roles::NONE;
         for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "all" => r = Roles::ALL,
@@ -260,14 +266,30 @@ impl Roles {
                 "relay" => r.relay = true,
                 "email" => r.email = true,
                 "webhook" => r.webhook = true,
-                other => return Err(format!("unknown role '{other}'; use api, relay, email, webhook or all")),
+                "inbound" => r.inbound = true,
+                other => {
+                    return Err(format!("unknown role '{other}'; use api, relay, email, webhook, inbound or all"))
+                }
             }
         }
-        if r == (Roles { api: false, relay: false, email: false, webhook: false }) {
+        if r == Roles::NONE {
             return Err("give at least one role".into());
         }
         Ok(r)
     }
+}
+
+/// A bounce address: a bare `local@domain` whose local part leaves room for a VERP
+/// token (64 characters in all).
+fn bounce_address(v: &str) -> Result<String, String> {
+    let ok = v.parse::<lettre::Address>().is_ok() && !v.contains(['<', '>', ' ', '+']);
+    let local = v.rsplit_once('@').map(|(l, _)| l.len()).unwrap_or(usize::MAX);
+    if !ok || local > 21 {
+        return Err(format!(
+            "'{v}' is not a bare address such as bounces@mail.example.com with a local part of at most 21 characters and no '+'"
+        ));
+    }
+    Ok(v.to_lowercase())
 }
 
 /// `HERALD_TRACKING`: what email tracking records for templates that opt in.
@@ -360,6 +382,13 @@ pub struct Config {
     pub tracking: TrackingMode,
     /// `HERALD_TRACKING_TEXT_LINKS`: also rewrite the links of the text part (default true).
     pub tracking_text_links: bool,
+    /// `HERALD_BOUNCE_ADDRESS`: with it, every email's envelope sender is its own
+    /// `local+<token>@domain` address (VERP), so bounces name their delivery.
+    pub bounce_address: Option<String>,
+    /// `HERALD_INBOUND_SMTP_ADDR`: where the `inbound` role takes bounces and complaints.
+    pub inbound_smtp_addr: Option<SocketAddr>,
+    /// `HERALD_SOFT_BOUNCE_LIMIT`: soft bounces in a row that suppress an address (0: never).
+    pub soft_bounce_limit: u32,
     /// `HERALD_SECRET_KEY`: seals webhook signing secrets at rest.
     pub secret_key: crate::secrets::SecretKey,
     /// `HERALD_PREVIOUS_SECRET_KEY`: the key before the last rotation; only opens
@@ -568,6 +597,25 @@ impl Config {
             BusKind::Postgres => None,
             BusKind::Kafka => Some(kafka_settings(s)?),
         };
+        let inbound_addr: Option<SocketAddr> = match s.get("HERALD_INBOUND_SMTP_ADDR") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|_| {
+                ConfigError::new("HERALD_INBOUND_SMTP_ADDR", format!("'{v}' is not an address such as 0.0.0.0:2525"))
+            })?),
+        };
+        let mut roles = s.parsed("HERALD_ROLES", Roles::ALL, Roles::parse)?;
+        if inbound_addr.is_none() {
+            if roles.inbound && s.get("HERALD_ROLES").is_some_and(|r| r.split(',').any(|p| p.trim() == "inbound")) {
+                return Err(ConfigError::new("HERALD_ROLES", "the inbound role needs HERALD_INBOUND_SMTP_ADDR"));
+            }
+            roles.inbound = false;
+        }
+        if inbound_addr.is_some() && s.get("HERALD_BOUNCE_ADDRESS").is_none() {
+            return Err(ConfigError::new(
+                "HERALD_INBOUND_SMTP_ADDR",
+                "set HERALD_BOUNCE_ADDRESS too: the inbound server takes mail for that address",
+            ));
+        }
         Ok(Self {
             oidc: oidc_settings(s)?,
             database_url,
@@ -580,7 +628,7 @@ impl Config {
             email_from,
             bus,
             kafka,
-            roles: s.parsed("HERALD_ROLES", Roles::ALL, Roles::parse)?,
+            roles,
             sweep_after: s.parsed("HERALD_SWEEP_AFTER", Duration::from_secs(600), duration)?,
             email_concurrency: s.parsed("HERALD_EMAIL_CONCURRENCY", 64, positive)?,
             email_retry_schedule: s.parsed(
@@ -640,6 +688,14 @@ impl Config {
                 "true" => Ok(true),
                 "false" => Ok(false),
                 _ => Err(format!("'{v}' is not true or false")),
+            })?,
+            bounce_address: match s.get("HERALD_BOUNCE_ADDRESS") {
+                None => None,
+                Some(v) => Some(bounce_address(v.trim()).map_err(|m| ConfigError::new("HERALD_BOUNCE_ADDRESS", m))?),
+            },
+            inbound_smtp_addr: inbound_addr,
+            soft_bounce_limit: s.parsed("HERALD_SOFT_BOUNCE_LIMIT", 5, |v| {
+                v.parse::<u32>().map_err(|_| format!("'{v}' is not a whole number (0: never)"))
             })?,
             site_root: s.get("HERALD_SITE_ROOT").map(|v| v.trim().to_owned()),
             secret_key: s.secret_key()?,
@@ -817,6 +873,6 @@ mod tests {
         );
         assert_eq!(k.consumer_properties, vec![("max.poll.interval.ms".to_owned(), "600000".to_owned())]);
         assert!(k.producer_properties.is_empty());
-        assert_eq!(c.roles, Roles { api: true, relay: true, email: false, webhook: false });
+        assert_eq!(c.roles, Roles { api: true, relay: true, email: false, webhook: false, inbound: false });
     }
 }

@@ -147,3 +147,22 @@ pub fn tracking_event(kind: &'static str, person: bool) {
 pub fn tracking_dropped() {
     metrics::counter!("herald_tracking_dropped_total").increment(1);
 }
+
+/// A bounce, soft bounce or complaint recorded on a delivery, by where it came from.
+pub fn email_feedback(kind: &str, source: &str) {
+    metrics::counter!("herald_email_feedback_total", "kind" => kind.to_owned(), "source" => source.to_owned())
+        .increment(1);
+}
+
+/// An inbound report (mail or a relay's webhook) refused or dropped, and why: `forged`
+/// (no valid VERP token or signature), `unparsable`, `unknown_delivery`, `not_a_report`,
+/// `too_large`.
+pub fn inbound_dropped(source: &str, why: &str) {
+    metrics::counter!("herald_inbound_dropped_total", "source" => source.to_owned(), "reason" => why.to_owned())
+        .increment(1);
+}
+
+/// An email not sent because its address is suppressed, at acceptance or at sending.
+pub fn suppressed(when: &str, n: u64) {
+    metrics::counter!("herald_emails_suppressed_total", "when" => when.to_owned()).increment(n);
+}

@@ -95,6 +95,12 @@ pub enum DeliveryStatus {
     Succeeded,
     Failed,
     Cancelled,
+    /// An email accepted by the relay that came back: a permanent (5.x.x) bounce.
+    Bounced,
+    /// An email its recipient reported as spam (an ARF report or a relay's complaint).
+    Complained,
+    /// An email never sent: its address is on the suppression list.
+    Suppressed,
 }
 text_enum!(DeliveryStatus {
     Pending => "pending",
@@ -103,6 +109,9 @@ text_enum!(DeliveryStatus {
     Succeeded => "succeeded",
     Failed => "failed",
     Cancelled => "cancelled",
+    Bounced => "bounced",
+    Complained => "complained",
+    Suppressed => "suppressed",
 });
 
 impl DeliveryStatus {
@@ -134,9 +143,11 @@ impl NotificationStatus {
             match s {
                 D::Pending => pending += 1,
                 D::InFlight | D::Retrying => open += 1,
-                D::Succeeded => ok += 1,
-                D::Failed => failed += 1,
-                D::Cancelled => {}
+                // A complaint is about an email that arrived.
+                D::Succeeded | D::Complained => ok += 1,
+                D::Failed | D::Bounced => failed += 1,
+                // Nothing was sent, on purpose.
+                D::Cancelled | D::Suppressed => {}
             }
         }
         match () {
@@ -224,6 +235,10 @@ mod tests {
         assert_eq!(N::of([D::Failed, D::Succeeded]), N::PartiallyFailed);
         assert_eq!(N::of([]), N::NoDeliveries);
         assert_eq!(N::of([D::Cancelled]), N::Cancelled);
+        assert_eq!(N::of([D::Bounced]), N::Failed);
+        assert_eq!(N::of([D::Bounced, D::Complained]), N::PartiallyFailed);
+        assert_eq!(N::of([D::Suppressed]), N::Cancelled);
+        assert_eq!(N::of([D::Suppressed, D::Succeeded]), N::Succeeded);
     }
 
     #[test]

@@ -331,12 +331,44 @@ impl Application {
             let (p, keep, stop) = (pool.clone(), config.retention, stop_rx.clone());
             sup.spawn("retention", stop_rx.clone(), move || retention::run(p.clone(), keep, stop.clone()));
         }
+        // Bounces and complaints over SMTP (`inbound`).
+        if let (true, Some(addr), Some(bounce)) =
+            (config.roles.inbound, config.inbound_smtp_addr, config.bounce_address.clone())
+        {
+            let mut keys = vec![config.secret_key.clone()];
+            keys.extend(config.previous_secret_key.clone());
+            let inbound = Arc::new(herald_core::inbound::Inbound {
+                db: pool.clone(),
+                bounce_address: bounce,
+                keys,
+                soft_bounce_limit: config.soft_bounce_limit,
+                host: config.public_host().to_owned(),
+            });
+            // Bound now, so a taken port fails the start with its reason.
+            let first = std::sync::Mutex::new(Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("HERALD_INBOUND_SMTP_ADDR {addr}: {e}")
+            })?));
+            tracing::info!(%addr, "inbound SMTP listening");
+            let stop = stop_rx.clone();
+            sup.spawn("inbound smtp", stop_rx.clone(), move || {
+                let (inbound, stop) = (inbound.clone(), stop.clone());
+                let listener = first.lock().expect("not poisoned").take();
+                async move {
+                    let listener = match listener {
+                        Some(l) => l,
+                        None => tokio::net::TcpListener::bind(addr).await?,
+                    };
+                    herald_core::inbound::run(listener, inbound, stop).await
+                }
+            });
+        }
         tracing::info!(
             bus = if config.bus == BusKind::Kafka { "kafka" } else { "postgres" },
             api = config.roles.api,
             relay = config.roles.relay,
             email = config.roles.email,
             webhook = config.roles.webhook,
+            inbound = config.roles.inbound,
             "roles"
         );
 

@@ -283,6 +283,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = Config::from_settings(&settings)?;
             if let Some(r) = roles {
                 config.roles = Roles::parse(&r).map_err(|m| anyhow::anyhow!("--roles: {m}"))?;
+                if config.roles.inbound && config.inbound_smtp_addr.is_none() {
+                    if r.split(',').any(|p| p.trim() == "inbound") {
+                        anyhow::bail!("--roles: the inbound role needs HERALD_INBOUND_SMTP_ADDR");
+                    }
+                    config.roles.inbound = false;
+                }
             }
             Application::build(config).await?.run_until_stopped(shutdown_signal()).await
         }

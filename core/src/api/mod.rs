@@ -11,6 +11,7 @@ pub mod login;
 pub mod notifications;
 pub mod openapi;
 pub mod portal;
+pub mod suppressions;
 pub mod ratelimit;
 pub mod tracking;
 
@@ -167,6 +168,8 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(endpoints::delivery))
         .routes(routes!(endpoints::resend))
+        .routes(routes!(suppressions::list, suppressions::create))
+        .routes(routes!(suppressions::delete))
 }
 
 /// The OpenAPI document, as served.

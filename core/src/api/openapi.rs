@@ -29,7 +29,8 @@ use crate::webhooks::endpoints::Endpoint;
         (name = "endpoints", description = "Webhook endpoints, their secrets and deliveries"),
         (name = "catalog", description = "Event types, routing and templates (admins)"),
         (name = "api-keys", description = "API keys"),
-        (name = "audit", description = "The audit log (admins)")
+        (name = "audit", description = "The audit log (admins)"),
+        (name = "suppressions", description = "Addresses Herald does not email: bounces, complaints, unsubscribes (admins)")
     )
 )]
 pub struct ApiDoc;

@@ -129,23 +129,7 @@ impl Lane {
     /// statement started for them, so the next consumer takes them at once instead of
     /// after the leases.
     pub async fn release(&self) -> anyhow::Result<i64> {
-        let n: i64 = sqlx::query_scalar(
-            "WITH r AS (
-                UPDATE outbox SET claimed_until = NULL, claim_token = NULL WHERE claim_token = $1
-                RETURNING payload
-             ), d AS (
-                UPDATE deliveries d SET status = 'pending', lease_until = NULL,
-                       unrecorded_starts = greatest(d.unrecorded_starts - 1, 0), updated_at = now()
-                FROM r
-                WHERE d.id = (r.payload->>'delivery_id')::uuid AND d.status = 'in_flight'
-                  AND d.attempts = (r.payload->>'attempt')::int - 1
-             )
-             SELECT count(*) FROM r",
-        )
-        .bind(self.token)
-        .fetch_one(&self.db)
-        .await?;
-        Ok(n)
+        Ok(crate::delivery_status::give_back_lane(&self.db, self.token).await?)
     }
 }
 

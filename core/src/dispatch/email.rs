@@ -40,6 +40,8 @@ pub struct EmailDispatcher {
     pub detach: record::Detach,
     /// Email tracking (`HERALD_TRACKING`), applied to versions that opt in.
     pub tracking: Tracking,
+    /// `HERALD_BOUNCE_ADDRESS`: each email's envelope sender is made from it (VERP).
+    pub bounce_address: Option<String>,
 }
 
 /// What the dispatcher needs to add tracking to an email.
@@ -83,6 +85,7 @@ impl EmailDispatcher {
                 base: config.public_url.clone(),
                 key: config.secret_key.clone(),
             },
+            bounce_address: config.bounce_address.clone(),
         }
     }
 
@@ -97,7 +100,8 @@ impl EmailDispatcher {
 
     async fn process<C: Consumer>(self: &Arc<Self>, consumer: &mut C, batch: &[Received]) -> anyhow::Result<()> {
         let clock = Instant::now();
-        let claimed = record::begin(&self.db, consumer, Channel::Email, batch, self.lease, self.max_starts).await?;
+        let mut claimed = record::begin(&self.db, consumer, Channel::Email, batch, self.lease, self.max_starts).await?;
+        self.drop_suppressed(&mut claimed).await?;
         let started_ms = clock.elapsed().as_millis();
 
         // Per recipient in order; different recipients concurrently; each recipient's
@@ -134,6 +138,33 @@ impl EmailDispatcher {
             done_ms = clock.elapsed().as_millis() as u64,
             "email batch done"
         );
+        Ok(())
+    }
+
+    /// Emails whose address was suppressed after they were accepted are not sent: they
+    /// become `suppressed` and their messages are acked with the stale ones.
+    async fn drop_suppressed(&self, claimed: &mut record::Claimed) -> anyhow::Result<()> {
+        if claimed.owned.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = claimed.owned.iter().map(|(_, s)| s.id).collect();
+        let found = crate::suppressions::suppressed_now(&self.db, &ids).await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(uuid::Uuid, i32, String)> = found
+            .iter()
+            .filter_map(|(id, why)| {
+                let (_, s) = claimed.owned.iter().find(|(_, s)| s.id == *id)?;
+                Some((*id, s.attempt, why.clone()))
+            })
+            .collect();
+        let changed = crate::delivery_status::suppress(&self.db, &items).await?;
+        crate::metrics::suppressed("sending", changed.len() as u64);
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut claimed.owned).into_iter().partition(|(_, s)| changed.contains(&s.id));
+        claimed.owned = kept;
+        claimed.stale.extend(gone.into_iter().map(|(i, _)| i));
         Ok(())
     }
 
@@ -176,7 +207,7 @@ impl EmailDispatcher {
                 rec.outcome = Outcome::PermanentFailure;
                 rec.error = Some(e);
             }
-            Ok(message) => match self.smtp.send(message).await {
+            Ok(message) => match self.send(&s, message).await {
                 Ok(resp) => {
                     rec.smtp_code = resp.code().to_string().parse().ok();
                     rec.smtp_reply =
@@ -200,6 +231,27 @@ impl EmailDispatcher {
             rec.retry_at = self.schedule.next_delay(s.round_attempts()).and_then(crate::retry::after);
         }
         rec
+    }
+}
+
+impl EmailDispatcher {
+    /// Sends through the pool; with a bounce address, from the delivery's own envelope
+    /// sender (VERP) instead of the From address.
+    async fn send(
+        &self,
+        s: &Started,
+        message: Message,
+    ) -> Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error> {
+        let Some(bounce) = &self.bounce_address else { return self.smtp.send(message).await };
+        let sender = crate::email_feedback::verp::sender(bounce, &self.tracking.key, s.id);
+        let envelope = match sender.parse::<lettre::Address>() {
+            Ok(from) => lettre::address::Envelope::new(Some(from), message.envelope().to().to_vec()),
+            Err(_) => Ok(message.envelope().clone()),
+        };
+        match envelope {
+            Ok(env) => self.smtp.send_raw(&env, &message.formatted()).await,
+            Err(_) => self.smtp.send(message).await,
+        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! Claiming delivery attempts and recording their outcomes, in batches.
+//! Driving a dispatcher's batch: claiming its attempts, running them by ordering key,
+//! recording and settling their outcomes (the statements are `delivery_status`'s).
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -10,134 +10,16 @@ use uuid::Uuid;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::bus::{self, Acks, BusMessage, Consumer, DeliveryJob, Received, Topic};
-use crate::model::{Channel, DeliveryStatus};
+use crate::bus::{Acks, Consumer, DeliveryJob, Received, Topic};
+use crate::model::Channel;
 
-/// A delivery this worker now owns for one attempt.
-#[derive(Debug, sqlx::FromRow)]
-pub struct Started {
-    pub id: Uuid,
-    pub target: String,
-    /// The endpoint of a webhook delivery (`None` for email, or once it was deleted).
-    pub endpoint_id: Option<Uuid>,
-    pub content: serde_json::Value,
-    /// The attempt being made (1-based).
-    pub attempt: i32,
-    /// Attempts made before the current round (a resend starts a new round).
-    pub round_start: i32,
-}
+// Every change of a delivery's status is made in `delivery_status`; the dispatchers
+// reach those statements through here.
+pub use crate::delivery_status::{
+    defer, extend_leases, record, release_unrecorded, sanitize, start_attempts, AttemptRecord, Claimed, Deferred,
+    Outcome, Started, POISONED,
+};
 
-impl Started {
-    /// Failed attempts made in this round, for the retry schedule.
-    pub fn round_attempts(&self) -> u32 {
-        (self.attempt - self.round_start).max(1) as u32
-    }
-}
-
-/// What [`start_attempts`] made of a batch's jobs (indexes into the batch).
-#[derive(Debug, Default)]
-pub struct Claimed {
-    /// Attempts this worker now makes.
-    pub owned: Vec<(usize, Started)>,
-    /// Already done or superseded: ack without work.
-    pub stale: Vec<usize>,
-    /// Another live worker holds the delivery: hand back, it comes again after its lease.
-    pub busy: Vec<usize>,
-    /// Started `max_starts` times without an outcome ever being recorded: the delivery
-    /// was failed; dead-letter the message with [`POISONED`].
-    pub poisoned: Vec<usize>,
-}
-
-/// Why a delivery was failed and its message dead-lettered by [`start_attempts`].
-pub const POISONED: &str =
-    "the attempt's outcome could not be recorded after repeated deliveries of this message; the delivery was failed";
-
-/// Takes ownership of the deliveries the jobs refer to, in one statement (see
-/// [`Claimed`]). Every start counts in `unrecorded_starts` until an outcome is recorded;
-/// a delivery that reached `max_starts` is not started again but failed, so one message
-/// whose outcome cannot be recorded is never re-sent forever.
-pub async fn start_attempts(
-    db: &PgPool,
-    channel: Channel,
-    jobs: &[(usize, DeliveryJob)],
-    lease: Duration,
-    max_starts: i32,
-) -> sqlx::Result<Claimed> {
-    let ids: Vec<Uuid> = jobs.iter().map(|(_, j)| j.delivery_id).collect();
-    let attempts: Vec<i32> = jobs.iter().map(|(_, j)| j.attempt).collect();
-    // `d.id = ANY($1)` beside the join: the planner then always reaches the batch's rows
-    // by primary key. Without it, statistics taken while the table was small can make it
-    // scan every open delivery and join each against the whole batch (seen: 0.5 s per
-    // batch of 512 instead of a few ms).
-    // Not waiting for the disk (see `db::begin_unflushed`): a start lost in a database
-    // crash leaves the delivery to be started again; its outcome is always recorded
-    // durably before its message is acknowledged.
-    let mut tx = crate::db::begin_unflushed(db).await?;
-    let started: Vec<Started> = sqlx::query_as(
-        "UPDATE deliveries d
-         SET status = 'in_flight', lease_until = now() + make_interval(secs => $4), updated_at = now(),
-             unrecorded_starts = d.unrecorded_starts + 1
-         FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempt)
-         WHERE d.id = ANY($1) AND d.id = j.id AND d.channel = $3 AND d.attempts = j.attempt - 1
-           AND d.unrecorded_starts < $5
-           AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
-         RETURNING d.id, d.target, d.endpoint_id, d.content, j.attempt, d.round_start",
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(channel)
-    .bind(lease.as_secs_f64())
-    .bind(max_starts)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-
-    let mut claimed = Claimed::default();
-    let mut rest: Vec<&(usize, DeliveryJob)> = Vec::new();
-    let mut started = started;
-    for job in jobs {
-        if let Some(pos) = started.iter().position(|s| s.id == job.1.delivery_id && s.attempt == job.1.attempt) {
-            claimed.owned.push((job.0, started.swap_remove(pos)));
-        } else {
-            rest.push(job);
-        }
-    }
-    if !rest.is_empty() {
-        let ids: Vec<Uuid> = rest.iter().map(|(_, j)| j.delivery_id).collect();
-        let attempts: Vec<i32> = rest.iter().map(|(_, j)| j.attempt).collect();
-        // One statement: fail the poisoned ones, and report which are held by a live worker.
-        let rows: Vec<(Uuid, i32, bool)> = sqlx::query_as(
-            "WITH j AS (SELECT * FROM unnest($1::uuid[], $2::int4[]) AS j(id, attempt)),
-             poisoned AS (
-                UPDATE deliveries d SET status = 'failed', lease_until = NULL, next_attempt_at = NULL,
-                       last_error = $3, updated_at = now()
-                FROM j
-                WHERE d.id = ANY($1) AND d.id = j.id AND d.attempts = j.attempt - 1 AND d.unrecorded_starts >= $4
-                  AND (d.status IN ('pending', 'retrying') OR (d.status = 'in_flight' AND d.lease_until < now()))
-                RETURNING d.id, j.attempt
-             )
-             SELECT id, attempt, true FROM poisoned
-             UNION ALL
-             SELECT d.id, d.attempts + 1, false FROM deliveries d
-             WHERE d.id = ANY($1) AND d.status = 'in_flight' AND d.lease_until >= now()",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(POISONED)
-        .bind(max_starts)
-        .fetch_all(db)
-        .await?;
-        for (idx, job) in rest {
-            let hit = rows.iter().find(|(id, attempt, _)| *id == job.delivery_id && *attempt == job.attempt);
-            match hit {
-                Some((_, _, true)) => claimed.poisoned.push(*idx),
-                Some((_, _, false)) => claimed.busy.push(*idx),
-                None => claimed.stale.push(*idx),
-            }
-        }
-    }
-    Ok(claimed)
-}
 
 /// The start of every dispatcher's batch: decodes its jobs (dead-lettering a message
 /// that is not one) and claims their deliveries with [`start_attempts`].
@@ -195,161 +77,6 @@ pub fn group_by(
     groups
 }
 
-/// Pushes back the lease of deliveries this worker is still attempting.
-pub async fn extend_leases(db: &PgPool, ids: &[Uuid], lease: Duration) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE deliveries SET lease_until = now() + make_interval(secs => $2)
-         WHERE id = ANY($1) AND status = 'in_flight'",
-    )
-    .bind(ids)
-    .bind(lease.as_secs_f64())
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Succeeded,
-    TransientFailure,
-    PermanentFailure,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::TransientFailure => "transient_failure",
-            Outcome::PermanentFailure => "permanent_failure",
-        }
-    }
-}
-
-/// One finished attempt, ready to record.
-#[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    pub delivery_id: Uuid,
-    pub attempt: i32,
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: i32,
-    pub outcome: Outcome,
-    pub smtp_code: Option<i16>,
-    pub smtp_reply: Option<String>,
-    pub http_status: Option<i16>,
-    pub response_excerpt: Option<String>,
-    pub error: Option<String>,
-    /// For transient failures: when to try again, or `None` when the schedule is spent.
-    pub retry_at: Option<DateTime<Utc>>,
-    /// Ordering key of the retry message.
-    pub key: String,
-}
-
-impl AttemptRecord {
-    /// A record for attempt `s`, starting now, with `outcome` until told otherwise.
-    pub fn begin(s: &Started, key: &str, outcome: Outcome) -> Self {
-        Self {
-            delivery_id: s.id,
-            attempt: s.attempt,
-            started_at: Utc::now(),
-            duration_ms: 0,
-            outcome,
-            smtp_code: None,
-            smtp_reply: None,
-            http_status: None,
-            response_excerpt: None,
-            error: None,
-            retry_at: None,
-            key: key.to_owned(),
-        }
-    }
-
-    /// The delivery's status after this attempt, and when its next attempt is due
-    /// (only when it is retrying).
-    fn next(&self) -> (DeliveryStatus, Option<DateTime<Utc>>) {
-        match (self.outcome, self.retry_at) {
-            (Outcome::Succeeded, _) => (DeliveryStatus::Succeeded, None),
-            (Outcome::TransientFailure, Some(at)) => (DeliveryStatus::Retrying, Some(at)),
-            _ => (DeliveryStatus::Failed, None),
-        }
-    }
-}
-
-/// Records a batch of outcomes in one transaction: attempt rows, delivery statuses,
-/// and the bus messages for retries. Guarded by the attempt count, so a worker whose
-/// lease was taken over cannot overwrite the newer state.
-pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sqlx::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    let col = |f: fn(&AttemptRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
-    let ids: Vec<Uuid> = records.iter().map(|r| r.delivery_id).collect();
-    let attempts: Vec<i32> = records.iter().map(|r| r.attempt).collect();
-    let (statuses, retry_at): (Vec<DeliveryStatus>, Vec<Option<DateTime<Utc>>>) =
-        records.iter().map(AttemptRecord::next).unzip();
-    let errors: Vec<Option<String>> =
-        col(|r| r.error.clone().or_else(|| r.smtp_reply.clone().filter(|_| r.outcome != Outcome::Succeeded)))
-            .into_iter()
-            .map(|e| e.map(sanitize))
-            .collect();
-    let updated: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE deliveries d
-         SET status = u.status, attempts = u.attempt, next_attempt_at = u.retry_at, lease_until = NULL,
-             last_error = u.error, updated_at = now(), unrecorded_starts = 0
-         FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[]) AS u(id, attempt, status, retry_at, error)
-         WHERE d.id = u.id AND d.attempts = u.attempt - 1
-         RETURNING d.id",
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&statuses)
-    .bind(&retry_at)
-    .bind(&errors)
-    .fetch_all(&mut *tx)
-    .await?;
-    let kept: Vec<&AttemptRecord> = records.iter().filter(|r| updated.contains(&r.delivery_id)).collect();
-    if kept.len() < records.len() {
-        tracing::warn!(dropped = records.len() - kept.len(), "attempt outcomes superseded by another worker");
-    }
-    let k = |f: fn(&AttemptRecord) -> Option<String>| kept.iter().map(|r| f(r).map(sanitize)).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, outcome, smtp_code, smtp_reply,
-                               http_status, response_excerpt, error)
-         SELECT * FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[], $4::int4[], $5::text[], $6::int2[],
-                              $7::text[], $8::int2[], $9::text[], $10::text[])",
-    )
-    .bind(kept.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
-    .bind(kept.iter().map(|r| r.attempt).collect::<Vec<_>>())
-    .bind(kept.iter().map(|r| r.started_at).collect::<Vec<_>>())
-    .bind(kept.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
-    .bind(kept.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
-    .bind(kept.iter().map(|r| r.smtp_code).collect::<Vec<_>>())
-    .bind(k(|r| r.smtp_reply.clone()))
-    .bind(kept.iter().map(|r| r.http_status).collect::<Vec<_>>())
-    .bind(k(|r| r.response_excerpt.clone()))
-    .bind(k(|r| r.error.clone()))
-    .execute(&mut *tx)
-    .await?;
-    let retries: Vec<BusMessage> = kept
-        .iter()
-        .filter_map(|r| {
-            let (_, at) = r.next();
-            Some(BusMessage::delivery(topic, r.key.clone(), r.delivery_id, r.attempt + 1).at(at?))
-        })
-        .collect();
-    bus::enqueue(&mut tx, &retries).await?;
-    tx.commit().await
-}
-
-/// Text a peer sent (a response excerpt, an SMTP reply, an error quoting either) made
-/// storable: PostgreSQL text cannot hold U+0000, so it becomes U+FFFD.
-pub fn sanitize(text: String) -> String {
-    if text.contains('\0') {
-        text.replace('\0', "\u{FFFD}")
-    } else {
-        text
-    }
-}
 
 /// Records a batch of outcomes so that one bad row never fails the batch: the batch in
 /// one transaction, and if that fails, each outcome on its own. Returns the indexes (into
@@ -374,58 +101,10 @@ pub async fn record_each(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -
     }
     if !failed.is_empty() {
         crate::metrics::unrecorded(topic.as_str(), failed.len() as u64);
-        let ids: Vec<Uuid> = failed.iter().map(|i| records[*i].delivery_id).collect();
-        let attempts: Vec<i32> = failed.iter().map(|i| records[*i].attempt).collect();
-        sqlx::query(
-            "UPDATE deliveries d SET lease_until = now()
-             FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempt)
-             WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt - 1",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .execute(db)
-        .await?;
+        let unrecorded: Vec<&AttemptRecord> = failed.iter().map(|i| &records[*i]).collect();
+        release_unrecorded(db, &unrecorded).await?;
     }
     Ok(failed)
-}
-
-/// A started attempt handed back without being made (its endpoint is timing out in this
-/// batch, or its rate limit has no slot soon): it is made later, at `until`.
-#[derive(Debug, Clone)]
-pub struct Deferred {
-    pub delivery_id: Uuid,
-    pub attempt: i32,
-    pub until: DateTime<Utc>,
-    pub key: String,
-}
-
-/// Releases deferred attempts and re-enqueues them for `until`, in one transaction.
-/// No attempt row is written: nothing was tried.
-pub async fn defer(db: &PgPool, topic: Topic, items: &[Deferred]) -> sqlx::Result<()> {
-    if items.is_empty() {
-        return Ok(());
-    }
-    let mut tx = db.begin().await?;
-    let released: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE deliveries d
-         SET status = CASE WHEN d.attempts = 0 THEN 'pending' ELSE 'retrying' END, lease_until = NULL,
-             next_attempt_at = u.until, updated_at = now(), unrecorded_starts = greatest(d.unrecorded_starts - 1, 0)
-         FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[]) AS u(id, attempt, until)
-         WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempt - 1
-         RETURNING d.id",
-    )
-    .bind(items.iter().map(|i| i.delivery_id).collect::<Vec<_>>())
-    .bind(items.iter().map(|i| i.attempt).collect::<Vec<_>>())
-    .bind(items.iter().map(|i| i.until).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
-    .await?;
-    let msgs: Vec<BusMessage> = items
-        .iter()
-        .filter(|i| released.contains(&i.delivery_id))
-        .map(|i| BusMessage::delivery(topic, i.key.clone(), i.delivery_id, i.attempt).at(i.until))
-        .collect();
-    bus::enqueue(&mut tx, &msgs).await?;
-    tx.commit().await
 }
 
 /// Decodes the jobs of a batch; undecodable messages are returned separately.

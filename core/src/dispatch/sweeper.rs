@@ -16,31 +16,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+/// One sweep (the statement is `delivery_status::sweep`'s).
 pub async fn sweep_once(db: &PgPool, grace: Duration) -> sqlx::Result<u64> {
-    let r = sqlx::query(
-        "WITH stuck AS (
-            SELECT d.id FROM deliveries d
-            WHERE (d.status = 'in_flight' AND d.lease_until < now() - make_interval(secs => $1))
-               OR (d.status IN ('pending', 'retrying')
-                   AND coalesce(d.next_attempt_at, d.created_at) < now() - make_interval(secs => $1)
-                   AND (d.published_at IS NULL OR d.published_at < coalesce(d.next_attempt_at, d.created_at))
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.payload->>'delivery_id' = d.id::text))
-            ORDER BY d.id LIMIT 1000
-            FOR UPDATE SKIP LOCKED
-         ), moved AS (
-            UPDATE deliveries d
-            SET status = CASE WHEN d.status = 'in_flight' THEN 'retrying' ELSE d.status END,
-                lease_until = NULL, next_attempt_at = now(), updated_at = now()
-            FROM stuck WHERE d.id = stuck.id
-            RETURNING d.id, d.channel, d.target, d.attempts
-         )
-         INSERT INTO outbox (topic, key, payload)
-         SELECT channel, herald_ordering_key(channel, target), jsonb_build_object('delivery_id', id, 'attempt', attempts + 1) FROM moved",
-    )
-    .bind(grace.as_secs_f64())
-    .execute(db)
-    .await?;
-    Ok(r.rows_affected())
+    crate::delivery_status::sweep(db, grace).await
 }
 
 pub async fn run(db: PgPool, grace: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {

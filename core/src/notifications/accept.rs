@@ -616,6 +616,8 @@ struct WebhookRow {
     key: String,
     /// Inserted on the fast lane (claimed by its token).
     laned: bool,
+    /// Not a webhook: an email delivery recorded as suppressed (nothing else is set).
+    suppressed: bool,
 }
 
 /// [`insert`] for several notifications in one statement (the group commit's), also
@@ -678,23 +680,29 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
                         $7::jsonb[], $8::bool[], $9::text[], $10::uuid[], $11::jsonb[], $12::bool[])
                 WITH ORDINALITY AS u(id, event_type, payload, api_key_id, owner, email_content, webhook_content,
                                      operational, operational_owner, only_endpoint, owners, laned, ord)
-            LEFT JOIN LATERAL (SELECT et.visibility FROM event_types et WHERE et.name = u.event_type) v ON true
+            LEFT JOIN LATERAL (SELECT et.visibility, et.category, et.transactional
+                               FROM event_types et WHERE et.name = u.event_type) v ON true
          ), r AS (
-            SELECT * FROM unnest($13::uuid[], $14::uuid[], $15::text[]) WITH ORDINALITY AS r(nid, id, target, ord)
+            -- An email to a suppressed address is recorded as suppressed, and not sent.
+            SELECT r.*, herald_suppression(herald_ordering_key('email', r.target), i.category, i.transactional) AS suppressed
+            FROM unnest($13::uuid[], $14::uuid[], $15::text[]) WITH ORDINALITY AS r(nid, id, target, ord)
+            JOIN i ON i.id = r.nid
          ), n AS (
             INSERT INTO notifications (id, event_type, payload, recipients, api_key_id, owner)
             SELECT i.id, i.event_type, i.payload, coalesce(ra.targets, '{}'), i.api_key_id, i.owner
             FROM i LEFT JOIN (SELECT nid, array_agg(target ORDER BY ord) AS targets FROM r GROUP BY nid) ra ON ra.nid = i.id
          ), d AS (
-            INSERT INTO deliveries (id, notification_id, channel, target, content, email_template, tracked)
+            INSERT INTO deliveries (id, notification_id, channel, target, content, email_template, tracked,
+                                    status, last_error)
             SELECT r.id, r.nid, 'email', r.target, i.email_content, i.email_content->>'template',
                    coalesce((i.email_content->>'track_opens')::boolean, false)
-                   OR coalesce((i.email_content->>'track_clicks')::boolean, false)
+                   OR coalesce((i.email_content->>'track_clicks')::boolean, false),
+                   CASE WHEN r.suppressed IS NULL THEN 'pending' ELSE 'suppressed' END, r.suppressed
             FROM r JOIN i ON i.id = r.nid
          ), o AS (
             INSERT INTO outbox (topic, key, payload)
             SELECT 'email', herald_ordering_key('email', r.target), jsonb_build_object('delivery_id', r.id, 'attempt', 1)
-            FROM r ORDER BY r.ord
+            FROM r WHERE r.suppressed IS NULL ORDER BY r.ord
          ), e AS (
             -- A notification's webhooks go on the fast lane (bus::lane: messages claimed
             -- by its token, their first attempts started, for the dispatcher of this
@@ -731,8 +739,11 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
             ORDER BY i.ord, w.target
             RETURNING id, key, (payload->>'delivery_id')::uuid AS delivery_id, claim_token IS NOT NULL AS laned
          )
-         SELECT w.notification_id, w.id, w.target, w.endpoint_id, wo.id AS outbox_id, wo.key, wo.laned
-         FROM w JOIN wo ON wo.delivery_id = w.id ORDER BY wo.id",
+         (SELECT w.notification_id, w.id, w.target, w.endpoint_id, wo.id AS outbox_id, wo.key, wo.laned,
+                 false AS suppressed
+          FROM w JOIN wo ON wo.delivery_id = w.id ORDER BY wo.id)
+         UNION ALL
+         SELECT r.nid, r.id, r.target, NULL, 0, '', false, true FROM r WHERE r.suppressed IS NOT NULL",
     )
     .bind(&ids)
     .bind(&event_types)
@@ -756,7 +767,10 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
     .fetch_all(conn)
     .await?;
 
-    // Each notification's webhook rows are together, in the order of `ps`.
+    // Each notification's webhook rows are together, in the order of `ps`; the
+    // suppressed emails come last.
+    let (suppressed, rows): (Vec<WebhookRow>, Vec<WebhookRow>) = rows.into_iter().partition(|r| r.suppressed);
+    let suppressed: std::collections::HashSet<Uuid> = suppressed.into_iter().map(|r| r.id).collect();
     let mut rows = rows.into_iter().peekable();
     let mut r_ids = r_ids.into_iter();
     let mut out = Vec::with_capacity(n);
@@ -764,11 +778,11 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
         let mut summaries: Vec<DeliverySummary> = p
             .recipients
             .iter()
-            .map(|(_, target)| DeliverySummary {
-                id: r_ids.next().expect("one id per recipient"),
-                channel: Channel::Email,
-                target: target.clone(),
-                status: DeliveryStatus::Pending,
+            .map(|(_, target)| {
+                let id = r_ids.next().expect("one id per recipient");
+                let status =
+                    if suppressed.contains(&id) { DeliveryStatus::Suppressed } else { DeliveryStatus::Pending };
+                DeliverySummary { id, channel: Channel::Email, target: target.clone(), status }
             })
             .collect();
         let mut lane_rows = Vec::new();

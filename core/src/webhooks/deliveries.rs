@@ -4,15 +4,14 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::endpoints::get;
 use crate::access::{Principal, Scope};
 use crate::audit::{self, Target};
-use crate::bus::{self, BusMessage, Topic};
 use crate::error::{Error, Result};
-use crate::model::{Channel, DeliveryStatus};
+use crate::model::DeliveryStatus;
 use crate::notifications::read::{AttemptView, ATTEMPT_COLUMNS};
 
 /// One webhook delivery, as an endpoint's owner sees it.
@@ -92,57 +91,8 @@ pub async fn delivery(
     Ok((d, attempts))
 }
 
-/// Starts a new round of attempts for finished deliveries (never touching their past
-/// attempts): status `retrying`, a fresh retry schedule from the next attempt, and a bus
-/// message for attempt `attempts + 1`. Deliveries still in progress are left alone.
-/// Returns the ids resent.
-pub async fn resend_where(conn: &mut PgConnection, which: ResendFilter<'_>) -> Result<Vec<Uuid>> {
-    let filter = match which {
-        ResendFilter::Delivery { .. } => RESEND_DELIVERY,
-        ResendFilter::Notification(_) => RESEND_NOTIFICATION,
-        ResendFilter::Endpoint { .. } => RESEND_FAILED,
-    };
-    // Bounded: at most RESEND_PAGE deliveries per statement (the caller asks again).
-    let sql = format!(
-        "UPDATE deliveries d SET status = 'retrying', round_start = d.attempts, next_attempt_at = now(),
-                lease_until = NULL, updated_at = now(), unrecorded_starts = 0
-         WHERE d.id IN (SELECT d.id FROM deliveries d
-                        WHERE d.status IN ('succeeded', 'failed', 'cancelled') AND {filter}
-                        ORDER BY d.created_at, d.id LIMIT {RESEND_PAGE} FOR UPDATE SKIP LOCKED)
-         RETURNING d.id, d.channel, herald_ordering_key(d.channel, d.target), d.attempts"
-    );
-    let q = sqlx::query_as::<_, (Uuid, Channel, String, i32)>(&sql);
-    let q = match which {
-        ResendFilter::Delivery { delivery, endpoint } => q.bind(delivery).bind(endpoint),
-        ResendFilter::Notification(n) => q.bind(n),
-        ResendFilter::Endpoint { endpoint, since } => q.bind(endpoint).bind(since),
-    };
-    let rows = q.fetch_all(&mut *conn).await?;
-    let msgs: Vec<BusMessage> = rows
-        .iter()
-        .map(|(id, channel, key, attempts)| BusMessage::delivery(Topic::from(*channel), key.clone(), *id, attempts + 1))
-        .collect();
-    bus::enqueue(conn, &msgs).await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
-}
-
-// The filters of `resend_where` (the SQL check test expands `{filter}` with each).
-const RESEND_DELIVERY: &str = "d.id = $1 AND d.endpoint_id = $2";
-const RESEND_NOTIFICATION: &str = "d.notification_id = $1 AND d.channel = 'webhook'";
-const RESEND_FAILED: &str = "d.endpoint_id = $1 AND d.status = 'failed' AND d.created_at >= $2";
-
-/// The most deliveries one resend, recover or replay call starts again.
-pub const RESEND_PAGE: usize = 1000;
-
-/// Which finished deliveries to resend.
-pub enum ResendFilter<'a> {
-    /// One webhook delivery of an endpoint.
-    Delivery { delivery: Uuid, endpoint: Uuid },
-    /// Every webhook delivery of a notification.
-    Notification(Uuid),
-    /// An endpoint's failed deliveries created since a time.
-    Endpoint { endpoint: Uuid, since: &'a DateTime<Utc> },
-}
+// Resends go through `delivery_status::reopen` (every status change is made there).
+pub use crate::delivery_status::{reopen as resend_where, ResendFilter, RESEND_PAGE};
 
 /// Resends one webhook delivery of an endpoint. 409 if it is still in progress.
 pub async fn resend(db: &PgPool, who: &Principal, endpoint: Uuid, delivery: Uuid) -> Result<()> {

@@ -186,3 +186,54 @@ fn the_scanner_reads_literals_and_constants() {
     assert!(expand("SELECT {nope}", &consts).is_err());
     assert_eq!(expand("SELECT '{}'::text[]", &consts).unwrap(), vec!["SELECT '{}'::text[]".to_owned()]);
 }
+
+/// What a statement writes to `deliveries.status`: `Some("update")` or `Some("insert")`.
+fn writes_delivery_status(sql: &str) -> Option<&'static str> {
+    let s = sql.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    let mut rest = s.as_str();
+    while let Some(i) = rest.find("update deliveries") {
+        let after = &rest[i + "update deliveries".len()..];
+        let set = after.find(" set ").map(|j| &after[j + 5..]).unwrap_or("");
+        let end = [" from ", " where ", " returning "].iter().filter_map(|k| set.find(k)).min().unwrap_or(set.len());
+        let assigned = &set[..end];
+        if assigned.split(',').any(|a| a.trim().starts_with("status =") || a.trim().starts_with("status=")) {
+            return Some("update");
+        }
+        rest = after;
+    }
+    let mut rest = s.as_str();
+    while let Some(i) = rest.find("insert into deliveries") {
+        let after = &rest[i + "insert into deliveries".len()..];
+        let cols = after.find('(').zip(after.find(')')).map(|(a, b)| &after[a + 1..b]).unwrap_or("");
+        if cols.split(',').any(|c| c.trim() == "status") {
+            return Some("insert");
+        }
+        rest = after;
+    }
+    None
+}
+
+/// A delivery's status changes in one place: only `delivery_status.rs` updates it, and
+/// only the accepting statement sets the first one (see that module's table).
+#[test]
+fn a_delivery_status_is_written_in_one_place() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let (mut found, mut strays) = (0, Vec::new());
+    for f in &files {
+        let name = f.strip_prefix(&root).unwrap().display().to_string();
+        for (_, lit) in literals(&std::fs::read_to_string(f).unwrap()) {
+            match (writes_delivery_status(&lit), name.as_str()) {
+                (None, _) => {}
+                (Some(_), "delivery_status.rs") | (Some("insert"), "notifications/accept.rs") => found += 1,
+                (Some(how), _) => strays.push(format!("{name} ({how}): {lit}")),
+            }
+        }
+    }
+    assert!(found >= 9, "the scan found only {found} status writes in their place");
+    assert!(strays.is_empty(), "a delivery's status is written outside delivery_status.rs:\n{}", strays.join("\n\n"));
+    assert_eq!(writes_delivery_status("UPDATE deliveries d SET lease_until = now(), status = 'x' WHERE"), Some("update"));
+    assert_eq!(writes_delivery_status("UPDATE deliveries SET lease_until = now() WHERE status = 'x'"), None);
+    assert_eq!(writes_delivery_status("INSERT INTO deliveries (id, status) VALUES"), Some("insert"));
+}
