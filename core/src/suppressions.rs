@@ -77,7 +77,7 @@ fn address_hash(address: &str) -> String {
     hex::encode(Sha256::digest(address.as_bytes()))
 }
 
-const COLUMNS: &str = "id, address, category, reason, detail, source, delivery_id, created_at";
+const SUPPRESSION_COLUMNS: &str = "id, address, category, reason, detail, source, delivery_id, created_at";
 
 pub async fn list(db: &PgPool, who: &Principal, q: &ListQuery) -> Result<(Vec<Suppression>, Option<i64>)> {
     who.require_admin()?;
@@ -96,7 +96,7 @@ pub async fn list(db: &PgPool, who: &Principal, q: &ListQuery) -> Result<(Vec<Su
         format!("%{escaped}%")
     });
     let rows: Vec<Suppression> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM suppressions
+        "SELECT {SUPPRESSION_COLUMNS} FROM suppressions
          WHERE ($1::text IS NULL OR address LIKE $1) AND ($2::text IS NULL OR reason = $2)
            AND ($3::int8 IS NULL OR id < $3)
          ORDER BY id DESC LIMIT $4"
@@ -135,7 +135,7 @@ pub async fn add(db: &PgPool, who: &Principal, new: NewSuppression, source: &str
         "INSERT INTO suppressions (address, category, reason, detail, source) VALUES ($1, $2, 'manual', $3, $4)
          ON CONFLICT (address, category) DO UPDATE
             SET reason = 'manual', detail = EXCLUDED.detail, source = EXCLUDED.source, delivery_id = NULL, created_at = now()
-         RETURNING {COLUMNS}"
+         RETURNING {SUPPRESSION_COLUMNS}"
     ))
     .bind(&address)
     .bind(&category)

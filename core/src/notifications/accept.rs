@@ -672,7 +672,7 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
         "WITH i AS (
             -- Visibility and grantees, read once per notification; who may receive
             -- is herald_visible's to say, per endpoint.
-            SELECT u.*, v.visibility,
+            SELECT u.*, v.visibility, v.category, v.transactional,
                    CASE WHEN v.visibility = 'granted'
                         THEN ARRAY(SELECT g.grantee FROM event_type_grants g WHERE g.event_type = u.event_type)
                    END AS grantees

@@ -6,6 +6,7 @@ mod harness;
 
 mod access;
 mod audit;
+mod bounces;
 mod bus_contract;
 mod catalog;
 mod cli;
