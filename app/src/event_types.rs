@@ -26,6 +26,8 @@ pub struct EventTypeRow {
     /// Comma-separated.
     pub grants: String,
     pub operational: bool,
+    pub category: String,
+    pub transactional: bool,
 }
 
 /// Event types as the console shows them (schema and sample pretty-printed).
@@ -46,6 +48,8 @@ fn rows(types: Vec<herald_core::catalog::EventType>) -> Vec<EventTypeRow> {
             visibility: e.visibility,
             grants: e.grants.join(", "),
             operational: e.operational,
+            category: e.category,
+            transactional: e.transactional,
         })
         .collect()
 }
@@ -108,6 +112,8 @@ pub async fn save_event_type(
     recipient_path: String,
     visibility: String,
     grants: String,
+    #[server(default)] category: String,
+    #[server(default)] transactional: String,
 ) -> Result<String, ServerFnError> {
     use herald_core::catalog::{self, EventTypePatch, NewEventType};
     use herald_core::error::Error;
@@ -140,6 +146,8 @@ pub async fn save_event_type(
             recipient_path: text(&recipient_path),
             visibility: text(&visibility),
             grants,
+            category: text(&category),
+            transactional: !transactional.is_empty(),
         };
         catalog::create_event_type(&db, &who, new).await.map_err(shown)?
     } else {
@@ -151,6 +159,8 @@ pub async fn save_event_type(
             recipient_path: Some(text(&recipient_path)),
             visibility: text(&visibility),
             grants: Some(grants),
+            category: text(&category),
+            transactional: Some(!transactional.is_empty()),
         };
         catalog::update_event_type(&db, &who, &original, patch).await.map_err(shown)?
     };
@@ -159,8 +169,8 @@ pub async fn save_event_type(
 
 /// The field an error message is about (it starts with or names it).
 fn field_of(message: &str) -> &'static str {
-    const FIELDS: [&str; 6] =
-        ["payload_schema", "sample_payload", "email_template", "recipient_path", "description", "name"];
+    const FIELDS: [&str; 7] =
+        ["payload_schema", "sample_payload", "email_template", "recipient_path", "description", "category", "name"];
     FIELDS.into_iter().find(|f| message.contains(f)).unwrap_or("form")
 }
 
@@ -326,6 +336,15 @@ fn EventTypeForm(e: EventTypeRow, save: ServerAction<SaveEventType>) -> impl Int
                     "Granted owners (teams or user:<subject>, comma-separated)"
                     <input type="text" name="grants" value=e.grants.clone() aria-invalid=invalid("grants") data-testid="et-grants"/>
                     {problem("grants")}
+                </label>
+                <label>
+                    "Unsubscribe category (such as product-news; empty: general)"
+                    <input type="text" name="category" value=e.category.clone() aria-invalid=invalid("category") data-testid="et-category"/>
+                    {problem("category")}
+                </label>
+                <label class="check">
+                    <input type="checkbox" name="transactional" value="on" checked=e.transactional data-testid="et-transactional"/>
+                    " Transactional (password resets, security notices): never unsubscribable, no List-Unsubscribe"
                 </label>
                 <button type="submit" data-testid="et-save">{if editing { "Save" } else { "Create" }}</button>
             </div>

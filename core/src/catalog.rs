@@ -35,13 +35,18 @@ pub struct EventType {
     /// The owners (teams or `user:<subject>`) granted it, when `granted`.
     pub grants: Vec<String>,
     pub operational: bool,
+    /// The category a recipient can unsubscribe from (`general` unless set).
+    pub category: String,
+    /// Transactional mail (password resets, security notices) is never unsubscribable
+    /// and carries no `List-Unsubscribe`.
+    pub transactional: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const EVENT_COLUMNS: &str = "name, description, payload_schema, sample_payload, email_template, recipient_path, \
      visibility, ARRAY(SELECT g.grantee FROM event_type_grants g WHERE g.event_type = event_types.name \
-     ORDER BY g.grantee) AS grants, operational, created_at, updated_at";
+     ORDER BY g.grantee) AS grants, operational, category, transactional, created_at, updated_at";
 
 /// `POST /api/v1/event-types`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -64,6 +69,13 @@ pub struct NewEventType {
     /// With `granted`: the owners who may receive it.
     #[serde(default)]
     pub grants: Vec<String>,
+    /// The unsubscribe category (lower-case letters, digits, `_`, `.`, `-`; default
+    /// `general`).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Never unsubscribable (default `false`).
+    #[serde(default)]
+    pub transactional: bool,
 }
 
 /// `PATCH /api/v1/event-types/{name}`: absent fields stay; `null` clears.
@@ -82,6 +94,8 @@ pub struct EventTypePatch {
     pub visibility: Option<String>,
     /// Replaces the list.
     pub grants: Option<Vec<String>>,
+    pub category: Option<String>,
+    pub transactional: Option<bool>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -100,6 +114,17 @@ async fn check(db: &PgPool, e: &NewEventType) -> Result<()> {
     let visibility = e.visibility.as_deref().unwrap_or("public");
     if !["internal", "public", "granted"].contains(&visibility) {
         return Err(Error::Invalid(format!("visibility '{visibility}' is not one of internal, public, granted")));
+    }
+    if let Some(c) = &e.category {
+        let ok = !c.is_empty()
+            && c.len() <= 64
+            && c.starts_with(|x: char| x.is_ascii_lowercase() || x.is_ascii_digit())
+            && c.chars().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || "_.-".contains(x));
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "category '{c}' must be 1 to 64 lower-case letters, digits, '_', '.' or '-', such as product-news"
+            )));
+        }
     }
     if !e.grants.is_empty() && visibility != "granted" {
         return Err(Error::Invalid("grants need visibility 'granted'".into()));
@@ -230,8 +255,8 @@ pub async fn create_event_type(db: &PgPool, who: &Principal, e: NewEventType) ->
     let mut tx = db.begin().await?;
     let created: Option<EventType> = sqlx::query_as(&format!(
         "INSERT INTO event_types (name, description, payload_schema, sample_payload, email_template, recipient_path,
-                                  visibility)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING {EVENT_COLUMNS}"
+                                  visibility, category, transactional)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name) DO NOTHING RETURNING {EVENT_COLUMNS}"
     ))
     .bind(&e.name)
     .bind(&e.description)
@@ -240,6 +265,8 @@ pub async fn create_event_type(db: &PgPool, who: &Principal, e: NewEventType) ->
     .bind(&e.email_template)
     .bind(&e.recipient_path)
     .bind(e.visibility.as_deref().unwrap_or("public"))
+    .bind(e.category.as_deref().unwrap_or("general"))
+    .bind(e.transactional)
     .fetch_optional(&mut *tx)
     .await?;
     let mut created = created.ok_or_else(|| Error::Conflict(format!("event type '{}' already exists", e.name)))?;
@@ -265,7 +292,9 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
         && p.payload_schema.is_none()
         && p.sample_payload.is_none()
         && p.email_template.is_none()
-        && p.recipient_path.is_none();
+        && p.recipient_path.is_none()
+        && p.category.is_none()
+        && p.transactional.is_none();
     if cur.operational && !routing_only {
         return Err(Error::Conflict(format!(
             "event type '{name}' is Herald's own: only its visibility and grants can be changed"
@@ -280,11 +309,13 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
         recipient_path: p.recipient_path.unwrap_or(cur.recipient_path.clone()),
         visibility: Some(p.visibility.unwrap_or(cur.visibility.clone())),
         grants: p.grants.unwrap_or(cur.grants.clone()),
+        category: Some(p.category.unwrap_or(cur.category.clone())),
+        transactional: p.transactional.unwrap_or(cur.transactional),
     };
     check(db, &merged).await?;
     let mut updated: EventType = sqlx::query_as(&format!(
         "UPDATE event_types SET description = $2, payload_schema = $3, sample_payload = $4, email_template = $5,
-                recipient_path = $6, visibility = $7, updated_at = clock_timestamp()
+                recipient_path = $6, visibility = $7, category = $8, transactional = $9, updated_at = clock_timestamp()
          WHERE name = $1 RETURNING {EVENT_COLUMNS}"
     ))
     .bind(name)
@@ -294,6 +325,8 @@ pub async fn update_event_type(db: &PgPool, who: &Principal, name: &str, p: Even
     .bind(&merged.email_template)
     .bind(&merged.recipient_path)
     .bind(merged.visibility.as_deref().unwrap_or("public"))
+    .bind(merged.category.as_deref().unwrap_or("general"))
+    .bind(merged.transactional)
     .fetch_one(&mut *tx)
     .await?;
     updated.grants = set_grants(&mut tx, name, &merged.grants).await?;

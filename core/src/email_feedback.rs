@@ -312,6 +312,11 @@ pub fn parse(raw: &[u8], bounce_address: &str) -> Parsed {
     Parsed::Other
 }
 
+/// A message's subject, if it has one.
+pub fn subject(raw: &[u8]) -> Option<String> {
+    mail_parser::MessageParser::default().parse_headers(raw)?.subject().map(str::to_owned)
+}
+
 /// Header-style fields (`Name: value`, continuation lines unfolded), names lower-cased.
 fn fields(raw: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(raw);

@@ -95,6 +95,31 @@ impl Inbound {
                     detail: Some(format!("feedback type {feedback_type}")),
                 }]
             }
+            // The `mailto:` of List-Unsubscribe: a message to a delivery's own address
+            // asking to unsubscribe.
+            Parsed::Other
+                if !named.is_empty()
+                    && email_feedback::subject(raw).is_some_and(|s| s.to_lowercase().contains("unsubscribe")) =>
+            {
+                let mut done = false;
+                for d in named {
+                    let found: Option<(String, Option<String>, bool)> = sqlx::query_as(
+                        "SELECT herald_ordering_key('email', d.target), et.category,
+                                coalesce(et.transactional, false) OR coalesce(et.operational, false)
+                         FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+                         LEFT JOIN event_types et ON et.name = n.event_type
+                         WHERE d.id = $1 AND d.channel = 'email'",
+                    )
+                    .bind(d)
+                    .fetch_optional(&self.db)
+                    .await?;
+                    if let Some((address, Some(category), false)) = found {
+                        crate::unsubscribe::unsubscribe(&self.db, &address, Some(&category), "mailto", Some(d)).await?;
+                        done = true;
+                    }
+                }
+                return Ok(if done { "recorded" } else { "unknown_delivery" });
+            }
             Parsed::Other => return Ok("not_a_report"),
         };
         if reports.is_empty() {

@@ -35,4 +35,5 @@ pub mod ssrf;
 pub mod supervise;
 pub mod templates;
 pub mod tracking;
+pub mod unsubscribe;
 pub mod webhooks;

@@ -30,15 +30,35 @@ pub struct RenderedEmail {
     pub track_opens: bool,
     #[serde(default)]
     pub track_clicks: bool,
+    /// The category a recipient may unsubscribe from (non-transactional mail): the
+    /// email then carries `List-Unsubscribe` and each recipient's own links in place of
+    /// the `unsubscribe::*_MARKER`s. `None` for transactional mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<String>,
 }
 
 /// Renders subject, HTML (auto-escaped) and text bodies against `context`.
 /// An undefined variable is an error naming the part that failed.
 pub fn render_email(t: &EmailTemplate, context: &serde_json::Value) -> Result<RenderedEmail, String> {
+    render_email_for(t, context, None)
+}
+
+/// [`render_email`] for mail of an event type: non-transactional mail (`unsubscribe`
+/// is its category) gets `unsubscribe_url` and `preferences_url` (each recipient's own
+/// when sent); transactional mail gets them empty.
+pub fn render_email_for(
+    t: &EmailTemplate,
+    context: &serde_json::Value,
+    unsubscribe: Option<&str>,
+) -> Result<RenderedEmail, String> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|name| if name == "html" { AutoEscape::Html } else { AutoEscape::None });
-    let ctx = minijinja::Value::from_serialize(context);
+    let (u, p) = match unsubscribe {
+        Some(_) => (crate::unsubscribe::UNSUBSCRIBE_MARKER, crate::unsubscribe::PREFERENCES_MARKER),
+        None => ("", ""),
+    };
+    let ctx = minijinja::context! { unsubscribe_url => u, preferences_url => p, ..minijinja::Value::from_serialize(context) };
     // "html of template 'welcome' v3, line 2: undefined value (user.nickname)": the part,
     // the line and what went wrong, for a person fixing the template.
     let describe = |part: &str, e: minijinja::Error| {
@@ -64,6 +84,7 @@ pub fn render_email(t: &EmailTemplate, context: &serde_json::Value) -> Result<Re
         text,
         track_opens: t.track_opens,
         track_clicks: t.track_clicks,
+        unsubscribe: unsubscribe.map(str::to_owned),
     })
 }
 

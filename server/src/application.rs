@@ -423,7 +423,7 @@ impl Application {
                 .layer(axum::middleware::from_fn_with_state(state.clone(), api::login::require_login))
                 .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))
                 .layer(session_layer);
-            app = app.merge(api::router(state.clone())).merge(api::tracking::router(state.clone())).merge(browser);
+            app = app.merge(api::router(state.clone())).merge(api::tracking::router(state.clone())).merge(api::unsubscribe::router(state.clone())).merge(browser);
             let (store, stop) = (sessions.clone(), stop_rx.clone());
             sup.spawn("session cleanup", stop_rx.clone(), move || {
                 let (store, mut stop) = (store.clone(), stop.clone());

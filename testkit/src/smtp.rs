@@ -18,7 +18,8 @@ pub struct Mail {
 
 impl Mail {
     pub fn header(&self, name: &str) -> Option<String> {
-        let head = self.data.split("\r\n\r\n").next().unwrap_or("");
+        // Folded lines (RFC 5322 2.2.3) unfolded first.
+        let head = self.data.split("\r\n\r\n").next().unwrap_or("").replace("\r\n ", " ").replace("\r\n\t", " ");
         let prefix = format!("{}:", name.to_ascii_lowercase());
         head.split("\r\n")
             .find(|l| l.to_ascii_lowercase().starts_with(&prefix))

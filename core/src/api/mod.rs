@@ -14,6 +14,7 @@ pub mod portal;
 pub mod suppressions;
 pub mod ratelimit;
 pub mod tracking;
+pub mod unsubscribe;
 
 use std::sync::Arc;
 
@@ -170,6 +171,7 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(endpoints::resend))
         .routes(routes!(suppressions::list, suppressions::create))
         .routes(routes!(suppressions::delete))
+        .routes(routes!(suppressions::get_preferences, suppressions::set_preferences))
 }
 
 /// The OpenAPI document, as served.

@@ -72,3 +72,40 @@ pub async fn delete(State(s): State<AppState>, Auth(who): Auth, Path(id): Path<S
     suppressions::remove(&s.db, &who, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[utoipa::path(
+    get,
+    operation_id = "preferences_get",
+    path = "/api/v1/recipients/{address}/preferences",
+    tag = "suppressions",
+    summary = "A recipient's email preferences: each category of non-transactional mail, subscribed or not",
+    params(("address" = String, Path, description = "The recipient's address")),
+    responses((status = 200, description = "The preferences", body = crate::unsubscribe::Preferences), (status = "4XX", description = "A problem (RFC 9457): bad address, no or bad credentials, a missing scope", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub async fn get_preferences(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(address): Path<String>,
+) -> Result<Json<crate::unsubscribe::Preferences>, ApiError> {
+    Ok(Json(crate::unsubscribe::read_for(&s.db, &who, &address).await?))
+}
+
+#[utoipa::path(
+    put,
+    operation_id = "preferences_set",
+    path = "/api/v1/recipients/{address}/preferences",
+    tag = "suppressions",
+    summary = "Set a recipient's email preferences (categories listed as subscribed get mail; the others not)",
+    params(("address" = String, Path, description = "The recipient's address")),
+    request_body = crate::unsubscribe::Preferences,
+    responses((status = 200, description = "The preferences now", body = crate::unsubscribe::Preferences), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub async fn set_preferences(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(address): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::unsubscribe::Preferences>, ApiError> {
+    let p: crate::unsubscribe::Preferences = json_body(body, s.config.max_body_bytes)?;
+    Ok(Json(crate::unsubscribe::write_for(&s.db, &who, &address, &p).await?))
+}

@@ -189,12 +189,43 @@ impl EmailDispatcher {
             // Untracked: the rendered parts as they are, not even copied.
             (content.text, content.html)
         };
-        Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
-            .to(to)
+            .to(to.clone())
             .subject(content.subject)
             .message_id(Some(format!("<{}@{}>", s.id, self.host)))
-            .header(header::MIME_VERSION_1_0)
+            .header(header::MIME_VERSION_1_0);
+        let (text, html) = match &content.unsubscribe {
+            // Non-transactional: this recipient's own unsubscribe link, in the body where
+            // the template asked for it and in the headers mail providers read (RFC 8058).
+            Some(category) => {
+                let token = crate::unsubscribe::Token {
+                    address: to.email.to_string().to_lowercase(),
+                    category: category.clone(),
+                    delivery: s.id,
+                };
+                let url = token.url(&t.base, &t.key);
+                let prefs = format!("{url}#preferences");
+                let mut list = format!("<{url}>");
+                if let Some(b) = &self.bounce_address {
+                    let verp = crate::email_feedback::verp::sender(b, &t.key, s.id);
+                    list.push_str(&format!(", <mailto:{verp}?subject=unsubscribe>"));
+                }
+                builder = builder
+                    .raw_header(header::HeaderValue::new(header::HeaderName::new_from_ascii_str("List-Unsubscribe"), list))
+                    .raw_header(header::HeaderValue::new(
+                        header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                        "List-Unsubscribe=One-Click".to_owned(),
+                    ));
+                let fill = |body: String| {
+                    body.replace(crate::unsubscribe::UNSUBSCRIBE_MARKER, &url)
+                        .replace(crate::unsubscribe::PREFERENCES_MARKER, &prefs)
+                };
+                (fill(text), fill(html))
+            }
+            None => (text, html),
+        };
+        builder
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| format!("cannot build the message: {e}"))
     }

@@ -17,7 +17,7 @@ use crate::access::{Principal, Scope};
 use crate::bus::lane::{Lane, LaneClaim, LaneRow, Prestarted};
 use crate::error::{Error, FieldError, Result};
 use crate::model::{lookup, Channel, DeliveryStatus, NotificationStatus};
-use crate::templates::{render_email, EmailTemplate};
+use crate::templates::{render_email_for, EmailTemplate};
 
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +64,8 @@ struct EventTypeRow {
     text_body: Option<String>,
     track_opens: Option<bool>,
     track_clicks: Option<bool>,
+    category: String,
+    transactional: bool,
 }
 
 type SchemaCache = RwLock<HashMap<String, (DateTime<Utc>, Arc<jsonschema::Validator>)>>;
@@ -264,7 +266,7 @@ impl Processor {
         let et: EventTypeRow = sqlx::query_as(
             "SELECT e.updated_at, e.payload_schema, e.recipient_path, e.operational,
                     v.template_key, v.version AS template_version, v.subject, v.html_body, v.text_body,
-                    v.track_opens, v.track_clicks
+                    v.track_opens, v.track_clicks, e.category, e.transactional
              FROM event_types e
              LEFT JOIN templates t ON t.key = e.email_template
              LEFT JOIN template_versions v ON v.template_key = t.key AND v.version = t.published_version
@@ -490,7 +492,9 @@ impl Processor {
                 }));
             }
             Some(template) => {
-                let content = render_email(&template, &sub.payload).map_err(Error::TemplateRender)?;
+                let unsubscribe = (!et.transactional && !et.operational).then_some(et.category.as_str());
+                let content =
+                    render_email_for(&template, &sub.payload, unsubscribe).map_err(Error::TemplateRender)?;
                 email_bytes = content.subject.len() + content.html.len() + content.text.len();
                 Some(serde_json::to_value(&content)?)
             }

@@ -23,5 +23,6 @@ mod oidc;
 mod openapi;
 mod sql;
 mod tracking;
+mod unsubscribe;
 mod visibility;
 mod webhooks;
