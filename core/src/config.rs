@@ -279,6 +279,55 @@ impl Roles {
     }
 }
 
+/// `HERALD_DKIM_DOMAIN`, `HERALD_DKIM_SELECTOR` and the key (`HERALD_DKIM_PRIVATE_KEY`
+/// or `HERALD_DKIM_PRIVATE_KEY_FILE`): all or none.
+fn dkim_settings(s: &Settings) -> Result<Option<crate::dkim::DkimSettings>, ConfigError> {
+    let domain = s.get("HERALD_DKIM_DOMAIN");
+    let selector = s.get("HERALD_DKIM_SELECTOR");
+    let inline = s.get("HERALD_DKIM_PRIVATE_KEY");
+    let file = s.get("HERALD_DKIM_PRIVATE_KEY_FILE");
+    if domain.is_none() && selector.is_none() && inline.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    let Some(domain) = domain else {
+        return Err(ConfigError::new("HERALD_DKIM_DOMAIN", "DKIM needs the signing domain, such as mail.example.com"));
+    };
+    let Some(selector) = selector else {
+        return Err(ConfigError::new("HERALD_DKIM_SELECTOR", "DKIM needs the selector the public key is published under"));
+    };
+    let (var, pem) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "HERALD_DKIM_PRIVATE_KEY_FILE",
+                "set HERALD_DKIM_PRIVATE_KEY or HERALD_DKIM_PRIVATE_KEY_FILE, not both",
+            ))
+        }
+        (Some(k), None) => ("HERALD_DKIM_PRIVATE_KEY", k.to_owned()),
+        (None, Some(path)) => (
+            "HERALD_DKIM_PRIVATE_KEY_FILE",
+            std::fs::read_to_string(path.trim())
+                .map_err(|e| ConfigError::new("HERALD_DKIM_PRIVATE_KEY_FILE", format!("cannot read {}: {e}", path.trim())))?,
+        ),
+        (None, None) => {
+            return Err(ConfigError::new(
+                "HERALD_DKIM_PRIVATE_KEY",
+                "DKIM needs the private key (PEM), here or in HERALD_DKIM_PRIVATE_KEY_FILE",
+            ))
+        }
+    };
+    crate::dkim::DkimSettings::new(domain, selector, &pem).map(Some).map_err(|m| {
+        // The domain and selector errors are about their own settings.
+        let about = if m.contains("domain name") {
+            "HERALD_DKIM_DOMAIN"
+        } else if m.contains("selector") {
+            "HERALD_DKIM_SELECTOR"
+        } else {
+            var
+        };
+        ConfigError::new(about, m)
+    })
+}
+
 /// A bounce address: a bare `local@domain` whose local part leaves room for a VERP
 /// token (64 characters in all).
 fn bounce_address(v: &str) -> Result<String, String> {
@@ -389,6 +438,8 @@ pub struct Config {
     pub inbound_smtp_addr: Option<SocketAddr>,
     /// `HERALD_SOFT_BOUNCE_LIMIT`: soft bounces in a row that suppress an address (0: never).
     pub soft_bounce_limit: u32,
+    /// `HERALD_DKIM_*`: DKIM signing of outgoing mail, checked when read.
+    pub dkim: Option<crate::dkim::DkimSettings>,
     /// `HERALD_SECRET_KEY`: seals webhook signing secrets at rest.
     pub secret_key: crate::secrets::SecretKey,
     /// `HERALD_PREVIOUS_SECRET_KEY`: the key before the last rotation; only opens
@@ -694,6 +745,7 @@ impl Config {
                 Some(v) => Some(bounce_address(v.trim()).map_err(|m| ConfigError::new("HERALD_BOUNCE_ADDRESS", m))?),
             },
             inbound_smtp_addr: inbound_addr,
+            dkim: dkim_settings(s)?,
             soft_bounce_limit: s.parsed("HERALD_SOFT_BOUNCE_LIMIT", 5, |v| {
                 v.parse::<u32>().map_err(|_| format!("'{v}' is not a whole number (0: never)"))
             })?,

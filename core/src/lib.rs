@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod delivery_status;
+pub mod dkim;
 pub mod dispatch;
 pub mod doctor;
 pub mod email_feedback;

@@ -42,6 +42,8 @@ pub struct EmailDispatcher {
     pub tracking: Tracking,
     /// `HERALD_BOUNCE_ADDRESS`: each email's envelope sender is made from it (VERP).
     pub bounce_address: Option<String>,
+    /// `HERALD_DKIM_*`: signs every email.
+    pub dkim: Option<Arc<crate::dkim::Signer>>,
 }
 
 /// What the dispatcher needs to add tracking to an email.
@@ -86,6 +88,7 @@ impl EmailDispatcher {
                 key: config.secret_key.clone(),
             },
             bounce_address: config.bounce_address.clone(),
+            dkim: config.dkim.as_ref().map(|d| Arc::new(crate::dkim::Signer::new(d))),
         }
     }
 
@@ -225,9 +228,14 @@ impl EmailDispatcher {
             }
             None => (text, html),
         };
-        builder
+        let listed = content.unsubscribe.is_some();
+        let mut message = builder
             .multipart(MultiPart::alternative_plain_html(text, html))
-            .map_err(|e| format!("cannot build the message: {e}"))
+            .map_err(|e| format!("cannot build the message: {e}"))?;
+        if let Some(signer) = &self.dkim {
+            signer.sign(&mut message, listed);
+        }
+        Ok(message)
     }
 
     async fn attempt(&self, key: &str, s: Started) -> AttemptRecord {

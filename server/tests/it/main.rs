@@ -9,6 +9,7 @@ mod audit;
 mod bounces;
 mod bus_contract;
 mod catalog;
+mod dkim;
 mod cli;
 mod errors;
 mod flow;
