@@ -67,3 +67,6 @@ CREATE TABLE email_feedback (
 );
 CREATE INDEX email_feedback_delivery_idx ON email_feedback (delivery_id);
 CREATE INDEX email_feedback_at_idx ON email_feedback (at);
+
+-- Which SMTP relay made an email attempt (HERALD_SMTP_URL may list several).
+ALTER TABLE attempts ADD COLUMN relay text;

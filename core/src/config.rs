@@ -226,6 +226,10 @@ fn is_secretish(k: &str) -> bool {
 
 /// A URL with the password of its user part masked.
 pub fn mask_url(v: &str) -> String {
+    // A list (several SMTP relays): each URL masked.
+    if v.contains(',') {
+        return v.split(',').map(mask_url).collect::<Vec<_>>().join(",");
+    }
     let Some(scheme_end) = v.find("://") else { return v.to_owned() };
     let rest = &v[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -389,6 +393,8 @@ pub struct Config {
     pub smtp_url: String,
     pub smtp_pool_size: u32,
     pub smtp_timeout: Duration,
+    /// `HERALD_SMTP_RELAY_COOLDOWN`: how long a relay that failed repeatedly stays out.
+    pub smtp_relay_cooldown: Duration,
     pub email_from: lettre::message::Mailbox,
     pub email_concurrency: usize,
     pub email_retry_schedule: RetrySchedule,
@@ -627,14 +633,7 @@ impl Config {
             }
         })?;
         let smtp_url = s.required("HERALD_SMTP_URL", "set it to the SMTP server, such as smtp://127.0.0.1:1025")?;
-        if !(smtp_url.starts_with("smtp://") || smtp_url.starts_with("smtps://")) {
-            return Err(ConfigError::new(
-                "HERALD_SMTP_URL",
-                "must be smtp://host:port (add ?tls=required for STARTTLS) or smtps://host:port",
-            ));
-        }
-        lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(&smtp_url)
-            .map_err(|e| ConfigError::new("HERALD_SMTP_URL", format!("is not a usable SMTP URL: {e}")))?;
+        crate::smtp::parse_relays(&smtp_url).map_err(|m| ConfigError::new("HERALD_SMTP_URL", m))?;
         let email_from =
             s.parsed("HERALD_EMAIL_FROM", "Herald <herald@localhost>".parse().expect("valid default sender"), |v| {
                 v.parse().map_err(|_| format!("'{v}' is not an address such as Herald <noreply@example.com>"))
@@ -676,6 +675,7 @@ impl Config {
             smtp_url,
             smtp_pool_size: s.parsed("HERALD_SMTP_POOL_SIZE", 32, positive)?,
             smtp_timeout: s.parsed("HERALD_SMTP_TIMEOUT", Duration::from_secs(30), duration)?,
+            smtp_relay_cooldown: s.parsed("HERALD_SMTP_RELAY_COOLDOWN", Duration::from_secs(60), duration)?,
             email_from,
             bus,
             kafka,

@@ -213,6 +213,8 @@ pub struct AttemptRecord {
     pub http_status: Option<i16>,
     pub response_excerpt: Option<String>,
     pub error: Option<String>,
+    /// The SMTP relay that made an email attempt (the last tried, after fail-overs).
+    pub relay: Option<String>,
     /// For transient failures: when to try again, or `None` when the schedule is spent.
     pub retry_at: Option<DateTime<Utc>>,
     /// Ordering key of the retry message.
@@ -233,6 +235,7 @@ impl AttemptRecord {
             http_status: None,
             response_excerpt: None,
             error: None,
+            relay: None,
             retry_at: None,
             key: key.to_owned(),
         }
@@ -289,9 +292,9 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     let k = |f: fn(&AttemptRecord) -> Option<String>| kept.iter().map(|r| f(r).map(sanitize)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, outcome, smtp_code, smtp_reply,
-                               http_status, response_excerpt, error)
+                               http_status, response_excerpt, error, relay)
          SELECT * FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[], $4::int4[], $5::text[], $6::int2[],
-                              $7::text[], $8::int2[], $9::text[], $10::text[])",
+                              $7::text[], $8::int2[], $9::text[], $10::text[], $11::text[])",
     )
     .bind(kept.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
     .bind(kept.iter().map(|r| r.attempt).collect::<Vec<_>>())
@@ -303,6 +306,7 @@ pub async fn record(db: &PgPool, topic: Topic, records: &[AttemptRecord]) -> sql
     .bind(kept.iter().map(|r| r.http_status).collect::<Vec<_>>())
     .bind(k(|r| r.response_excerpt.clone()))
     .bind(k(|r| r.error.clone()))
+    .bind(kept.iter().map(|r| r.relay.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     let retries: Vec<BusMessage> = kept

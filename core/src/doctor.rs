@@ -91,17 +91,22 @@ pub async fn run(config: &Config) -> Vec<Check> {
             latency: Duration::ZERO,
         }),
     }
-    checks.push(
-        timed("smtp", host_of(&config.smtp_url), async {
-            let smtp = crate::smtp::transport(config)?;
-            match smtp.test_connection().await {
-                Ok(true) => Ok("answers".to_owned()),
-                Ok(false) => anyhow::bail!("connected, but the server did not accept NOOP"),
-                Err(e) => Err(anyhow::anyhow!("{e}")),
-            }
-        })
-        .await,
-    );
+    // Every relay of HERALD_SMTP_URL, each on its own line.
+    for spec in crate::smtp::parse_relays(&config.smtp_url).unwrap_or_default() {
+        let mut one = config.clone();
+        one.smtp_url = spec.url.clone();
+        checks.push(
+            timed("smtp", spec.name.clone(), async {
+                let smtp = crate::smtp::transport(&one)?;
+                match smtp.test_each().await.pop().map(|(_, r)| r) {
+                    Some(Ok(())) => Ok("answers".to_owned()),
+                    Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                    None => anyhow::bail!("no relay"),
+                }
+            })
+            .await,
+        );
+    }
     if let Some(oidc) = &config.oidc {
         checks.push(
             timed("identity provider", oidc.issuer.clone(), async {

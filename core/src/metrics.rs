@@ -166,3 +166,15 @@ pub fn inbound_dropped(source: &str, why: &str) {
 pub fn suppressed(when: &str, n: u64) {
     metrics::counter!("herald_emails_suppressed_total", "when" => when.to_owned()).increment(n);
 }
+
+/// A send through an SMTP relay: `answered` (the relay gave the recipient's answer) or
+/// `failed_over` (connection failure, timeout or 4xx: the next relay was tried).
+pub fn relay_attempt(relay: &str, outcome: &str) {
+    metrics::counter!("herald_smtp_relay_attempts_total", "relay" => relay.to_owned(), "outcome" => outcome.to_owned())
+        .increment(1);
+}
+
+/// Whether an SMTP relay is in service (1) or taken out after failing (0).
+pub fn relay_up(relay: &str, up: bool) {
+    metrics::gauge!("herald_smtp_relay_up", "relay" => relay.to_owned()).set(if up { 1.0 } else { 0.0 });
+}

@@ -59,9 +59,16 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "HERALD_SMTP_URL",
         default: "(required)",
-        meaning: "`smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS), `smtps://host:port` (TLS); credentials as `smtp://user:pass@host`.",
+        meaning: "`smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS), `smtps://host:port` (TLS); credentials as `smtp://user:pass@host`. Several relays, comma-separated, each with `priority=N` (lower first) and `rate=N/s`, `N/m` or `N/h`: connection failures and 4xx fail over to the next. See [Several relays](#several-relays).",
         shown: Shown::Url,
         placeholder: Some("smtp://127.0.0.1:1025"),
+    },
+    SettingDoc {
+        name: "HERALD_SMTP_RELAY_COOLDOWN",
+        default: "`60s`",
+        meaning: "A relay failing 3 times in a row is taken out of service for this long, then tried again (shown in `/readyz` and `herald_smtp_relay_up`).",
+        shown: Shown::Plain,
+        placeholder: None,
     },
     SettingDoc {
         name: "HERALD_EMAIL_FROM",

@@ -54,13 +54,36 @@ async fn compute(s: &AppState) -> (StatusCode, Value) {
             BusProbe::Kafka(p) => crate::bus::kafka::check_brokers(p).await.map_err(|e| format!("{e:#}")),
         }
     });
-    let smtp = check("smtp", async {
-        match s.smtp.test_connection().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("the SMTP server did not answer NOOP".to_owned()),
-            Err(e) => Err(e.to_string()),
+    // Ready while any relay answers; each relay's answer and state are shown.
+    let smtp = async {
+        let answers = match tokio::time::timeout(Duration::from_secs(3), s.smtp.test_each()).await {
+            Ok(a) => a,
+            Err(_) => Vec::new(),
+        };
+        let states = s.smtp.states();
+        let relays: Vec<Value> = states
+            .iter()
+            .map(|st| {
+                let answer = answers.iter().find(|(n, _)| *n == st.relay).map(|(_, r)| r.clone());
+                if let Some(Err(e)) = &answer {
+                    tracing::warn!(check = "smtp", relay = %st.relay, error = %e, "readiness check failing");
+                }
+                json!({
+                    "relay": st.relay, "priority": st.priority, "state": st.state,
+                    "failures_in_a_row": st.failures_in_a_row, "back_in_secs": st.back_in_secs,
+                    "answers": matches!(answer, Some(Ok(()))),
+                })
+            })
+            .collect();
+        let any = relays.iter().any(|r| r["answers"] == true);
+        if any {
+            json!({"status": "ok", "relays": relays})
+        } else if answers.is_empty() {
+            json!({"status": "failing", "reason": "timed out after 3 s", "relays": relays})
+        } else {
+            json!({"status": "failing", "reason": "unavailable", "relays": relays})
         }
-    });
+    };
     let (database, bus, smtp) = tokio::join!(database, bus, smtp);
     let tasks: serde_json::Map<String, Value> =
         s.tasks.lock().expect("task states").iter().map(|(name, state)| (name.to_string(), json!(state))).collect();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use lettre::message::{header, Mailbox, MultiPart};
-use lettre::{AsyncTransport, Message};
+use lettre::Message;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -246,16 +246,20 @@ impl EmailDispatcher {
                 rec.outcome = Outcome::PermanentFailure;
                 rec.error = Some(e);
             }
-            Ok(message) => match self.send(&s, message).await {
+            Ok(message) => match {
+                let sent = self.send(&s, message).await;
+                rec.relay = sent.relay;
+                sent.result
+            } {
                 Ok(resp) => {
                     rec.smtp_code = resp.code().to_string().parse().ok();
                     rec.smtp_reply =
                         Some(cap(format!("{} {}", resp.code(), resp.message().collect::<Vec<_>>().join(" "))));
                 }
                 Err(e) => {
-                    rec.outcome = if e.is_permanent() { Outcome::PermanentFailure } else { Outcome::TransientFailure };
-                    rec.smtp_code = e.status().and_then(|c| c.to_string().parse().ok());
-                    let text = cap(e.to_string());
+                    rec.outcome = if e.permanent { Outcome::PermanentFailure } else { Outcome::TransientFailure };
+                    rec.smtp_code = e.code;
+                    let text = cap(e.text);
                     if rec.smtp_code.is_some() {
                         rec.smtp_reply = Some(text);
                     } else {
@@ -274,23 +278,19 @@ impl EmailDispatcher {
 }
 
 impl EmailDispatcher {
-    /// Sends through the pool; with a bounce address, from the delivery's own envelope
-    /// sender (VERP) instead of the From address.
-    async fn send(
-        &self,
-        s: &Started,
-        message: Message,
-    ) -> Result<lettre::transport::smtp::response::Response, lettre::transport::smtp::Error> {
-        let Some(bounce) = &self.bounce_address else { return self.smtp.send(message).await };
-        let sender = crate::email_feedback::verp::sender(bounce, &self.tracking.key, s.id);
-        let envelope = match sender.parse::<lettre::Address>() {
-            Ok(from) => lettre::address::Envelope::new(Some(from), message.envelope().to().to_vec()),
-            Err(_) => Ok(message.envelope().clone()),
-        };
-        match envelope {
-            Ok(env) => self.smtp.send_raw(&env, &message.formatted()).await,
-            Err(_) => self.smtp.send(message).await,
+    /// Sends through the relays; with a bounce address, from the delivery's own
+    /// envelope sender (VERP) instead of the From address.
+    async fn send(&self, s: &Started, message: Message) -> crate::smtp::Sent {
+        let mut envelope = message.envelope().clone();
+        if let Some(bounce) = &self.bounce_address {
+            let sender = crate::email_feedback::verp::sender(bounce, &self.tracking.key, s.id);
+            if let Ok(from) = sender.parse::<lettre::Address>() {
+                if let Ok(env) = lettre::address::Envelope::new(Some(from), envelope.to().to_vec()) {
+                    envelope = env;
+                }
+            }
         }
+        self.smtp.send(&envelope, &message.formatted()).await
     }
 }
 

@@ -21,6 +21,8 @@ pub struct AttemptView {
     pub http_status: Option<i16>,
     pub response_excerpt: Option<String>,
     pub error: Option<String>,
+    /// The SMTP relay that made an email attempt (`host:port`).
+    pub relay: Option<String>,
     #[serde(skip)]
     pub delivery_id: Uuid,
 }
@@ -67,7 +69,7 @@ pub struct NotificationView {
 
 /// The columns of an attempt as [`AttemptView`] reads them (table alias `a`).
 pub(crate) const ATTEMPT_COLUMNS: &str = "a.delivery_id, a.attempt_no AS attempt, a.started_at, a.duration_ms, \
-     a.outcome, a.smtp_code, a.smtp_reply, a.http_status, a.response_excerpt, a.error";
+     a.outcome, a.smtp_code, a.smtp_reply, a.http_status, a.response_excerpt, a.error, a.relay";
 
 /// A notification with its deliveries and attempts, if the caller may see it: its
 /// sender's owner (or an admin). Another owner's notification is "not found".

@@ -21,6 +21,7 @@ mod kafka_flow;
 mod keys;
 mod lane;
 mod oidc;
+mod relays;
 mod openapi;
 mod sql;
 mod tracking;
