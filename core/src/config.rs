@@ -446,6 +446,14 @@ pub struct Config {
     pub soft_bounce_limit: u32,
     /// `HERALD_DKIM_*`: DKIM signing of outgoing mail, checked when read.
     pub dkim: Option<crate::dkim::DkimSettings>,
+    /// `HERALD_SNS_TOPIC_ARNS`: the SNS topics SES bounces and complaints may come from
+    /// (empty: `/inbound/ses` is off).
+    pub sns_topic_arns: Vec<String>,
+    /// `HERALD_SNS_CERT_ORIGINS`: origins besides `https://sns.<region>.amazonaws.com`
+    /// that SNS signing certificates may be fetched from.
+    pub sns_cert_origins: Vec<String>,
+    /// `HERALD_MAILGUN_SIGNING_KEY`: turns on `/inbound/mailgun`.
+    pub mailgun_signing_key: Option<String>,
     /// `HERALD_SECRET_KEY`: seals webhook signing secrets at rest.
     pub secret_key: crate::secrets::SecretKey,
     /// `HERALD_PREVIOUS_SECRET_KEY`: the key before the last rotation; only opens
@@ -746,6 +754,26 @@ impl Config {
             },
             inbound_smtp_addr: inbound_addr,
             dkim: dkim_settings(s)?,
+            sns_topic_arns: s.parsed("HERALD_SNS_TOPIC_ARNS", Vec::new(), |v| {
+                let arns: Vec<String> = v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+                match arns.iter().find(|a| !a.starts_with("arn:")) {
+                    Some(a) => Err(format!("'{a}' is not a topic ARN such as arn:aws:sns:eu-west-1:123456789012:ses-feedback")),
+                    None => Ok(arns),
+                }
+            })?,
+            sns_cert_origins: s.parsed("HERALD_SNS_CERT_ORIGINS", Vec::new(), |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(|o| match url::Url::parse(o) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                            Ok(u.origin().ascii_serialization())
+                        }
+                        _ => Err(format!("'{o}' is not an origin such as https://sns.example.internal")),
+                    })
+                    .collect()
+            })?,
+            mailgun_signing_key: s.get("HERALD_MAILGUN_SIGNING_KEY").map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()),
             soft_bounce_limit: s.parsed("HERALD_SOFT_BOUNCE_LIMIT", 5, |v| {
                 v.parse::<u32>().map_err(|_| format!("'{v}' is not a whole number (0: never)"))
             })?,

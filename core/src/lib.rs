@@ -27,6 +27,7 @@ pub mod model;
 pub mod notifications;
 pub mod problem;
 pub mod reference;
+pub mod relay_webhooks;
 pub mod rekey;
 pub mod retention;
 pub mod retry;

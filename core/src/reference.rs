@@ -197,6 +197,27 @@ pub const SETTINGS: &[SettingDoc] = &[
         placeholder: None,
     },
     SettingDoc {
+        name: "HERALD_SNS_TOPIC_ARNS",
+        default: "",
+        meaning: "Amazon SES bounce and complaint notifications: the SNS topics (comma-separated ARNs) `POST /inbound/ses` takes messages from; each message's signature is verified. Empty: the route is off.",
+        shown: Shown::Plain,
+        placeholder: None,
+    },
+    SettingDoc {
+        name: "HERALD_SNS_CERT_ORIGINS",
+        default: "",
+        meaning: "Origins besides `https://sns.<region>.amazonaws.com` that SNS signing certificates and subscription confirmations may be fetched from (for a private SNS endpoint, or tests).",
+        shown: Shown::Plain,
+        placeholder: None,
+    },
+    SettingDoc {
+        name: "HERALD_MAILGUN_SIGNING_KEY",
+        default: "",
+        meaning: "Mailgun's webhook signing key: turns on `POST /inbound/mailgun` for its `failed` and `complained` events, each signature checked.",
+        shown: Shown::Secret,
+        placeholder: None,
+    },
+    SettingDoc {
         name: "HERALD_DKIM_DOMAIN",
         default: "",
         meaning: "Sign outgoing mail with DKIM for this domain (`d=`), such as `mail.example.com`; needs `HERALD_DKIM_SELECTOR` and a key. See [DKIM](#dkim).",

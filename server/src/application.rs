@@ -392,6 +392,14 @@ impl Application {
             tasks: sup.states(),
             ready_cache: Default::default(),
             tracker,
+            relay_hooks: Arc::new(herald_core::relay_webhooks::RelayWebhooks::new(
+                config.sns_topic_arns.clone(),
+                config.sns_cert_origins.clone(),
+                config.mailgun_signing_key.clone(),
+                config.bounce_address.clone(),
+                std::iter::once(config.secret_key.clone()).chain(config.previous_secret_key.clone()).collect(),
+                config.soft_bounce_limit,
+            )),
             oidc: oidc.clone(),
             tokens,
         };

@@ -62,6 +62,8 @@ pub struct AppState {
     pub tokens: Option<Arc<crate::identity::tokens::TokenVerifier>>,
     /// Email tracking: tokens and the queue of opens and clicks to record.
     pub tracker: crate::tracking::Tracker,
+    /// SES (SNS) and Mailgun bounce and complaint webhooks.
+    pub relay_hooks: Arc<crate::relay_webhooks::RelayWebhooks>,
     /// API keys as last read (emptied on every change, `apikeys::KeyCache`).
     pub keys: Arc<crate::apikeys::KeyCache>,
     /// `/readyz` answers from this for a second, so it is cheap to call in a loop.

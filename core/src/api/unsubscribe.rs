@@ -14,11 +14,14 @@ use crate::unsubscribe::{self, CategoryChoice, Preferences, Token};
 
 /// The most a form or one-click body may be.
 const MAX_FORM: usize = 16 * 1024;
+/// The most a relay's webhook may be (SES includes the email's headers).
+const MAX_REPORT: usize = 256 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/u/{token}", get(page).post(post))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
+        .route("/u/{token}", get(page).post(post).layer(axum::extract::DefaultBodyLimit::max(MAX_FORM)))
+        .route("/inbound/ses", axum::routing::post(ses).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT)))
+        .route("/inbound/mailgun", axum::routing::post(mailgun).layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT)))
         .with_state(state)
 }
 
@@ -152,4 +155,38 @@ async fn post(State(s): State<AppState>, Path(raw): Path<String>, body: Bytes) -
 fn retry(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "cannot change a recipient's preferences");
     html(StatusCode::SERVICE_UNAVAILABLE, shell("Try again", "<p>Something went wrong. Please try again in a moment.</p>"))
+}
+
+/// `POST /inbound/ses`: SES bounce and complaint notifications through SNS.
+async fn ses(State(s): State<AppState>, body: Bytes) -> Response {
+    let r = s.relay_hooks.sns(&s.db, &body).await;
+    relay_answer("ses", r)
+}
+
+/// `POST /inbound/mailgun`: Mailgun's `failed` and `complained` webhooks.
+async fn mailgun(State(s): State<AppState>, body: Bytes) -> Response {
+    let r = s.relay_hooks.mailgun(&s.db, &body).await;
+    relay_answer("mailgun", r)
+}
+
+fn relay_answer(source: &str, r: sqlx::Result<crate::relay_webhooks::Outcome>) -> Response {
+    use crate::relay_webhooks::Outcome;
+    let (status, what) = match r {
+        Ok(Outcome::Recorded) => (StatusCode::OK, "recorded"),
+        Ok(Outcome::Dropped(why)) => {
+            crate::metrics::inbound_dropped(source, why);
+            (StatusCode::OK, why)
+        }
+        Ok(Outcome::Refused("not_configured")) => (StatusCode::NOT_FOUND, "not found"),
+        Ok(Outcome::Refused(why)) => {
+            crate::metrics::inbound_dropped(source, why);
+            tracing::warn!(source, why, "relay webhook refused");
+            (StatusCode::FORBIDDEN, why)
+        }
+        Err(e) => {
+            tracing::warn!(source, error = %e, "cannot record a relay webhook; the relay will retry");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again later")
+        }
+    };
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{what}\n")).into_response()
 }

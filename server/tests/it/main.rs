@@ -21,6 +21,7 @@ mod kafka_flow;
 mod keys;
 mod lane;
 mod oidc;
+mod relay_hooks;
 mod relays;
 mod openapi;
 mod sql;
