@@ -511,13 +511,15 @@ pub async fn reopen(conn: &mut PgConnection, which: ResendFilter<'_>) -> sqlx::R
         ResendFilter::Delivery { .. } => RESEND_DELIVERY,
         ResendFilter::Notification(_) => RESEND_NOTIFICATION,
         ResendFilter::Endpoint { .. } => RESEND_FAILED,
+        ResendFilter::Email(_) => RESEND_EMAIL,
     };
     // Bounded: at most RESEND_PAGE deliveries per statement (the caller asks again).
     let sql = format!(
         "UPDATE deliveries d SET status = 'retrying', round_start = d.attempts, next_attempt_at = now(),
                 lease_until = NULL, updated_at = now(), unrecorded_starts = 0
          WHERE d.id IN (SELECT d.id FROM deliveries d
-                        WHERE d.status IN ('succeeded', 'failed', 'cancelled') AND {filter}
+                        WHERE d.status IN ('succeeded', 'failed', 'cancelled', 'bounced', 'complained', 'suppressed')
+                          AND {filter}
                         ORDER BY d.created_at, d.id LIMIT {RESEND_PAGE} FOR UPDATE SKIP LOCKED)
          RETURNING d.id, d.channel, herald_ordering_key(d.channel, d.target), d.attempts"
     );
@@ -526,6 +528,7 @@ pub async fn reopen(conn: &mut PgConnection, which: ResendFilter<'_>) -> sqlx::R
         ResendFilter::Delivery { delivery, endpoint } => q.bind(delivery).bind(endpoint),
         ResendFilter::Notification(n) => q.bind(n),
         ResendFilter::Endpoint { endpoint, since } => q.bind(endpoint).bind(since),
+        ResendFilter::Email(d) => q.bind(d),
     };
     let rows = q.fetch_all(&mut *conn).await?;
     let msgs: Vec<BusMessage> = rows
@@ -540,6 +543,13 @@ pub async fn reopen(conn: &mut PgConnection, which: ResendFilter<'_>) -> sqlx::R
 const RESEND_DELIVERY: &str = "d.id = $1 AND d.endpoint_id = $2";
 const RESEND_NOTIFICATION: &str = "d.notification_id = $1 AND d.channel = 'webhook'";
 const RESEND_FAILED: &str = "d.endpoint_id = $1 AND d.status = 'failed' AND d.created_at >= $2";
+// An email is resent only if its address is not suppressed now.
+const RESEND_EMAIL: &str = "d.id = $1 AND d.channel = 'email'
+     AND herald_suppression(herald_ordering_key('email', d.target),
+                            (SELECT et.category FROM notifications n JOIN event_types et ON et.name = n.event_type
+                             WHERE n.id = d.notification_id),
+                            (SELECT et.transactional FROM notifications n JOIN event_types et ON et.name = n.event_type
+                             WHERE n.id = d.notification_id)) IS NULL";
 
 /// The most deliveries one resend, recover or replay call starts again.
 pub const RESEND_PAGE: usize = 1000;
@@ -552,5 +562,7 @@ pub enum ResendFilter<'a> {
     Notification(Uuid),
     /// An endpoint's failed deliveries created since a time.
     Endpoint { endpoint: Uuid, since: &'a DateTime<Utc> },
+    /// One email delivery, unless its address is suppressed.
+    Email(Uuid),
 }
 

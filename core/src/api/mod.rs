@@ -143,6 +143,7 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(notifications::list, notifications::create))
         .routes(routes!(notifications::get))
         .routes(routes!(notifications::stats))
+        .routes(routes!(notifications::resend_email))
         .routes(routes!(endpoints::replay))
         .routes(routes!(audit::list))
         .routes(routes!(catalog::receivable))

@@ -121,3 +121,23 @@ pub async fn stats(
     let window = Window::parse(q.window.as_deref().unwrap_or(""))?;
     Ok(Json(stats::dashboard(&s.db, &who, window, s.config.tracking).await?))
 }
+
+/// `POST /api/v1/deliveries/{id}/resend`: an email delivery again.
+#[utoipa::path(
+    post,
+    operation_id = "deliveries_resend_email",
+    path = "/api/v1/deliveries/{id}/resend",
+    tag = "notifications",
+    summary = "Send a finished email delivery again (refused while its address is suppressed)",
+    params(("id" = uuid::Uuid, Path, description = "The email delivery's id")),
+    responses((status = 202, description = "Queued again"), (status = "4XX", description = "A problem (RFC 9457): no or bad credentials, a missing scope, not found, still in progress or suppressed (409)", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub async fn resend_email(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let id: Uuid = id.parse().map_err(|_| ApiError::NotFound)?;
+    read::resend_email(&s.db, &who, id).await?;
+    Ok(axum::http::StatusCode::ACCEPTED)
+}

@@ -338,3 +338,38 @@ mod tests {
         assert!(v7_floor(DateTime::<Utc>::MIN_UTC) < floor);
     }
 }
+
+/// Sends a finished email delivery again (a new round of attempts), unless its address
+/// is suppressed now. The caller must see the notification and may write notifications.
+pub async fn resend_email(db: &sqlx::PgPool, who: &crate::access::Principal, delivery: Uuid) -> crate::error::Result<()> {
+    use crate::error::Error;
+    who.require(crate::access::Scope::NotificationsWrite)?;
+    let row: Option<(String, crate::model::DeliveryStatus, Option<String>)> = sqlx::query_as(
+        "SELECT n.owner, d.status,
+                herald_suppression(herald_ordering_key('email', d.target), et.category, et.transactional)
+         FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+         LEFT JOIN event_types et ON et.name = n.event_type
+         WHERE d.id = $1 AND d.channel = 'email'",
+    )
+    .bind(delivery)
+    .fetch_optional(db)
+    .await?;
+    let Some((owner, status, suppressed)) = row else { return Err(Error::NotFound) };
+    who.visible(&owner, ())?;
+    if let Some(why) = suppressed {
+        return Err(Error::Conflict(format!("not resent: {why}")));
+    }
+    if status.is_open() {
+        return Err(Error::Conflict(format!("the delivery is still {status}; resend it once it has finished")));
+    }
+    let mut tx = db.begin().await?;
+    let done = crate::delivery_status::reopen(&mut tx, crate::delivery_status::ResendFilter::Email(delivery)).await?;
+    if done.is_empty() {
+        return Err(Error::Conflict("the delivery changed meanwhile; look again".into()));
+    }
+    let t = crate::audit::Target { kind: "delivery", id: delivery.to_string() };
+    crate::audit::record(&mut tx, &who.actor(), "delivery.resent", t, None, Some(serde_json::json!({ "channel": "email" })))
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

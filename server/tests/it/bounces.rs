@@ -248,6 +248,14 @@ async fn admins_manage_suppressions_and_a_later_suppression_stops_a_retry() {
     let (_, page) = h.call(reqwest::Method::GET, "/api/v1/suppressions?reason=bounce", &admin, None).await;
     assert_eq!(page["data"].as_array().unwrap().len(), 0);
 
+    // An email to a suppressed address is not resent.
+    let did = d["id"].as_str().unwrap().to_owned();
+    let (status, p) = h.call(reqwest::Method::POST, &format!("/api/v1/deliveries/{did}/resend"), &key, None).await;
+    assert_eq!(status, 409, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("suppressed"), "{p}");
+    let (status, _) = h.call(reqwest::Method::POST, &format!("/api/v1/deliveries/{did}/resend"), &owner, None).await;
+    assert_eq!(status, 404, "another owner's delivery is not found");
+
     // Removing it: audited (by the address's hash, not the address), and mail flows again.
     let sid = s["id"].as_i64().unwrap();
     let (status, _) = h.call(reqwest::Method::DELETE, &format!("/api/v1/suppressions/{sid}"), &owner, None).await;
@@ -264,6 +272,12 @@ async fn admins_manage_suppressions_and_a_later_suppression_stops_a_retry() {
     .unwrap();
     assert_eq!(audit.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), ["suppression.added", "suppression.removed"]);
     assert!(audit.iter().all(|a| !a.1.contains("bo@example.net") && a.1.contains("address_sha256")), "{audit:?}");
-    let id = h.send_welcome(&key, "Bo", "bo@example.net").await;
-    wait_status(&h, &key, &id, "succeeded").await;
+    let id2 = h.send_welcome(&key, "Bo", "bo@example.net").await;
+    wait_status(&h, &key, &id2, "succeeded").await;
+    // And the suppressed email can be resent now.
+    let (status, p) = h.call(reqwest::Method::POST, &format!("/api/v1/deliveries/{did}/resend"), &key, None).await;
+    assert_eq!(status, 202, "{p}");
+    let d = wait_status(&h, &key, &id, "succeeded").await;
+    assert_eq!(d["attempt_count"], 2, "{d}");
+    assert_eq!(sink.accepted_count(), 2);
 }

@@ -17,7 +17,7 @@ use crate::harness::*;
 
 /// Placeholders bound to a local variable, and the constants it can hold.
 const EXPANSIONS: &[(&str, &[&str])] = &[
-    ("filter", &["RESEND_DELIVERY", "RESEND_NOTIFICATION", "RESEND_FAILED"]),
+    ("filter", &["RESEND_DELIVERY", "RESEND_NOTIFICATION", "RESEND_FAILED", "RESEND_EMAIL"]),
     ("table", &["AGED_IDEMPOTENCY_KEYS", "AGED_DEAD_LETTERS"]),
 ];
 
