@@ -31,6 +31,27 @@ pub struct TrackingRow {
     pub machine: i64,
 }
 
+/// Bounce and complaint figures of one template or relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRow {
+    pub by: String,
+    pub name: String,
+    pub sent: i64,
+    pub bounced: i64,
+    pub complained: i64,
+    pub bounce_rate: Option<f64>,
+    pub complaint_rate: Option<f64>,
+}
+
+/// An SMTP relay as this process sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayRow {
+    pub relay: String,
+    pub priority: i64,
+    pub state: String,
+    pub failures: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     pub window: String,
@@ -53,6 +74,8 @@ pub struct Figures {
     /// `HERALD_TRACKING` and the tracking figures per template.
     pub tracking_mode: String,
     pub tracking: Vec<TrackingRow>,
+    pub feedback: Vec<FeedbackRow>,
+    pub relays: Vec<RelayRow>,
 }
 
 /// The figures (admins; `None` for anyone else).
@@ -117,7 +140,81 @@ pub async fn load_figures(window: String) -> Result<Option<Figures>, ServerFnErr
                 machine: t.machine,
             })
             .collect(),
+        feedback: d
+            .email_feedback
+            .into_iter()
+            .map(|r| FeedbackRow {
+                by: r.by,
+                name: r.name,
+                sent: r.sent,
+                bounced: r.bounced,
+                complained: r.complained,
+                bounce_rate: r.bounce_rate,
+                complaint_rate: r.complaint_rate,
+            })
+            .collect(),
+        relays: crate::state()
+            .map(|s| {
+                s.smtp
+                    .states()
+                    .into_iter()
+                    .map(|r| RelayRow {
+                        relay: r.relay,
+                        priority: r.priority,
+                        state: r.state.replace('_', " "),
+                        failures: r.failures_in_a_row,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }))
+}
+
+/// Gmail's complaint guidance and a common bounce ceiling (see `stats`).
+const COMPLAINT_LIMIT: f64 = 0.003;
+const BOUNCE_LIMIT: f64 = 0.02;
+
+fn feedback_table(rows: Vec<FeedbackRow>, relays: Vec<RelayRow>) -> impl IntoView {
+    let rate = |v: Option<f64>, limit: f64| {
+        let over = v.is_some_and(|v| v >= limit);
+        let text = v.map(|v| format!("{:.2} %", v * 100.0)).unwrap_or_else(|| "—".into());
+        view! { <td class:over=over data-over=over.to_string()>{text}{over.then_some(" ⚠")}</td> }
+    };
+    view! {
+        {if rows.is_empty() {
+            view! { <p class="notice" data-testid="feedback-empty">"No email was sent in this window."</p> }.into_any()
+        } else {
+            view! {
+                <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit" data-testid="feedback-table">
+                    <thead><tr><th scope="col">"By"</th><th scope="col">"Name"</th><th scope="col">"Sent"</th>
+                        <th scope="col">"Bounced"</th><th scope="col">"Bounce rate"</th>
+                        <th scope="col">"Complaints"</th><th scope="col">"Complaint rate"</th></tr></thead>
+                    <tbody>
+                        {rows.into_iter().map(|r| view! {
+                            <tr data-testid="feedback-row">
+                                <td>{r.by.clone()}</td><td>{r.name.clone()}</td><td>{r.sent}</td><td>{r.bounced}</td>
+                                {rate(r.bounce_rate, BOUNCE_LIMIT)}<td>{r.complained}</td>{rate(r.complaint_rate, COMPLAINT_LIMIT)}
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table></div>
+            }.into_any()
+        }}
+        <p class="status">"Marked ⚠: complaints at or over 0.3 % (Gmail's limit for bulk senders; stay under 0.1 %) or bounces at or over 2 %."</p>
+        {(!relays.is_empty()).then(|| view! {
+            <h3>"SMTP relays (this process)"</h3>
+            <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit" data-testid="relays-table">
+                <thead><tr><th scope="col">"Relay"</th><th scope="col">"Priority"</th><th scope="col">"State"</th><th scope="col">"Failures in a row"</th></tr></thead>
+                <tbody>
+                    {relays.into_iter().map(|r| view! {
+                        <tr data-testid="relay-row"><td>{r.relay}</td><td>{r.priority}</td>
+                            <td><span class=format!("pill {}", if r.state == "in service" { "succeeded" } else { "failed" })>{r.state.clone()}</span></td>
+                            <td>{r.failures}</td></tr>
+                    }).collect_view()}
+                </tbody>
+            </table></div>
+        })}
+    }
 }
 
 fn percent(v: Option<f64>) -> String {
@@ -237,6 +334,10 @@ pub fn DashboardPage() -> impl IntoView {
                                     }.into_any()
                                 }
                             }
+                        </section>
+                        <section class="card">
+                            <h2>"Bounces and complaints"</h2>
+                            {feedback_table(f.feedback, f.relays).into_any()}
                         </section>
                         <section class="card">
                             <h2>"Failing and disabled endpoints"</h2>

@@ -282,7 +282,8 @@ pub struct AttemptRow {
 impl From<herald_core::notifications::read::AttemptView> for AttemptRow {
     /// An attempt's line: its reply (SMTP, or HTTP status and response excerpt) and error.
     fn from(a: herald_core::notifications::read::AttemptView) -> Self {
-        let detail = [a.smtp_reply, a.http_status.map(|s| format!("HTTP {s}")), a.response_excerpt, a.error]
+        let relay = a.relay.map(|r| format!("via {r}"));
+        let detail = [a.smtp_reply, a.http_status.map(|s| format!("HTTP {s}")), a.response_excerpt, a.error, relay]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
@@ -318,6 +319,8 @@ pub struct DeliveryRow {
     pub email: Option<EmailView>,
     pub tracking: Option<TrackingView>,
     pub attempts: Vec<AttemptRow>,
+    /// (when, what, from where, detail): bounces, complaints, unsubscribes.
+    pub feedback: Vec<(String, String, String, String)>,
 }
 
 /// What email tracking recorded of a delivery.
@@ -396,6 +399,14 @@ pub async fn notification(id: String) -> Result<Option<NotificationPage>, Server
                 machine_clicks: t.machine_clicks,
             }),
             attempts: d.attempts.into_iter().map(AttemptRow::from).collect(),
+            feedback: d
+                .feedback
+                .into_iter()
+                .map(|f| {
+                    let detail = [f.status_code, f.detail].into_iter().flatten().collect::<Vec<_>>().join(" — ");
+                    (time(f.at), f.kind.replace('_', " "), f.source.replace('_', " "), detail)
+                })
+                .collect(),
         })
         .collect();
     Ok(Some(NotificationPage {
@@ -410,12 +421,18 @@ pub async fn notification(id: String) -> Result<Option<NotificationPage>, Server
     }))
 }
 
-/// Sends a finished webhook delivery again (the endpoint's manager).
+/// Sends a finished delivery again: a webhook (the endpoint's manager), or an email
+/// (`endpoint` empty; refused while its address is suppressed).
 #[server(prefix = "/console/fn", endpoint = "notification/resend")]
 pub async fn resend_delivery(endpoint: String, delivery: String) -> Result<String, ServerFnError> {
     let who = crate::principal()?;
     let not_found = || ServerFnError::new("no such delivery");
-    let (endpoint, delivery) = (endpoint.parse().map_err(|_| not_found())?, delivery.parse().map_err(|_| not_found())?);
+    let delivery = delivery.parse().map_err(|_| not_found())?;
+    if endpoint.is_empty() {
+        herald_core::notifications::read::resend_email(&crate::db()?, &who, delivery).await.map_err(crate::readable)?;
+        return Ok("Queued again.".into());
+    }
+    let endpoint = endpoint.parse().map_err(|_| not_found())?;
     herald_core::webhooks::deliveries::resend(&crate::db()?, &who, endpoint, delivery)
         .await
         .map_err(crate::readable)?;
@@ -539,8 +556,10 @@ fn LiveDeliveries(first: NotificationPage, resend: ServerAction<ResendDelivery>)
 
 #[component]
 fn DeliveryCard(d: DeliveryRow, resend: ServerAction<ResendDelivery>) -> impl IntoView {
-    let finished = matches!(d.status.as_str(), "succeeded" | "failed" | "cancelled");
-    let resend_form = d.endpoint.clone().filter(|_| finished).map(|endpoint| {
+    let finished =
+        matches!(d.status.as_str(), "succeeded" | "failed" | "cancelled" | "bounced" | "complained" | "suppressed");
+    let email = d.channel == "email";
+    let resend_form = d.endpoint.clone().or_else(|| email.then(String::new)).filter(|_| finished).map(|endpoint| {
         view! {
             <ActionForm action=resend>
                 <input type="hidden" name="endpoint" value=endpoint/>
@@ -601,6 +620,17 @@ fn DeliveryCard(d: DeliveryRow, resend: ServerAction<ResendDelivery>) -> impl In
                         }.into_any()
                     }}
                 }
+            })}
+            {(!d.feedback.is_empty()).then(|| view! {
+                <h3>"After sending"</h3>
+                <div class="scroll" tabindex="0" role="region" aria-label="Scrollable table"><table class="audit" data-testid="feedback">
+                    <thead><tr><th scope="col">"When"</th><th scope="col">"What"</th><th scope="col">"From"</th><th scope="col">"Detail"</th></tr></thead>
+                    <tbody>
+                        {d.feedback.into_iter().map(|(at, kind, source, detail)| view! {
+                            <tr data-testid="feedback-row"><td>{at}</td><td>{kind}</td><td>{source}</td><td>{detail}</td></tr>
+                        }).collect_view()}
+                    </tbody>
+                </table></div>
             })}
             <h3>"Attempts"</h3>
             {if d.attempts.is_empty() {

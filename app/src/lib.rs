@@ -15,6 +15,7 @@ mod endpoints;
 mod event_types;
 mod history;
 mod portal_links;
+mod suppressions;
 mod templates;
 
 /// Who is logged in, as the console shows it.
@@ -48,6 +49,7 @@ pub async fn current_user() -> Result<Option<Me>, ServerFnError> {
         ("event-types", who.require_admin().is_ok()),
         ("templates", who.require_admin().is_ok()),
         ("audit", who.require_admin().is_ok()),
+        ("suppressions", who.require_admin().is_ok()),
     ]
     .into_iter()
     .filter(|(_, ok)| *ok)
@@ -544,7 +546,7 @@ fn UserBox() -> impl IntoView {
 /// shown to everyone logged in).
 const SECTIONS: &[(&str, &[(&str, &str)])] = &[
     ("Overview", &[("", "Home"), ("dashboard", "Dashboard")]),
-    ("Messages", &[("notifications", "Notifications")]),
+    ("Messages", &[("notifications", "Notifications"), ("suppressions", "Suppressions")]),
     ("Catalog", &[("catalog", "Event catalog"), ("event-types", "Event types"), ("templates", "Templates")]),
     ("Webhooks", &[("endpoints", "Endpoints"), ("portal-links", "Portal links")]),
     ("Access", &[("keys", "API keys")]),
@@ -809,6 +811,7 @@ pub fn App() -> impl IntoView {
                         <Route path=StaticSegment("endpoints") view=endpoints::EndpointsPage ssr=SsrMode::Async/>
                         <Route path=StaticSegment("catalog") view=event_types::CatalogPage ssr=SsrMode::Async/>
                         <Route path=StaticSegment("portal-links") view=portal_links::PortalLinksPage ssr=SsrMode::Async/>
+                        <Route path=StaticSegment("suppressions") view=suppressions::SuppressionsPage ssr=SsrMode::Async/>
                         <Route path=path!("/endpoints/:id") view=endpoints::EndpointDetail ssr=SsrMode::Async/>
                         <Route path=path!("/event-types/:name") view=event_types::EventTypeEdit ssr=SsrMode::Async/>
                     </Routes>

@@ -271,9 +271,7 @@ impl Roles {
                 "email" => r.email = true,
                 "webhook" => r.webhook = true,
                 "inbound" => r.inbound = true,
-                other => {
-                    return Err(format!("unknown role '{other}'; use api, relay, email, webhook, inbound or all"))
-                }
+                other => return Err(format!("unknown role '{other}'; use api, relay, email, webhook, inbound or all")),
             }
         }
         if r == Roles::NONE {
@@ -297,7 +295,10 @@ fn dkim_settings(s: &Settings) -> Result<Option<crate::dkim::DkimSettings>, Conf
         return Err(ConfigError::new("HERALD_DKIM_DOMAIN", "DKIM needs the signing domain, such as mail.example.com"));
     };
     let Some(selector) = selector else {
-        return Err(ConfigError::new("HERALD_DKIM_SELECTOR", "DKIM needs the selector the public key is published under"));
+        return Err(ConfigError::new(
+            "HERALD_DKIM_SELECTOR",
+            "DKIM needs the selector the public key is published under",
+        ));
     };
     let (var, pem) = match (inline, file) {
         (Some(_), Some(_)) => {
@@ -309,8 +310,9 @@ fn dkim_settings(s: &Settings) -> Result<Option<crate::dkim::DkimSettings>, Conf
         (Some(k), None) => ("HERALD_DKIM_PRIVATE_KEY", k.to_owned()),
         (None, Some(path)) => (
             "HERALD_DKIM_PRIVATE_KEY_FILE",
-            std::fs::read_to_string(path.trim())
-                .map_err(|e| ConfigError::new("HERALD_DKIM_PRIVATE_KEY_FILE", format!("cannot read {}: {e}", path.trim())))?,
+            std::fs::read_to_string(path.trim()).map_err(|e| {
+                ConfigError::new("HERALD_DKIM_PRIVATE_KEY_FILE", format!("cannot read {}: {e}", path.trim()))
+            })?,
         ),
         (None, None) => {
             return Err(ConfigError::new(
@@ -755,9 +757,12 @@ impl Config {
             inbound_smtp_addr: inbound_addr,
             dkim: dkim_settings(s)?,
             sns_topic_arns: s.parsed("HERALD_SNS_TOPIC_ARNS", Vec::new(), |v| {
-                let arns: Vec<String> = v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+                let arns: Vec<String> =
+                    v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
                 match arns.iter().find(|a| !a.starts_with("arn:")) {
-                    Some(a) => Err(format!("'{a}' is not a topic ARN such as arn:aws:sns:eu-west-1:123456789012:ses-feedback")),
+                    Some(a) => {
+                        Err(format!("'{a}' is not a topic ARN such as arn:aws:sns:eu-west-1:123456789012:ses-feedback"))
+                    }
                     None => Ok(arns),
                 }
             })?,
@@ -773,7 +778,10 @@ impl Config {
                     })
                     .collect()
             })?,
-            mailgun_signing_key: s.get("HERALD_MAILGUN_SIGNING_KEY").map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()),
+            mailgun_signing_key: s
+                .get("HERALD_MAILGUN_SIGNING_KEY")
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty()),
             soft_bounce_limit: s.parsed("HERALD_SOFT_BOUNCE_LIMIT", 5, |v| {
                 v.parse::<u32>().map_err(|_| format!("'{v}' is not a whole number (0: never)"))
             })?,

@@ -565,4 +565,3 @@ pub enum ResendFilter<'a> {
     /// One email delivery, unless its address is suppressed.
     Email(Uuid),
 }
-

@@ -37,7 +37,8 @@ impl std::fmt::Debug for DkimSettings {
 }
 
 /// The DER prefix of an Ed25519 PKCS#8 private key (RFC 8410), before the 32-byte seed.
-const ED25519_PKCS8: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+const ED25519_PKCS8: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 fn pem_body(pem: &str, label: &str) -> Option<Vec<u8>> {
     use base64::Engine;
@@ -62,7 +63,9 @@ impl DkimSettings {
             !s.is_empty()
                 && s.len() <= 253
                 && s.split('.').all(|l| {
-                    !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 })
         };
         if !label_ok(&domain) {
@@ -75,18 +78,26 @@ impl DkimSettings {
             (pem.trim().to_owned(), "rsa-sha256", DkimSigningAlgorithm::Rsa)
         } else if let Some(der) = pem_body(pem, "PRIVATE KEY") {
             if der.len() == 48 && der[..16] == ED25519_PKCS8 {
-                (base64::engine::general_purpose::STANDARD.encode(&der[16..]), "ed25519-sha256", DkimSigningAlgorithm::Ed25519)
+                (
+                    base64::engine::general_purpose::STANDARD.encode(&der[16..]),
+                    "ed25519-sha256",
+                    DkimSigningAlgorithm::Ed25519,
+                )
             } else {
                 let k = rsa::RsaPrivateKey::from_pkcs8_der(&der)
                     .map_err(|_| "the key is neither an RSA nor an Ed25519 private key".to_owned())?;
                 if k.size() < 128 {
                     return Err("an RSA key for DKIM must have at least 1024 bits (2048 recommended)".into());
                 }
-                let pkcs1 = k.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).map_err(|_| "cannot read the RSA key".to_owned())?;
+                let pkcs1 =
+                    k.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).map_err(|_| "cannot read the RSA key".to_owned())?;
                 (pkcs1.to_string(), "rsa-sha256", DkimSigningAlgorithm::Rsa)
             }
         } else {
-            return Err("the key is not a PEM private key (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)".into());
+            return Err(
+                "the key is not a PEM private key (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)"
+                    .into(),
+            );
         };
         DkimSigningKey::new(&key, alg).map_err(|_| "the key cannot be used for signing".to_owned())?;
         Ok(Self { domain, selector, key, algorithm })
@@ -102,7 +113,8 @@ pub struct Signer {
 impl Signer {
     pub fn new(s: &DkimSettings) -> Self {
         let config = |list: bool| {
-            let alg = if s.algorithm == "ed25519-sha256" { DkimSigningAlgorithm::Ed25519 } else { DkimSigningAlgorithm::Rsa };
+            let alg =
+                if s.algorithm == "ed25519-sha256" { DkimSigningAlgorithm::Ed25519 } else { DkimSigningAlgorithm::Rsa };
             let key = DkimSigningKey::new(&s.key, alg).expect("checked when the settings were read");
             let mut headers: Vec<HeaderName> = ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version"]
                 .into_iter()
@@ -112,8 +124,10 @@ impl Signer {
                 headers.push(HeaderName::new_from_ascii_str("List-Unsubscribe"));
                 headers.push(HeaderName::new_from_ascii_str("List-Unsubscribe-Post"));
             }
-            let relaxed =
-                DkimCanonicalization { header: DkimCanonicalizationType::Relaxed, body: DkimCanonicalizationType::Relaxed };
+            let relaxed = DkimCanonicalization {
+                header: DkimCanonicalizationType::Relaxed,
+                body: DkimCanonicalizationType::Relaxed,
+            };
             DkimConfig::new(s.selector.clone(), s.domain.clone(), key, headers, relaxed)
         };
         Self { plain: config(false), with_list: config(true) }
@@ -131,7 +145,12 @@ mod tests {
 
     #[test]
     fn bad_keys_and_names_are_refused_without_showing_the_key() {
-        let e = DkimSettings::new("mail.example.com", "s1", "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----").unwrap_err();
+        let e = DkimSettings::new(
+            "mail.example.com",
+            "s1",
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----",
+        )
+        .unwrap_err();
         assert!(!e.contains("c2VjcmV0"), "{e}");
         assert!(DkimSettings::new("mail.example.com", "s1", "hunter2").is_err());
         assert!(DkimSettings::new("not a domain", "s1", "x").is_err());

@@ -273,8 +273,9 @@ pub fn parse(raw: &[u8], bounce_address: &str) -> Parsed {
         return Parsed::Other;
     };
     let is = |p: &mail_parser::MessagePart, t: &str, s: &str| {
-        p.content_type()
-            .is_some_and(|ct| ct.ctype().eq_ignore_ascii_case(t) && ct.subtype().is_some_and(|x| x.eq_ignore_ascii_case(s)))
+        p.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case(t) && ct.subtype().is_some_and(|x| x.eq_ignore_ascii_case(s))
+        })
     };
     if let Some(part) = msg.parts.iter().find(|p| is(p, "message", "feedback-report")) {
         let fields = fields(part.contents());

@@ -76,12 +76,7 @@ impl Inbound {
                 let targets = if named.is_empty() { self.token_in(raw).into_iter().collect() } else { named };
                 targets
                     .into_iter()
-                    .map(|delivery| Report {
-                        delivery,
-                        kind,
-                        status_code: status_code.clone(),
-                        detail: detail.clone(),
-                    })
+                    .map(|delivery| Report { delivery, kind, status_code: status_code.clone(), detail: detail.clone() })
                     .collect()
             }
             Parsed::Complaint { token, feedback_type } => {
@@ -145,7 +140,11 @@ impl Inbound {
 }
 
 /// Serves until `shutdown`; a connection in progress is cut at shutdown.
-pub async fn run(listener: TcpListener, inbound: Arc<Inbound>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {

@@ -99,7 +99,9 @@ impl RelayWebhooks {
         let region_host = host
             .strip_prefix("sns.")
             .and_then(|h| h.strip_suffix(".amazonaws.com").or_else(|| h.strip_suffix(".amazonaws.com.cn")))
-            .is_some_and(|region| !region.is_empty() && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            .is_some_and(|region| {
+                !region.is_empty() && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            });
         u.scheme() == "https" && u.port().is_none() && region_host
     }
 
@@ -240,9 +242,10 @@ impl RelayWebhooks {
             "failed" => Report {
                 delivery: Uuid::nil(),
                 kind: if e["severity"] == "permanent" { ReportKind::Bounce } else { ReportKind::SoftBounce },
-                status_code: status["enhanced-code"].as_str().map(str::to_owned).or_else(|| {
-                    status["code"].as_i64().map(|c| c.to_string())
-                }),
+                status_code: status["enhanced-code"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| status["code"].as_i64().map(|c| c.to_string())),
                 detail: status["description"].as_str().or(status["message"].as_str()).map(str::to_owned),
             },
             "complained" => Report {
@@ -270,7 +273,13 @@ impl RelayWebhooks {
         Uuid::parse_str(id).ok()
     }
 
-    async fn record(&self, db: &PgPool, delivery: Option<Uuid>, mut report: Report, source: &str) -> sqlx::Result<Outcome> {
+    async fn record(
+        &self,
+        db: &PgPool,
+        delivery: Option<Uuid>,
+        mut report: Report,
+        source: &str,
+    ) -> sqlx::Result<Outcome> {
         let Some(d) = delivery else { return Ok(Outcome::Dropped("unknown_delivery")) };
         report.delivery = d;
         Ok(match email_feedback::record(db, &report, source, self.soft_bounce_limit).await? {

@@ -43,7 +43,9 @@ pub fn parse_relays(v: &str) -> Result<Vec<RelaySpec>, String> {
     for (i, part) in v.split(',').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
         let mut u = url::Url::parse(part).map_err(|_| format!("'{}' is not a URL", crate::config::mask_url(part)))?;
         if !matches!(u.scheme(), "smtp" | "smtps") {
-            return Err("each relay must be smtp://host:port (add ?tls=required for STARTTLS) or smtps://host:port".into());
+            return Err(
+                "each relay must be smtp://host:port (add ?tls=required for STARTTLS) or smtps://host:port".into()
+            );
         }
         let host = u.host_str().filter(|h| !h.is_empty()).ok_or("a relay URL needs a host")?.to_owned();
         let port = u.port().unwrap_or(if u.scheme() == "smtps" { 465 } else { 587 });
@@ -172,9 +174,10 @@ impl Smtp {
         loop {
             let mut any_in_rate = false;
             // With every relay taken out, each is tried all the same.
-            let all_out = self.relays.iter().all(|r| {
-                r.health.lock().expect("relay health").out_until.is_some_and(|t| t > Instant::now())
-            });
+            let all_out = self
+                .relays
+                .iter()
+                .all(|r| r.health.lock().expect("relay health").out_until.is_some_and(|t| t > Instant::now()));
             for r in self.relays.iter() {
                 let now = Instant::now();
                 {
@@ -312,7 +315,10 @@ mod tests {
 
     #[test]
     fn relay_lists_parse_with_priority_and_rate() {
-        let r = parse_relays("smtp://a.test:25?priority=2, smtps://u:p@b.test:465?rate=600/m&priority=1,smtp://c.test:2525?tls=required").unwrap();
+        let r = parse_relays(
+            "smtp://a.test:25?priority=2, smtps://u:p@b.test:465?rate=600/m&priority=1,smtp://c.test:2525?tls=required",
+        )
+        .unwrap();
         assert_eq!(r.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["b.test:465", "c.test:2525", "a.test:25"]);
         assert_eq!(r[0].rate, Some(10.0));
         assert_eq!(r[0].url, "smtps://u:p@b.test:465");

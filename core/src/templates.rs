@@ -58,7 +58,8 @@ pub fn render_email_for(
         Some(_) => (crate::unsubscribe::UNSUBSCRIBE_MARKER, crate::unsubscribe::PREFERENCES_MARKER),
         None => ("", ""),
     };
-    let ctx = minijinja::context! { unsubscribe_url => u, preferences_url => p, ..minijinja::Value::from_serialize(context) };
+    let ctx =
+        minijinja::context! { unsubscribe_url => u, preferences_url => p, ..minijinja::Value::from_serialize(context) };
     // "html of template 'welcome' v3, line 2: undefined value (user.nickname)": the part,
     // the line and what went wrong, for a person fixing the template.
     let describe = |part: &str, e: minijinja::Error| {

@@ -151,11 +151,13 @@ pub async fn set_preferences(db: &PgPool, address: &str, p: &Preferences, source
     for c in &known.categories {
         let want = p.categories.iter().find(|x| x.category == c.category).map(|x| x.subscribed).unwrap_or(c.subscribed);
         if want {
-            sqlx::query("DELETE FROM suppressions WHERE address = lower($1) AND category = $2 AND reason = 'unsubscribe'")
-                .bind(address)
-                .bind(&c.category)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM suppressions WHERE address = lower($1) AND category = $2 AND reason = 'unsubscribe'",
+            )
+            .bind(address)
+            .bind(&c.category)
+            .execute(&mut *tx)
+            .await?;
         } else {
             sqlx::query(
                 "INSERT INTO suppressions (address, category, reason, source) VALUES (lower($1), $2, 'unsubscribe', $3)
@@ -178,10 +180,12 @@ pub async fn set_preferences(db: &PgPool, address: &str, p: &Preferences, source
         .execute(&mut *tx)
         .await?;
     } else {
-        sqlx::query("DELETE FROM suppressions WHERE address = lower($1) AND category IS NULL AND reason = 'unsubscribe'")
-            .bind(address)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM suppressions WHERE address = lower($1) AND category IS NULL AND reason = 'unsubscribe'",
+        )
+        .bind(address)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(preferences(db, address).await?)

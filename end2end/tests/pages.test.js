@@ -70,17 +70,17 @@ test('every page, every role, desktop and phone: accessible, honest statuses, no
     admin: {
       ok: ['/', '/dashboard', '/notifications', `/notifications/${notification}`, '/catalog', '/event-types',
         '/event-types/user.registered', '/templates', '/templates/welcome-email', '/templates/endpoint-disabled', '/endpoints', `/endpoints/${adminEndpoint}`,
-        '/portal-links', '/keys', '/audit'],
+        '/portal-links', '/keys', '/audit', '/suppressions', '/suppressions?q=nobody&reason=bounce'],
       missing: ['/no/such/page', `/endpoints/${missing}`, `/notifications/${missing}`, '/templates/no-such-template'],
     },
     owner: {
       ok: ['/', '/notifications', '/catalog', '/endpoints', `/endpoints/${aliceEndpoint}`, '/keys'],
-      missing: ['/audit', '/dashboard', '/templates', '/event-types', '/portal-links', `/endpoints/${adminEndpoint}`,
+      missing: ['/audit', '/dashboard', '/templates', '/event-types', '/portal-links', '/suppressions', `/endpoints/${adminEndpoint}`,
         `/notifications/${notification}`, '/no/such/page'],
     },
     visitor: {
       ok: ['/endpoints', '/catalog', `/endpoints/${aliceEndpoint}`],
-      missing: ['/audit', '/dashboard', '/notifications', `/endpoints/${adminEndpoint}`],
+      missing: ['/audit', '/dashboard', '/notifications', '/suppressions', `/endpoints/${adminEndpoint}`],
     },
   };
   for (const viewport of [DESKTOP, PHONE]) {

@@ -345,9 +345,11 @@ impl Application {
                 host: config.public_host().to_owned(),
             });
             // Bound now, so a taken port fails the start with its reason.
-            let first = std::sync::Mutex::new(Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                anyhow::anyhow!("HERALD_INBOUND_SMTP_ADDR {addr}: {e}")
-            })?));
+            let first = std::sync::Mutex::new(Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("HERALD_INBOUND_SMTP_ADDR {addr}: {e}"))?,
+            ));
             tracing::info!(%addr, "inbound SMTP listening");
             let stop = stop_rx.clone();
             sup.spawn("inbound smtp", stop_rx.clone(), move || {
@@ -431,7 +433,11 @@ impl Application {
                 .layer(axum::middleware::from_fn_with_state(state.clone(), api::login::require_login))
                 .layer(axum::middleware::from_fn_with_state(origin, api::login::same_origin_only))
                 .layer(session_layer);
-            app = app.merge(api::router(state.clone())).merge(api::tracking::router(state.clone())).merge(api::unsubscribe::router(state.clone())).merge(browser);
+            app = app
+                .merge(api::router(state.clone()))
+                .merge(api::tracking::router(state.clone()))
+                .merge(api::unsubscribe::router(state.clone()))
+                .merge(browser);
             let (store, stop) = (sessions.clone(), stop_rx.clone());
             sup.spawn("session cleanup", stop_rx.clone(), move || {
                 let (store, mut stop) = (store.clone(), stop.clone());

@@ -11,8 +11,8 @@ pub mod login;
 pub mod notifications;
 pub mod openapi;
 pub mod portal;
-pub mod suppressions;
 pub mod ratelimit;
+pub mod suppressions;
 pub mod tracking;
 pub mod unsubscribe;
 

@@ -67,7 +67,11 @@ pub async fn create(
     params(("id" = i64, Path, description = "The suppression's id")),
     responses((status = 204, description = "Removed"), (status = "4XX", description = "A problem (RFC 9457): no or bad credentials, not an admin, not found", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
 )]
-pub async fn delete(State(s): State<AppState>, Auth(who): Auth, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound)?;
     suppressions::remove(&s.db, &who, id).await?;
     Ok(StatusCode::NO_CONTENT)

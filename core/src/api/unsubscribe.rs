@@ -39,7 +39,9 @@ fn html(status: StatusCode, body: String) -> Response {
     h.insert("x-robots-tag", HeaderValue::from_static("noindex, nofollow"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
     r
 }
@@ -102,7 +104,10 @@ async fn page(State(s): State<AppState>, Path(raw): Path<String>) -> Response {
         Ok(p) => html(StatusCode::OK, render(&t, &p, None)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a recipient's preferences");
-            html(StatusCode::SERVICE_UNAVAILABLE, shell("Try again", "<p>Something went wrong. Please try again in a moment.</p>"))
+            html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                shell("Try again", "<p>Something went wrong. Please try again in a moment.</p>"),
+            )
         }
     }
 }
@@ -127,7 +132,10 @@ async fn post(State(s): State<AppState>, Path(raw): Path<String>, body: Bytes) -
             categories: known
                 .categories
                 .iter()
-                .map(|c| CategoryChoice { category: c.category.clone(), subscribed: chosen.contains(&c.category.as_str()) })
+                .map(|c| CategoryChoice {
+                    category: c.category.clone(),
+                    subscribed: chosen.contains(&c.category.as_str()),
+                })
                 .collect(),
             unsubscribed_from_all: has("all", "1"),
         };
@@ -144,7 +152,8 @@ async fn post(State(s): State<AppState>, Path(raw): Path<String>, body: Bytes) -
         Err(e) => return retry(e),
     };
     if has("List-Unsubscribe", "One-Click") {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "unsubscribed\n").into_response();
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "unsubscribed\n")
+            .into_response();
     }
     match unsubscribe::preferences(&s.db, &t.address).await {
         Ok(p) => html(StatusCode::OK, render(&t, &p, Some(&note))),
@@ -154,7 +163,10 @@ async fn post(State(s): State<AppState>, Path(raw): Path<String>, body: Bytes) -
 
 fn retry(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "cannot change a recipient's preferences");
-    html(StatusCode::SERVICE_UNAVAILABLE, shell("Try again", "<p>Something went wrong. Please try again in a moment.</p>"))
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        shell("Try again", "<p>Something went wrong. Please try again in a moment.</p>"),
+    )
 }
 
 /// `POST /inbound/ses`: SES bounce and complaint notifications through SNS.

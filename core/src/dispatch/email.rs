@@ -215,7 +215,10 @@ impl EmailDispatcher {
                     list.push_str(&format!(", <mailto:{verp}?subject=unsubscribe>"));
                 }
                 builder = builder
-                    .raw_header(header::HeaderValue::new(header::HeaderName::new_from_ascii_str("List-Unsubscribe"), list))
+                    .raw_header(header::HeaderValue::new(
+                        header::HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                        list,
+                    ))
                     .raw_header(header::HeaderValue::new(
                         header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                         "List-Unsubscribe=One-Click".to_owned(),

@@ -20,7 +20,6 @@ pub use crate::delivery_status::{
     Outcome, Started, POISONED,
 };
 
-
 /// The start of every dispatcher's batch: decodes its jobs (dead-lettering a message
 /// that is not one) and claims their deliveries with [`start_attempts`].
 pub async fn begin<C: Consumer>(
@@ -76,7 +75,6 @@ pub fn group_by(
     }
     groups
 }
-
 
 /// Records a batch of outcomes so that one bad row never fails the batch: the batch in
 /// one transaction, and if that fails, each outcome on its own. Returns the indexes (into

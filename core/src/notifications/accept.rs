@@ -493,8 +493,7 @@ impl Processor {
             }
             Some(template) => {
                 let unsubscribe = (!et.transactional && !et.operational).then_some(et.category.as_str());
-                let content =
-                    render_email_for(&template, &sub.payload, unsubscribe).map_err(Error::TemplateRender)?;
+                let content = render_email_for(&template, &sub.payload, unsubscribe).map_err(Error::TemplateRender)?;
                 email_bytes = content.subject.len() + content.html.len() + content.text.len();
                 Some(serde_json::to_value(&content)?)
             }

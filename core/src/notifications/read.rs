@@ -50,6 +50,25 @@ pub struct DeliveryView {
     pub endpoint_id: Option<Uuid>,
     #[sqlx(skip)]
     pub attempts: Vec<AttemptView>,
+    /// What came back about an email after it was sent: bounces, soft bounces,
+    /// complaints, unsubscribes (oldest first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[sqlx(skip)]
+    pub feedback: Vec<FeedbackView>,
+}
+
+/// One report about a sent email.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct FeedbackView {
+    pub at: DateTime<Utc>,
+    /// `bounce`, `soft_bounce`, `complaint` or `unsubscribe`.
+    pub kind: String,
+    /// `inbound_smtp`, `ses`, `mailgun`, `one_click`, `preferences`, `mailto`.
+    pub source: String,
+    pub status_code: Option<String>,
+    pub detail: Option<String>,
+    #[serde(skip)]
+    pub delivery_id: Uuid,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -139,6 +158,21 @@ pub async fn get(db: &PgPool, who: &Principal, id: Uuid) -> Result<NotificationV
     let mut tracked = crate::tracking::for_deliveries(db, &emails).await?;
     for d in &mut n.deliveries {
         d.tracking = tracked.remove(&d.id);
+    }
+    let email_ids: Vec<Uuid> = n.deliveries.iter().filter(|d| d.channel == Channel::Email).map(|d| d.id).collect();
+    if !email_ids.is_empty() {
+        let feedback: Vec<FeedbackView> = sqlx::query_as(
+            "SELECT at, kind, source, status_code, detail, delivery_id FROM email_feedback
+             WHERE delivery_id = ANY($1) ORDER BY at, id",
+        )
+        .bind(&email_ids)
+        .fetch_all(db)
+        .await?;
+        for f in feedback {
+            if let Some(d) = n.deliveries.iter_mut().find(|d| d.id == f.delivery_id) {
+                d.feedback.push(f);
+            }
+        }
     }
     n.status = NotificationStatus::of(n.deliveries.iter().map(|d| d.status));
     Ok(n)
@@ -341,7 +375,11 @@ mod tests {
 
 /// Sends a finished email delivery again (a new round of attempts), unless its address
 /// is suppressed now. The caller must see the notification and may write notifications.
-pub async fn resend_email(db: &sqlx::PgPool, who: &crate::access::Principal, delivery: Uuid) -> crate::error::Result<()> {
+pub async fn resend_email(
+    db: &sqlx::PgPool,
+    who: &crate::access::Principal,
+    delivery: Uuid,
+) -> crate::error::Result<()> {
     use crate::error::Error;
     who.require(crate::access::Scope::NotificationsWrite)?;
     let row: Option<(String, crate::model::DeliveryStatus, Option<String>)> = sqlx::query_as(
@@ -368,8 +406,15 @@ pub async fn resend_email(db: &sqlx::PgPool, who: &crate::access::Principal, del
         return Err(Error::Conflict("the delivery changed meanwhile; look again".into()));
     }
     let t = crate::audit::Target { kind: "delivery", id: delivery.to_string() };
-    crate::audit::record(&mut tx, &who.actor(), "delivery.resent", t, None, Some(serde_json::json!({ "channel": "email" })))
-        .await?;
+    crate::audit::record(
+        &mut tx,
+        &who.actor(),
+        "delivery.resent",
+        t,
+        None,
+        Some(serde_json::json!({ "channel": "email" })),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

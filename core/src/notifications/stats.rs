@@ -87,7 +87,28 @@ pub struct Dashboard {
     /// Email tracking: open and click rates per template that tracks (`HERALD_TRACKING`).
     pub tracking_mode: &'static str,
     pub email_tracking: Vec<crate::tracking::TemplateRates>,
+    /// Bounce and complaint rates of the window's emails, per template and per relay.
+    pub email_feedback: Vec<FeedbackRates>,
 }
+
+/// Bounces and complaints over emails the relay accepted (succeeded, bounced or
+/// complained), for one template or one relay.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct FeedbackRates {
+    /// `template` or `relay`.
+    pub by: String,
+    pub name: String,
+    pub sent: i64,
+    pub bounced: i64,
+    pub complained: i64,
+    pub bounce_rate: Option<f64>,
+    pub complaint_rate: Option<f64>,
+}
+
+/// Gmail's guidance: keep complaints under 0.3 % (under 0.1 % to be safe).
+pub const COMPLAINT_RATE_LIMIT: f64 = 0.003;
+/// Bounces: providers warn from about 2 % (Amazon SES reviews accounts at 5 %).
+pub const BOUNCE_RATE_LIMIT: f64 = 0.02;
 
 /// The dashboard (admins).
 pub async fn dashboard(db: &PgPool, who: &Principal, window: Window, tracking: TrackingMode) -> Result<Dashboard> {
@@ -151,6 +172,30 @@ pub async fn dashboard(db: &PgPool, who: &Principal, window: Window, tracking: T
     .fetch_one(db)
     .await?;
     let email_tracking = crate::tracking::template_rates(db, since, tracking).await?;
+    // Per relay: the relay of each email's last attempt.
+    let email_feedback: Vec<FeedbackRates> = sqlx::query_as(
+        "WITH e AS (
+            SELECT d.status, coalesce(d.email_template, '(none)') AS template,
+                   (SELECT a.relay FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.attempt_no DESC LIMIT 1) AS relay
+            FROM deliveries d
+            WHERE d.notification_id >= $1 AND d.channel = 'email' AND d.status IN ('succeeded', 'bounced', 'complained')
+         ), g AS (
+            SELECT 'template' AS by, template AS name, count(*) AS sent,
+                   count(*) FILTER (WHERE status = 'bounced') AS bounced,
+                   count(*) FILTER (WHERE status = 'complained') AS complained
+            FROM e GROUP BY template
+            UNION ALL
+            SELECT 'relay', relay, count(*), count(*) FILTER (WHERE status = 'bounced'),
+                   count(*) FILTER (WHERE status = 'complained')
+            FROM e WHERE relay IS NOT NULL GROUP BY relay
+         )
+         SELECT by, name, sent, bounced, complained,
+                bounced::float8 / nullif(sent, 0) AS bounce_rate, complained::float8 / nullif(sent, 0) AS complaint_rate
+         FROM g ORDER BY by DESC, name",
+    )
+    .bind(from)
+    .fetch_all(db)
+    .await?;
     Ok(Dashboard {
         since,
         accepted,
@@ -167,5 +212,6 @@ pub async fn dashboard(db: &PgPool, who: &Principal, window: Window, tracking: T
         oldest_backlog_seconds: oldest,
         tracking_mode: tracking.as_str(),
         email_tracking,
+        email_feedback,
     })
 }

@@ -67,11 +67,9 @@ async fn mail_is_signed_with_rsa_and_ed25519_and_verified_independently() {
         } else {
             ("HERALD_DKIM_PRIVATE_KEY_FILE", key_path.as_str())
         };
-        let (sink, h, api) = setup(
-            &[],
-            &[("HERALD_DKIM_DOMAIN", "test.example"), ("HERALD_DKIM_SELECTOR", "herald1"), key_setting],
-        )
-        .await;
+        let (sink, h, api) =
+            setup(&[], &[("HERALD_DKIM_DOMAIN", "test.example"), ("HERALD_DKIM_SELECTOR", "herald1"), key_setting])
+                .await;
         let id = h.send_welcome(&api, "Zoë", "zoe@example.net").await;
         let n: Value = eventually(Duration::from_secs(15), "the email", || async {
             let n = h.get_notification(&api, &id).await;
@@ -99,7 +97,10 @@ async fn mail_is_signed_with_rsa_and_ed25519_and_verified_independently() {
     let mut env = base_env(&db, "smtp://127.0.0.1:1");
     env.push(("HERALD_DKIM_DOMAIN".into(), "test.example".into()));
     env.push(("HERALD_DKIM_SELECTOR".into(), "herald1".into()));
-    env.push(("HERALD_DKIM_PRIVATE_KEY".into(), "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----".into()));
+    env.push((
+        "HERALD_DKIM_PRIVATE_KEY".into(),
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----".into(),
+    ));
     let (ok, out, err) = run_cli(&env, &["config", "check"]).await;
     assert!(!ok);
     let said = format!("{out}{err}");

@@ -38,7 +38,9 @@ async fn failover_to_the_next_relay_and_back() {
     assert_eq!(ready["checks"]["smtp"]["status"], "ok", "the backup answers: {ready}");
     let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
     assert!(
-        text.lines().any(|l| l.starts_with("herald_smtp_relay_up") && l.contains(&primary_port.to_string()) && l.ends_with(" 0")),
+        text.lines().any(|l| l.starts_with("herald_smtp_relay_up")
+            && l.contains(&primary_port.to_string())
+            && l.ends_with(" 0")),
         "{text}"
     );
 
@@ -53,7 +55,10 @@ async fn failover_to_the_next_relay_and_back() {
     assert_eq!(primary.accepted_count(), 2);
     assert_eq!(backup.accepted_count(), 4);
     let ready: Value = h.http.get(format!("{}/readyz", h.base)).send().await.unwrap().json().await.unwrap();
-    assert!(ready["checks"]["smtp"]["relays"].as_array().unwrap().iter().all(|r| r["state"] == "in_service"), "{ready}");
+    assert!(
+        ready["checks"]["smtp"]["relays"].as_array().unwrap().iter().all(|r| r["state"] == "in_service"),
+        "{ready}"
+    );
 
     // A 5xx is the recipient's answer: no fail-over.
     primary.script(&[Reply::Code(550)]);

@@ -233,7 +233,10 @@ fn a_delivery_status_is_written_in_one_place() {
     }
     assert!(found >= 9, "the scan found only {found} status writes in their place");
     assert!(strays.is_empty(), "a delivery's status is written outside delivery_status.rs:\n{}", strays.join("\n\n"));
-    assert_eq!(writes_delivery_status("UPDATE deliveries d SET lease_until = now(), status = 'x' WHERE"), Some("update"));
+    assert_eq!(
+        writes_delivery_status("UPDATE deliveries d SET lease_until = now(), status = 'x' WHERE"),
+        Some("update")
+    );
     assert_eq!(writes_delivery_status("UPDATE deliveries SET lease_until = now() WHERE status = 'x'"), None);
     assert_eq!(writes_delivery_status("INSERT INTO deliveries (id, status) VALUES"), Some("insert"));
 }

@@ -51,9 +51,15 @@ async fn one_click_unsubscribes_a_category_and_transactional_mail_still_goes() {
     ok(&h, &admin, Method::POST, "/api/v1/event-types", json!({"name": "news.weekly", "email_template": "digest",
         "recipient_path": "user.email", "category": "news", "sample_payload": {"user": {"name": "A", "email": "a@x.test"}}}))
     .await;
-    ok(&h, &admin, Method::POST, "/api/v1/event-types", json!({"name": "security.alert", "email_template": "digest",
+    ok(
+        &h,
+        &admin,
+        Method::POST,
+        "/api/v1/event-types",
+        json!({"name": "security.alert", "email_template": "digest",
         "recipient_path": "user.email", "transactional": true, "category": "security",
-        "sample_payload": {"user": {"name": "A", "email": "a@x.test"}}}))
+        "sample_payload": {"user": {"name": "A", "email": "a@x.test"}}}),
+    )
     .await;
     let (s, v) = h
         .call(Method::POST, "/api/v1/event-types", &admin, Some(&json!({"name": "bad.cat", "category": "No Spaces"})))
@@ -131,16 +137,25 @@ async fn one_click_unsubscribes_a_category_and_transactional_mail_still_goes() {
     let p = ok(&h, &key, Method::GET, "/api/v1/recipients/ANN@example.net/preferences", json!(null)).await;
     assert_eq!(p["unsubscribed_from_all"], true, "{p}");
     let (s, _) = h
-        .call(Method::PUT, "/api/v1/recipients/ann@example.net/preferences", &key,
-              Some(&json!({"categories": [{"category": "nope", "subscribed": true}], "unsubscribed_from_all": false})))
+        .call(
+            Method::PUT,
+            "/api/v1/recipients/ann@example.net/preferences",
+            &key,
+            Some(&json!({"categories": [{"category": "nope", "subscribed": true}], "unsubscribed_from_all": false})),
+        )
         .await;
     assert_eq!(s, 400);
     let reader = h.api_key(&["notifications:read"]).await;
     let (s, _) = h.call(Method::GET, "/api/v1/recipients/ann@example.net/preferences", &reader, None).await;
     assert_eq!(s, 403);
-    let p = ok(&h, &key, Method::PUT, "/api/v1/recipients/ann@example.net/preferences",
+    let p = ok(
+        &h,
+        &key,
+        Method::PUT,
+        "/api/v1/recipients/ann@example.net/preferences",
         json!({"categories": [{"category": "news", "subscribed": true}, {"category": "general", "subscribed": true}],
-               "unsubscribed_from_all": false}))
+               "unsubscribed_from_all": false}),
+    )
     .await;
     assert!(p["categories"].as_array().unwrap().iter().all(|c| c["subscribed"] == true), "{p}");
     let f = notify(&h, &key, "news.weekly", "ann@example.net").await;
