@@ -70,3 +70,7 @@ CREATE INDEX email_feedback_at_idx ON email_feedback (at);
 
 -- Which SMTP relay made an email attempt (HERALD_SMTP_URL may list several).
 ALTER TABLE attempts ADD COLUMN relay text;
+
+-- An address's email deliveries (soft-bounce runs look for its last clean delivery).
+CREATE INDEX deliveries_email_address_idx ON deliveries (herald_ordering_key('email', target), id)
+    WHERE channel = 'email';

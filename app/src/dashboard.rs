@@ -84,14 +84,19 @@ pub async fn load_figures(window: String) -> Result<Option<Figures>, ServerFnErr
     use herald_core::notifications::stats::{dashboard, Window};
     let who = crate::principal()?;
     let w = Window::parse(&window).map_err(crate::readable)?;
-    let mode = crate::state().map(|s| s.config.tracking).unwrap_or(herald_core::config::TrackingMode::Full);
+    // Every context read happens before the first await: a resource made again while
+    // this one runs (the home page's Suspense re-renders) disposes its owner, and a read
+    // after the await would find nothing there, so the two copies would differ and the
+    // page would not hydrate.
+    let state = crate::state().ok();
+    let mode = state.as_ref().map(|s| s.config.tracking).unwrap_or(herald_core::config::TrackingMode::Full);
     let Some(d) = crate::allowed(dashboard(&crate::db()?, &who, w, mode).await)? else { return Ok(None) };
     let label = match w {
         Window::Week => "%a %H:%M",
         _ => "%H:%M",
     };
     // The lag gauges of this process's Kafka consumers, if it runs any.
-    let consumer_lag = crate::state().ok().and_then(|s| {
+    let consumer_lag = state.as_ref().and_then(|s| {
         let text = s.metrics.render();
         let lags: Vec<f64> = text
             .lines()
@@ -153,7 +158,8 @@ pub async fn load_figures(window: String) -> Result<Option<Figures>, ServerFnErr
                 complaint_rate: r.complaint_rate,
             })
             .collect(),
-        relays: crate::state()
+        relays: state
+            .as_ref()
             .map(|s| {
                 s.smtp
                     .states()
@@ -177,8 +183,9 @@ const BOUNCE_LIMIT: f64 = 0.02;
 fn feedback_table(rows: Vec<FeedbackRow>, relays: Vec<RelayRow>) -> impl IntoView {
     let rate = |v: Option<f64>, limit: f64| {
         let over = v.is_some_and(|v| v >= limit);
-        let text = v.map(|v| format!("{:.2} %", v * 100.0)).unwrap_or_else(|| "—".into());
-        view! { <td class:over=over data-over=over.to_string()>{text}{over.then_some(" ⚠")}</td> }
+        let text =
+            v.map(|v| format!("{:.2} %{}", v * 100.0, if over { " ⚠" } else { "" })).unwrap_or_else(|| "—".into());
+        view! { <td class:over=over data-over=over.to_string()>{text}</td> }
     };
     view! {
         {if rows.is_empty() {

@@ -191,17 +191,37 @@ pub async fn set_preferences(db: &PgPool, address: &str, p: &Preferences, source
     Ok(preferences(db, address).await?)
 }
 
-/// The API's read of a recipient's preferences (services that send to them).
-pub async fn read_for(db: &PgPool, who: &Principal, address: &str) -> Result<Preferences> {
+/// The address of a recipient the caller may act for: an admin, any; an owner, only one
+/// its own notifications have emailed (another owner's recipients are "not found").
+async fn recipient_of(db: &PgPool, who: &Principal, address: &str) -> Result<String> {
     who.require(Scope::NotificationsWrite)?;
     let address = crate::suppressions::normalize(address)?;
+    if who.is_admin() {
+        return Ok(address);
+    }
+    let mine: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+                        WHERE d.channel = 'email' AND herald_ordering_key('email', d.target) = $1 AND n.owner = $2)",
+    )
+    .bind(&address)
+    .bind(&who.owner)
+    .fetch_one(db)
+    .await?;
+    if !mine {
+        return Err(Error::NotFound);
+    }
+    Ok(address)
+}
+
+/// The API's read of a recipient's preferences (services that send to them).
+pub async fn read_for(db: &PgPool, who: &Principal, address: &str) -> Result<Preferences> {
+    let address = recipient_of(db, who, address).await?;
     Ok(preferences(db, &address).await?)
 }
 
 /// The API's change of a recipient's preferences.
 pub async fn write_for(db: &PgPool, who: &Principal, address: &str, p: &Preferences) -> Result<Preferences> {
-    who.require(Scope::NotificationsWrite)?;
-    let address = crate::suppressions::normalize(address)?;
+    let address = recipient_of(db, who, address).await?;
     set_preferences(db, &address, p, "api").await
 }
 

@@ -774,6 +774,9 @@ async fn insert_many(conn: &mut sqlx::PgConnection, ps: &[Prepared]) -> Result<V
     // suppressed emails come last.
     let (suppressed, rows): (Vec<WebhookRow>, Vec<WebhookRow>) = rows.into_iter().partition(|r| r.suppressed);
     let suppressed: std::collections::HashSet<Uuid> = suppressed.into_iter().map(|r| r.id).collect();
+    if !suppressed.is_empty() {
+        crate::metrics::suppressed("accepting", suppressed.len() as u64);
+    }
     let mut rows = rows.into_iter().peekable();
     let mut r_ids = r_ids.into_iter();
     let mut out = Vec::with_capacity(n);

@@ -145,6 +145,19 @@ async fn one_click_unsubscribes_a_category_and_transactional_mail_still_goes() {
         )
         .await;
     assert_eq!(s, 400);
+    // Another owner never learns about this owner's recipients.
+    let other = h.api_key_for(&["notifications:write"], Some("bob"), None).await;
+    let (s, _) = h.call(Method::GET, "/api/v1/recipients/ann@example.net/preferences", &other, None).await;
+    assert_eq!(s, 404);
+    let (s, _) = h
+        .call(
+            Method::PUT,
+            "/api/v1/recipients/ann@example.net/preferences",
+            &other,
+            Some(&json!({"categories": [], "unsubscribed_from_all": false})),
+        )
+        .await;
+    assert_eq!(s, 404);
     let reader = h.api_key(&["notifications:read"]).await;
     let (s, _) = h.call(Method::GET, "/api/v1/recipients/ann@example.net/preferences", &reader, None).await;
     assert_eq!(s, 403);
