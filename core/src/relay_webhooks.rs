@@ -137,7 +137,7 @@ impl RelayWebhooks {
         let Ok(m) = serde_json::from_slice::<SnsMessage>(body) else {
             return Ok(Outcome::Refused("unparsable"));
         };
-        if !self.sns_topics.iter().any(|t| *t == m.topic_arn) {
+        if !self.sns_topics.contains(&m.topic_arn) {
             return Ok(Outcome::Refused("unknown_topic"));
         }
         let key = match self.certificate(&m.signing_cert_url).await {

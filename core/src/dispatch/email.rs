@@ -244,16 +244,20 @@ impl EmailDispatcher {
     async fn attempt(&self, key: &str, s: Started) -> AttemptRecord {
         let clock = Instant::now();
         let mut rec = AttemptRecord::begin(&s, key, Outcome::Succeeded);
-        match self.build(&s) {
+        let sent = match self.build(&s) {
+            Err(e) => Err(e),
+            Ok(message) => {
+                let sent = self.send(&s, message).await;
+                rec.relay = sent.relay;
+                Ok(sent.result)
+            }
+        };
+        match sent {
             Err(e) => {
                 rec.outcome = Outcome::PermanentFailure;
                 rec.error = Some(e);
             }
-            Ok(message) => match {
-                let sent = self.send(&s, message).await;
-                rec.relay = sent.relay;
-                sent.result
-            } {
+            Ok(result) => match result {
                 Ok(resp) => {
                     rec.smtp_code = resp.code().to_string().parse().ok();
                     rec.smtp_reply =

@@ -351,28 +351,6 @@ pub async fn list(db: &PgPool, who: &Principal, f: &HistoryFilter, limit: i64) -
     Ok(page)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_time_bound_is_the_smallest_id_of_its_millisecond() {
-        let t = DateTime::parse_from_rfc3339("2026-11-29T12:00:00.123Z").unwrap().with_timezone(&Utc);
-        let floor = v7_floor(t);
-        assert_eq!(floor.get_version_num(), 7);
-        let (secs, nanos) = floor.get_timestamp().unwrap().to_unix();
-        assert_eq!((secs, nanos / 1_000_000), (t.timestamp() as u64, 123));
-        let later = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos));
-        assert!(later >= floor);
-        // Out of UUIDv7's range: clamped, never wrapped round to a small id.
-        let far = DateTime::parse_from_rfc3339("+200000-01-01T00:00:00Z").map(|d| d.with_timezone(&Utc));
-        if let Ok(far) = far {
-            assert!(v7_floor(far) > floor);
-        }
-        assert!(v7_floor(DateTime::<Utc>::MIN_UTC) < floor);
-    }
-}
-
 /// Sends a finished email delivery again (a new round of attempts), unless its address
 /// is suppressed now. The caller must see the notification and may write notifications.
 pub async fn resend_email(
@@ -417,4 +395,26 @@ pub async fn resend_email(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_bound_is_the_smallest_id_of_its_millisecond() {
+        let t = DateTime::parse_from_rfc3339("2026-11-29T12:00:00.123Z").unwrap().with_timezone(&Utc);
+        let floor = v7_floor(t);
+        assert_eq!(floor.get_version_num(), 7);
+        let (secs, nanos) = floor.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs, nanos / 1_000_000), (t.timestamp() as u64, 123));
+        let later = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos));
+        assert!(later >= floor);
+        // Out of UUIDv7's range: clamped, never wrapped round to a small id.
+        let far = DateTime::parse_from_rfc3339("+200000-01-01T00:00:00Z").map(|d| d.with_timezone(&Utc));
+        if let Ok(far) = far {
+            assert!(v7_floor(far) > floor);
+        }
+        assert!(v7_floor(DateTime::<Utc>::MIN_UTC) < floor);
+    }
 }
