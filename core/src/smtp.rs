@@ -3,8 +3,8 @@
 //!
 //! `HERALD_SMTP_URL` lists one or more relays, comma-separated, each
 //! `smtp[s]://[user:password@]host:port[?tls=…][&priority=N][&rate=N/s|N/m|N/h]`.
-//! A message goes to the first relay by priority (lower first; the list's order
-//! otherwise) that is in service and within its send rate. A connection failure, a
+//! A message goes to the first relay by priority (lower first; a relay without one has
+//! its position in the list, from 0, and ties keep the list's order) that is in service and within its send rate. A connection failure, a
 //! timeout or a `4xx` fails over to the next relay; a `5xx` is the recipient's answer
 //! and does not. A relay failing [`TAKE_OUT_AFTER`] times in a row is taken out for
 //! `HERALD_SMTP_RELAY_COOLDOWN`, then tried again: one success puts it back, and it
@@ -319,10 +319,11 @@ mod tests {
             "smtp://a.test:25?priority=2, smtps://u:p@b.test:465?rate=600/m&priority=1,smtp://c.test:2525?tls=required",
         )
         .unwrap();
-        assert_eq!(r.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["b.test:465", "c.test:2525", "a.test:25"]);
+        // A relay without `priority` has its position (from 0); ties keep the list's order.
+        assert_eq!(r.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["b.test:465", "a.test:25", "c.test:2525"]);
         assert_eq!(r[0].rate, Some(10.0));
         assert_eq!(r[0].url, "smtps://u:p@b.test:465");
-        assert_eq!(r[1].url, "smtp://c.test:2525?tls=required");
+        assert_eq!(r[2].url, "smtp://c.test:2525?tls=required");
         assert!(parse_relays("smtp://a.test:25?rate=fast").is_err());
         assert!(parse_relays("smtp://a.test:25?priority=x").is_err());
         assert!(parse_relays("http://a.test").is_err());
