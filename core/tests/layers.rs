@@ -11,6 +11,8 @@ const BASE: &[&str] = &[
     "cache",
     "config",
     "db",
+    "delivery_status",
+    "dkim",
     "error",
     "metrics",
     "model",
@@ -26,14 +28,18 @@ const DOMAIN: &[&str] = &[
     "apikeys",
     "auditing",
     "catalog",
+    "email_feedback",
     "identity",
     "notifications",
     "rekey",
+    "relay_webhooks",
+    "suppressions",
     "templates",
     "tracking",
+    "unsubscribe",
     "webhooks",
 ];
-const EDGE: &[&str] = &["api", "dispatch", "doctor", "problem", "retention"];
+const EDGE: &[&str] = &["api", "dispatch", "doctor", "inbound", "problem", "retention"];
 
 fn layer(module: &str) -> Option<usize> {
     [BASE, DOMAIN, EDGE].iter().position(|l| l.contains(&module))
