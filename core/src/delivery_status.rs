@@ -4,8 +4,8 @@
 //! accepting statement's insert (`notifications::accept`, which sets the first status:
 //! `pending`, `in_flight` on the fast lane, or `suppressed`); a test
 //! (`server/tests/it/sql.rs`) fails if any other statement in `core/src` writes it.
-//! [`may_become`] is the table of the changes these statements make, and each statement
-//! names the change it makes.
+//! The table below is every change these statements make; each statement's `WHERE`
+//! names the statuses it starts from and its `SET` the one it writes.
 //!
 //! | from | to | by |
 //! |---|---|---|
@@ -27,22 +27,6 @@ use uuid::Uuid;
 
 use crate::bus::{self, BusMessage, DeliveryJob, Topic};
 use crate::model::{Channel, DeliveryStatus};
-
-/// Whether a statement of this module may change a delivery from `from` to `to` (the
-/// table above). Open statuses also "change" to themselves when a lease or message is
-/// renewed.
-pub fn may_become(from: DeliveryStatus, to: DeliveryStatus) -> bool {
-    use DeliveryStatus as D;
-    match (from, to) {
-        (D::Pending | D::Retrying | D::InFlight, D::InFlight | D::Failed | D::Suppressed) => true,
-        (D::InFlight, D::Succeeded | D::Retrying | D::Pending) => true,
-        (D::Pending | D::Retrying, D::Pending | D::Retrying) => from == to,
-        (D::Succeeded, D::Bounced | D::Complained) => true,
-        (D::Bounced, D::Complained) => true,
-        (D::Succeeded | D::Failed | D::Cancelled | D::Bounced | D::Complained | D::Suppressed, D::Retrying) => true,
-        _ => false,
-    }
-}
 
 /// A delivery this worker now owns for one attempt.
 #[derive(Debug, sqlx::FromRow)]

@@ -286,7 +286,7 @@ pub fn parse(raw: &[u8], bounce_address: &str) -> Parsed {
             .parts
             .iter()
             .filter(|p| is(p, "message", "rfc822") || is(p, "text", "rfc822-headers"))
-            .find_map(|p| find_token(p.contents(), bounce_address));
+            .find_map(|p| tokens_in(p.contents(), bounce_address).into_iter().next());
         return Parsed::Complaint { token, feedback_type };
     }
     if let Some(part) = msg.parts.iter().find(|p| is(p, "message", "delivery-status")) {
@@ -340,12 +340,14 @@ fn split_groups(raw: &[u8]) -> Vec<String> {
     text.split("\n\n").map(str::to_owned).collect()
 }
 
-/// A VERP token for `bounce_address` anywhere in a reported message's text.
-fn find_token(raw: &[u8], bounce_address: &str) -> Option<String> {
+/// Every VERP token for `bounce_address` in a reported message's text, in order (the
+/// caller keeps the first that opens).
+pub fn tokens_in(raw: &[u8], bounce_address: &str) -> Vec<String> {
     let text = String::from_utf8_lossy(raw);
     text.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | ',' | ';' | ':' | '(' | ')'))
         .filter(|w| w.contains('@'))
-        .find_map(|w| verp::token_of(bounce_address, w).map(str::to_owned))
+        .filter_map(|w| verp::token_of(bounce_address, w).map(str::to_owned))
+        .collect()
 }
 
 /// The deliveries of inbound reports: the VERP token opened under `keys` (the current

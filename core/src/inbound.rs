@@ -132,10 +132,7 @@ impl Inbound {
     }
 
     fn token_in(&self, raw: &[u8]) -> Option<Uuid> {
-        let text = String::from_utf8_lossy(raw);
-        text.split(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | ',' | ';' | ':' | '(' | ')'))
-            .filter_map(|w| email_feedback::verp::token_of(&self.bounce_address, w))
-            .find_map(|t| self.delivery_of(t))
+        email_feedback::tokens_in(raw, &self.bounce_address).iter().find_map(|t| self.delivery_of(t))
     }
 }
 

@@ -4,9 +4,9 @@
 //! `HERALD_SMTP_URL` lists one or more relays, comma-separated, each
 //! `smtp[s]://[user:password@]host:port[?tls=…][&priority=N][&rate=N/s|N/m|N/h]`.
 //! A message goes to the first relay by priority (lower first; a relay without one has
-//! its position in the list, from 0, and ties keep the list's order) that is in service and within its send rate. A connection failure, a
-//! timeout or a `4xx` fails over to the next relay; a `5xx` is the recipient's answer
-//! and does not. A relay failing [`TAKE_OUT_AFTER`] times in a row is taken out for
+//! its position in the list, from 0, and ties keep the list's order) that is in service
+//! and within its send rate. A connection failure, a timeout or a `4xx` fails over to
+//! the next relay; a `5xx` is the recipient's answer and does not. A relay failing [`TAKE_OUT_AFTER`] times in a row is taken out for
 //! `HERALD_SMTP_RELAY_COOLDOWN`, then tried again: one success puts it back, and it
 //! takes its traffic back. Which relay sent each attempt is recorded on the attempt.
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -111,6 +112,17 @@ async fn a_bounce_suppresses_the_address_and_the_next_email_is_not_sent() {
             .await
             .unwrap();
     assert_eq!((row.0.as_str(), row.1.as_str(), row.2.as_deref()), ("bounce", "inbound_smtp", Some("5.1.1")));
+
+    // The dashboard's rates: per template and per relay, the bounce counted.
+    let admin = h.api_key(&["admin"]).await;
+    let (s, stats) = h.call(Method::GET, "/api/v1/stats?window=1h", &admin, None).await;
+    assert_eq!(s, 200, "{stats}");
+    let rows = stats["email_feedback"].as_array().unwrap();
+    let template = rows.iter().find(|r| r["by"] == "template" && r["name"] == "welcome-email").expect("template row");
+    assert_eq!((template["sent"].as_i64(), template["bounced"].as_i64()), (Some(1), Some(1)), "{template}");
+    assert_eq!((template["complained"].as_i64(), template["bounce_rate"].as_f64()), (Some(0), Some(1.0)));
+    let relay = rows.iter().find(|r| r["by"] == "relay").expect("relay row");
+    assert_eq!((relay["sent"].as_i64(), relay["bounced"].as_i64()), (Some(1), Some(1)), "{relay}");
 
     // The next email to the address is recorded as suppressed and not sent.
     let r = h.post(&key, &welcome("Gone", "gone@example.net")).await;
