@@ -25,6 +25,8 @@ pub struct EndpointRow {
     pub retry_schedule: String,
     /// `Name: value` lines, values masked.
     pub headers: String,
+    /// The transformation script ("" for none).
+    pub transformation: String,
 }
 
 /// The caller. Every operation below is scoped by the domain: an owner reaches only
@@ -59,6 +61,7 @@ fn row(e: herald_core::webhooks::endpoints::Endpoint) -> EndpointRow {
         rate_limit: e.rate_limit.map(|r| r.to_string()).unwrap_or_default(),
         retry_schedule: e.retry_schedule.unwrap_or_default(),
         headers,
+        transformation: e.transformation.unwrap_or_default(),
     }
 }
 
@@ -114,7 +117,9 @@ fn rate(text: &str) -> Result<Option<i32>, ServerFnError> {
     t.parse().map(Some).map_err(|_| ServerFnError::new("rate_limit must be a whole number of requests per second"))
 }
 
-/// Registers (`id` empty) or changes an endpoint. Returns its id.
+/// Registers (`id` empty) or changes an endpoint. Returns its id. (A server function's
+/// arguments are its form's fields, one each.)
+#[allow(clippy::too_many_arguments)]
 #[server(prefix = "/console/fn", endpoint = "endpoints/save")]
 pub async fn save_endpoint(
     id: String,
@@ -124,6 +129,7 @@ pub async fn save_endpoint(
     headers: String,
     rate_limit: String,
     retry_schedule: String,
+    #[server(default)] transformation: String,
 ) -> Result<String, ServerFnError> {
     use herald_core::webhooks::endpoints::{self, EndpointPatch, NewEndpoint};
     let Some(who) = caller()? else { return Err(ServerFnError::new("no such endpoint")) };
@@ -133,6 +139,7 @@ pub async fn save_endpoint(
     let event_types = if event_types.is_empty() { vec!["*".to_owned()] } else { event_types };
     let retry = Some(retry_schedule.trim().to_owned()).filter(|r| !r.is_empty());
     let (headers, rate_limit) = (header_lines(&headers)?, rate(&rate_limit)?);
+    let transformation = Some(transformation).filter(|t| !t.trim().is_empty());
     if id.is_empty() {
         let new = NewEndpoint {
             url: url.trim().to_owned(),
@@ -142,6 +149,7 @@ pub async fn save_endpoint(
             headers,
             retry_schedule: retry,
             enabled: true,
+            transformation,
         };
         let (ep, _secret) =
             endpoints::create(&s.db, &s.config.secret_key, &s.guard, &who, new, s.config.max_endpoints_per_owner)
@@ -157,10 +165,32 @@ pub async fn save_endpoint(
             rate_limit: Some(rate_limit),
             headers: Some(headers),
             retry_schedule: Some(retry),
+            transformation: Some(transformation),
         };
         endpoints::update(&s.db, &s.config.secret_key, &s.guard, &who, uid, patch).await.map_err(crate::readable)?;
         Ok(id)
     }
+}
+
+/// Runs a transformation script on the sample event, as an attempt would (nothing is
+/// saved or sent). Returns what it made, as text.
+#[server(prefix = "/console/fn", endpoint = "endpoints/transformation")]
+pub async fn test_transformation(script: String) -> Result<String, ServerFnError> {
+    use herald_core::webhooks::transformations::{self, Trial};
+    let Some(who) = caller()? else { return Err(ServerFnError::new("no such endpoint")) };
+    let s = crate::state()?;
+    let r = transformations::trial(&who, &s.guard, Trial { script, webhook: None }).await.map_err(crate::readable)?;
+    Ok(match (r.outcome.as_str(), r.webhook, r.error) {
+        ("send", Some(w), _) => format!(
+            "Sent to {} ({} ms)\nHeaders: {}\nBody: {}",
+            w.url,
+            r.duration_ms,
+            serde_json::to_string(&w.headers).unwrap_or_default(),
+            serde_json::to_string_pretty(&w.payload).unwrap_or_default()
+        ),
+        ("cancel", ..) => format!("Cancelled: nothing would be sent ({} ms)", r.duration_ms),
+        (_, _, e) => format!("Error: {}", e.unwrap_or_default()),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,6 +441,8 @@ fn EndpointForm(e: EndpointRow, save: ServerAction<SaveEndpoint>) -> impl IntoVi
     let split = |v: &str| v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect::<Vec<_>>();
     let hydrated = RwSignal::new(false);
     Effect::new(move |_| hydrated.set(true));
+    let script = RwSignal::new(e.transformation.clone());
+    let trial = ServerAction::<TestTransformation>::new();
     view! {
         {move || hydrated.get().then(|| view! { <span data-testid="endpoint-form-ready" hidden=true></span> })}
         <ActionForm action=save>
@@ -455,9 +487,22 @@ fn EndpointForm(e: EndpointRow, save: ServerAction<SaveEndpoint>) -> impl IntoVi
                 </label>
                 <label>"Rate limit (requests per second; empty: none)" <input type="text" inputmode="numeric" name="rate_limit" value=e.rate_limit.clone() data-testid="ep-rate"/></label>
                 <label>"Retry schedule (such as 5s, 1m, 10m; empty: the default)" <input type="text" name="retry_schedule" value=e.retry_schedule.clone() data-testid="ep-retry"/></label>
+                <label>
+                    "Transformation (optional JavaScript: function handler(webhook) returns the webhook changed — payload, url, headers — or with cancel: true)"
+                    <textarea name="transformation" rows="6" spellcheck="false" data-testid="ep-transformation"
+                        on:input=move |ev| script.set(event_target_value(&ev))>{e.transformation.clone()}</textarea>
+                </label>
                 <button type="submit" data-testid="ep-save">{if editing { "Save" } else { "Register" }}</button>
             </div>
         </ActionForm>
+        <ActionForm action=trial>
+            <input type="hidden" name="script" prop:value=move || script.get()/>
+            <button type="submit" data-testid="ep-transformation-test">"Test the transformation on a sample event"</button>
+        </ActionForm>
+        {move || trial.value().get().map(|r| match r {
+            Ok(text) => view! { <pre class="status" role="status" data-testid="ep-transformation-result">{text}</pre> }.into_any(),
+            Err(e) => view! { <p class="error" role="alert" data-testid="ep-transformation-result">{clean(e)}</p> }.into_any(),
+        })}
         {move || save.value().get().map(|r| match r {
             Ok(id) => view! {
                 <p class="status" role="status">"Saved. " <a href=format!("/endpoints/{id}") data-testid="ep-saved">"Open the endpoint"</a></p>

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `pending`, `retrying`, `in_flight` past its lease | `in_flight` | [`start_attempts`] |
 //! | the same | `failed` | [`start_attempts`] (poisoned: never recorded) |
-//! | `in_flight` | `succeeded`, `retrying`, `failed` | [`record`] |
+//! | `in_flight` | `succeeded`, `retrying`, `failed`, `cancelled` | [`record`] (`cancelled`: by the endpoint's transformation) |
 //! | `in_flight` | `pending`, `retrying` | [`defer`], [`give_back_lane`] |
 //! | `in_flight` (worker gone) | `retrying` | [`sweep`] |
 //! | `pending`, `retrying`, `in_flight` | `suppressed` | [`suppress`] (the address was suppressed since) |
@@ -172,6 +172,8 @@ pub enum Outcome {
     Succeeded,
     TransientFailure,
     PermanentFailure,
+    /// The endpoint's transformation cancelled the delivery: nothing was sent.
+    Cancelled,
 }
 
 impl Outcome {
@@ -180,6 +182,7 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::TransientFailure => "transient_failure",
             Outcome::PermanentFailure => "permanent_failure",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -231,6 +234,7 @@ impl AttemptRecord {
         match (self.outcome, self.retry_at) {
             (Outcome::Succeeded, _) => (DeliveryStatus::Succeeded, None),
             (Outcome::TransientFailure, Some(at)) => (DeliveryStatus::Retrying, Some(at)),
+            (Outcome::Cancelled, _) => (DeliveryStatus::Cancelled, None),
             _ => (DeliveryStatus::Failed, None),
         }
     }

@@ -37,5 +37,6 @@ pub mod supervise;
 pub mod suppressions;
 pub mod templates;
 pub mod tracking;
+pub mod transform;
 pub mod unsubscribe;
 pub mod webhooks;

@@ -9,7 +9,9 @@
 //! `herald_webhook_deferred_total`, `herald_lane_carried_total{topic}`,
 //! `herald_lane_overflows_total{topic}`, `herald_accept_groups_total` (group commits of
 //! accepted notifications: `herald_notifications_accepted_total` ÷ this is the mean group),
-//! `herald_login_failures_unrecorded_total{why}`, `herald_sweeps_total`.
+//! `herald_login_failures_unrecorded_total{why}`, `herald_sweeps_total`,
+//! `herald_webhook_transformations_total{outcome}` (send, cancel, error) and
+//! `herald_webhook_transformation_seconds`.
 
 use std::sync::OnceLock;
 
@@ -96,6 +98,12 @@ pub fn endpoint_disabled() {
 }
 
 /// A webhook attempt refused by the SSRF guard.
+/// One run of an endpoint's transformation before an attempt.
+pub fn transformation(outcome: &'static str, seconds: f64) {
+    metrics::counter!("herald_webhook_transformations_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("herald_webhook_transformation_seconds").record(seconds);
+}
+
 pub fn ssrf_refused() {
     metrics::counter!("herald_webhook_ssrf_refused_total").increment(1);
 }

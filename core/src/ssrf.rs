@@ -16,6 +16,11 @@ use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::Url;
 
+/// What an owner is told when the SSRF guard refuses their endpoint's address: not the
+/// address (the API must not be a probe of the internal network). Operators get the
+/// detail in the log and `herald_webhook_ssrf_refused_total`.
+pub const REFUSED_BY_POLICY: &str = "refused by the network policy: the endpoint's address is not allowed";
+
 /// Why an address or URL was refused. Attempts refused for this reason are not retried.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("refused by the SSRF guard: {0}")]

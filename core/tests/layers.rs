@@ -22,6 +22,7 @@ const BASE: &[&str] = &[
     "smtp",
     "ssrf",
     "supervise",
+    "transform",
 ];
 const DOMAIN: &[&str] = &[
     "access",

@@ -402,6 +402,39 @@ test('endpoints: an admin registers one against a real receiver, rotates its sec
   await owner.context.close();
 });
 
+test('endpoints: an owner tries a transformation, saves it, and the receiver gets the reshaped body', async () => {
+  const { page, context, errors } = await loggedIn('alice', '/endpoints');
+  const hook = await receiver();
+  await page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
+  await page.getByTestId('ep-url').fill(hook.url);
+  // A script that never returns: the trial says so, readably.
+  await page.getByTestId('ep-transformation').fill('function handler(w) { for (;;) {} }');
+  await page.getByTestId('ep-transformation-test').click();
+  await page.getByTestId('ep-transformation-result').filter({ hasText: 'longer than 50 ms' }).waitFor({ timeout: 15000 });
+  // Saving one that does not compile is refused with the reason.
+  await page.getByTestId('ep-transformation').fill('function handler(w) { return w');
+  await page.getByTestId('ep-save').click();
+  assert.match(await page.getByTestId('ep-error').textContent({ timeout: 15000 }), /transformation: .*SyntaxError/);
+  const script = "function handler(w) { w.payload = { text: 'via ' + w.event_type }; w.headers['X-Shape'] = 'slack'; return w; }";
+  await page.getByTestId('ep-transformation').fill(script);
+  await page.getByTestId('ep-transformation-test').click();
+  const tried = page.getByTestId('ep-transformation-result').filter({ hasText: 'via user.registered' });
+  await tried.waitFor({ timeout: 15000 });
+  assert.match(await tried.textContent(), /X-Shape/);
+  await page.getByTestId('ep-save').click();
+  await Promise.all([page.waitForURL(/\/endpoints\/[0-9a-f-]{36}$/), page.getByTestId('ep-saved').click()]);
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.equal(await page.getByTestId('ep-transformation').inputValue(), script, 'the page shows the saved script');
+  await page.getByTestId('ep-test').click();
+  await page.getByTestId('ep-result').filter({ hasText: 'Test event sent' }).waitFor({ timeout: 15000 });
+  const hit = await until('the transformed test event', () => hook.hits.find((h) => h.body.includes('via webhook.test')));
+  assert.deepEqual(JSON.parse(hit.body), { text: 'via webhook.test' });
+  assert.equal(hit.headers['x-shape'], 'slack');
+  assert.deepEqual(errors, []);
+  hook.close();
+  await context.close();
+});
+
 test('dashboard: the window figures and chart for an admin; nothing for an owner', async () => {
   const { page, context, errors } = await loggedIn('admin', '/dashboard?window=24h');
   assert.equal(await page.title(), 'Dashboard — Herald');

@@ -403,3 +403,21 @@ pub async fn replay(
     let more = ids.len() >= RESEND_PAGE;
     Ok((StatusCode::ACCEPTED, Json(json!({ "resent": ids.len(), "deliveries": ids, "more": more }))))
 }
+
+#[utoipa::path(
+    post,
+    operation_id = "transformations_test",
+    path = "/api/v1/transformations/test",
+    tag = "endpoints",
+    summary = "Run a transformation script on a sample (or given) webhook, under the limits every attempt has, without saving it",
+    request_body = crate::webhooks::transformations::Trial,
+    responses((status = 200, description = "What the script made of the webhook (outcome send, cancel or error)", body = crate::webhooks::transformations::TrialResult), (status = "4XX", description = "A problem (RFC 9457): bad input, no or bad credentials, a missing scope, not found, a conflict, a rate limit", body = crate::api::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub async fn test_transformation(
+    State(s): State<AppState>,
+    Auth(who): Auth,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::webhooks::transformations::TrialResult>, ApiError> {
+    let trial = json_body(body, s.config.max_body_bytes)?;
+    Ok(Json(crate::webhooks::transformations::trial(&who, &s.guard, trial).await?))
+}

@@ -172,6 +172,7 @@ fn documented_routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(endpoints::deliveries))
         .routes(routes!(endpoints::delivery))
         .routes(routes!(endpoints::resend))
+        .routes(routes!(endpoints::test_transformation))
         .routes(routes!(suppressions::list, suppressions::create))
         .routes(routes!(suppressions::delete))
         .routes(routes!(suppressions::get_preferences, suppressions::set_preferences))

@@ -13,7 +13,7 @@
 //! retries), `webhook-timestamp` is this attempt's, and `webhook-signature` carries one
 //! signature per live secret (the current one and rotated-out ones in their grace period).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,6 +34,8 @@ use crate::notifications::accept::Processor;
 use crate::retry::RetrySchedule;
 use crate::secrets::{self, SecretKey};
 use crate::ssrf::{self, Guard};
+use crate::transform;
+use crate::webhooks::transformations;
 
 /// The most of a response body that is read and recorded.
 pub const EXCERPT_BYTES: usize = 4096;
@@ -107,6 +109,8 @@ struct Target {
     rate_limit: Option<i32>,
     schedule: Option<RetrySchedule>,
     keys: Vec<Vec<u8>>,
+    /// The endpoint's transformation and (for its input) its custom headers in clear.
+    transformation: Option<(Arc<str>, BTreeMap<String, String>)>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -121,6 +125,7 @@ struct TargetRow {
     sealed: Vec<Vec<u8>>,
     headers_sealed: Option<Vec<u8>>,
     expires: Option<DateTime<Utc>>,
+    transformation: Option<String>,
 }
 
 /// What an attempt means for its endpoint's health.
@@ -232,10 +237,7 @@ fn describe(e: reqwest::Error) -> String {
     parts.join(": ")
 }
 
-/// What an owner is told when the SSRF guard refuses their endpoint's address: not the
-/// address (the API must not be a probe of the internal network). Operators get the
-/// detail in the log and `herald_webhook_ssrf_refused_total`.
-pub const REFUSED_BY_POLICY: &str = "refused by the network policy: the endpoint's address is not allowed";
+pub use crate::ssrf::REFUSED_BY_POLICY;
 
 fn refused_by_policy(rec: &mut AttemptRecord, endpoint: &str, refused: &ssrf::Refused) {
     crate::metrics::ssrf_refused();
@@ -322,7 +324,7 @@ impl WebhookDispatcher {
 
     async fn load_targets(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Target>> {
         let rows: Vec<TargetRow> = sqlx::query_as(
-            "SELECT e.id, e.url, e.enabled, e.headers, e.headers_sealed, e.rate_limit, e.retry_schedule,
+            "SELECT e.id, e.url, e.enabled, e.headers, e.headers_sealed, e.rate_limit, e.retry_schedule, e.transformation,
                     e.failing_since IS NOT NULL AS failing,
                     coalesce(array_agg(s.sealed ORDER BY s.generation DESC) FILTER (WHERE s.sealed IS NOT NULL), '{}') AS sealed,
                     min(s.expires_at) AS expires
@@ -361,6 +363,7 @@ impl WebhookDispatcher {
                     rate_limit: r.rate_limit,
                     schedule: r.retry_schedule.as_deref().and_then(|s| RetrySchedule::parse(s).ok()),
                     keys,
+                    transformation: r.transformation.map(|script| (Arc::from(script), clear)),
                 },
             );
         }
@@ -584,6 +587,44 @@ impl WebhookDispatcher {
         record::Step::Made(rec, health)
     }
 
+    /// Runs the endpoint's transformation on a stored body: the URL, body and headers to
+    /// send, `None` when the script cancelled the delivery, or why it failed.
+    async fn transform(
+        &self,
+        script: &Arc<str>,
+        headers: &BTreeMap<String, String>,
+        url: &str,
+        body: &str,
+    ) -> Result<Option<(String, String, HeaderMap)>, String> {
+        let clock = Instant::now();
+        let payload: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| format!("stored webhook content is unreadable: {e}"))?;
+        let input = transform::Webhook {
+            event_type: payload.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_owned(),
+            payload,
+            url: url.to_owned(),
+            headers: headers.clone(),
+        };
+        let ran = transform::run_blocking(script.clone(), input, transform::Limits::default()).await;
+        let checked = ran
+            .map_err(|f| format!("transformation failed: {f}"))
+            .and_then(|o| transformations::checked(&self.guard, o).map_err(|e| e.to_string()));
+        let outcome = match &checked {
+            Ok(Some(_)) => "send",
+            Ok(None) => "cancel",
+            Err(_) => "error",
+        };
+        crate::metrics::transformation(outcome, clock.elapsed().as_secs_f64());
+        let Some((w, body)) = checked? else { return Ok(None) };
+        let mut out = HeaderMap::new();
+        for (k, v) in &w.headers {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                out.insert(name, value);
+            }
+        }
+        Ok(Some((w.url, body, out)))
+    }
+
     /// Makes one attempt: the signed POST, and its classification.
     async fn make(&self, target: Option<&Target>, key: &str, s: Started) -> (AttemptRecord, Health) {
         let clock = Instant::now();
@@ -596,11 +637,42 @@ impl WebhookDispatcher {
             rec.error = Some("the endpoint is disabled".into());
             return (rec, Health::NotTried);
         }
-        let Some(body) = s.content.get("body").and_then(|b| b.as_str()) else {
+        let Some(stored) = s.content.get("body").and_then(|b| b.as_str()) else {
             rec.error = Some("stored webhook content is unreadable".into());
             return (rec, Health::NotTried);
         };
-        let url: Url = match t.url.parse() {
+        let mut body = std::borrow::Cow::Borrowed(stored);
+        let mut headers = t.headers.clone();
+        let mut target_url = std::borrow::Cow::Borrowed(t.url.as_str());
+        if let Some((script, clear)) = &t.transformation {
+            match self.transform(script, clear, &t.url, stored).await {
+                Ok(Some((url, new_body, new_headers))) => {
+                    body = new_body.into();
+                    headers = new_headers;
+                    target_url = url.into();
+                }
+                Ok(None) => {
+                    rec.outcome = Outcome::Cancelled;
+                    rec.error = Some("cancelled by the endpoint's transformation".into());
+                    rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+                    crate::metrics::attempt("webhook", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
+                    return (rec, Health::NotTried);
+                }
+                Err(e) => {
+                    // Only this attempt fails; it is retried on the schedule, so a script
+                    // the owner fixes meanwhile is used by the next one.
+                    rec.outcome = Outcome::TransientFailure;
+                    rec.error = Some(e);
+                    rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+                    crate::metrics::attempt("webhook", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
+                    let schedule = t.schedule.as_ref().unwrap_or(&self.cfg.retry_schedule);
+                    rec.retry_at =
+                        next_delay(schedule, s.round_attempts(), false, None, &self.cfg).and_then(crate::retry::after);
+                    return (rec, Health::NotTried);
+                }
+            }
+        }
+        let url: Url = match target_url.parse() {
             Ok(u) => u,
             Err(e) => {
                 rec.error = Some(format!("the endpoint URL is invalid: {e}"));
@@ -614,7 +686,6 @@ impl WebhookDispatcher {
 
         let msg_id = s.id.to_string();
         let ts = Utc::now().timestamp();
-        let mut headers = t.headers.clone();
         // Herald's own headers last: custom headers never override them.
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("webhook-id", HeaderValue::from_str(&msg_id).expect("uuid is a header value"));
@@ -622,7 +693,7 @@ impl WebhookDispatcher {
         let signature = secrets::signature_header(&t.keys, &msg_id, ts, body.as_bytes());
         headers.insert("webhook-signature", HeaderValue::from_str(&signature).expect("base64 is a header value"));
 
-        let sent = self.http.post(url).headers(headers).body(body.to_owned()).send().await;
+        let sent = self.http.post(url).headers(headers).body(body.into_owned()).send().await;
         let mut throttled = false;
         let mut wait_hint = None;
         let health = match sent {

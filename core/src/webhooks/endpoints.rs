@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::retry::RetrySchedule;
 use crate::secrets::{self, SecretKey};
 use crate::ssrf::Guard;
+use crate::transform;
 const MAX_HEADERS: usize = 20;
 
 /// Headers Herald sets itself; an endpoint's custom headers cannot set them.
@@ -52,6 +53,10 @@ pub struct NewEndpoint {
     pub retry_schedule: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// A JavaScript `function handler(webhook)` run before each attempt (see
+    /// `POST /api/v1/transformations/test`); `null` or absent for none.
+    #[serde(default)]
+    pub transformation: Option<String>,
 }
 
 fn all_events() -> Vec<String> {
@@ -73,6 +78,8 @@ pub struct EndpointPatch {
     pub headers: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "crate::model::nullable")]
     pub retry_schedule: Option<Option<String>>,
+    #[serde(default, deserialize_with = "crate::model::nullable")]
+    pub transformation: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -91,6 +98,8 @@ pub struct Endpoint {
     #[serde(serialize_with = "masked")]
     pub headers: Value,
     pub retry_schedule: Option<String>,
+    /// The endpoint's transformation script, if any.
+    pub transformation: Option<String>,
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -167,7 +176,7 @@ pub(crate) fn snapshot(ep: &Endpoint) -> Option<Value> {
 }
 
 const COLUMNS: &str = "id, owner, url, description, event_types, enabled, disabled_at, disabled_reason, rate_limit, \
-                       headers, retry_schedule, failing_since, created_at, updated_at";
+                       headers, retry_schedule, transformation, failing_since, created_at, updated_at";
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
@@ -181,6 +190,7 @@ struct Valid {
     rate_limit: Option<i32>,
     headers: BTreeMap<String, String>,
     retry_schedule: Option<String>,
+    transformation: Option<String>,
 }
 
 fn valid_filter(f: &str) -> bool {
@@ -245,10 +255,43 @@ async fn validate(db: &PgPool, guard: &Guard, owner: &str, admin: bool, e: NewEn
             return Err(bad("rate_limit is requests per second, from 1 to 10000 (or null for no limit)"));
         }
     }
-    if e.headers.len() > MAX_HEADERS {
+    check_headers(&e.headers)?;
+    let retry_schedule = match e.retry_schedule.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => {
+            RetrySchedule::parse(s).map_err(Error::InvalidRetrySchedule)?;
+            Some(s.to_owned())
+        }
+    };
+    let transformation = match e.transformation.filter(|s| !s.trim().is_empty()) {
+        None => None,
+        Some(script) => {
+            let script: std::sync::Arc<str> = script.into();
+            let s = script.clone();
+            tokio::task::spawn_blocking(move || transform::check(&s, &transform::Limits::default()))
+                .await
+                .map_err(|e| anyhow::anyhow!("checking the transformation: {e}"))?
+                .map_err(|f| bad(format!("transformation: {f}")))?;
+            Some(script.to_string())
+        }
+    };
+    Ok(Valid {
+        url: url.to_string(),
+        event_types,
+        description: e.description,
+        rate_limit: e.rate_limit,
+        headers: e.headers,
+        retry_schedule,
+        transformation,
+    })
+}
+
+/// Checks custom headers: an endpoint's, or those a transformation returns.
+pub fn check_headers(headers: &BTreeMap<String, String>) -> Result<()> {
+    if headers.len() > MAX_HEADERS {
         return Err(bad(format!("at most {MAX_HEADERS} custom headers")));
     }
-    for (name, value) in &e.headers {
+    for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(bad(format!("'{name}' is not a valid header name")));
@@ -260,21 +303,7 @@ async fn validate(db: &PgPool, guard: &Guard, owner: &str, admin: bool, e: NewEn
             return Err(bad(format!("the value of header '{name}' is not a valid header value")));
         }
     }
-    let retry_schedule = match e.retry_schedule.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => {
-            RetrySchedule::parse(s).map_err(Error::InvalidRetrySchedule)?;
-            Some(s.to_owned())
-        }
-    };
-    Ok(Valid {
-        url: url.to_string(),
-        event_types,
-        description: e.description,
-        rate_limit: e.rate_limit,
-        headers: e.headers,
-        retry_schedule,
-    })
+    Ok(())
 }
 
 /// Creates an endpoint owned by the caller, with a fresh signing secret. Returns the
@@ -310,8 +339,8 @@ pub async fn create(
     }
     let ep: Endpoint = sqlx::query_as(&format!(
         "INSERT INTO endpoints (id, owner, url, description, event_types, enabled, rate_limit, headers, retry_schedule, admin,
-                                headers_sealed, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+                                headers_sealed, created_by, transformation)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&who.owner)
@@ -325,6 +354,7 @@ pub async fn create(
     .bind(who.is_admin())
     .bind(seal_headers(key, id, &v.headers)?)
     .bind(creator(who))
+    .bind(&v.transformation)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, generation, sealed) VALUES ($1, 1, $2)")
@@ -410,11 +440,12 @@ pub async fn update(
         headers,
         retry_schedule: p.retry_schedule.unwrap_or(cur.retry_schedule),
         enabled: cur.enabled,
+        transformation: p.transformation.unwrap_or(cur.transformation),
     };
     let v = validate(db, guard, &owner, admin, merged).await?;
     let ep = sqlx::query_as(&format!(
         "UPDATE endpoints SET url = $2, event_types = $3, description = $4, rate_limit = $5, headers = $6,
-                retry_schedule = $7, headers_sealed = $8, updated_at = now()
+                retry_schedule = $7, headers_sealed = $8, transformation = $9, updated_at = now()
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -425,6 +456,7 @@ pub async fn update(
     .bind(names_only(&v.headers))
     .bind(&v.retry_schedule)
     .bind(seal_headers(key, id, &v.headers)?)
+    .bind(&v.transformation)
     .fetch_one(&mut *tx)
     .await?;
     audit::record(&mut tx, &who.actor(), "endpoint.updated", target(id), before, snapshot(&ep)).await?;

@@ -7,3 +7,4 @@ pub mod deliveries;
 pub mod endpoints;
 pub mod lifecycle;
 pub mod signing;
+pub mod transformations;

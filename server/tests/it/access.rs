@@ -156,6 +156,16 @@ async fn the_doors_allow_the_same_operations_to_the_same_caller() {
             expect: "yynynn",
         },
         Op {
+            name: "try a transformation on the sample event",
+            api: Some((
+                Method::POST,
+                "/api/v1/transformations/test".into(),
+                Some(json!({"script": "function handler(w) { return w; }"})),
+            )),
+            console: Some(("endpoints/transformation", vec![("script", "function handler(w) { return w; }".into())])),
+            expect: "yyyyny",
+        },
+        Op {
             name: "list acme's endpoint's deliveries",
             api: Some((Method::GET, format!("/api/v1/endpoints/{ep}/deliveries"), None)),
             console: None,

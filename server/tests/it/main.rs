@@ -26,6 +26,7 @@ mod relay_hooks;
 mod relays;
 mod sql;
 mod tracking;
+mod transformations;
 mod unsubscribe;
 mod visibility;
 mod webhooks;
