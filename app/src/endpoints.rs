@@ -27,6 +27,11 @@ pub struct EndpointRow {
     pub headers: String,
     /// The transformation script ("" for none).
     pub transformation: String,
+    /// OAuth client credentials ("" for none; the secret reads as the mask).
+    pub oauth_token_url: String,
+    pub oauth_client_id: String,
+    pub oauth_client_secret: String,
+    pub oauth_scope: String,
 }
 
 /// The caller. Every operation below is scoped by the domain: an owner reaches only
@@ -50,6 +55,9 @@ fn row(e: herald_core::webhooks::endpoints::Endpoint) -> EndpointRow {
             m.keys().map(|k| format!("{k}: {}", herald_core::webhooks::endpoints::MASK)).collect::<Vec<_>>().join("\n")
         })
         .unwrap_or_default();
+    let auth = |k: &str| {
+        e.auth.as_ref().and_then(|a| a.get(k)).and_then(|v| v.as_str()).map(str::to_owned).unwrap_or_default()
+    };
     EndpointRow {
         id: e.id.to_string(),
         owner: e.owner,
@@ -62,6 +70,14 @@ fn row(e: herald_core::webhooks::endpoints::Endpoint) -> EndpointRow {
         retry_schedule: e.retry_schedule.unwrap_or_default(),
         headers,
         transformation: e.transformation.unwrap_or_default(),
+        oauth_token_url: auth("token_url"),
+        oauth_client_id: auth("client_id"),
+        oauth_client_secret: if e.auth.is_some() {
+            herald_core::webhooks::endpoints::MASK.into()
+        } else {
+            String::new()
+        },
+        oauth_scope: auth("scope"),
     }
 }
 
@@ -130,8 +146,18 @@ pub async fn save_endpoint(
     rate_limit: String,
     retry_schedule: String,
     #[server(default)] transformation: String,
+    #[server(default)] oauth_token_url: String,
+    #[server(default)] oauth_client_id: String,
+    #[server(default)] oauth_client_secret: String,
+    #[server(default)] oauth_scope: String,
 ) -> Result<String, ServerFnError> {
-    use herald_core::webhooks::endpoints::{self, EndpointPatch, NewEndpoint};
+    use herald_core::webhooks::endpoints::{self, EndpointAuth, EndpointPatch, NewEndpoint};
+    let auth = (!oauth_token_url.trim().is_empty()).then(|| EndpointAuth::Oauth2 {
+        token_url: oauth_token_url.trim().to_owned(),
+        client_id: oauth_client_id.trim().to_owned(),
+        client_secret: oauth_client_secret,
+        scope: Some(oauth_scope.trim().to_owned()).filter(|s| !s.is_empty()),
+    });
     let Some(who) = caller()? else { return Err(ServerFnError::new("no such endpoint")) };
     let s = crate::state()?;
     let event_types: Vec<String> =
@@ -150,6 +176,7 @@ pub async fn save_endpoint(
             retry_schedule: retry,
             enabled: true,
             transformation,
+            auth,
         };
         let (ep, _secret) =
             endpoints::create(&s.db, &s.config.secret_key, &s.guard, &who, new, s.config.max_endpoints_per_owner)
@@ -166,6 +193,7 @@ pub async fn save_endpoint(
             headers: Some(headers),
             retry_schedule: Some(retry),
             transformation: Some(transformation),
+            auth: Some(auth),
         };
         endpoints::update(&s.db, &s.config.secret_key, &s.guard, &who, uid, patch).await.map_err(crate::readable)?;
         Ok(id)
@@ -492,6 +520,13 @@ fn EndpointForm(e: EndpointRow, save: ServerAction<SaveEndpoint>) -> impl IntoVi
                     <textarea name="transformation" rows="6" spellcheck="false" data-testid="ep-transformation"
                         on:input=move |ev| script.set(event_target_value(&ev))>{e.transformation.clone()}</textarea>
                 </label>
+                <fieldset class="column">
+                    <legend>"OAuth 2.0 client credentials (optional: Herald sends a bearer token it fetches from the token URL)"</legend>
+                    <label>"Token URL" <input type="url" name="oauth_token_url" value=e.oauth_token_url.clone() data-testid="ep-oauth-url"/></label>
+                    <label>"Client id" <input type="text" name="oauth_client_id" value=e.oauth_client_id.clone() autocomplete="off" data-testid="ep-oauth-id"/></label>
+                    <label>"Client secret (a masked value keeps the stored one)" <input type="password" name="oauth_client_secret" value=e.oauth_client_secret.clone() autocomplete="new-password" data-testid="ep-oauth-secret"/></label>
+                    <label>"Scope (optional)" <input type="text" name="oauth_scope" value=e.oauth_scope.clone() data-testid="ep-oauth-scope"/></label>
+                </fieldset>
                 <button type="submit" data-testid="ep-save">{if editing { "Save" } else { "Register" }}</button>
             </div>
         </ActionForm>

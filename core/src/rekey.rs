@@ -18,6 +18,7 @@ use crate::secrets::SecretKey;
 pub struct Rotated {
     pub endpoint_secrets: usize,
     pub endpoint_headers: usize,
+    pub endpoint_auth: usize,
     /// The rotation's entry in the audit log.
     pub seq: i64,
 }
@@ -67,8 +68,23 @@ pub async fn rotate_secret_key(db: &PgPool, who: &Principal, old: &SecretKey, ne
             .execute(&mut *tx)
             .await?;
     }
-    let done = serde_json::json!({ "endpoint_secrets": secrets.len(), "endpoint_headers": headers.len() });
+    let auth: Vec<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, auth_sealed FROM endpoints WHERE auth_sealed IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (endpoint, sealed) in &auth {
+        let plain =
+            old.open_auth(*endpoint, sealed).map_err(|e| Error::internal(format!("endpoint {endpoint}, auth: {e}")))?;
+        sqlx::query("UPDATE endpoints SET auth_sealed = $2 WHERE id = $1")
+            .bind(endpoint)
+            .bind(new.seal_auth(*endpoint, &plain))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let done = serde_json::json!({
+        "endpoint_secrets": secrets.len(), "endpoint_headers": headers.len(), "endpoint_auth": auth.len()
+    });
     let seq = audit::record_key_rotation(&mut tx, &who.actor(), new, done).await?;
     tx.commit().await?;
-    Ok(Rotated { endpoint_secrets: secrets.len(), endpoint_headers: headers.len(), seq })
+    Ok(Rotated { endpoint_secrets: secrets.len(), endpoint_headers: headers.len(), endpoint_auth: auth.len(), seq })
 }

@@ -88,6 +88,16 @@ impl SecretKey {
         self.open_aad(&headers_aad(endpoint), sealed)
     }
 
+    /// Encrypts the secret of an endpoint's authentication (an OAuth client secret), with
+    /// associated data of its own: it never opens as a signing secret or a header map.
+    pub fn seal_auth(&self, endpoint: Uuid, secret: &str) -> Vec<u8> {
+        self.seal_aad(&auth_aad(endpoint), secret)
+    }
+
+    pub fn open_auth(&self, endpoint: Uuid, sealed: &[u8]) -> Result<String, String> {
+        self.open_aad(&auth_aad(endpoint), sealed)
+    }
+
     fn seal_aad(&self, aad: &[u8], secret: &str) -> Vec<u8> {
         self.seal_bytes(aad, secret.as_bytes())
     }
@@ -154,6 +164,12 @@ impl SecretKey {
         }
         self.open_bytes(TOKEN_AAD, &URL_B64.decode(token).ok()?)
     }
+}
+
+fn auth_aad(endpoint: Uuid) -> Vec<u8> {
+    let mut aad = endpoint.as_bytes().to_vec();
+    aad.extend_from_slice(b"/auth");
+    aad
 }
 
 fn headers_aad(endpoint: Uuid) -> Vec<u8> {

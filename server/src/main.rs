@@ -253,6 +253,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "rotated: {} endpoint secret(s) and {} header set(s) re-sealed; audit entry {} ends the old key's segment",
                 r.endpoint_secrets, r.endpoint_headers, r.seq
             );
+            if r.endpoint_auth > 0 {
+                println!("also re-sealed: {} endpoint OAuth client secret(s)", r.endpoint_auth);
+            }
             println!(
                 "start Herald with HERALD_SECRET_KEY set to the new key, and HERALD_PREVIOUS_SECRET_KEY to the old one"
             );

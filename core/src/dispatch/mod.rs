@@ -10,6 +10,7 @@
 //!   message's `available_at`), never in memory.
 
 pub mod email;
+pub mod oauth;
 pub mod record;
 pub mod sweeper;
 pub mod webhook;

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::oauth;
 use super::record::{self, AttemptRecord, Deferred, Outcome, Started};
 use crate::bus::{BatchHandler, Consumer, Received, Topic};
 use crate::config::{Config, WebhookConfig};
@@ -111,6 +112,8 @@ struct Target {
     keys: Vec<Vec<u8>>,
     /// The endpoint's transformation and (for its input) its custom headers in clear.
     transformation: Option<(Arc<str>, BTreeMap<String, String>)>,
+    /// OAuth client credentials, when the endpoint wants a bearer token.
+    oauth: Option<oauth::Credentials>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -126,6 +129,8 @@ struct TargetRow {
     headers_sealed: Option<Vec<u8>>,
     expires: Option<DateTime<Utc>>,
     transformation: Option<String>,
+    auth: Option<serde_json::Value>,
+    auth_sealed: Option<Vec<u8>>,
 }
 
 /// What an attempt means for its endpoint's health.
@@ -161,6 +166,8 @@ pub struct WebhookDispatcher {
     /// Per-endpoint pacing for rate-limited endpoints: the next free slot.
     slots: Mutex<HashMap<Uuid, Instant>>,
     targets: Arc<TargetCache>,
+    /// OAuth tokens of endpoints that use client credentials.
+    tokens: oauth::Tokens,
 }
 
 /// One attempt in flight to an endpoint, counted until dropped.
@@ -223,7 +230,7 @@ fn next_delay(
 }
 
 /// The error chain of a failed request, without the URL (it may carry tokens).
-fn describe(e: reqwest::Error) -> String {
+pub(crate) fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut parts = vec![e.to_string()];
     let mut cur = std::error::Error::source(&e);
@@ -278,6 +285,7 @@ impl WebhookDispatcher {
             inflight: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             targets: endpoints.0.clone(),
+            tokens: oauth::Tokens::default(),
         })
     }
 
@@ -325,6 +333,7 @@ impl WebhookDispatcher {
     async fn load_targets(&self, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Target>> {
         let rows: Vec<TargetRow> = sqlx::query_as(
             "SELECT e.id, e.url, e.enabled, e.headers, e.headers_sealed, e.rate_limit, e.retry_schedule, e.transformation,
+                    e.auth, e.auth_sealed,
                     e.failing_since IS NOT NULL AS failing,
                     coalesce(array_agg(s.sealed ORDER BY s.generation DESC) FILTER (WHERE s.sealed IS NOT NULL), '{}') AS sealed,
                     min(s.expires_at) AS expires
@@ -352,6 +361,20 @@ impl WebhookDispatcher {
                     headers.insert(name, value);
                 }
             }
+            let oauth = match (&r.auth, &r.auth_sealed) {
+                (Some(auth), Some(sealed)) => {
+                    let secret =
+                        self.key.open_auth(r.id, sealed).map_err(|m| anyhow::anyhow!("endpoint {}: {m}", r.id))?;
+                    let text = |k: &str| auth.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+                    Some(oauth::Credentials {
+                        token_url: text("token_url").unwrap_or_default(),
+                        client_id: text("client_id").unwrap_or_default(),
+                        client_secret: secret,
+                        scope: text("scope"),
+                    })
+                }
+                _ => None,
+            };
             out.insert(
                 r.id,
                 Target {
@@ -364,6 +387,7 @@ impl WebhookDispatcher {
                     schedule: r.retry_schedule.as_deref().and_then(|s| RetrySchedule::parse(s).ok()),
                     keys,
                     transformation: r.transformation.map(|script| (Arc::from(script), clear)),
+                    oauth,
                 },
             );
         }
@@ -625,6 +649,25 @@ impl WebhookDispatcher {
         Ok(Some((w.url, body, out)))
     }
 
+    /// An attempt that failed before its request (its transformation or its token):
+    /// a transient failure, retried on the endpoint's schedule.
+    fn failed_before_sending(
+        &self,
+        t: &Target,
+        s: &Started,
+        mut rec: AttemptRecord,
+        clock: Instant,
+        error: String,
+    ) -> AttemptRecord {
+        rec.outcome = Outcome::TransientFailure;
+        rec.error = Some(error);
+        rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        crate::metrics::attempt("webhook", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
+        let schedule = t.schedule.as_ref().unwrap_or(&self.cfg.retry_schedule);
+        rec.retry_at = next_delay(schedule, s.round_attempts(), false, None, &self.cfg).and_then(crate::retry::after);
+        rec
+    }
+
     /// Makes one attempt: the signed POST, and its classification.
     async fn make(&self, target: Option<&Target>, key: &str, s: Started) -> (AttemptRecord, Health) {
         let clock = Instant::now();
@@ -658,18 +701,9 @@ impl WebhookDispatcher {
                     crate::metrics::attempt("webhook", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
                     return (rec, Health::NotTried);
                 }
-                Err(e) => {
-                    // Only this attempt fails; it is retried on the schedule, so a script
-                    // the owner fixes meanwhile is used by the next one.
-                    rec.outcome = Outcome::TransientFailure;
-                    rec.error = Some(e);
-                    rec.duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
-                    crate::metrics::attempt("webhook", rec.outcome.as_str(), clock.elapsed().as_secs_f64());
-                    let schedule = t.schedule.as_ref().unwrap_or(&self.cfg.retry_schedule);
-                    rec.retry_at =
-                        next_delay(schedule, s.round_attempts(), false, None, &self.cfg).and_then(crate::retry::after);
-                    return (rec, Health::NotTried);
-                }
+                // Only this attempt fails; it is retried on the schedule, so a script the
+                // owner fixes meanwhile is used by the next one.
+                Err(e) => return (self.failed_before_sending(t, &s, rec, clock, e), Health::NotTried),
             }
         }
         let url: Url = match target_url.parse() {
@@ -682,6 +716,16 @@ impl WebhookDispatcher {
         if let Err(refused) = self.guard.check_url(&url) {
             refused_by_policy(&mut rec, key, &refused);
             return (rec, Health::Failed);
+        }
+
+        if let (Some(creds), Some(endpoint)) = (&t.oauth, s.endpoint_id) {
+            match self.tokens.bearer(&self.http, endpoint, creds).await {
+                Ok(bearer) => {
+                    headers.insert(AUTHORIZATION, bearer);
+                }
+                // The endpoint's own token service failed: retried like a failed request.
+                Err(e) => return (self.failed_before_sending(t, &s, rec, clock, e), Health::Failed),
+            }
         }
 
         let msg_id = s.id.to_string();
@@ -724,6 +768,12 @@ impl WebhookDispatcher {
                 }
                 if !buf.is_empty() {
                     rec.response_excerpt = Some(excerpt(&buf));
+                }
+                if status == StatusCode::UNAUTHORIZED && t.oauth.is_some() {
+                    // Perhaps revoked before it expired: the next attempt fetches a new one.
+                    if let Some(endpoint) = s.endpoint_id {
+                        self.tokens.forget(endpoint);
+                    }
                 }
                 if status.is_success() {
                     rec.outcome = Outcome::Succeeded;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -57,6 +57,26 @@ pub struct NewEndpoint {
     /// `POST /api/v1/transformations/test`); `null` or absent for none.
     #[serde(default)]
     pub transformation: Option<String>,
+    /// How Herald authenticates to the endpoint besides signing (`null` or absent: none).
+    #[serde(default)]
+    pub auth: Option<EndpointAuth>,
+}
+
+/// Authentication to an endpoint, besides the signature and custom headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EndpointAuth {
+    /// OAuth 2.0 client credentials (RFC 6749 §4.4): Herald fetches a token from
+    /// `token_url` (client_secret_basic), caches it until shortly before it expires, and
+    /// sends it as `Authorization: Bearer`. A `401` from the endpoint drops the cached
+    /// token. `client_secret` reads as `"********"`; sending that back keeps it.
+    Oauth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+    },
 }
 
 fn all_events() -> Vec<String> {
@@ -80,6 +100,8 @@ pub struct EndpointPatch {
     pub retry_schedule: Option<Option<String>>,
     #[serde(default, deserialize_with = "crate::model::nullable")]
     pub transformation: Option<Option<String>>,
+    #[serde(default, deserialize_with = "crate::model::nullable")]
+    pub auth: Option<Option<EndpointAuth>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -100,6 +122,11 @@ pub struct Endpoint {
     pub retry_schedule: Option<String>,
     /// The endpoint's transformation script, if any.
     pub transformation: Option<String>,
+    /// Its authentication, the secret masked (`{"type": "oauth2", "token_url",
+    /// "client_id", "client_secret": "********", "scope"?}`).
+    #[schema(value_type = Option<EndpointAuth>)]
+    #[serde(serialize_with = "auth_masked")]
+    pub auth: Option<Value>,
     pub failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -116,6 +143,18 @@ fn masked<S: serde::Serializer>(headers: &Value, ser: S) -> Result<S::Ok, S::Err
         map.serialize_entry(n, MASK)?;
     }
     map.end()
+}
+
+fn auth_masked<S: serde::Serializer>(auth: &Option<Value>, ser: S) -> Result<S::Ok, S::Error> {
+    match auth {
+        Some(Value::Object(m)) => {
+            let mut m = m.clone();
+            m.insert("client_secret".into(), Value::String(MASK.into()));
+            m.retain(|_, v| !v.is_null());
+            ser.serialize_some(&m)
+        }
+        other => other.serialize(ser),
+    }
 }
 
 /// The names of a header map, each mapped to "" (what the `headers` column holds).
@@ -176,7 +215,7 @@ pub(crate) fn snapshot(ep: &Endpoint) -> Option<Value> {
 }
 
 const COLUMNS: &str = "id, owner, url, description, event_types, enabled, disabled_at, disabled_reason, rate_limit, \
-                       headers, retry_schedule, transformation, failing_since, created_at, updated_at";
+                       headers, retry_schedule, transformation, auth, failing_since, created_at, updated_at";
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::Invalid(msg.into())
@@ -191,6 +230,8 @@ struct Valid {
     headers: BTreeMap<String, String>,
     retry_schedule: Option<String>,
     transformation: Option<String>,
+    /// What may be shown of the authentication, and its secret.
+    auth: Option<(Value, String)>,
 }
 
 fn valid_filter(f: &str) -> bool {
@@ -275,6 +316,38 @@ async fn validate(db: &PgPool, guard: &Guard, owner: &str, admin: bool, e: NewEn
             Some(script.to_string())
         }
     };
+    let auth = match e.auth {
+        None => None,
+        Some(EndpointAuth::Oauth2 { token_url, client_id, client_secret, scope }) => {
+            let token: reqwest::Url = token_url
+                .trim()
+                .parse()
+                .map_err(|err| bad(format!("auth.token_url '{}' is not a valid URL: {err}", token_url.trim())))?;
+            if !matches!(token.scheme(), "http" | "https") || token.as_str().len() > 2048 {
+                return Err(bad("auth.token_url must be an http or https URL of at most 2048 characters"));
+            }
+            if !token.username().is_empty() || token.password().is_some() {
+                return Err(bad(
+                    "auth.token_url must not contain credentials; give them as client_id and client_secret",
+                ));
+            }
+            guard.check_url(&token).map_err(|r| Error::RefusedTarget(format!("auth.token_url {token}: {r}")))?;
+            let printable = |v: &str| !v.is_empty() && v.len() <= 1024 && v.chars().all(|c| (' '..='~').contains(&c));
+            if !printable(&client_id) || client_id.contains(':') {
+                return Err(bad("auth.client_id must be 1 to 1024 printable ASCII characters, without ':'"));
+            }
+            if !printable(&client_secret) {
+                return Err(bad("auth.client_secret must be 1 to 1024 printable ASCII characters"));
+            }
+            let scope = scope.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+            if scope.as_deref().is_some_and(|s| !printable(s)) {
+                return Err(bad("auth.scope must be printable ASCII, at most 1024 characters"));
+            }
+            let shown =
+                json!({"type": "oauth2", "token_url": token.to_string(), "client_id": client_id, "scope": scope});
+            Some((shown, client_secret))
+        }
+    };
     Ok(Valid {
         url: url.to_string(),
         event_types,
@@ -283,6 +356,7 @@ async fn validate(db: &PgPool, guard: &Guard, owner: &str, admin: bool, e: NewEn
         headers: e.headers,
         retry_schedule,
         transformation,
+        auth,
     })
 }
 
@@ -339,8 +413,8 @@ pub async fn create(
     }
     let ep: Endpoint = sqlx::query_as(&format!(
         "INSERT INTO endpoints (id, owner, url, description, event_types, enabled, rate_limit, headers, retry_schedule, admin,
-                                headers_sealed, created_by, transformation)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLUMNS}"
+                                headers_sealed, created_by, transformation, auth, auth_sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&who.owner)
@@ -355,6 +429,8 @@ pub async fn create(
     .bind(seal_headers(key, id, &v.headers)?)
     .bind(creator(who))
     .bind(&v.transformation)
+    .bind(v.auth.as_ref().map(|a| &a.0))
+    .bind(v.auth.as_ref().map(|a| key.seal_auth(id, &a.1)))
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO endpoint_secrets (endpoint_id, generation, sealed) VALUES ($1, 1, $2)")
@@ -406,12 +482,13 @@ pub async fn update(
         #[sqlx(flatten)]
         cur: Endpoint,
         headers_sealed: Option<Vec<u8>>,
+        auth_sealed: Option<Vec<u8>>,
         admin: bool,
     }
     who.require(Scope::EndpointsWrite)?;
     let mut tx = db.begin().await?;
-    let Locked { cur, headers_sealed, admin } = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, headers_sealed, admin FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE"
+    let Locked { cur, headers_sealed, auth_sealed, admin } = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, headers_sealed, auth_sealed, admin FROM endpoints WHERE id = $1 AND herald_manages(owner, admin, $2, $3) FOR NO KEY UPDATE"
     ))
     .bind(id)
     .bind_caller(who)
@@ -432,6 +509,27 @@ pub async fn update(
             .collect(),
     };
     let owner = cur.owner.clone();
+    // The authentication as stored (its secret opened), for absent fields and a masked secret.
+    let stored_auth = match (&cur.auth, &auth_sealed) {
+        (Some(shown), Some(sealed)) => {
+            let secret = key.open_auth(id, sealed).map_err(|m| anyhow::anyhow!(m))?;
+            let mut v = shown.clone();
+            v["client_secret"] = Value::String(secret);
+            serde_json::from_value::<EndpointAuth>(v).ok()
+        }
+        _ => None,
+    };
+    let auth = match p.auth {
+        None => stored_auth,
+        Some(None) => None,
+        Some(Some(EndpointAuth::Oauth2 { token_url, client_id, client_secret, scope })) => {
+            let kept = match (&stored_auth, client_secret == MASK) {
+                (Some(EndpointAuth::Oauth2 { client_secret: old, .. }), true) => old.clone(),
+                _ => client_secret,
+            };
+            Some(EndpointAuth::Oauth2 { token_url, client_id, client_secret: kept, scope })
+        }
+    };
     let merged = NewEndpoint {
         url: p.url.unwrap_or(cur.url),
         event_types: p.event_types.unwrap_or(cur.event_types),
@@ -441,11 +539,13 @@ pub async fn update(
         retry_schedule: p.retry_schedule.unwrap_or(cur.retry_schedule),
         enabled: cur.enabled,
         transformation: p.transformation.unwrap_or(cur.transformation),
+        auth,
     };
     let v = validate(db, guard, &owner, admin, merged).await?;
     let ep = sqlx::query_as(&format!(
         "UPDATE endpoints SET url = $2, event_types = $3, description = $4, rate_limit = $5, headers = $6,
-                retry_schedule = $7, headers_sealed = $8, transformation = $9, updated_at = now()
+                retry_schedule = $7, headers_sealed = $8, transformation = $9, auth = $10, auth_sealed = $11,
+                updated_at = now()
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -457,6 +557,8 @@ pub async fn update(
     .bind(&v.retry_schedule)
     .bind(seal_headers(key, id, &v.headers)?)
     .bind(&v.transformation)
+    .bind(v.auth.as_ref().map(|a| &a.0))
+    .bind(v.auth.as_ref().map(|a| key.seal_auth(id, &a.1)))
     .fetch_one(&mut *tx)
     .await?;
     audit::record(&mut tx, &who.actor(), "endpoint.updated", target(id), before, snapshot(&ep)).await?;

@@ -11,6 +11,7 @@ mod bus_contract;
 mod catalog;
 mod cli;
 mod dkim;
+mod endpoint_auth;
 mod errors;
 mod flow;
 mod group;

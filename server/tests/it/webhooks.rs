@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use base64::Engine;
 use herald_testkit::receiver::{Receiver, Request, Respond};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -674,6 +675,11 @@ async fn the_secret_key_rotates_without_losing_secrets_headers_or_the_chain() {
     assert_eq!(s, 200);
     let (_, current) = h.call(Method::GET, &format!("/api/v1/endpoints/{id}/secret"), &owner, None).await;
     let current = current["key"].as_str().unwrap().to_owned();
+    // An endpoint with OAuth client credentials: its client secret moves too.
+    let (idp, oauth_rx) = (Receiver::start().await, Receiver::start().await);
+    idp.set_default(Respond::Body(200, json!({"access_token": "tok", "expires_in": 3600}).to_string().into_bytes()));
+    let auth = json!({"type": "oauth2", "token_url": idp.url("/t"), "client_id": "c", "client_secret": "kept-secret"});
+    h.create_endpoint(&owner, &json!({"url": oauth_rx.url("/o"), "event_types": ["*"], "auth": auth})).await;
     let env = h.env.clone();
     h.stop().await;
 
@@ -695,7 +701,8 @@ async fn the_secret_key_rotates_without_losing_secrets_headers_or_the_chain() {
 
     let (ok, out, err) = run_cli(&with(&[("HERALD_NEW_SECRET_KEY", NEW_KEY)]), &["secret-key", "rotate"]).await;
     assert!(ok, "{err}");
-    assert!(out.starts_with("rotated: 2 endpoint secret(s) and 1 header set(s) re-sealed"), "{out}");
+    assert!(out.starts_with("rotated: 3 endpoint secret(s) and 1 header set(s) re-sealed"), "{out}");
+    assert!(out.contains("also re-sealed: 1 endpoint OAuth client secret(s)"), "{out}");
 
     let after = with(&[("HERALD_SECRET_KEY", NEW_KEY), ("HERALD_PREVIOUS_SECRET_KEY", TEST_SECRET_KEY)]);
     let (ok, out, err) = run_cli(&after, &["audit", "verify"]).await;
@@ -712,6 +719,10 @@ async fn the_secret_key_rotates_without_losing_secrets_headers_or_the_chain() {
     let r = wait_requests(&rx, 1).await.remove(0);
     assert!(verifies(&current, &r) && verifies(&secret, &r), "both live secrets still sign");
     assert_eq!(header(&r, "x-tenant"), "acme");
+    let o = wait_requests(&oauth_rx, 1).await.remove(0);
+    assert_eq!(header(&o, "authorization"), "Bearer tok");
+    let basic = header(&idp.requests()[0], "authorization");
+    assert_eq!(basic, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("c:kept-secret")));
     // New entries go on the chain under the new key, and a checkpoint takes it.
     h.create_endpoint(&owner, &json!({"url": rx.url("/b"), "event_types": ["*"]})).await;
     let (ok, out, err) = run_cli(&after, &["audit", "checkpoint"]).await;
