@@ -3,8 +3,10 @@
 //!
 //! The function receives `{event_type, payload, url, headers}` and returns the object
 //! changed (any of `payload`, `url`, `headers`; a field left out keeps its value) or
-//! with `cancel: true`, which cancels the delivery. Every call gets a fresh runtime: no
-//! state survives between calls, and no owner's script sees another's data.
+//! with `cancel: true`, which cancels the delivery. Every call gets a fresh context (its
+//! own realm: globals, built-ins, objects) on its thread's runtime, which is reused
+//! only after a clean call: no state survives between calls, and no owner's script sees
+//! another's data.
 //!
 //! Limits, all hard: CPU time (an interrupt handler stops the interpreter past the
 //! deadline), memory (QuickJS's allocator limit), stack depth, the size of the script
@@ -15,8 +17,10 @@
 //! A script that throws, runs too long or uses too much memory fails with a
 //! [`Failure`] naming why; callers run it on a blocking thread ([`run_blocking`]).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use rquickjs::context::intrinsic;
@@ -164,11 +168,15 @@ fn with_handler<T>(
     if script.contains('\0') {
         return Err(Failure("the script contains a NUL character".into()));
     }
-    let rt = Runtime::new().map_err(|e| Failure(format!("the sandbox could not start: {e}")))?;
+    let sandbox = match SANDBOX.with(|s| s.borrow_mut().take()) {
+        Some(s) => s,
+        None => Sandbox::new().map_err(|e| Failure(format!("the sandbox could not start: {e}")))?,
+    };
+    let rt = &sandbox.rt;
     rt.set_memory_limit(limits.memory);
     rt.set_max_stack_size(limits.stack);
     let deadline = Instant::now() + limits.time;
-    rt.set_interrupt_handler(Some(Box::new(move || Instant::now() >= deadline)));
+    sandbox.deadline.store(since_base(deadline), Ordering::Relaxed);
     // The language's standard objects and JSON, RegExp, Map/Set and Promise (without
     // it an `async` handler leaks its frame): no clocks (`Date`, `performance`), and
     // nothing a webhook reshaping needs less than it costs at start (typed arrays,
@@ -180,7 +188,7 @@ fn with_handler<T>(
         intrinsic::Json,
         intrinsic::MapSet,
         intrinsic::Promise,
-    )>(&rt)
+    )>(rt)
     .map_err(|e| Failure(format!("the sandbox could not start: {e}")))?;
     let result = ctx.with(|ctx| {
         ctx.eval::<(), _>(script).catch(&ctx).map_err(|e| caught(e, "the script"))?;
@@ -191,7 +199,16 @@ fn with_handler<T>(
         f(ctx, handler)
     });
     drop(ctx);
-    drop(rt);
+    // The runtime serves this thread's next call only when this one left nothing in it:
+    // it succeeded, queued no promise job (those hold the context), and after a
+    // collection it holds no more than a fresh one would. Anything else is dropped
+    // whole. Contexts are never reused, so no script sees another call's objects.
+    if result.is_ok() && Instant::now() < deadline && !rt.is_job_pending() {
+        rt.run_gc();
+        if rt.memory_usage().memory_used_size < REUSE_BELOW {
+            SANDBOX.with(|s| *s.borrow_mut() = Some(sandbox));
+        }
+    }
     // Past the deadline is a failure even when the script returned: an interrupt can be
     // swallowed (a `Promise` executor turns it into a rejection) and the call go on.
     if Instant::now() >= deadline {
@@ -201,6 +218,37 @@ fn with_handler<T>(
         )));
     }
     result
+}
+
+/// A QuickJS runtime kept by a blocking-pool thread between calls (its creation and
+/// teardown are a quarter of a call's cost); each call still gets a context of its own.
+struct Sandbox {
+    rt: Runtime,
+    /// This call's deadline, in nanoseconds since [`BASE`], read by the interrupt handler.
+    deadline: Arc<AtomicU64>,
+}
+
+impl Sandbox {
+    fn new() -> rquickjs::Result<Self> {
+        let rt = Runtime::new()?;
+        let deadline = Arc::new(AtomicU64::new(0));
+        let d = deadline.clone();
+        rt.set_interrupt_handler(Some(Box::new(move || since_base(Instant::now()) >= d.load(Ordering::Relaxed))));
+        Ok(Self { rt, deadline })
+    }
+}
+
+thread_local! {
+    static SANDBOX: RefCell<Option<Sandbox>> = const { RefCell::new(None) };
+}
+
+/// A runtime using more than this after a call and a collection is not reused.
+const REUSE_BELOW: i64 = 1 << 20;
+
+static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn since_base(t: Instant) -> u64 {
+    t.saturating_duration_since(*BASE).as_nanos() as u64
 }
 
 /// A thrown value as a short message (no stack: it would show the sandbox's insides).
@@ -330,11 +378,16 @@ mod tests {
             let e = go(&format!("function handler(w) {{ {probe}; return w; }}")).unwrap_err().0;
             assert!(e.contains("ReferenceError") && e.contains("is not defined"), "{probe}: {e}");
         }
-        // No state between calls.
-        let s = "var n = (globalThis.n || 0) + 1; globalThis.n = n; function handler(w) { w.payload = n; return w; }";
-        for _ in 0..2 {
+        // No state between calls (the thread's runtime is reused; contexts never are),
+        // nor after a call that queued a promise job or ran out of memory.
+        let s = "var n = (globalThis.n || 0) + 1; globalThis.n = n; Object.prototype.seen = (Object.prototype.seen || 0) + 1;
+                 function handler(w) { w.payload = [n, ({}).seen]; return w; }";
+        let leaky = "function handler(w) { Promise.resolve().then(() => { globalThis.n = 99; }); return w; }";
+        let bomb = "function handler(w) { const a = []; for (;;) a.push(new Array(1e5).fill(a.length)); }";
+        for before in ["function handler(w) { return w; }", leaky, bomb, s] {
+            let _ = go(before);
             let Outcome::Send(w) = go(s).unwrap() else { panic!() };
-            assert_eq!(w.payload, json!(1));
+            assert_eq!(w.payload, json!([1, 1]), "after {before}");
         }
     }
 

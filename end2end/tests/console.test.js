@@ -402,7 +402,7 @@ test('endpoints: an admin registers one against a real receiver, rotates its sec
   await owner.context.close();
 });
 
-test('endpoints: an owner tries a transformation, saves it, and the receiver gets the reshaped body', async () => {
+test('endpoints: an owner tries a transformation, saves it with OAuth credentials, and the receiver gets the reshaped, authenticated body', async () => {
   const { page, context, errors } = await loggedIn('alice', '/endpoints');
   const hook = await receiver();
   await page.getByTestId('endpoint-form-ready').waitFor({ state: 'attached', timeout: 15000 });
@@ -430,6 +430,26 @@ test('endpoints: an owner tries a transformation, saves it, and the receiver get
   const hit = await until('the transformed test event', () => hook.hits.find((h) => h.body.includes('via webhook.test')));
   assert.deepEqual(JSON.parse(hit.body), { text: 'via webhook.test' });
   assert.equal(hit.headers['x-shape'], 'slack');
+
+  // OAuth client credentials: a real token endpoint; the secret is masked once saved.
+  const idp = await receiver();
+  idp.state.body = JSON.stringify({ access_token: 'tok-e2e', token_type: 'Bearer', expires_in: 3600 });
+  await page.getByTestId('ep-oauth-url').fill(idp.url);
+  await page.getByTestId('ep-oauth-id').fill('herald-e2e');
+  await page.getByTestId('ep-oauth-secret').fill('e2e-client-secret');
+  await page.getByTestId('ep-save').click();
+  await page.getByTestId('ep-saved').waitFor({ timeout: 15000 });
+  await page.reload();
+  await page.getByTestId('endpoint-ready').waitFor({ state: 'attached', timeout: 15000 });
+  assert.equal(await page.getByTestId('ep-oauth-id').inputValue(), 'herald-e2e');
+  assert.equal(await page.getByTestId('ep-oauth-secret').inputValue(), '********', 'the secret is masked');
+  assert.ok(!(await page.content()).includes('e2e-client-secret'), 'the secret is not in the page');
+  await page.getByTestId('ep-test').click();
+  await page.getByTestId('ep-result').filter({ hasText: 'Test event sent' }).waitFor({ timeout: 15000 });
+  const authed = await until('the test event with a token', () => hook.hits.find((h) => h.headers.authorization === 'Bearer tok-e2e'));
+  assert.deepEqual(JSON.parse(authed.body), { text: 'via webhook.test' });
+  assert.equal(idp.hits[0].headers.authorization, `Basic ${Buffer.from('herald-e2e:e2e-client-secret').toString('base64')}`);
+  idp.close();
   assert.deepEqual(errors, []);
   hook.close();
   await context.close();

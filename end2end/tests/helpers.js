@@ -40,15 +40,15 @@ export async function until(what, f, ms = 20000) {
   }
 }
 
-// A real HTTP receiver on loopback that answers `status` (200 unless changed) and keeps
-// what it got.
+// A real HTTP receiver on loopback that answers `status` (200 unless changed) with
+// `body` ('ok' unless changed) and keeps what it got.
 export async function receiver() {
   const hits = [];
-  const state = { status: 200 };
+  const state = { status: 200, body: 'ok' };
   const server = http.createServer((req, res) => {
     let body = '';
     req.on('data', (c) => { body += c; });
-    req.on('end', () => { hits.push({ headers: req.headers, body }); res.writeHead(state.status); res.end('ok'); });
+    req.on('end', () => { hits.push({ headers: req.headers, body }); res.writeHead(state.status); res.end(state.body); });
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   server.unref(); // a test that fails before closing it does not keep the runner alive
