@@ -147,7 +147,7 @@ static RUNNING: LazyLock<Semaphore> = LazyLock::new(|| {
 
 /// [`run`] on the blocking pool, at most one call per spare core at a time; a panic in
 /// the engine becomes a failure of this call.
-pub async fn run_blocking(script: std::sync::Arc<str>, input: Webhook, limits: Limits) -> Result<Outcome, Failure> {
+pub async fn run_blocking(script: Arc<str>, input: Webhook, limits: Limits) -> Result<Outcome, Failure> {
     let Ok(_turn) = RUNNING.acquire().await else {
         return Err(Failure("the transformation sandbox is shut down".into()));
     };
