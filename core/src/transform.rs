@@ -148,10 +148,20 @@ static RUNNING: LazyLock<Semaphore> = LazyLock::new(|| {
 /// [`run`] on the blocking pool, at most one call per spare core at a time; a panic in
 /// the engine becomes a failure of this call.
 pub async fn run_blocking(script: Arc<str>, input: Webhook, limits: Limits) -> Result<Outcome, Failure> {
+    blocking(move || run(&script, &input, &limits)).await
+}
+
+/// [`check`] the same way (a script saved with an endpoint runs its top level too).
+pub async fn check_blocking(script: Arc<str>, limits: Limits) -> Result<(), Failure> {
+    blocking(move || check(&script, &limits)).await
+}
+
+/// Runs `f` on the blocking pool under [`RUNNING`].
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Send + 'static) -> Result<T, Failure> {
     let Ok(_turn) = RUNNING.acquire().await else {
         return Err(Failure("the transformation sandbox is shut down".into()));
     };
-    tokio::task::spawn_blocking(move || run(&script, &input, &limits))
+    tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|_| Err(Failure("the transformation stopped unexpectedly".into())))
 }

@@ -307,13 +307,10 @@ async fn validate(db: &PgPool, guard: &Guard, owner: &str, admin: bool, e: NewEn
     let transformation = match e.transformation.filter(|s| !s.trim().is_empty()) {
         None => None,
         Some(script) => {
-            let script: std::sync::Arc<str> = script.into();
-            let s = script.clone();
-            tokio::task::spawn_blocking(move || transform::check(&s, &transform::Limits::default()))
+            transform::check_blocking(script.as_str().into(), transform::Limits::default())
                 .await
-                .map_err(|e| anyhow::anyhow!("checking the transformation: {e}"))?
                 .map_err(|f| bad(format!("transformation: {f}")))?;
-            Some(script.to_string())
+            Some(script)
         }
     };
     let auth = match e.auth {
